@@ -1,0 +1,1 @@
+"""Alembic migrations of sarbot's state database (applied by ``sarbot db upgrade``)."""

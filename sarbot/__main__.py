@@ -1,0 +1,3 @@
+from sarbot.cli import main
+
+main()

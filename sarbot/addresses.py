@@ -1,0 +1,84 @@
+"""Email addresses: the one place that decides what counts as the same address.
+
+Normalisation, applied to every address sarbot compares or stores:
+
+* surrounding white space is removed and the text is put in Unicode NFC form;
+* the domain is lower-cased and an internationalised domain is converted to its
+  ASCII (IDNA/punycode) form, so a look-alike domain stays a different domain;
+* the local part is lower-cased: mail providers treat it case-insensitively
+  in practice, and a request must not split on ``Alice@`` versus ``alice@``;
+* quoted local parts, comments, source routes and non-ASCII local parts are
+  refused: no ordinary mailbox needs them, and each is a way to make two
+  addresses look alike.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from email.headerregistry import HeaderRegistry
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HEADERS = HeaderRegistry()
+
+
+class InvalidAddress(ValueError):
+    """The text is not a single plain mailbox address."""
+
+
+def normalize_address(text: str) -> str:
+    """Return the canonical form of one addr-spec, or raise InvalidAddress."""
+    address = unicodedata.normalize("NFC", text.strip())
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidAddress("not an address")
+    if len(local) > 64 or not _LOCAL_RE.match(local):
+        raise InvalidAddress("unsupported local part")
+    return f"{local.lower()}@{_normalize_domain(domain)}"
+
+
+def _normalize_domain(domain: str) -> str:
+    domain = domain.rstrip(".")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise InvalidAddress("invalid domain") from None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or len(ascii_domain) > 253 or not all(_LABEL_RE.match(x) for x in labels):
+        raise InvalidAddress("invalid domain")
+    return ascii_domain
+
+
+def single_sender(header_value: str | None) -> str:
+    """The one normalised mailbox of a From header, or raise InvalidAddress.
+
+    The display name is ignored entirely: only the addr-spec counts, so
+    ``"alice@example.test" <mallory@evil.test>`` is mallory.
+    """
+    if not header_value:
+        raise InvalidAddress("no From header")
+    try:
+        header = _HEADERS("from", header_value)
+        addresses = header.addresses  # type: ignore[attr-defined]
+    except Exception:  # the stdlib parser raises assorted errors on hostile input
+        raise InvalidAddress("unparsable From header") from None
+    if len(addresses) != 1:
+        raise InvalidAddress("From must name exactly one mailbox")
+    addr = addresses[0]
+    if not addr.username or not addr.domain:
+        raise InvalidAddress("From has no usable address")
+    return normalize_address(f"{addr.username}@{addr.domain}")
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def mask_address(address: str) -> str:
+    """A form fit for logs: ``a***@example.test``."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"

@@ -1,0 +1,201 @@
+"""The configuration: one TOML file, parsed once at start-up into frozen objects.
+
+Every section and key is documented in ``config.example.toml``.  An unknown key
+or a wrong type fails with the key's path and a hint, never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sarbot.addresses import normalize_address
+from sarbot.errors import ConfigError
+from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors and values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ControllerSettings(Section):
+    name: str = Field(min_length=1)
+    email: str
+    website: str = ""
+    postal_address: str = ""
+    privacy_contact: str = ""
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return normalize_address(value)
+
+
+class ImapSettings(Section):
+    host: str
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str
+    password: Secret
+    ca_file: ConfigPath | None = None
+    folder: str = "INBOX"
+    processed_folder: str = "GDPR"
+    max_message_bytes: int = Field(default=25_000_000, gt=0)
+    use_idle: bool = True
+    poll_interval: float = Field(default=60.0, gt=0, le=1500)
+    timeout: float = Field(default=60.0, gt=0)
+
+
+class SmtpSettings(Section):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: Secret | None = None
+    ca_file: ConfigPath | None = None
+    timeout: float = Field(default=60.0, gt=0)
+    attempts: int = Field(default=3, ge=1, le=20)
+    retry_after: float = Field(default=300.0, gt=0)
+
+
+class RequestSettings(Section):
+    subject_phrase: str = Field(default="GDPR DATA REQUEST", min_length=4)
+    reference_prefix: str = Field(default="SAR", pattern=r"^[A-Z]{2,10}$")
+    confirmation_expiry_days: float = Field(default=14.0, gt=0)
+    acks_per_sender_per_day: int = Field(default=3, ge=1)
+    max_confirmation_attempts: int = Field(default=5, ge=1)
+    collect_retry_after: float = Field(default=300.0, gt=0)
+
+
+class StorageSettings(Section):
+    database_url: MaybeSecretStr
+    export_dir: ConfigPath
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ConnectorEntry(BaseModel):
+    """One ``[[connectors]]`` table.  Its other keys belong to the connector type."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    type: str
+    enabled: bool = True
+    description: str = ""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Settings(Section):
+    controller: ControllerSettings
+    imap: ImapSettings
+    smtp: SmtpSettings
+    storage: StorageSettings
+    requests: RequestSettings = RequestSettings()
+    logging: LoggingSettings = LoggingSettings()
+    connectors: tuple[ConnectorEntry, ...] = ()
+
+    @field_validator("connectors")
+    @classmethod
+    def _unique_names(cls, value: tuple[ConnectorEntry, ...]) -> tuple[ConnectorEntry, ...]:
+        names = [entry.name for entry in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"connector names must be unique: {', '.join(duplicates)}")
+        return value
+
+    @property
+    def message_id_domain(self) -> str:
+        """The domain of every Message-ID sarbot writes."""
+        return self.controller.email.rpartition("@")[2]
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate the config file, or raise ConfigError saying what is wrong."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return validate(data, Settings, source=str(path), base_dir=path.parent.resolve())
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(data: Any, model: type[M], *, source: str, base_dir: Path, prefix: str = "") -> M:
+    """Validate data against a settings model, turning errors into ConfigError."""
+    try:
+        return model.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        lines = [describe_error(err, model, prefix) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def describe_error(err: Any, model: type[BaseModel], prefix: str = "") -> str:
+    """One line for one validation error: the key's path, the problem and a hint."""
+    loc = [part for part in err["loc"] if not str(part).startswith("function-")]
+    key = prefix + _dotted(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        return f"  {key}: unknown key ({hint})"
+    if kind == "missing":
+        return f"  {key}: required key is missing"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        message += f" (got {type(err.get('input')).__name__} {_short(err.get('input'))})"
+    return f"  {key}: {message}"
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _known_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(str(part)) if hasattr(current, "model_fields") else None
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return sorted(current.model_fields) if hasattr(current, "model_fields") else []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

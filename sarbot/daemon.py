@@ -1,0 +1,143 @@
+"""The long-running process: cycles of the pipeline, waiting on the mailbox between them.
+
+``run(once=True)`` works until nothing is actionable right now, then returns.
+Otherwise it runs until SIGTERM or SIGINT: intake stops, the work in flight
+finishes, and it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import traceback
+import threading
+
+from sqlalchemy.exc import OperationalError
+from structlog.typing import FilteringBoundLogger
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from sarbot.intake import MAILBOX_ERRORS, MailboxThread
+from sarbot.pipeline import Pipeline
+
+CONNECT_ATTEMPTS = 3
+MAX_BACKOFF = 60.0
+
+
+class Daemon:
+    def __init__(
+        self, pipeline: Pipeline, mailbox: MailboxThread, log: FilteringBoundLogger
+    ) -> None:
+        self.pipeline = pipeline
+        self.mailbox = mailbox
+        self.log = log
+        self.stop = threading.Event()
+        self._failures = 0
+
+    def request_stop(self) -> None:
+        if not self.stop.is_set():
+            self.log.info("daemon.stopping")
+        self.stop.set()
+
+    async def run(self, *, once: bool = False) -> bool:
+        """Run the pipeline; True if it ended cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        self.log.info("daemon.started", once=once)
+        self.pipeline.sweep_exports()
+        clean = True
+        try:
+            while not self.stop.is_set():
+                progressed, healthy = await self._cycle()
+                if once:
+                    if not healthy:
+                        clean = False
+                        break
+                    if not progressed:
+                        break
+                    continue
+                if not healthy:
+                    await self._backoff()
+                elif not progressed:
+                    await self._wait_for_mail()
+            if self.stop.is_set():
+                await self._cycle(intake=False)  # finish what is already in hand
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await asyncio.to_thread(self.mailbox.shutdown)
+            for configured in self.pipeline.connectors:
+                configured.connector.close()
+            self.log.info("daemon.stopped")
+        return clean
+
+    async def _cycle(self, *, intake: bool = True) -> tuple[bool, bool]:
+        """One pipeline cycle; returns (progressed, healthy).  Never raises on I/O trouble."""
+        try:
+            if intake:
+                await self._connect()
+            progressed = await self.pipeline.cycle(intake=intake)
+        except MAILBOX_ERRORS as exc:
+            self._failures += 1
+            self.log.warning(
+                "mailbox.error", error_type=type(exc).__name__, failures=self._failures
+            )
+            await self.mailbox.call(self.mailbox.mailbox.close)
+            return False, False
+        except OperationalError as exc:
+            self._failures += 1
+            self.log.warning(
+                "db.unavailable", error_type=type(exc.orig).__name__, failures=self._failures
+            )
+            return False, False
+        except Exception as exc:  # a bug must not stop the daemon; its message may hold data
+            self._failures += 1
+            self.log.error("daemon.error", error_type=type(exc).__name__, at=_origin(exc))
+            return False, False
+        self._failures = 0
+        return progressed, True
+
+    async def _connect(self) -> None:
+        box = self.mailbox.mailbox
+        if box.connected:
+            return
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(CONNECT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            retry=retry_if_exception_type(MAILBOX_ERRORS),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self.mailbox.call(box.connect)
+        self.log.info(
+            "mailbox.connected",
+            folder=self.pipeline.settings.imap.folder,
+            idle=b"IDLE" in box.capabilities,
+            uidvalidity=box.uidvalidity,
+        )
+
+    async def _backoff(self) -> None:
+        delay = min(MAX_BACKOFF, 2.0 ** min(self._failures, 6))
+        self.log.info("daemon.backoff", seconds=delay)
+        await asyncio.to_thread(self.stop.wait, delay)
+
+    async def _wait_for_mail(self) -> None:
+        box = self.mailbox.mailbox
+        try:
+            await self.mailbox.call(
+                box.wait_for_mail, self.pipeline.settings.imap.poll_interval, self.stop
+            )
+        except MAILBOX_ERRORS as exc:
+            self.log.warning("mailbox.error", error_type=type(exc).__name__, during="wait")
+            await self.mailbox.call(box.close)
+
+
+def _origin(exc: BaseException) -> str:
+    """The innermost frame of sarbot's own code an exception passed, without its message."""
+    found = "?"
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.split(".")[0] in {"sarbot", "connectors"}:
+            found = f"{module}:{line}"
+    return found

@@ -1,0 +1,188 @@
+"""The support mailbox over IMAP.
+
+Only ``BODY.PEEK`` is ever fetched, so no message is marked read; nothing is
+moved but the request mails sarbot has handled.  imapclient is synchronous:
+``Mailbox`` runs in one dedicated worker thread (see ``MailboxThread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from sarbot.config import ImapSettings
+from sarbot.errors import MailboxError
+
+HEADER_BYTES_CAP = 256 * 1024
+FETCH_BATCH = 100
+IDLE_CHECK_SECONDS = 1.0
+T = TypeVar("T")
+
+MAILBOX_ERRORS: tuple[type[BaseException], ...] = (
+    IMAPClientError,
+    imaplib.IMAP4.error,
+    OSError,
+    socket.timeout,
+    ssl.SSLError,
+    EOFError,
+    MailboxError,
+)
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """A new message's UID, size and header block (at most HEADER_BYTES_CAP bytes)."""
+
+    uid: int
+    size: int
+    header: bytes
+
+
+class Mailbox:
+    """One IMAP session on the watched folder."""
+
+    def __init__(self, settings: ImapSettings) -> None:
+        self.settings = settings
+        self.client: IMAPClient | None = None
+        self.uidvalidity = 0
+        self.capabilities: frozenset[bytes] = frozenset()
+
+    def connect(self) -> None:
+        s = self.settings
+        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        client = IMAPClient(
+            s.host, port=s.port, ssl=s.security == "tls", ssl_context=context, timeout=s.timeout
+        )
+        try:
+            if s.security == "starttls":
+                client.starttls(context)
+            client.login(s.username, s.password.get_secret_value())
+            selected = client.select_folder(s.folder)
+        except BaseException:
+            _quietly(client.shutdown)
+            raise
+        self.client = client
+        self.uidvalidity = int(selected[b"UIDVALIDITY"])
+        self.capabilities = frozenset(client.capabilities())
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            _quietly(client.logout)
+            _quietly(client.shutdown)
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    def _client(self) -> IMAPClient:
+        if self.client is None:
+            raise MailboxError("not connected")
+        return self.client
+
+    def new_headers(self, after_uid: int) -> list[HeaderInfo]:
+        """Size and headers of the messages with a UID above ``after_uid``, oldest first."""
+        client = self._client()
+        uids = sorted(
+            uid for uid in client.search(["UID", f"{after_uid + 1}:*"]) if uid > after_uid
+        )
+        found: list[HeaderInfo] = []
+        header_item = f"BODY.PEEK[HEADER]<0.{HEADER_BYTES_CAP}>"
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            data = client.fetch(batch, ["RFC822.SIZE", header_item])
+            for uid in batch:
+                item = data.get(uid)
+                if item is None:  # expunged between SEARCH and FETCH
+                    continue
+                header = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER]")), b"")
+                found.append(HeaderInfo(uid, int(item.get(b"RFC822.SIZE", 0)), header or b""))
+        return found
+
+    def fetch_message(self, uid: int) -> bytes | None:
+        """The whole message, without setting \\Seen; None if it is gone."""
+        data = self._client().fetch([uid], ["BODY.PEEK[]"])
+        item = data.get(uid)
+        return None if item is None else item.get(b"BODY[]")
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """Move messages to ``folder``, creating it if missing."""
+        client = self._client()
+        if not uids:
+            return
+        if not client.folder_exists(folder):
+            try:
+                client.create_folder(folder)
+            except IMAPClientError:
+                if not client.folder_exists(folder):
+                    raise
+        if b"MOVE" in self.capabilities:
+            client.move(list(uids), folder)
+            return
+        client.copy(list(uids), folder)
+        client.add_flags(list(uids), [b"\\Deleted"], silent=True)
+        if b"UIDPLUS" in self.capabilities:
+            client.uid_expunge(list(uids))
+
+    def noop(self) -> None:
+        self._client().noop()
+
+    def wait_for_mail(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait up to ``timeout`` seconds for new mail (IDLE when offered); True if some came."""
+        client = self._client()
+        deadline = time.monotonic() + timeout
+        if not (self.settings.use_idle and b"IDLE" in self.capabilities):
+            stop.wait(timeout)
+            client.noop()
+            return False
+        client.idle()
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
+                if any(_is_exists(r) for r in responses):
+                    return True
+            return False
+        finally:
+            client.idle_done()
+
+
+def _is_exists(response: Any) -> bool:
+    return isinstance(response, tuple) and len(response) >= 2 and response[1] == b"EXISTS"
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except Exception:  # closing a broken session may fail in any way; it is closed either way
+        return
+
+
+class MailboxThread:
+    """Runs every call on one Mailbox in one worker thread, awaitable from asyncio."""
+
+    def __init__(self, mailbox: Mailbox) -> None:
+        self.mailbox = mailbox
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.submit(self.mailbox.close)
+        self._executor.shutdown(wait=True)
+
+
+def uid_list(uids: Iterable[int]) -> list[int]:
+    return sorted(set(uids))

@@ -1,0 +1,165 @@
+"""The persisted state: requests, their audit trail, the mailbox position, the outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from sarbot.states import MailKind, MailState, Outcome, RequestState
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps are stored as naive UTC and always read back timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _enum(enum: type[RequestState | MailState | MailKind | Outcome], name: str) -> Enum:
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(32), unique=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    state: Mapped[RequestState] = mapped_column(_enum(RequestState, "request_state"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    confirmation_failures: Mapped[int] = mapped_column(Integer, default=0)
+    request_message_id: Mapped[str | None] = mapped_column(String(998))
+    thread: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    export_path: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    audit: Mapped[list[AuditEvent]] = relationship(
+        back_populates="request", order_by="AuditEvent.id", cascade="all, delete-orphan"
+    )
+
+    def thread_ids(self) -> list[str]:
+        return self.thread.split()
+
+    def add_to_thread(self, message_id: str | None) -> None:
+        if message_id and message_id not in self.thread_ids():
+            self.thread = " ".join([*self.thread_ids(), message_id])
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(64), default="daemon")
+
+    request: Mapped[Request | None] = relationship(back_populates="audit")
+
+
+class MailboxPosition(Base):
+    """How far intake has read a folder: restarted from scratch when UIDVALIDITY changes."""
+
+    __tablename__ = "mailbox_positions"
+
+    folder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(Integer)
+    last_uid: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SeenMessage(Base):
+    """An incoming message intake acted on, deduplicated by its Message-ID."""
+
+    __tablename__ = "seen_messages"
+    __table_args__ = (UniqueConstraint("message_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_key: Mapped[str] = mapped_column(String(998))
+    folder: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int] = mapped_column(Integer)
+    uid: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[Outcome] = mapped_column(_enum(Outcome, "message_outcome"))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    move_pending: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    request: Mapped[Request | None] = relationship()
+
+
+class OutgoingMail(Base):
+    """A message sarbot sends, written before it is handed to the SMTP server."""
+
+    __tablename__ = "outgoing_mail"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    kind: Mapped[MailKind] = mapped_column(_enum(MailKind, "mail_kind"))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    recipient: Mapped[str] = mapped_column(String(320), index=True)
+    state: Mapped[MailState] = mapped_column(_enum(MailState, "mail_state"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    request: Mapped[Request] = relationship()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

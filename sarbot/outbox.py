@@ -1,0 +1,82 @@
+"""Outgoing messages are written here before they are handed to SMTP.
+
+A crash after the server accepted a message but before it was marked sent
+leaves it pending, so it is sent again once: at most one duplicate, never a
+lost message.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from sarbot.models import OutgoingMail, Request
+from sarbot.states import MailKind, MailState
+
+
+def queue(
+    session: Session,
+    request: Request,
+    kind: MailKind,
+    *,
+    message_id: str,
+    raw: bytes | None,
+    now: datetime,
+) -> OutgoingMail:
+    mail = OutgoingMail(
+        request=request,
+        kind=kind,
+        message_id=message_id,
+        recipient=request.email,
+        state=MailState.PENDING,
+        attempts=0,
+        raw=raw,
+        created_at=now,
+    )
+    session.add(mail)
+    return mail
+
+
+def due(session: Session, now: datetime) -> list[OutgoingMail]:
+    """Pending messages whose next attempt is due, oldest first."""
+    query = (
+        select(OutgoingMail)
+        .where(OutgoingMail.state == MailState.PENDING)
+        .where((OutgoingMail.next_attempt_at.is_(None)) | (OutgoingMail.next_attempt_at <= now))
+        .order_by(OutgoingMail.id)
+    )
+    return list(session.scalars(query))
+
+
+def acknowledgements_since(session: Session, recipient: str, since: datetime) -> int:
+    query = (
+        select(func.count())
+        .select_from(OutgoingMail)
+        .where(OutgoingMail.kind == MailKind.ACKNOWLEDGEMENT)
+        .where(OutgoingMail.recipient == recipient)
+        .where(OutgoingMail.created_at > since)
+    )
+    return int(session.scalar(query) or 0)
+
+
+def mark_sent(mail: OutgoingMail, now: datetime) -> None:
+    mail.state = MailState.SENT
+    mail.sent_at = now
+    mail.attempts += 1
+    mail.raw = None  # the acknowledgement carries the challenge: keep no copy once sent
+    mail.last_error = None
+
+
+def mark_retry(mail: OutgoingMail, now: datetime, wait: timedelta, error: str) -> None:
+    mail.attempts += 1
+    mail.next_attempt_at = now + wait
+    mail.last_error = error
+
+
+def mark_failed(mail: OutgoingMail, error: str) -> None:
+    mail.attempts += 1
+    mail.state = MailState.FAILED
+    mail.raw = None
+    mail.last_error = error

@@ -1,0 +1,361 @@
+"""The path every request takes: intake, classify, verify, collect, package, deliver.
+
+``Pipeline.cycle`` runs each step once over everything that is due and says
+whether anything happened.  State is committed between steps, so a crash at
+any point resumes from the last committed step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.typing import FilteringBoundLogger
+
+from sarbot import outbox
+from sarbot.addresses import mask_address
+from sarbot.classify import Classification, Classifier, Kind
+from sarbot.collect import collect
+from sarbot.compose import Composer, as_bytes, new_message_id
+from sarbot.config import Settings
+from sarbot.connector import Identity
+from sarbot.errors import PermanentMailError, TransientMailError
+from sarbot.intake import HeaderInfo, Mailbox, MailboxThread
+from sarbot.lifecycle import audit, transition
+from sarbot.mailer import Mailer
+from sarbot.message import IncomingMail, parse_headers, parse_message
+from sarbot.models import MailboxPosition, OutgoingMail, Request, SeenMessage, utcnow
+from sarbot.package import ExportContext, build_zip, write_private_file
+from sarbot.registry import ConfiguredConnector
+from sarbot.states import ALLOWED, MailKind, Outcome, RequestState
+from sarbot.verify import Verdict, Verifier
+
+Clock = Callable[[], datetime]
+MOVED_OUTCOMES = frozenset({Outcome.REQUEST, Outcome.CONFIRMATION})
+
+
+class Pipeline:
+    """Everything one sarbot instance needs to move requests along."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        connectors: Sequence[ConfiguredConnector],
+        mailer: Mailer,
+        mailbox: MailboxThread,
+        *,
+        log: FilteringBoundLogger | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.connectors = connectors
+        self.mailer = mailer
+        self.mailbox = mailbox
+        self.log: FilteringBoundLogger = log or structlog.get_logger("sarbot")
+        self.clock = clock
+        self.composer = Composer(settings.controller, settings.requests.subject_phrase)
+        self.verifier = Verifier(settings, self.composer)
+        self.classifier = Classifier(
+            own_address=settings.controller.email,
+            message_id_domain=settings.message_id_domain,
+            phrase=settings.requests.subject_phrase,
+            prefix=settings.requests.reference_prefix,
+        )
+
+    async def cycle(self, *, intake: bool = True) -> bool:
+        """Run every step once; True if any request or message moved on."""
+        progressed = await self.intake() if intake else False
+        progressed |= self.expire()
+        progressed |= await self.collect_and_package()
+        progressed |= await self.deliver()
+        return progressed
+
+    # -- intake, classify, verify ------------------------------------------------
+
+    async def intake(self) -> bool:
+        box: Mailbox = self.mailbox.mailbox
+        folder = self.settings.imap.folder
+        with self.sessions.begin() as session:
+            position = self._position(session, folder, box.uidvalidity)
+            after = position.last_uid
+        progressed = False
+        for info in await self.mailbox.call(box.new_headers, after):
+            progressed |= await self._take(info, box.uidvalidity)
+        progressed |= await self._move_handled(box.uidvalidity)
+        return progressed
+
+    def _position(self, session: Session, folder: str, uidvalidity: int) -> MailboxPosition:
+        position = session.get(MailboxPosition, folder)
+        if position is None:
+            position = MailboxPosition(folder=folder, uidvalidity=uidvalidity, last_uid=0)
+            session.add(position)
+        elif position.uidvalidity != uidvalidity:
+            self.log.warning(
+                "mailbox.uidvalidity_changed",
+                folder=folder,
+                old=position.uidvalidity,
+                new=uidvalidity,
+            )
+            position.uidvalidity, position.last_uid = uidvalidity, 0
+        return position
+
+    async def _take(self, info: HeaderInfo, uidvalidity: int) -> bool:
+        """Classify one new message and act on it; the position moves past it either way."""
+        log = self.log.bind(uid=info.uid)
+        try:
+            head = parse_headers(info.header)
+            found = self.classifier.classify(head)
+        except Exception as exc:  # hostile headers must not stop intake
+            log.warning("mail.unreadable", error_type=type(exc).__name__)
+            head, found = None, Classification(Kind.GUARDED, reason="unreadable")
+        mail: IncomingMail | None = head
+        if (
+            found.kind in (Kind.REQUEST, Kind.REPLY)
+            and info.size <= self.settings.imap.max_message_bytes
+        ):
+            raw = await self.mailbox.call(self.mailbox.mailbox.fetch_message, info.uid)
+            mail = parse_message(raw) if raw is not None else None
+        now = self.clock()
+        with self.sessions.begin() as session:
+            position = self._position(session, self.settings.imap.folder, uidvalidity)
+            position.last_uid = max(position.last_uid, info.uid)
+            if found.kind is Kind.UNRELATED or mail is None:
+                return False
+            if session.scalar(select(SeenMessage.id).where(SeenMessage.message_key == mail.key)):
+                log.info("mail.duplicate", kind=found.kind.value)
+                return False
+            verdict = self._decide(session, mail, found, info, now=now, log=log)
+            session.add(
+                SeenMessage(
+                    message_key=mail.key,
+                    folder=self.settings.imap.folder,
+                    uidvalidity=uidvalidity,
+                    uid=info.uid,
+                    outcome=verdict.outcome,
+                    request=verdict.request,
+                    move_pending=verdict.outcome in MOVED_OUTCOMES,
+                    seen_at=now,
+                )
+            )
+        self._log_verdict(log, found, verdict)
+        return True
+
+    def _decide(
+        self,
+        session: Session,
+        mail: IncomingMail,
+        found: Classification,
+        info: HeaderInfo,
+        *,
+        now: datetime,
+        log: FilteringBoundLogger,
+    ) -> Verdict:
+        if found.kind is Kind.GUARDED:
+            return Verdict(Outcome.GUARDED, reason=found.reason)
+        if info.size > self.settings.imap.max_message_bytes:
+            return Verdict(Outcome.TOO_LARGE, reason=f"{info.size} bytes")
+        if found.kind is Kind.REQUEST:
+            return self.verifier.open_request(session, mail, now=now, log=log)
+        return self.verifier.check_reply(session, mail, found, now=now)
+
+    def _log_verdict(
+        self, log: FilteringBoundLogger, found: Classification, verdict: Verdict
+    ) -> None:
+        request = verdict.request
+        fields = {
+            "kind": found.kind.value,
+            "outcome": verdict.outcome.value,
+            "reason": verdict.reason,
+        }
+        if request is not None:
+            fields |= {"reference": request.reference, "requester": mask_address(request.email)}
+        if verdict.outcome in MOVED_OUTCOMES:
+            log.info("mail.accepted", **fields)
+        else:
+            log.warning("mail.refused", **fields)
+
+    async def _move_handled(self, uidvalidity: int) -> bool:
+        with self.sessions.begin() as session:
+            pending = list(
+                session.scalars(
+                    select(SeenMessage)
+                    .where(SeenMessage.move_pending.is_(True))
+                    .where(SeenMessage.folder == self.settings.imap.folder)
+                )
+            )
+            uids = [seen.uid for seen in pending if seen.uidvalidity == uidvalidity]
+            if not pending:
+                return False
+            target = self.settings.imap.processed_folder
+            await self.mailbox.call(self.mailbox.mailbox.move, uids, target)
+            for seen in pending:
+                seen.move_pending = False
+        self.log.info("mail.moved", count=len(uids), folder=target)
+        return False
+
+    # -- expiry ----------------------------------------------------------------------
+
+    def expire(self) -> bool:
+        now = self.clock()
+        with self.sessions.begin() as session:
+            expired = self.verifier.expire_due(session, now=now)
+            for request in expired:
+                self.log.info("request.expired", reference=request.reference)
+        return bool(expired)
+
+    # -- collect and package ---------------------------------------------------------
+
+    async def collect_and_package(self) -> bool:
+        now = self.clock()
+        with self.sessions.begin() as session:
+            due = list(
+                session.scalars(
+                    select(Request)
+                    .where(Request.state.in_([RequestState.CONFIRMED, RequestState.COLLECTING]))
+                    .where((Request.next_attempt_at.is_(None)) | (Request.next_attempt_at <= now))
+                    .order_by(Request.id)
+                )
+            )
+            for request in due:
+                if request.state is RequestState.CONFIRMED:
+                    transition(
+                        session,
+                        request,
+                        RequestState.COLLECTING,
+                        at=now,
+                        reason="collection started",
+                    )
+        for request in due:
+            await self._collect_one(request)
+        return bool(due)
+
+    async def _collect_one(self, request: Request) -> None:
+        log = self.log.bind(reference=request.reference)
+        collection = await collect(Identity(email=request.email), self.connectors, log)
+        now = self.clock()
+        with self.sessions.begin() as session:
+            current = session.get_one(Request, request.id)
+            current.attempts += 1
+            if not collection.complete:
+                wait = timedelta(seconds=self.settings.requests.collect_retry_after)
+                current.next_attempt_at = now + wait
+                current.last_error = "connectors failed: " + ", ".join(collection.failed)
+                audit(session, current, "collect.incomplete", at=now, reason=current.last_error)
+                log.warning(
+                    "request.collect_incomplete",
+                    failed=collection.failed,
+                    retry_in=wait.total_seconds(),
+                )
+                return
+            ctx = ExportContext(
+                reference=current.reference,
+                email=current.email,
+                controller=self.settings.controller,
+                received_at=current.received_at,
+                confirmed_at=current.confirmed_at,
+                generated_at=now,
+                sources=collection.sources,
+            )
+            message_id = new_message_id(current.reference, self.settings.message_id_domain)
+            message = self.composer.export(
+                current, ctx, zip_data=build_zip(ctx), message_id=message_id, now=now
+            )
+            path = self.settings.storage.export_dir / f"{current.reference}.eml"
+            write_private_file(path, as_bytes(message))
+            current.export_path, current.ready_at, current.next_attempt_at = str(path), now, None
+            current.last_error = None
+            outbox.queue(
+                session, current, MailKind.EXPORT, message_id=message_id, raw=None, now=now
+            )
+            transition(session, current, RequestState.READY, at=now, reason="export packaged")
+        records = sum(len(source.records) for source in collection.sources)
+        log.info("request.packaged", sources=len(collection.sources), records=records)
+
+    # -- deliver -------------------------------------------------------------------------
+
+    async def deliver(self) -> bool:
+        with self.sessions.begin() as session:
+            due = outbox.due(session, self.clock())
+            for mail in due:
+                _ = mail.request  # load while the session is open
+        for mail in due:
+            await self._send_one(mail)
+        return bool(due)
+
+    async def _send_one(self, mail: OutgoingMail) -> None:
+        log = self.log.bind(reference=mail.request.reference, kind=mail.kind.value)
+        raw = mail.raw if mail.raw is not None else _read_export(mail.request)
+        error: TransientMailError | PermanentMailError | None = None
+        if raw is None:
+            error = PermanentMailError("export file is missing")
+        else:
+            try:
+                await self.mailer.send(
+                    raw, sender=self.settings.controller.email, recipient=mail.recipient
+                )
+            except (TransientMailError, PermanentMailError) as exc:
+                error = exc
+        now = self.clock()
+        with self.sessions.begin() as session:
+            current = session.get_one(OutgoingMail, mail.id)
+            request = current.request
+            if isinstance(error, TransientMailError):
+                wait = timedelta(seconds=self.settings.smtp.retry_after)
+                outbox.mark_retry(current, now, wait, str(error))
+                log.warning("mail.deferred", smtp_code=error.code, retry_in=wait.total_seconds())
+                return
+            if isinstance(error, PermanentMailError):
+                outbox.mark_failed(current, str(error))
+                if RequestState.NEEDS_REVIEW in ALLOWED[request.state]:
+                    transition(
+                        session,
+                        request,
+                        RequestState.NEEDS_REVIEW,
+                        at=now,
+                        reason=f"mail refused: {error}",
+                    )
+                log.error("mail.rejected", smtp_code=error.code)
+                return
+            outbox.mark_sent(current, now)
+            if current.kind is MailKind.EXPORT:
+                request.delivered_at = now
+                path, request.export_path = request.export_path, None
+                transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
+            else:
+                path = None
+        if path:
+            Path(path).unlink(missing_ok=True)
+        log.info("mail.sent", recipient=mask_address(mail.recipient))
+
+    def sweep_exports(self) -> int:
+        """Delete export files that no request is waiting to send (left by a crash)."""
+        folder = self.settings.storage.export_dir
+        if not folder.is_dir():
+            return 0
+        with self.sessions.begin() as session:
+            wanted = set(
+                session.scalars(select(Request.export_path).where(Request.export_path.is_not(None)))
+            )
+        removed = 0
+        for path in folder.iterdir():
+            if path.is_file() and str(path) not in wanted:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            self.log.info("export.swept", files=removed)
+        return removed
+
+
+def _read_export(request: Request) -> bytes | None:
+    if not request.export_path:
+        return None
+    try:
+        return Path(request.export_path).read_bytes()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,69 @@
+"""The states a request and an outgoing mail can be in, and the allowed moves."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RequestState(StrEnum):
+    RECEIVED = "received"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    CONFIRMED = "confirmed"
+    COLLECTING = "collecting"
+    READY = "ready"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    NEEDS_REVIEW = "needs_review"
+    FAILED = "failed"
+
+    @property
+    def is_open(self) -> bool:
+        return self not in TERMINAL
+
+
+TERMINAL = frozenset(
+    {RequestState.DELIVERED, RequestState.EXPIRED, RequestState.REJECTED, RequestState.FAILED}
+)
+
+_S = RequestState
+ALLOWED: dict[RequestState, frozenset[RequestState]] = {
+    _S.RECEIVED: frozenset({_S.AWAITING_CONFIRMATION, _S.NEEDS_REVIEW, _S.REJECTED}),
+    _S.AWAITING_CONFIRMATION: frozenset({_S.CONFIRMED, _S.EXPIRED, _S.NEEDS_REVIEW, _S.REJECTED}),
+    _S.CONFIRMED: frozenset({_S.COLLECTING, _S.NEEDS_REVIEW, _S.REJECTED}),
+    _S.COLLECTING: frozenset({_S.READY, _S.NEEDS_REVIEW, _S.FAILED}),
+    _S.READY: frozenset({_S.DELIVERED, _S.COLLECTING, _S.NEEDS_REVIEW, _S.FAILED}),
+    _S.NEEDS_REVIEW: frozenset({_S.CONFIRMED, _S.READY, _S.REJECTED, _S.FAILED}),
+    _S.DELIVERED: frozenset(),
+    _S.EXPIRED: frozenset(),
+    _S.REJECTED: frozenset(),
+    _S.FAILED: frozenset(),
+}
+
+
+class MailState(StrEnum):
+    """An outgoing message: persisted as pending before it is handed to SMTP."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class MailKind(StrEnum):
+    ACKNOWLEDGEMENT = "acknowledgement"
+    EXPORT = "export"
+    EXPIRY_NOTICE = "expiry_notice"
+
+
+class Outcome(StrEnum):
+    """What intake did with one incoming message that concerned sarbot."""
+
+    REQUEST = "request"
+    CONFIRMATION = "confirmation"
+    CONFIRMATION_REFUSED = "confirmation_refused"
+    RATE_LIMITED = "rate_limited"
+    GUARDED = "guarded"
+    TOO_LARGE = "too_large"
+    INVALID_SENDER = "invalid_sender"
+    UNRELATED_REPLY = "unrelated_reply"
+    UNREADABLE = "unreadable"
