@@ -1,0 +1,146 @@
+"""Shared fixtures: the real mail stack, a configured sarbot, and the people who write to it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from sarbot import db
+from sarbot.app import App
+from sarbot.config import Settings, validate
+from sarbot.models import AuditEvent, OutgoingMail, Request, SeenMessage, utcnow
+from sarbot.registry import TypeSource
+from sarbot.testing import Correspondent, MailServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CA_FILE = ROOT / ".mailstack" / "ca.pem"
+
+
+@pytest.fixture(scope="session")
+def mailstack() -> MailServer:
+    """The real Dovecot and Postfix of scripts/mailstack; a failure to start fails the test."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "mailstack"), "up"], capture_output=True, text=True, timeout=300
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/mailstack up failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return MailServer(ca_file=str(CA_FILE))
+
+
+def unique(local: str, domain: str) -> str:
+    return f"{local}-{uuid.uuid4().hex[:10]}@{domain}"
+
+
+def base_config(tmp_path: Path, support: str) -> dict[str, Any]:
+    secret = tmp_path / "imap-password"
+    secret.write_text("test\n")
+    return {
+        "controller": {"name": "Red Train IT Ltd", "email": support, "privacy_contact": "privacy@redtrain.test"},
+        "imap": {
+            "host": "127.0.0.1",
+            "port": 10143,
+            "security": "starttls",
+            "ca_file": str(CA_FILE),
+            "username": support,
+            "password": {"file": str(secret)},
+            "poll_interval": 1,
+        },
+        "smtp": {"host": "127.0.0.1", "port": 10025, "security": "starttls", "ca_file": str(CA_FILE)},
+        "storage": {
+            "database_url": f"sqlite:///{tmp_path / 'state.db'}",
+            "export_dir": str(tmp_path / "exports"),
+        },
+        "logging": {"format": "json"},
+    }
+
+
+class Bot:
+    """A sarbot on a private support mailbox, run in-process with a movable clock."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.offset = timedelta()
+        db.upgrade(app.engine)
+
+    @property
+    def address(self) -> str:
+        return self.app.settings.controller.email
+
+    @property
+    def support(self) -> Correspondent:
+        """The support mailbox sarbot watches, as a person reading it would see it."""
+        return Correspondent(MailServer(ca_file=str(CA_FILE)), self.address)
+
+    def now(self) -> datetime:
+        return utcnow() + self.offset
+
+    def run_once(self) -> None:
+        clean = asyncio.run(self.app.daemon(clock=self.now).run(once=True))
+        assert clean, "sarbot run --once did not end cleanly"
+
+    def requests(self) -> list[Request]:
+        with self.app.sessions() as session:
+            return list(session.scalars(select(Request).order_by(Request.id)))
+
+    def request(self) -> Request:
+        found = self.requests()
+        assert len(found) == 1, f"expected one request, found {len(found)}"
+        return found[0]
+
+    def outgoing(self) -> list[OutgoingMail]:
+        with self.app.sessions() as session:
+            return list(session.scalars(select(OutgoingMail).order_by(OutgoingMail.id)))
+
+    def seen(self) -> list[SeenMessage]:
+        with self.app.sessions() as session:
+            return list(session.scalars(select(SeenMessage).order_by(SeenMessage.id)))
+
+    def audit(self) -> list[AuditEvent]:
+        with self.app.sessions() as session:
+            return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+
+
+BotFactory = Callable[..., Bot]
+
+
+@pytest.fixture
+def make_bot(tmp_path: Path, mailstack: MailServer) -> Iterator[BotFactory]:
+    """Build a Bot; keyword arguments are merged into its config sections."""
+    apps: list[App] = []
+
+    def factory(
+        *, connector_types: dict[str, TypeSource] | None = None, **sections: dict[str, Any]
+    ) -> Bot:
+        support = unique("support", "redtrain.test")
+        data = base_config(tmp_path, support)
+        for name, values in sections.items():
+            data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
+        settings = validate(data, Settings, source="test config", base_dir=tmp_path)
+        app = App(tmp_path / "config.toml", settings)
+        if connector_types is not None:
+            app.connector_types = connector_types
+        apps.append(app)
+        return Bot(app)
+
+    yield factory
+    for app in apps:
+        app.engine.dispose()
+
+
+@pytest.fixture
+def bot(make_bot: BotFactory) -> Bot:
+    return make_bot()
+
+
+@pytest.fixture
+def person(mailstack: MailServer) -> Callable[[str, str], Correspondent]:
+    """A correspondent with a fresh address: ``person("alice", "example.test")``."""
+    return lambda local, domain: Correspondent(mailstack, unique(local, domain))

@@ -1,0 +1,337 @@
+"""A request travels from a real mailbox to a real reply (Dovecot and Postfix from scripts/mailstack)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import zipfile
+from collections.abc import Callable
+from datetime import timedelta
+from email.message import EmailMessage
+from hashlib import sha256
+from pathlib import Path
+
+import pytest
+
+from sarbot.states import MailKind, MailState, Outcome, RequestState
+from sarbot.testing import Correspondent, subject_contains
+from tests.conftest import Bot, BotFactory
+
+pytestmark = pytest.mark.mailstack
+Person = Callable[[str, str], Correspondent]
+
+ACK = subject_contains("Please confirm")
+EXPORT = subject_contains("A copy of your personal data")
+
+
+def request_from(sender: Correspondent, bot: Bot, support: Correspondent, **kw: object) -> str:
+    """Send a request and wait until it is in the support mailbox."""
+    message_id = sender.send(bot.address, "GDPR DATA REQUEST", "Please send me my data.", **kw)  # type: ignore[arg-type]
+    support.wait_for(lambda m: m["Message-ID"] == message_id)
+    return message_id
+
+
+def attachment(message: EmailMessage) -> zipfile.ZipFile:
+    parts = list(message.iter_attachments())
+    assert len(parts) == 1
+    data = parts[0].get_payload(decode=True)
+    assert isinstance(data, bytes)
+    return zipfile.ZipFile(io.BytesIO(data))
+
+
+@pytest.fixture
+def website_db(tmp_path: Path) -> str:
+    path = tmp_path / "website.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE comments (author TEXT, email TEXT, content TEXT)")
+        conn.executemany(
+            "INSERT INTO comments VALUES (?, ?, ?)",
+            [("Alice", "ALICE@EXAMPLE.TEST", "<script>alert(1)</script> hello"), ("Bob", "bob@example.test", "hi")],
+        )
+    return f"sqlite:///{path}"
+
+
+class TestWholeFlow:
+    def test_request_is_acknowledged_confirmed_and_answered_with_the_export(
+        self, make_bot: BotFactory, person: Person, website_db: str, tmp_path: Path
+    ) -> None:
+        """alice asks, replies to the acknowledgement, and receives her data in the same thread."""
+        bot = make_bot(
+            connectors=[
+                {
+                    "name": "website",
+                    "type": "sql",
+                    "description": "Website comments",
+                    "url": website_db,
+                    "queries": [
+                        {
+                            "name": "comments",
+                            "category": "Comment",
+                            "sql": "SELECT author, content FROM comments WHERE lower(email) = :email",
+                        }
+                    ],
+                }
+            ]
+        )
+        alice = person("alice", "example.test")
+        support = bot.support
+        with sqlite3.connect(website_db.removeprefix("sqlite:///")) as conn:
+            conn.execute("UPDATE comments SET email = ? WHERE author = 'Alice'", (alice.address.upper(),))
+        request_id = request_from(alice, bot, support)
+
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        request = bot.request()
+        assert request.state is RequestState.AWAITING_CONFIRMATION
+        assert request.reference in str(ack["Subject"])
+        assert ack["In-Reply-To"] == request_id
+        assert ack["Auto-Submitted"] == "auto-replied"
+        assert ack["To"] == alice.address
+
+        alice.reply(ack)
+        support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+
+        export = alice.wait_for(EXPORT)
+        assert export["In-Reply-To"] is not None
+        assert str(ack["Message-ID"]) in str(export["References"])
+        with attachment(export) as archive:
+            assert sorted(archive.namelist()) == ["data.json", "index.html", "manifest.json"]
+            manifest = json.loads(archive.read("manifest.json"))
+            for entry in manifest["files"]:
+                assert sha256(archive.read(entry["name"])).hexdigest() == entry["sha256"]
+            data = json.loads(archive.read("data.json"))
+            html = archive.read("index.html").decode()
+        records = data["sources"][0]["records"]
+        assert [r["fields"]["author"] for r in records] == ["Alice"]
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert "<script>" not in html
+        assert "Bob" not in html
+        final = bot.request()
+        assert final.state is RequestState.DELIVERED
+        assert final.export_path is None
+        assert list((tmp_path / "exports").iterdir()) == []
+        assert [m.state for m in bot.outgoing()] == [MailState.SENT, MailState.SENT]
+        assert all(m.raw is None for m in bot.outgoing())
+
+        gdpr = {m["Message-ID"] for m in support.messages("GDPR")}
+        assert request_id in gdpr
+        assert len(gdpr) == 2
+
+    def test_running_once_twice_answers_nothing_twice(self, bot: Bot, person: Person) -> None:
+        """A second run finds nothing to do and sends nothing."""
+        alice, support = person("alice", "example.test"), bot.support
+        request_from(alice, bot, support)
+        bot.run_once()
+        alice.wait_for(ACK)
+        bot.run_once()
+        assert len(bot.requests()) == 1
+        assert len(bot.outgoing()) == 1
+        assert len(alice.messages()) == 1
+
+    def test_the_same_message_is_not_taken_twice_after_the_position_is_lost(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """Deduplication by Message-ID holds even if the mailbox is read from the start again."""
+        alice, support = person("alice", "example.test"), bot.support
+        support.send(bot.address, "hello", "not a request")
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        with bot.app.sessions.begin() as session:
+            from sarbot.models import MailboxPosition
+
+            for position in session.query(MailboxPosition):
+                position.last_uid = 0
+        bot.run_once()
+        assert len(bot.requests()) == 1
+
+
+class TestLeavesOtherMailAlone:
+    def test_non_request_mail_stays_unread_in_inbox(self, bot: Bot, person: Person) -> None:
+        """Humans work the support mailbox: sarbot does not read, move or flag their mail."""
+        customer, alice = person("customer", "example.test"), person("alice", "example.test")
+        support = bot.support
+        other = customer.send(bot.address, "My printer is broken", "Help!")
+        support.wait_for(lambda m: m["Message-ID"] == other)
+        request_from(alice, bot, support)
+        bot.run_once()
+        flags = support.flags("INBOX")
+        assert other in flags
+        assert flags[other] == ()
+        assert len(flags) == 1  # the request itself moved to GDPR
+        assert customer.messages() == []
+
+
+class TestRepliesOnlyToTheSender:
+    def test_reply_to_and_sender_pointing_elsewhere_are_ignored(self, bot: Bot, person: Person) -> None:
+        """The acknowledgement goes to the From address, never to Reply-To or Sender."""
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        support = bot.support
+        request_from(
+            alice,
+            bot,
+            support,
+            headers={"Reply-To": mallory.address, "Sender": mallory.address},
+            envelope_from=mallory.address,
+        )
+        bot.run_once()
+        alice.wait_for(ACK)
+        assert bot.request().email == alice.address
+        assert mallory.messages() == []
+
+    def test_display_name_with_an_address_is_not_the_address(self, bot: Bot, person: Person) -> None:
+        """``"alice@..." <mallory@...>`` is mallory's request; alice gets nothing."""
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        support = bot.support
+        request_from(mallory, bot, support, from_header=f'"{alice.address}" <{mallory.address}>')
+        bot.run_once()
+        mallory.wait_for(ACK)
+        assert bot.request().email == mallory.address
+        assert alice.messages() == []
+
+
+class TestConfirmation:
+    def _acknowledged(self, bot: Bot, person: Person) -> tuple[Correspondent, Correspondent, EmailMessage]:
+        alice, support = person("alice", "example.test"), bot.support
+        request_from(alice, bot, support)
+        bot.run_once()
+        return alice, support, alice.wait_for(ACK)
+
+    def test_confirmation_from_another_address_is_refused(self, bot: Bot, person: Person) -> None:
+        """A reply citing the token but sent from another address confirms nothing."""
+        alice, support, ack = self._acknowledged(bot, person)
+        mallory = person("mallory", "evil.test")
+        mallory.reply(ack)
+        support.wait_for(lambda m: m["From"] == mallory.address)
+        bot.run_once()
+        assert bot.request().state is RequestState.AWAITING_CONFIRMATION
+        assert mallory.messages() == []
+        assert len(alice.messages()) == 1
+        assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION_REFUSED
+
+    def test_forged_from_with_a_guessed_token_confirms_nothing(self, bot: Bot, person: Person) -> None:
+        """Mail forged as alice cannot confirm: the token went only to alice's mailbox."""
+        alice, support, ack = self._acknowledged(bot, person)
+        mallory = person("mallory", "evil.test")
+        guessed = f"<{bot.request().reference}.{'A' * 32}@{bot.address.partition('@')[2]}>"
+        mallory.send(
+            bot.address,
+            f"Re: {ack['Subject']}",
+            "guessing",
+            from_header=alice.address,
+            headers={"In-Reply-To": guessed, "References": guessed},
+        )
+        support.wait_for(lambda m: "guessing" in m.get_content())
+        bot.run_once()
+        request = bot.request()
+        assert request.state is RequestState.AWAITING_CONFIRMATION
+        assert request.confirmation_failures == 1
+        assert mallory.messages() == []
+
+    def test_code_quoted_with_the_reference_confirms(self, bot: Bot, person: Person) -> None:
+        """A new mail with the reference in the subject and the code in the text confirms."""
+        alice, support, ack = self._acknowledged(bot, person)
+        body = ack.get_body(preferencelist=("plain",))
+        assert body is not None
+        code = next(line.strip() for line in body.get_content().splitlines() if line.startswith("    "))
+        alice.send(bot.address, f"My request {bot.request().reference}", f"The code is {code}")
+        support.wait_for(subject_contains("My request"))
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        assert bot.request().state is RequestState.DELIVERED
+
+    def test_replayed_confirmation_does_nothing(self, bot: Bot, person: Person) -> None:
+        """Sending the same confirmation again (even as a new message) sends nothing more."""
+        alice, support, ack = self._acknowledged(bot, person)
+        alice.reply(ack)
+        support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        alice.reply(ack, "me again")
+        support.wait_for(lambda m: "me again" in m.get_content())
+        bot.run_once()
+        assert len(alice.messages()) == 2
+        assert [m.kind for m in bot.outgoing()] == [MailKind.ACKNOWLEDGEMENT, MailKind.EXPORT]
+        assert [s.outcome for s in bot.seen()][-1] is Outcome.UNRELATED_REPLY
+
+
+class TestExpiry:
+    def test_expired_request_sends_nothing_but_a_notice(self, bot: Bot, person: Person) -> None:
+        """An unconfirmed request expires with a notice; a late confirmation gets no data."""
+        alice, support = person("alice", "example.test"), bot.support
+        request_from(alice, bot, support)
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        bot.offset = timedelta(days=14, minutes=1)
+        bot.run_once()
+        alice.wait_for(subject_contains("has expired"))
+        assert bot.request().state is RequestState.EXPIRED
+        alice.reply(ack)
+        support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+        assert bot.request().state is RequestState.EXPIRED
+        assert [m.kind for m in bot.outgoing()] == [MailKind.ACKNOWLEDGEMENT, MailKind.EXPIRY_NOTICE]
+        assert len(alice.messages()) == 2
+
+
+class TestNeverAnswered:
+    @pytest.mark.parametrize(
+        ("headers", "envelope_from", "reason"),
+        [
+            ({"Auto-Submitted": "auto-replied"}, None, "auto_submitted"),
+            ({"Precedence": "bulk"}, None, "bulk_precedence"),
+            ({"List-Id": "<announce.example.test>"}, None, "header_list_id"),
+            ({"X-Autoreply": "yes"}, None, "header_x_autoreply"),
+            ({"X-Loop": "someone"}, None, "header_x_loop"),
+            ({}, "", "null_sender"),
+        ],
+    )
+    def test_automatic_mail_gets_no_answer(
+        self, bot: Bot, person: Person, headers: dict[str, str], envelope_from: str | None, reason: str
+    ) -> None:
+        """Auto-replies, list mail and bounces with the request subject are refused, and stay in INBOX."""
+        sender, support = person("robot", "example.test"), bot.support
+        message_id = request_from(sender, bot, support, headers=headers, envelope_from=envelope_from)
+        bot.run_once()
+        assert bot.requests() == []
+        assert bot.outgoing() == []
+        assert [(s.outcome, s.message_key) for s in bot.seen()] == [(Outcome.GUARDED, message_id)]
+        assert message_id in support.flags("INBOX")
+
+    def test_mailer_daemon_is_never_answered(self, bot: Bot, person: Person) -> None:
+        """A message from MAILER-DAEMON quoting the subject is not a request."""
+        support = bot.support
+        daemon = Correspondent(support.server, "MAILER-DAEMON@example.test")
+        request_from(daemon, bot, support)
+        bot.run_once()
+        assert bot.outgoing() == []
+
+    def test_delivery_report_is_never_answered(self, bot: Bot, person: Person) -> None:
+        """A multipart/report bounce of our own acknowledgement confirms nothing and gets no answer."""
+        alice, support = person("alice", "example.test"), bot.support
+        request_from(alice, bot, support)
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        report = (
+            f"From: {alice.address}\r\nTo: {bot.address}\r\nSubject: Re: {ack['Subject']}\r\n"
+            f"In-Reply-To: {ack['Message-ID']}\r\nMessage-ID: <dsn-1@example.test>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+            "--b\r\nContent-Type: text/plain\r\n\r\nundeliverable\r\n--b--\r\n"
+        ).encode()
+        alice.send_raw(report, bot.address)
+        support.wait_for(lambda m: m["Message-ID"] == "<dsn-1@example.test>")
+        bot.run_once()
+        assert bot.request().state is RequestState.AWAITING_CONFIRMATION
+        assert len(bot.outgoing()) == 1
+
+    def test_acknowledgements_are_capped_per_sender(self, make_bot: BotFactory, person: Person) -> None:
+        """At most N acknowledgements a day go to one address, however many requests it sends."""
+        bot = make_bot(requests={"acks_per_sender_per_day": 2})
+        alice, support = person("alice", "example.test"), bot.support
+        for _ in range(3):
+            request_from(alice, bot, support)
+        bot.run_once()
+        assert len(bot.outgoing()) == 2
+        assert [s.outcome for s in bot.seen()] == [Outcome.REQUEST, Outcome.REQUEST, Outcome.RATE_LIMITED]
