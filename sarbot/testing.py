@@ -77,6 +77,11 @@ class Correspondent:
         headers = {"In-Reply-To": str(original["Message-ID"]), "References": references}
         return self.send(_reply_to_address(original), subject, body, headers=headers)
 
+    def append(self, raw: bytes, folder: str = "INBOX") -> None:
+        """Put a message straight into a folder (IMAP APPEND), as delivered, unread."""
+        with self._imap() as client:
+            client.append(folder, raw)
+
     def _imap(self) -> IMAPClient:
         client = IMAPClient(self.server.host, port=self.server.imap_port, ssl=False, timeout=30)
         client.starttls(self.server.tls())
@@ -93,17 +98,19 @@ class Correspondent:
             data = client.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
         return [_parse(data[uid][b"BODY[]"]) for uid in sorted(data)]
 
-    def flags(self, folder: str = "INBOX") -> dict[str, tuple[bytes, ...]]:
-        """The flags of every message in a folder, by Message-ID."""
+    def flags(self, folder: str = "INBOX") -> list[tuple[str, tuple[bytes, ...]]]:
+        """The Message-ID and flags of every message in a folder."""
         with self._imap() as client:
             client.select_folder(folder, readonly=True)
             uids = client.search(["ALL"])
             data = client.fetch(uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]) if uids else {}
-        out = {}
-        for item in data.values():
-            header = _parse(item[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"])
-            out[str(header["Message-ID"])] = tuple(item[b"FLAGS"])
-        return out
+        return [
+            (
+                str(_parse(item[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"])["Message-ID"]),
+                tuple(item[b"FLAGS"]),
+            )
+            for _uid, item in sorted(data.items())
+        ]
 
     def wait_for(
         self,

@@ -1,0 +1,72 @@
+"""Address normalisation: the one place that decides when two addresses are the same."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sarbot.addresses import InvalidAddress, mask_address, normalize_address, single_sender
+
+
+class TestNormalize:
+    @pytest.mark.parametrize(
+        ("given_", "expected"),
+        [
+            ("alice@example.test", "alice@example.test"),
+            ("  Alice@Example.TEST ", "alice@example.test"),
+            ("alice@example.test.", "alice@example.test"),
+            ("alice+tag@example.test", "alice+tag@example.test"),
+            ("a@bücher.test", "a@xn--bcher-kva.test"),
+        ],
+    )
+    def test_normal_forms(self, given_: str, expected: str) -> None:
+        """Case, spaces, a trailing dot and IDN domains normalise."""
+        assert normalize_address(given_) == expected
+
+    def test_lookalike_domains_stay_different(self) -> None:
+        """A Cyrillic 'а' in the domain does not become the Latin one."""
+        assert normalize_address("alice@exаmple.test") != normalize_address("alice@example.test")
+
+    @pytest.mark.parametrize(
+        "bad",
+        ["", "alice", "@example.test", "alice@", '"a b"@example.test', "álice@example.test",
+         "alice@localhost", "a..b@example.test", "alice@-x.test"],
+    )
+    def test_unusual_addresses_are_refused(self, bad: str) -> None:
+        """Quoted, non-ASCII local parts and malformed domains are refused."""
+        with pytest.raises(InvalidAddress):
+            normalize_address(bad)
+
+
+class TestSingleSender:
+    def test_display_name_is_ignored(self) -> None:
+        """An address in the display name is not the sender."""
+        assert single_sender('"alice@example.test" <mallory@evil.test>') == "mallory@evil.test"
+
+    def test_encoded_display_name(self) -> None:
+        """An encoded display name does not affect the address."""
+        assert single_sender("=?utf-8?q?Al=C3=AFce?= <Alice@Example.test>") == "alice@example.test"
+
+    @pytest.mark.parametrize(
+        "header", [None, "", "a@example.test, b@example.test", "undisclosed-recipients:;", "nobody"]
+    )
+    def test_anything_but_one_mailbox_is_refused(self, header: str | None) -> None:
+        """No sender, several senders or a group is not an identity."""
+        with pytest.raises(InvalidAddress):
+            single_sender(header)
+
+    @given(st.text(max_size=200))
+    def test_never_raises_anything_else(self, header: str) -> None:
+        """Any header text gives an address or InvalidAddress."""
+        try:
+            result = single_sender(header)
+        except InvalidAddress:
+            return
+        assert result == normalize_address(result)
+
+
+def test_mask() -> None:
+    """Logs carry only the first letter of the local part."""
+    assert mask_address("alice@example.test") == "a***@example.test"
+    assert mask_address("garbage") == "***"
