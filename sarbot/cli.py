@@ -21,7 +21,7 @@ DEFAULT_CONFIG = "/etc/sarbot/config.toml"
 
 
 def _app(ctx: click.Context) -> App:
-    app = ctx.obj.get("app")
+    app: App | None = ctx.obj.get("app")
     if app is None:
         try:
             app = App.load(ctx.obj["config_path"])

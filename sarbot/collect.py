@@ -29,7 +29,7 @@ class Collection:
 async def collect(
     identity: Identity, connectors: Sequence[ConfiguredConnector], log: FilteringBoundLogger
 ) -> Collection:
-    """Run every connector concurrently, each in a worker thread; a failure never stops the others."""
+    """Run every connector at once, each in a worker thread; one failing never stops the others."""
     results = await asyncio.gather(*(_one(identity, c, log) for c in connectors))
     sources = [r for r in results if isinstance(r, SourceData)]
     failed = [c.name for c, r in zip(connectors, results, strict=True) if r is None]

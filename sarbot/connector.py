@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -65,7 +65,7 @@ class Connector(Protocol):
 class ConnectorType(Protocol):
     """What an entry point in the ``sarbot.connectors`` group loads."""
 
-    Settings: ClassVar[type[BaseModel]]
+    Settings: type[BaseModel]
 
     def __call__(self, name: str, settings: Any, /) -> Connector: ...
 

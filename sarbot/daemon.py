@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import traceback
 import threading
+import traceback
 
 from sqlalchemy.exc import OperationalError
 from structlog.typing import FilteringBoundLogger

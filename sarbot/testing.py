@@ -103,7 +103,11 @@ class Correspondent:
         with self._imap() as client:
             client.select_folder(folder, readonly=True)
             uids = client.search(["ALL"])
-            data = client.fetch(uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]) if uids else {}
+            data = (
+                client.fetch(uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+                if uids
+                else {}
+            )
         return [
             (
                 str(_parse(item[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"])["Message-ID"]),
@@ -126,7 +130,9 @@ class Correspondent:
                 if match(message):
                     return message
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no matching message for {self.address} in {folder} after {timeout}s")
+                raise TimeoutError(
+                    f"no matching message for {self.address} in {folder} after {timeout}s"
+                )
             time.sleep(0.2)
 
     def clear(self) -> None:

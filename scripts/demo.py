@@ -70,15 +70,33 @@ FROM wp_comments WHERE lower(comment_author_email) = :email
 """
 
 COMMENTS = [
-    ("Alice Example", "alice@example.test", "https://alice.example.test", "192.0.2.10",
-     "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0", "2026-03-02 10:14:00",
-     "Thanks, the guide to setting up MFA was really clear."),
-    ("Alice Example", "Alice@Example.test", "", "192.0.2.10",
-     "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0", "2026-05-19 08:01:00",
-     "Is the backup service available for home users too?"),
-    ("Bob Other", "bob@example.test", "", "198.51.100.7",
-     "Mozilla/5.0 (Windows NT 10.0) Edge/126.0", "2026-04-11 16:40:00",
-     "Great post!"),
+    (
+        "Alice Example",
+        "alice@example.test",
+        "https://alice.example.test",
+        "192.0.2.10",
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+        "2026-03-02 10:14:00",
+        "Thanks, the guide to setting up MFA was really clear.",
+    ),
+    (
+        "Alice Example",
+        "Alice@Example.test",
+        "",
+        "192.0.2.10",
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+        "2026-05-19 08:01:00",
+        "Is the backup service available for home users too?",
+    ),
+    (
+        "Bob Other",
+        "bob@example.test",
+        "",
+        "198.51.100.7",
+        "Mozilla/5.0 (Windows NT 10.0) Edge/126.0",
+        "2026-04-11 16:40:00",
+        "Great post!",
+    ),
 ]
 
 

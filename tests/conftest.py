@@ -31,7 +31,9 @@ def mailstack() -> MailServer:
         [str(ROOT / "scripts" / "mailstack"), "up"], capture_output=True, text=True, timeout=300
     )
     if result.returncode != 0:
-        pytest.fail(f"scripts/mailstack up failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+        pytest.fail(
+            f"scripts/mailstack up failed:\n{result.stdout}\n{result.stderr}", pytrace=False
+        )
     return MailServer(ca_file=str(CA_FILE))
 
 
@@ -43,7 +45,11 @@ def base_config(tmp_path: Path, support: str) -> dict[str, Any]:
     secret = tmp_path / "imap-password"
     secret.write_text("test\n")
     return {
-        "controller": {"name": "Red Train IT Ltd", "email": support, "privacy_contact": "privacy@redtrain.test"},
+        "controller": {
+            "name": "Red Train IT Ltd",
+            "email": support,
+            "privacy_contact": "privacy@redtrain.test",
+        },
         "imap": {
             "host": "127.0.0.1",
             "port": 10143,
@@ -53,7 +59,12 @@ def base_config(tmp_path: Path, support: str) -> dict[str, Any]:
             "password": {"file": str(secret)},
             "poll_interval": 1,
         },
-        "smtp": {"host": "127.0.0.1", "port": 10025, "security": "starttls", "ca_file": str(CA_FILE)},
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": 10025,
+            "security": "starttls",
+            "ca_file": str(CA_FILE),
+        },
         "storage": {
             "database_url": f"sqlite:///{tmp_path / 'state.db'}",
             "export_dir": str(tmp_path / "exports"),

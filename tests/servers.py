@@ -53,12 +53,24 @@ def postgres_server() -> Iterator[str]:
         os.chown(base, user.pw_uid, user.pw_gid)
     log = base / "server.log"
     try:
-        _run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]))
+        _run(
+            _as_postgres(
+                [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+            )
+        )
         _run(
             _as_postgres(
                 [
-                    str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
                     "start",
                 ]
             ),

@@ -25,13 +25,23 @@ class TestNormalize:
         assert normalize_address(given_) == expected
 
     def test_lookalike_domains_stay_different(self) -> None:
-        """A Cyrillic 'а' in the domain does not become the Latin one."""
-        assert normalize_address("alice@exаmple.test") != normalize_address("alice@example.test")
+        """A Cyrillic letter in the domain does not become the Latin one it looks like."""
+        lookalike = "alice@ex\u0430mple.test"
+        assert normalize_address(lookalike) != normalize_address("alice@example.test")
 
     @pytest.mark.parametrize(
         "bad",
-        ["", "alice", "@example.test", "alice@", '"a b"@example.test', "álice@example.test",
-         "alice@localhost", "a..b@example.test", "alice@-x.test"],
+        [
+            "",
+            "alice",
+            "@example.test",
+            "alice@",
+            '"a b"@example.test',
+            "álice@example.test",
+            "alice@localhost",
+            "a..b@example.test",
+            "alice@-x.test",
+        ],
     )
     def test_unusual_addresses_are_refused(self, bad: str) -> None:
         """Quoted, non-ASCII local parts and malformed domains are refused."""

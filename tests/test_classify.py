@@ -54,7 +54,15 @@ class TestRequestSubjects:
 
     @pytest.mark.parametrize(
         "subject",
-        [None, "", "GDPR", "DATA REQUEST", "GDPR-DATA-REQUEST", "Printer broken", "=?utf-8?q?broken=?="],
+        [
+            None,
+            "",
+            "GDPR",
+            "DATA REQUEST",
+            "GDPR-DATA-REQUEST",
+            "Printer broken",
+            "=?utf-8?q?broken=?=",
+        ],
     )
     def test_other_subjects_are_left_alone(self, subject: str | None) -> None:
         """Anything else is unrelated: sarbot does not touch it."""

@@ -54,7 +54,9 @@ class TestExample:
                 continue
             assert f"[{section}]" in text, section
             for key in fields:
-                assert f"\n{key} =" in text or f"\n# {key} =" in text, f"{section}.{key} is undocumented"
+                assert f"\n{key} =" in text or f"\n# {key} =" in text, (
+                    f"{section}.{key} is undocumented"
+                )
 
     def test_example_has_no_inline_secrets(self) -> None:
         """Every password in the example is a reference."""
@@ -87,12 +89,14 @@ class TestErrors:
 
     def test_unknown_key_names_the_path_and_suggests(self, tmp_path: Path) -> None:
         """A typo gets its key path and the likely intended key."""
-        message = self.error(tmp_path, MINIMAL.replace('host = "127.0.0.1"\nusername', 'hots = "x"\nusername'))
+        message = self.error(
+            tmp_path, MINIMAL.replace('host = "127.0.0.1"\nusername', 'hots = "x"\nusername')
+        )
         assert "imap.hots: unknown key (did you mean 'host'?)" in message
 
     def test_wrong_type_names_the_path(self, tmp_path: Path) -> None:
         """A wrong type says which key and what it got."""
-        message = self.error(tmp_path, MINIMAL + "\n[requests]\nacks_per_sender_per_day = \"many\"\n")
+        message = self.error(tmp_path, MINIMAL + '\n[requests]\nacks_per_sender_per_day = "many"\n')
         assert "requests.acks_per_sender_per_day:" in message
         assert "got str 'many'" in message
 
@@ -109,7 +113,9 @@ class TestErrors:
 
     def test_missing_section(self, tmp_path: Path) -> None:
         """A missing required table is named."""
-        assert "smtp: required key is missing" in self.error(tmp_path, MINIMAL.replace("[smtp]\nhost", "[x]\nhost"))
+        assert "smtp: required key is missing" in self.error(
+            tmp_path, MINIMAL.replace("[smtp]\nhost", "[x]\nhost")
+        )
 
     def test_not_toml(self, tmp_path: Path) -> None:
         """A syntax error is reported, not raised."""
@@ -122,5 +128,7 @@ class TestErrors:
 
     def test_duplicate_connector_names(self, tmp_path: Path) -> None:
         """Two connectors may not share a name."""
-        extra = '\n[[connectors]]\nname = "a"\ntype = "sql"\n[[connectors]]\nname = "a"\ntype = "sql"\n'
+        extra = (
+            '\n[[connectors]]\nname = "a"\ntype = "sql"\n[[connectors]]\nname = "a"\ntype = "sql"\n'
+        )
         assert "connector names must be unique: a" in self.error(tmp_path, MINIMAL + extra)

@@ -13,7 +13,9 @@ from tests.conftest import Bot
 pytestmark = pytest.mark.mailstack
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spamscope-mail-parser"
 if not CORPUS.is_dir():  # a clone next to shared/ or the checkout's own parent
-    CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "spamscope-mail-parser"
+    CORPUS = (
+        Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "spamscope-mail-parser"
+    )
 MAILS = sorted(CORPUS.glob("*.eml"))
 SUBJECT_RE = re.compile(rb"^Subject:[^\n]*\n(?:[ \t][^\n]*\n)*", re.IGNORECASE | re.MULTILINE)
 
@@ -45,7 +47,7 @@ def test_corpus_mail_is_left_alone(bot: Bot) -> None:
 
 
 def test_corpus_mail_as_requests_reaches_a_defined_state(bot: Bot) -> None:
-    """With a request subject, each mail is refused or becomes a request; bounces are never answered."""
+    """As requests, each mail is refused or becomes a request; bounces are never answered."""
     support = bot.support
     for path in MAILS:
         support.append(as_request(path.read_bytes()))
@@ -53,7 +55,12 @@ def test_corpus_mail_as_requests_reaches_a_defined_state(bot: Bot) -> None:
     seen = bot.seen()
     assert len(seen) == len(MAILS)
     outcomes = {s.outcome for s in seen}
-    assert outcomes <= {Outcome.REQUEST, Outcome.GUARDED, Outcome.INVALID_SENDER, Outcome.RATE_LIMITED}
+    assert outcomes <= {
+        Outcome.REQUEST,
+        Outcome.GUARDED,
+        Outcome.INVALID_SENDER,
+        Outcome.RATE_LIMITED,
+    }
     bounce = CORPUS / "mail_malformed_2.eml"
     bounce_id = re.search(rb"^Message-ID:\s*(<[^>]+>)", bounce.read_bytes(), re.I | re.M)
     assert bounce_id is not None

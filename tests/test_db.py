@@ -37,9 +37,16 @@ def round_trip(engine: Engine) -> None:
     with db.session_factory(engine).begin() as session:
         session.add(
             Request(
-                reference="SAR-2026-0001", email="alice@example.test", state=RequestState.RECEIVED,
-                attempts=0, token_hash="0" * 64, code_hash="1" * 64, confirmation_failures=0,
-                thread="", received_at=received, expires_at=received + timedelta(days=14),
+                reference="SAR-2026-0001",
+                email="alice@example.test",
+                state=RequestState.RECEIVED,
+                attempts=0,
+                token_hash="0" * 64,
+                code_hash="1" * 64,
+                confirmation_failures=0,
+                thread="",
+                received_at=received,
+                expires_at=received + timedelta(days=14),
             )
         )
     with db.session_factory(engine)() as session:

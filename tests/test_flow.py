@@ -1,4 +1,4 @@
-"""A request travels from a real mailbox to a real reply (Dovecot and Postfix from scripts/mailstack)."""
+"""A request travels from a real mailbox to a real reply (the mail stack of scripts/mailstack)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,10 @@ def website_db(tmp_path: Path) -> str:
         conn.execute("CREATE TABLE comments (author TEXT, email TEXT, content TEXT)")
         conn.executemany(
             "INSERT INTO comments VALUES (?, ?, ?)",
-            [("Alice", "ALICE@EXAMPLE.TEST", "<script>alert(1)</script> hello"), ("Bob", "bob@example.test", "hi")],
+            [
+                ("Alice", "ALICE@EXAMPLE.TEST", "<script>alert(1)</script> hello"),
+                ("Bob", "bob@example.test", "hi"),
+            ],
         )
     return f"sqlite:///{path}"
 
@@ -68,7 +71,8 @@ class TestWholeFlow:
                         {
                             "name": "comments",
                             "category": "Comment",
-                            "sql": "SELECT author, content FROM comments WHERE lower(email) = :email",
+                            "sql": "SELECT author, content FROM comments"
+                            " WHERE lower(email) = :email",
                         }
                     ],
                 }
@@ -77,7 +81,9 @@ class TestWholeFlow:
         alice = person("alice", "example.test")
         support = bot.support
         with sqlite3.connect(website_db.removeprefix("sqlite:///")) as conn:
-            conn.execute("UPDATE comments SET email = ? WHERE author = 'Alice'", (alice.address.upper(),))
+            conn.execute(
+                "UPDATE comments SET email = ? WHERE author = 'Alice'", (alice.address.upper(),)
+            )
         request_id = request_from(alice, bot, support)
 
         bot.run_once()
@@ -162,7 +168,9 @@ class TestLeavesOtherMailAlone:
 
 
 class TestRepliesOnlyToTheSender:
-    def test_reply_to_and_sender_pointing_elsewhere_are_ignored(self, bot: Bot, person: Person) -> None:
+    def test_reply_to_and_sender_pointing_elsewhere_are_ignored(
+        self, bot: Bot, person: Person
+    ) -> None:
         """The acknowledgement goes to the From address, never to Reply-To or Sender."""
         alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
         support = bot.support
@@ -178,7 +186,9 @@ class TestRepliesOnlyToTheSender:
         assert bot.request().email == alice.address
         assert mallory.messages() == []
 
-    def test_display_name_with_an_address_is_not_the_address(self, bot: Bot, person: Person) -> None:
+    def test_display_name_with_an_address_is_not_the_address(
+        self, bot: Bot, person: Person
+    ) -> None:
         """``"alice@..." <mallory@...>`` is mallory's request; alice gets nothing."""
         alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
         support = bot.support
@@ -190,7 +200,9 @@ class TestRepliesOnlyToTheSender:
 
 
 class TestConfirmation:
-    def _acknowledged(self, bot: Bot, person: Person) -> tuple[Correspondent, Correspondent, EmailMessage]:
+    def _acknowledged(
+        self, bot: Bot, person: Person
+    ) -> tuple[Correspondent, Correspondent, EmailMessage]:
         alice, support = person("alice", "example.test"), bot.support
         request_from(alice, bot, support)
         bot.run_once()
@@ -208,7 +220,9 @@ class TestConfirmation:
         assert len(alice.messages()) == 1
         assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION_REFUSED
 
-    def test_forged_from_with_a_guessed_token_confirms_nothing(self, bot: Bot, person: Person) -> None:
+    def test_forged_from_with_a_guessed_token_confirms_nothing(
+        self, bot: Bot, person: Person
+    ) -> None:
         """Mail forged as alice cannot confirm: the token went only to alice's mailbox."""
         alice, support, ack = self._acknowledged(bot, person)
         mallory = person("mallory", "evil.test")
@@ -232,7 +246,9 @@ class TestConfirmation:
         alice, support, ack = self._acknowledged(bot, person)
         body = ack.get_body(preferencelist=("plain",))
         assert body is not None
-        code = next(line.strip() for line in body.get_content().splitlines() if line.startswith("    "))
+        code = next(
+            line.strip() for line in body.get_content().splitlines() if line.startswith("    ")
+        )
         alice.send(bot.address, f"My request {bot.request().reference}", f"The code is {code}")
         support.wait_for(subject_contains("My request"))
         bot.run_once()
@@ -269,7 +285,10 @@ class TestExpiry:
         support.wait_for(subject_contains("Re: [SAR-"))
         bot.run_once()
         assert bot.request().state is RequestState.EXPIRED
-        assert [m.kind for m in bot.outgoing()] == [MailKind.ACKNOWLEDGEMENT, MailKind.EXPIRY_NOTICE]
+        assert [m.kind for m in bot.outgoing()] == [
+            MailKind.ACKNOWLEDGEMENT,
+            MailKind.EXPIRY_NOTICE,
+        ]
         assert len(alice.messages()) == 2
 
 
@@ -286,11 +305,18 @@ class TestNeverAnswered:
         ],
     )
     def test_automatic_mail_gets_no_answer(
-        self, bot: Bot, person: Person, headers: dict[str, str], envelope_from: str | None, reason: str
+        self,
+        bot: Bot,
+        person: Person,
+        headers: dict[str, str],
+        envelope_from: str | None,
+        reason: str,
     ) -> None:
-        """Auto-replies, list mail and bounces with the request subject are refused, and stay in INBOX."""
+        """Auto-replies, list mail and bounces asking for data are refused and stay in INBOX."""
         sender, support = person("robot", "example.test"), bot.support
-        message_id = request_from(sender, bot, support, headers=headers, envelope_from=envelope_from)
+        message_id = request_from(
+            sender, bot, support, headers=headers, envelope_from=envelope_from
+        )
         bot.run_once()
         assert bot.requests() == []
         assert bot.outgoing() == []
@@ -306,7 +332,7 @@ class TestNeverAnswered:
         assert bot.outgoing() == []
 
     def test_delivery_report_is_never_answered(self, bot: Bot, person: Person) -> None:
-        """A multipart/report bounce of our own acknowledgement confirms nothing and gets no answer."""
+        """A multipart/report bounce of an acknowledgement confirms nothing and gets no answer."""
         alice, support = person("alice", "example.test"), bot.support
         request_from(alice, bot, support)
         bot.run_once()
@@ -314,7 +340,8 @@ class TestNeverAnswered:
         report = (
             f"From: {alice.address}\r\nTo: {bot.address}\r\nSubject: Re: {ack['Subject']}\r\n"
             f"In-Reply-To: {ack['Message-ID']}\r\nMessage-ID: <dsn-1@example.test>\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+            "MIME-Version: 1.0\r\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
             "--b\r\nContent-Type: text/plain\r\n\r\nundeliverable\r\n--b--\r\n"
         ).encode()
         alice.send_raw(report, bot.address)
@@ -323,7 +350,9 @@ class TestNeverAnswered:
         assert bot.request().state is RequestState.AWAITING_CONFIRMATION
         assert len(bot.outgoing()) == 1
 
-    def test_acknowledgements_are_capped_per_sender(self, make_bot: BotFactory, person: Person) -> None:
+    def test_acknowledgements_are_capped_per_sender(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
         """At most N acknowledgements a day go to one address, however many requests it sends."""
         bot = make_bot(requests={"acks_per_sender_per_day": 2})
         alice, support = person("alice", "example.test"), bot.support
@@ -331,4 +360,8 @@ class TestNeverAnswered:
             request_from(alice, bot, support)
         bot.run_once()
         assert len(bot.outgoing()) == 2
-        assert [s.outcome for s in bot.seen()] == [Outcome.REQUEST, Outcome.REQUEST, Outcome.RATE_LIMITED]
+        assert [s.outcome for s in bot.seen()] == [
+            Outcome.REQUEST,
+            Outcome.REQUEST,
+            Outcome.RATE_LIMITED,
+        ]

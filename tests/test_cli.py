@@ -1,0 +1,170 @@
+"""The ``sarbot`` command line, run as a real subprocess where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sarbot.cli import cli
+from sarbot.testing import Correspondent, MailServer, subject_contains
+from tests.conftest import CA_FILE, unique
+from tests.servers import free_port
+
+SARBOT = [sys.executable, "-m", "sarbot"]
+
+
+def write_config(tmp_path: Path, support: str, *, imap_port: int = 10143) -> Path:
+    (tmp_path / "imap-password").write_text("test\n")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[controller]
+name = "Red Train IT Ltd"
+email = "{support}"
+[imap]
+host = "127.0.0.1"
+port = {imap_port}
+security = "starttls"
+ca_file = "{CA_FILE}"
+username = "{support}"
+password = {{ file = "imap-password" }}
+poll_interval = 1
+timeout = 5
+[smtp]
+host = "127.0.0.1"
+port = 10025
+ca_file = "{CA_FILE}"
+[storage]
+database_url = "sqlite:///{tmp_path / "state.db"}"
+export_dir = "exports"
+[logging]
+format = "json"
+"""
+    )
+    return path
+
+
+def invoke(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args], obj={})
+    return result.exit_code, result.output
+
+
+class TestCommands:
+    def test_db_upgrade_then_empty_listing(self, tmp_path: Path) -> None:
+        """``db upgrade`` creates the schema; an empty listing says so."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        assert invoke(config, "db", "upgrade") == (0, "database at revision 0001\n")
+        assert invoke(config, "requests", "list") == (0, "(none)\n")
+        assert invoke(config, "requests", "list", "--json") == (0, "[]\n")
+
+    def test_config_check(self, tmp_path: Path) -> None:
+        """``config check`` validates and reports."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        code, output = invoke(config, "config", "check")
+        assert code == 0 and "ok (0 connector(s))" in output
+
+    def test_broken_config_is_an_error_not_a_traceback(self, tmp_path: Path) -> None:
+        """A bad key gives its path and a hint, exit status 1 and no traceback."""
+        config = tmp_path / "config.toml"
+        config.write_text("[controller]\nname = 'x'\nemail = 'a@b.test'\nfoo = 1\n")
+        result = subprocess.run(
+            [*SARBOT, "--config", str(config), "run"], capture_output=True, text=True
+        )
+        assert result.returncode == 1
+        assert "controller.foo: unknown key" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+    def test_config_from_environment(self, tmp_path: Path) -> None:
+        """SARBOT_CONFIG names the config when --config is not given."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        env = {**os.environ, "SARBOT_CONFIG": str(config)}
+        result = subprocess.run(
+            [*SARBOT, "config", "check"], capture_output=True, text=True, env=env
+        )
+        assert result.returncode == 0, result.stderr
+
+    def test_unknown_reference(self, tmp_path: Path) -> None:
+        """``requests show`` of a reference that does not exist is a clear error."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        invoke(config, "db", "upgrade")
+        code, output = invoke(config, "requests", "show", "SAR-2026-9999")
+        assert code == 1 and "no request SAR-2026-9999" in output
+
+    def test_run_refuses_an_unmigrated_database(self, tmp_path: Path) -> None:
+        """``run`` says to upgrade first instead of creating tables on its own."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        code, output = invoke(config, "run", "--once")
+        assert code == 1 and "run 'sarbot db upgrade' first" in output
+
+
+@pytest.mark.mailstack
+class TestRunning:
+    def test_request_shows_up_in_list_and_show(self, tmp_path: Path, mailstack: MailServer) -> None:
+        """After ``run --once`` the request is listed, and ``show`` gives its audit trail."""
+        support = unique("support", "redtrain.test")
+        config = write_config(tmp_path, support)
+        alice = Correspondent(mailstack, unique("alice", "example.test"))
+        alice.send(support, "GDPR DATA REQUEST")
+        Correspondent(mailstack, support).wait_for(subject_contains("GDPR"))
+        assert invoke(config, "db", "upgrade")[0] == 0
+        run = subprocess.run(
+            [*SARBOT, "--config", str(config), "run", "--once"], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        events = [
+            json.loads(line)["event"]
+            for line in run.stderr.splitlines() + run.stdout.splitlines()
+            if line.startswith("{")
+        ]
+        assert "mail.accepted" in events and "mail.sent" in events
+        code, output = invoke(config, "requests", "list", "--json")
+        [listed] = json.loads(output)
+        assert (listed["state"], listed["email"]) == ("awaiting_confirmation", alice.address)
+        code, output = invoke(config, "requests", "show", listed["reference"], "--json")
+        shown = json.loads(output)
+        assert [e["event"] for e in shown["audit"]] == [
+            "request.received",
+            "state.awaiting_confirmation",
+        ]
+        code, output = invoke(config, "requests", "show", listed["reference"])
+        assert code == 0 and "audit trail:" in output and "state.awaiting_confirmation" in output
+
+    def test_sigterm_stops_the_daemon_cleanly(self, tmp_path: Path, mailstack: MailServer) -> None:
+        """The daemon waits on the mailbox; SIGTERM makes it finish and exit 0."""
+        config = write_config(tmp_path, unique("support", "redtrain.test"))
+        assert invoke(config, "db", "upgrade")[0] == 0
+        proc = subprocess.Popen(
+            [*SARBOT, "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        for line in proc.stdout:
+            if "mailbox.connected" in line or time.monotonic() > deadline:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert '"daemon.stopped"' in rest
+
+    def test_unreachable_mailbox_fails_once_mode_without_traceback(self, tmp_path: Path) -> None:
+        """With IMAP down, ``run --once`` logs the error and exits 1."""
+        config = write_config(tmp_path, "support@redtrain.test", imap_port=free_port())
+        assert invoke(config, "db", "upgrade")[0] == 0
+        run = subprocess.run(
+            [*SARBOT, "--config", str(config), "run", "--once"], capture_output=True, text=True
+        )
+        assert run.returncode == 1
+        assert '"mailbox.error"' in run.stderr + run.stdout
+        assert "Traceback" not in run.stderr + run.stdout

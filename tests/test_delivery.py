@@ -1,0 +1,157 @@
+"""Collecting and delivering when things go wrong, and what the logs say (and never say)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import ClassVar
+
+import pytest
+import structlog
+from pydantic import BaseModel
+
+from connectors.sql import SqlConnector
+from sarbot.config import Section
+from sarbot.connector import Identity, Record
+from sarbot.states import MailKind, MailState, RequestState
+from sarbot.testing import Correspondent, subject_contains
+from tests.conftest import Bot, BotFactory
+from tests.servers import free_port
+
+pytestmark = pytest.mark.mailstack
+Person = Callable[[str, str], Correspondent]
+
+
+class FlakySettings(Section):
+    secret_marker: str = "canary"
+
+
+class FlakyConnector:
+    """Fails until told otherwise; then returns one record holding a marker."""
+
+    Settings: ClassVar[type[BaseModel]] = FlakySettings
+    healthy = False
+
+    def __init__(self, name: str, settings: FlakySettings) -> None:
+        self.name, self.marker = name, settings.secret_marker
+
+    def collect(self, identity: Identity) -> Iterable[Record]:
+        if not FlakyConnector.healthy:
+            raise ConnectionError(f"cannot reach the store while looking up {identity.email}")
+        return [Record("Note", {"text": self.marker}, f"email {identity.email}")]
+
+    def close(self) -> None:
+        pass
+
+
+def confirmed(bot: Bot, person: Person) -> Correspondent:
+    """A request from alice, acknowledged and confirmed (not yet collected)."""
+    alice, support = person("alice", "example.test"), bot.support
+    alice.send(bot.address, "GDPR DATA REQUEST", "my body text PRIVATE-BODY-MARKER")
+    support.wait_for(subject_contains("GDPR"))
+    bot.run_once()
+    alice.reply(alice.wait_for(subject_contains("Please confirm")))
+    support.wait_for(subject_contains("Re: [SAR-"))
+    return alice
+
+
+class TestConnectorFailure:
+    def test_failing_connector_keeps_the_request_collecting_until_it_recovers(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """No partial export is sent; the request waits in collecting and completes later."""
+        FlakyConnector.healthy = False
+        bot = make_bot(
+            connectors=[{"name": "flaky", "type": "flaky"}],
+            connector_types={"flaky": FlakyConnector, "sql": SqlConnector},
+        )
+        alice = confirmed(bot, person)
+        bot.run_once()
+        request = bot.request()
+        assert request.state is RequestState.COLLECTING
+        assert request.last_error == "connectors failed: flaky"
+        assert [m.kind for m in bot.outgoing()] == [MailKind.ACKNOWLEDGEMENT]
+        bot.run_once()  # the retry is not due yet
+        assert bot.request().attempts == 1
+
+        FlakyConnector.healthy = True
+        bot.offset = timedelta(minutes=6)
+        bot.run_once()
+        alice.wait_for(subject_contains("A copy of your personal data"))
+        assert bot.request().state is RequestState.DELIVERED
+
+
+class TestSmtpFailure:
+    def test_unreachable_smtp_defers_and_retries(self, bot: Bot, person: Person) -> None:
+        """A connection failure leaves the message pending; it goes out on a later cycle."""
+        good = bot.app.settings
+        bot.app.settings = good.model_copy(
+            update={"smtp": good.smtp.model_copy(update={"port": free_port(), "attempts": 2})}
+        )
+        alice, support = person("alice", "example.test"), bot.support
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        [mail] = bot.outgoing()
+        assert (mail.state, mail.attempts) == (MailState.PENDING, 1)
+        assert mail.next_attempt_at is not None
+        assert alice.messages() == []
+
+        bot.app.settings = good
+        bot.run_once()  # not due yet
+        assert bot.outgoing()[0].state is MailState.PENDING
+        bot.offset = timedelta(minutes=6)
+        bot.run_once()
+        alice.wait_for(subject_contains("Please confirm"))
+        assert bot.outgoing()[0].state is MailState.SENT
+
+    def test_permanent_refusal_needs_review(self, bot: Bot, person: Person) -> None:
+        """A 5xx refusal moves the request to needs_review instead of retrying forever."""
+        outsider = person("someone", "elsewhere.test")
+        support = bot.support
+        support.append(
+            f"From: {outsider.address}\r\nTo: {bot.address}\r\nSubject: GDPR DATA REQUEST\r\n"
+            "Message-ID: <outsider-1@elsewhere.test>\r\n\r\nplease\r\n".encode()
+        )
+        bot.run_once()
+        assert bot.request().state is RequestState.NEEDS_REVIEW
+        [mail] = bot.outgoing()
+        assert mail.state is MailState.FAILED
+        assert mail.raw is None
+
+
+class TestLogs:
+    def test_logs_hold_no_address_body_secret_or_data(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """Across a whole request, log events carry masked addresses and counts only."""
+        FlakyConnector.healthy = True
+        bot = make_bot(
+            connectors=[
+                {"name": "notes", "type": "flaky", "secret_marker": "EXPORTED-DATA-MARKER"}
+            ],
+            connector_types={"flaky": FlakyConnector},
+        )
+        with structlog.testing.capture_logs() as events:
+            alice = confirmed(bot, person)
+            ack_message = alice.messages()[0]
+            ack = ack_message.get_body(preferencelist=("plain",))
+            bot.run_once()
+            alice.wait_for(subject_contains("A copy of your personal data"))
+        assert ack is not None
+        code = next(
+            line.strip() for line in ack.get_content().splitlines() if line.startswith("    ")
+        )
+        text = json.dumps(events, default=str)
+        assert "mail.sent" in text and "request.packaged" in text
+        token = str(ack_message["Message-ID"]).split(".", 1)[1].split("@")[0]
+        for forbidden in (
+            alice.address,
+            "PRIVATE-BODY-MARKER",
+            "EXPORTED-DATA-MARKER",
+            code,
+            token,
+        ):
+            assert forbidden not in text
+        assert alice.address[0] + "***@example.test" in text
