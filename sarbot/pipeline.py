@@ -79,18 +79,25 @@ class Pipeline:
     # -- intake, classify, verify ------------------------------------------------
 
     async def intake(self) -> bool:
+        """Take every new message in the watched folder, then move the handled ones."""
         box: Mailbox = self.mailbox.mailbox
-        folder = self.settings.imap.folder
         with self.sessions.begin() as session:
-            position = self._position(session, folder, box.uidvalidity)
-            after = position.last_uid
+            after = self._position(session, box.uidvalidity).last_uid
         progressed = False
-        for info in await self.mailbox.call(box.new_headers, after):
-            progressed |= await self._take(info, box.uidvalidity)
-        progressed |= await self._move_handled(box.uidvalidity)
+        headers = await self.mailbox.call(box.new_headers, after)
+        for info in headers:
+            mail, found = self._classify(info)
+            if mail is not None and found.kind is not Kind.UNRELATED:
+                progressed |= await self._take(info, mail, found, box.uidvalidity)
+        if headers:  # unrelated mail moves the position too, in one commit
+            with self.sessions.begin() as session:
+                position = self._position(session, box.uidvalidity)
+                position.last_uid = max(position.last_uid, headers[-1].uid)
+        await self._move_handled(box.uidvalidity)
         return progressed
 
-    def _position(self, session: Session, folder: str, uidvalidity: int) -> MailboxPosition:
+    def _position(self, session: Session, uidvalidity: int) -> MailboxPosition:
+        folder = self.settings.imap.folder
         position = session.get(MailboxPosition, folder)
         if position is None:
             position = MailboxPosition(folder=folder, uidvalidity=uidvalidity, last_uid=0)
@@ -105,27 +112,29 @@ class Pipeline:
             position.uidvalidity, position.last_uid = uidvalidity, 0
         return position
 
-    async def _take(self, info: HeaderInfo, uidvalidity: int) -> bool:
-        """Classify one new message and act on it; the position moves past it either way."""
-        log = self.log.bind(uid=info.uid)
+    def _classify(self, info: HeaderInfo) -> tuple[IncomingMail | None, Classification]:
+        """Classify on headers alone; hostile headers are refused, never raised."""
         try:
             head = parse_headers(info.header)
-            found = self.classifier.classify(head)
-        except Exception as exc:  # hostile headers must not stop intake
-            log.warning("mail.unreadable", error_type=type(exc).__name__)
-            head, found = None, Classification(Kind.GUARDED, reason="unreadable")
+            return head, self.classifier.classify(head)
+        except Exception as exc:  # the parser may fail in any way on hostile input
+            self.log.warning("mail.unreadable", uid=info.uid, error_type=type(exc).__name__)
+            return None, Classification(Kind.GUARDED, reason="unreadable")
+
+    async def _take(
+        self, info: HeaderInfo, head: IncomingMail, found: Classification, uidvalidity: int
+    ) -> bool:
+        """Act on one message that concerns sarbot; the position moves past it either way."""
+        log = self.log.bind(uid=info.uid)
         mail: IncomingMail | None = head
-        if (
-            found.kind in (Kind.REQUEST, Kind.REPLY)
-            and info.size <= self.settings.imap.max_message_bytes
-        ):
+        if found.kind is not Kind.GUARDED and info.size <= self.settings.imap.max_message_bytes:
             raw = await self.mailbox.call(self.mailbox.mailbox.fetch_message, info.uid)
             mail = parse_message(raw) if raw is not None else None
         now = self.clock()
         with self.sessions.begin() as session:
-            position = self._position(session, self.settings.imap.folder, uidvalidity)
+            position = self._position(session, uidvalidity)
             position.last_uid = max(position.last_uid, info.uid)
-            if found.kind is Kind.UNRELATED or mail is None:
+            if mail is None:  # gone from the mailbox since its headers were read
                 return False
             if session.scalar(select(SeenMessage.id).where(SeenMessage.message_key == mail.key)):
                 log.info("mail.duplicate", kind=found.kind.value)
@@ -180,7 +189,7 @@ class Pipeline:
         else:
             log.warning("mail.refused", **fields)
 
-    async def _move_handled(self, uidvalidity: int) -> bool:
+    async def _move_handled(self, uidvalidity: int) -> None:
         with self.sessions.begin() as session:
             pending = list(
                 session.scalars(
@@ -191,13 +200,12 @@ class Pipeline:
             )
             uids = [seen.uid for seen in pending if seen.uidvalidity == uidvalidity]
             if not pending:
-                return False
+                return
             target = self.settings.imap.processed_folder
             await self.mailbox.call(self.mailbox.mailbox.move, uids, target)
             for seen in pending:
                 seen.move_pending = False
         self.log.info("mail.moved", count=len(uids), folder=target)
-        return False
 
     # -- expiry ----------------------------------------------------------------------
 
