@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -11,18 +12,19 @@ from sarbot.states import MailState, Outcome, RequestState
 from tests.conftest import Bot
 
 pytestmark = pytest.mark.mailstack
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spamscope-mail-parser"
-if not CORPUS.is_dir():  # a clone next to shared/ or the checkout's own parent
-    CORPUS = (
-        Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "spamscope-mail-parser"
-    )
+CORPUS_CANDIDATES = [
+    Path(os.environ.get("SARBOT_CORPUS", "/nonexistent")),
+    Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spamscope-mail-parser",
+    Path("/work/shared/corpus/spamscope-mail-parser"),
+]
+CORPUS = next((path for path in CORPUS_CANDIDATES if path.is_dir()), CORPUS_CANDIDATES[1])
 MAILS = sorted(CORPUS.glob("*.eml"))
 SUBJECT_RE = re.compile(rb"^Subject:[^\n]*\n(?:[ \t][^\n]*\n)*", re.IGNORECASE | re.MULTILINE)
 
 
 def test_the_corpus_is_there() -> None:
-    """The shared corpus must be found, or the tests below would test nothing."""
-    assert len(MAILS) >= 20, f"corpus not found at {CORPUS}"
+    """The shared corpus must be found (or named by SARBOT_CORPUS), or nothing below is tested."""
+    assert len(MAILS) >= 20, f"corpus not found; looked in {[str(p) for p in CORPUS_CANDIDATES]}"
 
 
 def as_request(raw: bytes) -> bytes:
