@@ -5,7 +5,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test pytest lint typecheck install mailstack mailstack-down bench clean
+.PHONY: demo test pytest lint typecheck install mailstack mailstack-down clean
 
 demo: install mailstack
 	$(PYTHON) scripts/demo.py
@@ -36,9 +36,6 @@ mailstack:
 
 mailstack-down:
 	scripts/mailstack down
-
-bench: install mailstack
-	$(PYTHON) -m bench
 
 clean:
 	-scripts/mailstack down

@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -182,7 +182,3 @@ class MailboxThread:
     def shutdown(self) -> None:
         self._executor.submit(self.mailbox.close)
         self._executor.shutdown(wait=True)
-
-
-def uid_list(uids: Iterable[int]) -> list[int]:
-    return sorted(set(uids))

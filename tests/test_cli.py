@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,14 +150,21 @@ class TestRunning:
             text=True,
         )
         assert proc.stdout is not None
-        deadline = time.monotonic() + 20
-        for line in proc.stdout:
-            if "mailbox.connected" in line or time.monotonic() > deadline:
-                break
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()])
+        reader.start()
+        seen = ""
+        while "mailbox.connected" not in seen:
+            try:
+                seen = lines.get(timeout=20)
+            except queue.Empty:
+                proc.kill()
+                pytest.fail("the daemon did not connect to the mailbox within 20 s")
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0
+        assert proc.wait(timeout=20) == 0
+        reader.join(timeout=5)
+        rest = "".join(lines.get() for _ in range(lines.qsize()))
         assert '"daemon.stopped"' in rest
 
     def test_unreachable_mailbox_fails_once_mode_without_traceback(self, tmp_path: Path) -> None:
