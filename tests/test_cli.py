@@ -151,7 +151,12 @@ class TestRunning:
         )
         assert proc.stdout is not None
         lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()])
+
+        def read() -> None:
+            for line in proc.stdout or ():
+                lines.put(line)
+
+        reader = threading.Thread(target=read)
         reader.start()
         seen = ""
         while "mailbox.connected" not in seen:
