@@ -1,29 +1,37 @@
 """``sql``: named, parameterised SELECT queries against any SQLAlchemy database.
 
-Each query binds one identifier kind as a named parameter (``:email`` by
-default) and every row it returns becomes a record.  SQLite files are opened
-read-only; for other databases, give the connector a read-only account.
+Each query consumes one identifier kind, bound as the named parameter of the
+same name (``:email``, ``:username``), and runs once per identifier of that
+kind.  Every row becomes a record.  A query may name columns whose values are
+further identifiers of the same person (``yields``), which sarbot follows
+when the kind is a strong one.  SQLite files are opened read-only; for other
+databases, give the connector a read-only account.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, RowMapping, create_engine, text
 from sqlalchemy.engine import make_url
 
 from sarbot.config import Section
-from sarbot.connector import Identity, Record, jsonable
+from sarbot.connector import Identifier, Identity, Record, jsonable
 from sarbot.secretref import MaybeSecretStr
+
+KIND = r"^[a-z][a-z0-9_]{0,30}$"
 
 
 class Query(Section):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
     category: str = Field(min_length=1)
     sql: str
-    identifier: str = Field(default="email", pattern=r"^[a-z][a-z0-9_]{0,30}$")
+    consumes: str = Field(default="email", pattern=KIND)
+    key: str | None = None
+    yields: Mapping[str, str] = Field(default_factory=dict)
 
     @field_validator("sql")
     @classmethod
@@ -33,12 +41,20 @@ class Query(Section):
             raise ValueError("must be a SELECT (or WITH ... SELECT) statement")
         return value
 
+    @field_validator("yields")
+    @classmethod
+    def _kinds(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        bad = [kind for kind in value if not re.match(KIND, kind)]
+        if bad:
+            raise ValueError(f"not an identifier kind: {', '.join(bad)}")
+        return value
+
     @model_validator(mode="after")
     def _binds_identifier(self) -> Query:
         binds = set(text(self.sql).compile().params)
-        if binds != {self.identifier}:
+        if binds != {self.consumes}:
             raise ValueError(
-                f"query '{self.name}' must bind exactly :{self.identifier} (found: "
+                f"query '{self.name}' must bind exactly :{self.consumes} (found: "
                 f"{', '.join(sorted(binds)) or 'no parameters'})"
             )
         return self
@@ -50,33 +66,51 @@ class SqlSettings(Section):
 
 
 class SqlConnector:
-    """Runs the configured queries once per identifier value."""
+    """Runs the configured queries once per identifier of the kind each consumes."""
 
     Settings: ClassVar[type[BaseModel]] = SqlSettings
 
     def __init__(self, name: str, settings: SqlSettings) -> None:
         self.name = name
         self.settings = settings
-        self.engine = _read_only_engine(settings.url)
+        self.engine = read_only_engine(settings.url)
 
     def collect(self, identity: Identity) -> Iterator[Record]:
         with self.engine.connect() as connection:
             for query in self.settings.queries:
-                for value in sorted(identity.values(query.identifier)):
-                    rows = connection.execute(text(query.sql), {query.identifier: value})
+                for identifier in identity.of_kind(query.consumes):
+                    rows = connection.execute(text(query.sql), {query.consumes: identifier.value})
                     for row in rows.mappings():
-                        yield Record(
-                            category=query.category,
-                            fields={str(key): jsonable(val) for key, val in row.items()},
-                            matched_on=f"{query.identifier} {value} (query '{query.name}')",
-                        )
+                        yield self._record(query, identifier, row)
+
+    def _record(self, query: Query, found_by: Identifier, row: RowMapping) -> Record:
+        fields = {str(key): jsonable(value) for key, value in row.items()}
+        item = row.get(query.key) if query.key else None
+        key = f"{query.name}:{item}" if item is not None else ""
+        yields = tuple(
+            Identifier(
+                kind, str(row[column]), f"{self.name}: query '{query.name}', column {column}"
+            )
+            for kind, column in query.yields.items()
+            if row.get(column) not in (None, "")
+        )
+        location = f"query '{query.name}'" + (f", {query.key} {item}" if key else "")
+        return Record(query.category, fields, found_by, location, yields, key=key)
+
+    def check(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def _read_only_engine(url: str) -> Engine:
+def read_only_engine(url: str) -> Engine:
+    """An engine that never writes: SQLite files open read-only; parameters stay out of errors."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         parsed = parsed.set(database=f"file:{parsed.database}", query={"mode": "ro", "uri": "true"})
     return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+
+
+_read_only_engine = read_only_engine  # the name other built-in connectors first imported

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,10 @@ from sqlalchemy import select
 from sarbot import db
 from sarbot.app import App
 from sarbot.errors import SarbotError
+from sarbot.lifecycle import audit
 from sarbot.logging import configure_logging
-from sarbot.models import Request
+from sarbot.models import Request, utcnow
+from sarbot.registry import check_connector
 from sarbot.states import RequestState
 
 DEFAULT_CONFIG = "/etc/sarbot/config.toml"
@@ -97,6 +101,54 @@ def config_check(ctx: click.Context) -> None:
     click.echo(f"{app.config_path}: ok ({len(connectors)} connector(s))")
 
 
+@cli.group()
+def connectors() -> None:
+    """The data stores sarbot asks."""
+
+
+@connectors.command("list")
+@click.pass_context
+def connectors_list(ctx: click.Context) -> None:
+    """Installed connector types, and the connectors the config sets up."""
+    app = _app(ctx)
+    click.echo("installed types: " + ", ".join(sorted(app.connector_types)))
+    _table(
+        [
+            {"name": e.name, "type": e.type, "enabled": e.enabled, "description": e.description}
+            for e in app.settings.connectors
+        ],
+        ["name", "type", "enabled", "description"],
+    )
+
+
+@connectors.command("check")
+@click.pass_context
+def connectors_check(ctx: click.Context) -> None:
+    """Connect to each connector and run a harmless lookup; one line each."""
+    app = _app(ctx)
+    try:
+        built = app.build_connectors()
+    except SarbotError as exc:
+        raise click.ClickException(str(exc)) from None
+    failures = 0
+    for configured in built:
+        started = time.monotonic()
+        try:
+            check_connector(configured.connector)
+        except Exception as exc:  # any failure is reported on its line, not raised
+            failures += 1
+            click.echo(
+                f"FAILED  {configured.name} ({configured.type}): {type(exc).__name__}: {exc}"
+            )
+        else:
+            elapsed = (time.monotonic() - started) * 1000
+            click.echo(f"ok      {configured.name} ({configured.type}): {elapsed:.0f} ms")
+        finally:
+            configured.connector.close()
+    if failures:
+        ctx.exit(1)
+
+
 @cli.group("requests")
 def requests_group() -> None:
     """The requests sarbot has received."""
@@ -157,6 +209,35 @@ def requests_show(ctx: click.Context, reference: str, as_json: bool) -> None:
             click.echo(f"{key:>13}: {'' if value is None else value}")
     click.echo("\naudit trail:")
     _table(detail["audit"], ["at", "event", "reason"])
+
+
+@requests_group.command("deliver")
+@click.argument("reference")
+@click.option("--partial", is_flag=True, required=True, help="Send what can be collected now.")
+@click.option("--reason", required=True, help="Why; it is quoted in the letter to the requester.")
+@click.pass_context
+def requests_deliver(ctx: click.Context, reference: str, partial: bool, reason: str) -> None:
+    """Deliver a request whose collection keeps failing, with the sources that answer."""
+    app = _app(ctx)
+    with app.sessions.begin() as session:
+        request = session.scalar(select(Request).where(Request.reference == reference))
+        if request is None:
+            raise click.ClickException(f"no request {reference}")
+        if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
+            raise click.ClickException(
+                f"{reference} is {request.state.value}; only a request being collected can be "
+                "delivered in part"
+            )
+        request.partial_reason = reason
+        request.next_attempt_at = None
+        audit(
+            session, request, "request.partial_delivery", at=utcnow(), reason=reason, actor=_actor()
+        )
+    click.echo(f"{reference}: will be delivered with the sources that answer, at the next cycle")
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
 
 
 def _summary(request: Request) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from sarbot.addresses import normalize_address
 from sarbot.errors import ConfigError
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
 
+M = TypeVar("M", bound=BaseModel)
+
 
 class Section(BaseModel):
     """A config table: unknown keys are errors and values never change."""
@@ -70,7 +72,43 @@ class RequestSettings(Section):
     confirmation_expiry_days: float = Field(default=14.0, gt=0)
     acks_per_sender_per_day: int = Field(default=3, ge=1)
     max_confirmation_attempts: int = Field(default=5, ge=1)
-    collect_retry_after: float = Field(default=300.0, gt=0)
+
+
+WEAK_KINDS = frozenset({"ip", "name", "hostname"})
+DEFAULT_NEVER_FOLLOW = (
+    "admin",
+    "administrator",
+    "root",
+    "user",
+    "guest",
+    "test",
+    "support",
+    "info",
+    "sa",
+    "system",
+    "service",
+    "backup",
+    "operator",
+    "webmaster",
+    "postmaster",
+    "nobody",
+)
+
+
+class CollectionSettings(Section):
+    strong_identifiers: tuple[str, ...] = ("email", "username")
+    max_rounds: int = Field(default=3, ge=1, le=10)
+    never_follow: tuple[str, ...] = DEFAULT_NEVER_FOLLOW
+    attempts: int = Field(default=3, ge=1, le=10)
+    retry_after: float = Field(default=300.0, gt=0)
+
+    @field_validator("strong_identifiers")
+    @classmethod
+    def _no_weak_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        weak = sorted(set(value) & WEAK_KINDS)
+        if weak:
+            raise ValueError(f"{', '.join(weak)} can identify several people and is never followed")
+        return value
 
 
 class StorageSettings(Section):
@@ -83,6 +121,19 @@ class LoggingSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class SourceFacts(Section):
+    """What UK GDPR Article 15(1) asks to be told about one source of data."""
+
+    purposes: str = ""
+    lawful_basis: str = ""
+    categories: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+    retention: str = ""
+    origin: str = ""
+    automated_decisions: str = "None: no decision about you is made by automated means."
+    transfers: str = ""
+
+
 class ConnectorEntry(BaseModel):
     """One ``[[connectors]]`` table.  Its other keys belong to the connector type."""
 
@@ -92,6 +143,7 @@ class ConnectorEntry(BaseModel):
     type: str
     enabled: bool = True
     description: str = ""
+    facts: SourceFacts = SourceFacts()
 
     @property
     def options(self) -> dict[str, Any]:
@@ -104,6 +156,7 @@ class Settings(Section):
     smtp: SmtpSettings
     storage: StorageSettings
     requests: RequestSettings = RequestSettings()
+    collection: CollectionSettings = CollectionSettings()
     logging: LoggingSettings = LoggingSettings()
     connectors: tuple[ConnectorEntry, ...] = ()
 
@@ -135,9 +188,6 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return validate(data, Settings, source=str(path), base_dir=path.parent.resolve())
-
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def validate(data: Any, model: type[M], *, source: str, base_dir: Path, prefix: str = "") -> M:

@@ -8,13 +8,21 @@ types register alike, through the ``sarbot.connectors`` entry-point group::
     [project.entry-points."sarbot.connectors"]
     crm = "mypackage.crm:CrmConnector"
 
-``collect`` runs in a worker thread, so a connector may block on I/O.  It must
-return only records about the identity it was given, and it must not put
-secrets (passwords, keys, tokens) into a record.
+``collect`` runs in a worker thread, so a connector may block on I/O.  It
+must return only records about the identity it was given, and it must never
+put a secret (password, key, one-time-password seed, protected field) into a
+record: it writes a statement that the secret is held and withheld instead.
+
+Identity expansion: a record may name further identifiers of the person it
+belongs to (``Record.yields``: a username in a vault entry, say).  sarbot
+follows the kinds the admin marks as strong in further rounds, calling each
+connector again with only the identifiers that are new.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -23,19 +31,43 @@ from pydantic import BaseModel
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 ENTRY_POINT_GROUP = "sarbot.connectors"
+VERIFIED_ORIGIN = "the address the request came from, verified by a reply"
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """One identifier of the person, and where it came from."""
+
+    kind: str
+    value: str
+    origin: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identifiers of one kind compare without regard to case."""
+        return (self.kind, self.value.casefold())
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.value}"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a request is about: the verified address, plus identifiers linked to it."""
+    """The identifiers a connector is asked about in one round of collection."""
 
     email: str
-    identifiers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    identifiers: tuple[Identifier, ...] = ()
 
-    def values(self, kind: str) -> frozenset[str]:
-        """All identifiers of one kind; ``"email"`` always includes the verified address."""
-        found = self.identifiers.get(kind, frozenset())
-        return found | {self.email} if kind == "email" else found
+    @classmethod
+    def verified(cls, email: str) -> Identity:
+        """The first round: only the verified address."""
+        return cls(email, (Identifier("email", email, VERIFIED_ORIGIN),))
+
+    def of_kind(self, kind: str) -> list[Identifier]:
+        return [i for i in self.identifiers if i.kind == kind]
+
+    def values(self, kind: str) -> list[str]:
+        return [i.value for i in self.of_kind(kind)]
 
 
 @dataclass(frozen=True)
@@ -44,7 +76,19 @@ class Record:
 
     category: str
     fields: Mapping[str, JSONValue]
-    matched_on: str
+    found_by: Identifier
+    location: str = ""
+    yields: tuple[Identifier, ...] = ()
+    notes: tuple[str, ...] = ()
+    key: str = field(default="")
+
+    @property
+    def identity_key(self) -> str:
+        """Stable within a source: the connector's key, or a digest of the content."""
+        if self.key:
+            return self.key
+        body = json.dumps([self.category, self.fields], sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 @runtime_checkable
@@ -54,7 +98,7 @@ class Connector(Protocol):
     name: str
 
     def collect(self, identity: Identity) -> Iterable[Record]:
-        """Every record the store holds on this identity."""
+        """Every record the store holds on these identifiers."""
         ...
 
     def close(self) -> None:
@@ -71,11 +115,23 @@ class ConnectorType(Protocol):
 
 
 def jsonable(value: Any) -> JSONValue:
-    """A database value as a JSON value: dates as ISO 8601, binary as a size note."""
+    """A stored value as a JSON value: dates as ISO 8601, binary as a size note."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if hasattr(value, "isoformat"):
         return str(value.isoformat())
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(bytes(value))} bytes of binary data>"
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
     return str(value)
+
+
+def matches_any(text: str | None, needles: Iterable[str]) -> str | None:
+    """The first needle found in text, ignoring case; None if none is."""
+    if not text:
+        return None
+    folded = text.casefold()
+    return next((n for n in needles if n and n.casefold() in folded), None)

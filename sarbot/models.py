@@ -83,6 +83,7 @@ class Request(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     export_path: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
+    partial_reason: Mapped[str | None] = mapped_column(Text)
 
     audit: Mapped[list[AuditEvent]] = relationship(
         back_populates="request", order_by="AuditEvent.id", cascade="all, delete-orphan"

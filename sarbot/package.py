@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sarbot.config import ControllerSettings
-from sarbot.connector import Record
+from sarbot.config import ControllerSettings, SourceFacts
+from sarbot.connector import Identifier, Record
 from sarbot.render import render
 
 FORMAT_NAME = "sarbot-export"
@@ -30,6 +30,7 @@ class SourceData:
 
     name: str
     description: str
+    facts: SourceFacts
     records: Sequence[Record]
 
 
@@ -42,6 +43,9 @@ class ExportContext:
     confirmed_at: datetime | None
     generated_at: datetime
     sources: Sequence[SourceData]
+    identifiers: Sequence[Identifier] = ()
+    missing: Sequence[str] = ()
+    partial_reason: str | None = None
 
     def template_vars(self) -> dict[str, object]:
         return {
@@ -52,11 +56,28 @@ class ExportContext:
             "confirmed_at": self.confirmed_at,
             "generated_at": self.generated_at,
             "sources": self.sources,
+            "identifiers": self.identifiers,
+            "missing": self.missing,
+            "partial_reason": self.partial_reason,
         }
 
 
 def export_filename(reference: str) -> str:
     return f"personal-data-{reference}.zip"
+
+
+def _identifier(identifier: Identifier) -> dict[str, str]:
+    return {"kind": identifier.kind, "value": identifier.value, "origin": identifier.origin}
+
+
+def _record(record: Record) -> dict[str, object]:
+    return {
+        "category": record.category,
+        "fields": dict(record.fields),
+        "found_by": _identifier(record.found_by),
+        "location": record.location,
+        "notes": list(record.notes),
+    }
 
 
 def data_document(ctx: ExportContext) -> dict[str, object]:
@@ -72,15 +93,17 @@ def data_document(ctx: ExportContext) -> dict[str, object]:
             "confirmed_at": ctx.confirmed_at.isoformat() if ctx.confirmed_at else None,
             "generated_at": ctx.generated_at.isoformat(),
         },
+        "identifiers": [_identifier(i) for i in ctx.identifiers],
+        "complete": not ctx.missing,
+        "missing_sources": list(ctx.missing),
+        "partial_reason": ctx.partial_reason,
         "sources": [
             {
                 "name": source.name,
                 "description": source.description,
+                "facts": source.facts.model_dump(mode="json"),
                 "record_count": len(source.records),
-                "records": [
-                    {"category": r.category, "fields": dict(r.fields), "matched_on": r.matched_on}
-                    for r in source.records
-                ],
+                "records": [_record(r) for r in source.records],
             }
             for source in ctx.sources
         ],

@@ -19,10 +19,9 @@ from structlog.typing import FilteringBoundLogger
 from sarbot import outbox
 from sarbot.addresses import mask_address
 from sarbot.classify import Classification, Classifier, Kind
-from sarbot.collect import collect
+from sarbot.collect import Collector
 from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.connector import Identity
 from sarbot.errors import PermanentMailError, TransientMailError
 from sarbot.intake import HeaderInfo, Mailbox, MailboxThread
 from sarbot.lifecycle import audit, transition
@@ -245,13 +244,14 @@ class Pipeline:
 
     async def _collect_one(self, request: Request) -> None:
         log = self.log.bind(reference=request.reference)
-        collection = await collect(Identity(email=request.email), self.connectors, log)
+        collector = Collector(self.connectors, self.settings.collection, log)
+        collection = await collector.collect(request.email)
         now = self.clock()
         with self.sessions.begin() as session:
             current = session.get_one(Request, request.id)
             current.attempts += 1
-            if not collection.complete:
-                wait = timedelta(seconds=self.settings.requests.collect_retry_after)
+            if not collection.complete and current.partial_reason is None:
+                wait = timedelta(seconds=self.settings.collection.retry_after)
                 current.next_attempt_at = now + wait
                 current.last_error = "connectors failed: " + ", ".join(collection.failed)
                 audit(session, current, "collect.incomplete", at=now, reason=current.last_error)
@@ -269,6 +269,11 @@ class Pipeline:
                 confirmed_at=current.confirmed_at,
                 generated_at=now,
                 sources=collection.sources,
+                identifiers=collection.identifiers,
+                missing=[
+                    c.description or c.name for c in self.connectors if c.name in collection.failed
+                ],
+                partial_reason=current.partial_reason if collection.failed else None,
             )
             message_id = new_message_id(current.reference, self.settings.message_id_domain)
             message = self.composer.export(
@@ -282,8 +287,13 @@ class Pipeline:
                 session, current, MailKind.EXPORT, message_id=message_id, raw=None, now=now
             )
             transition(session, current, RequestState.READY, at=now, reason="export packaged")
-        records = sum(len(source.records) for source in collection.sources)
-        log.info("request.packaged", sources=len(collection.sources), records=records)
+        log.info(
+            "request.packaged",
+            sources=len(collection.sources),
+            records=collection.record_count,
+            identifiers=len(collection.identifiers),
+            missing=collection.failed,
+        )
 
     # -- deliver -------------------------------------------------------------------------
 

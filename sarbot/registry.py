@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from sarbot.config import ConnectorEntry, validate
-from sarbot.connector import ENTRY_POINT_GROUP, Connector, ConnectorType
+from sarbot.config import ConnectorEntry, SourceFacts, validate
+from sarbot.connector import ENTRY_POINT_GROUP, Connector, ConnectorType, Identity
 from sarbot.errors import ConfigError
 
 
@@ -19,6 +19,7 @@ class ConfiguredConnector:
     name: str
     type: str
     description: str
+    facts: SourceFacts
     connector: Connector
 
 
@@ -67,5 +68,20 @@ def build_connectors(
             raise ConfigError(
                 f"{source}: {where}: cannot set up '{entry.name}': {type(exc).__name__}"
             ) from None
-        built.append(ConfiguredConnector(entry.name, entry.type, entry.description, connector))
+        built.append(
+            ConfiguredConnector(entry.name, entry.type, entry.description, entry.facts, connector)
+        )
     return built
+
+
+PROBE = Identity.verified("sarbot-connector-check@invalid.invalid")
+
+
+def check_connector(connector: Connector) -> None:
+    """Prove a connector can reach its store: its own ``check()``, or a lookup nobody matches."""
+    check = getattr(connector, "check", None)
+    if callable(check):
+        check()
+    else:
+        for _ in connector.collect(PROBE):
+            break

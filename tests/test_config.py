@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sarbot.config import Settings, load_settings
+from sarbot.config import ConnectorEntry, Settings, SourceFacts, load_settings
 from sarbot.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,12 @@ class TestExample:
                 assert f"\n{key} =" in text or f"\n# {key} =" in text, (
                     f"{section}.{key} is undocumented"
                 )
+
+    def test_example_documents_the_common_connector_keys(self) -> None:
+        """Every common [[connectors]] key and every Article 15 fact is described."""
+        text = EXAMPLE.read_text()
+        for key in [*ConnectorEntry.model_fields, *SourceFacts.model_fields]:
+            assert f"#   {key} " in text, f"connectors.{key} is undocumented"
 
     def test_example_has_no_inline_secrets(self) -> None:
         """Every password in the example is a reference."""

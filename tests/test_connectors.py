@@ -51,19 +51,20 @@ class TestSqlConnector:
     def test_finds_only_the_identity(self, website: str) -> None:
         """Rows bound to the address are returned, with provenance; others are not."""
         connector = sql_connector(website)
-        records = list(connector.collect(Identity(email="alice@example.test")))
+        records = list(connector.collect(Identity.verified("alice@example.test")))
         connector.close()
         assert [r.fields["who"] for r in records] == ["Alice", "Alice again"]
         assert records[0].fields["blob"] == "<2 bytes of binary data>"
-        assert records[0].matched_on == "email alice@example.test (query 'comments')"
+        assert records[0].found_by.describe() == "email alice@example.test"
+        assert records[0].location == "query 'comments'"
         assert isinstance(connector, Connector)
 
     def test_identity_is_bound_not_interpolated(self, website: str) -> None:
         """A hostile identifier value is a value, never SQL."""
         connector = sql_connector(website)
-        records = list(connector.collect(Identity(email="alice@example.test' or '1'='1")))
+        records = list(connector.collect(Identity.verified("alice@example.test' or '1'='1")))
         assert [r.fields["who"] for r in records] == ["Robert'); DROP TABLE c;--"]
-        assert len(list(connector.collect(Identity(email="bob@example.test")))) == 1
+        assert len(list(connector.collect(Identity.verified("bob@example.test")))) == 1
 
     def test_sqlite_is_opened_read_only(self, website: str) -> None:
         """A query cannot change the website's database."""
@@ -101,7 +102,7 @@ class FakeConnector:
         self.answer = settings.answer
 
     def collect(self, identity: Identity) -> Iterable[Record]:
-        return [Record("Fact", {"answer": self.answer}, f"email {identity.email}")]
+        return [Record("Fact", {"answer": self.answer}, identity.identifiers[0])]
 
     def close(self) -> None:
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -9,9 +10,11 @@ from typing import ClassVar
 
 import pytest
 import structlog
+from click.testing import CliRunner
 from pydantic import BaseModel
 
 from connectors.sql import SqlConnector
+from sarbot.cli import cli
 from sarbot.config import Section
 from sarbot.connector import Identity, Record
 from sarbot.states import MailKind, MailState, RequestState
@@ -39,7 +42,7 @@ class FlakyConnector:
     def collect(self, identity: Identity) -> Iterable[Record]:
         if not FlakyConnector.healthy:
             raise ConnectionError(f"cannot reach the store while looking up {identity.email}")
-        return [Record("Note", {"text": self.marker}, f"email {identity.email}")]
+        return [Record("Note", {"text": self.marker}, identity.identifiers[0])]
 
     def close(self) -> None:
         pass
@@ -155,3 +158,50 @@ class TestLogs:
         ):
             assert forbidden not in text
         assert alice.address[0] + "***@example.test" in text
+
+
+class TestPartialDelivery:
+    def test_operator_can_deliver_without_a_failing_source(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """``requests deliver --partial`` sends what answers; the letter gives the reason."""
+        FlakyConnector.healthy = False
+        bot = make_bot(
+            connectors=[{"name": "flaky", "type": "flaky", "description": "Old CRM"}],
+            connector_types={"flaky": FlakyConnector},
+        )
+        alice = confirmed(bot, person)
+        bot.run_once()
+        reference = bot.request().reference
+        config = bot.app.config_path
+        result = CliRunner().invoke(
+            cli,
+            ["requests", "deliver", reference, "--partial", "--reason", "The old CRM is offline."],
+            obj={"app": bot.app, "config_path": config},
+        )
+        assert result.exit_code == 0, result.output
+        bot.run_once()
+        export = alice.wait_for(subject_contains("A copy of your personal data"))
+        body = export.get_body(preferencelist=("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert "THIS COPY IS INCOMPLETE" in text
+        assert "The old CRM is offline." in text
+        assert "Not included: Old CRM." in text
+        events = [(e.event, e.actor) for e in bot.audit()]
+        assert ("request.partial_delivery", f"cli:{getpass.getuser()}") in events
+        assert bot.request().state is RequestState.DELIVERED
+
+    def test_partial_delivery_needs_a_request_in_collection(self, bot: Bot, person: Person) -> None:
+        """A request still waiting for its confirmation cannot be forced out."""
+        alice, support = person("alice", "example.test"), bot.support
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        result = CliRunner().invoke(
+            cli,
+            ["requests", "deliver", bot.request().reference, "--partial", "--reason", "x"],
+            obj={"app": bot.app, "config_path": bot.app.config_path},
+        )
+        assert result.exit_code == 1
+        assert "only a request being collected" in result.output

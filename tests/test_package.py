@@ -10,8 +10,8 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sarbot.config import ControllerSettings
-from sarbot.connector import Record
+from sarbot.config import ControllerSettings, SourceFacts
+from sarbot.connector import Identifier, Record
 from sarbot.package import ExportContext, SourceData, build_zip, write_private_file
 
 WHEN = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -37,14 +37,17 @@ def files(ctx: ExportContext) -> dict[str, bytes]:
 HOSTILE = Record(
     category="Comment <b>bold</b>",
     fields={"content": "<script>alert('x')</script></td></table>", "n": 3, "none": None},
-    matched_on="email alice@example.test (query 'c')",
+    found_by=Identifier("email", "alice@example.test", "the request <i>"),
+    location="table <t>",
+    notes=("Information about <other> people was withheld.",),
 )
+FACTS = SourceFacts(purposes="Spam <detection>", retention="One year")
 
 
 class TestZip:
     def test_contents_and_manifest(self) -> None:
         """index.html, data.json and manifest.json; the manifest's hashes and sizes are right."""
-        found = files(context(SourceData("web", "Website", [HOSTILE])))
+        found = files(context(SourceData("web", "Website", FACTS, [HOSTILE])))
         assert sorted(found) == ["data.json", "index.html", "manifest.json"]
         manifest = json.loads(found["manifest.json"])
         assert manifest["reference"] == "SAR-2026-0007"
@@ -55,7 +58,9 @@ class TestZip:
 
     def test_data_json_keeps_every_value(self) -> None:
         """data.json carries the records with source, category and provenance, values unchanged."""
-        data = json.loads(files(context(SourceData("web", "Website", [HOSTILE])))["data.json"])
+        data = json.loads(
+            files(context(SourceData("web", "Website", FACTS, [HOSTILE])))["data.json"]
+        )
         assert data["format"] == "sarbot-export"
         assert data["version"] == 1
         [source] = data["sources"]
@@ -63,18 +68,28 @@ class TestZip:
         assert source["records"][0] == {
             "category": HOSTILE.category,
             "fields": dict(HOSTILE.fields),
-            "matched_on": HOSTILE.matched_on,
+            "found_by": {
+                "kind": "email",
+                "value": "alice@example.test",
+                "origin": "the request <i>",
+            },
+            "location": "table <t>",
+            "notes": ["Information about <other> people was withheld."],
         }
+        assert source["facts"]["purposes"] == "Spam <detection>"
 
     def test_html_escapes_everything(self) -> None:
         """Markup in data shows as text; the report has no scripts and no external resources."""
-        html = files(context(SourceData("web", "Web <i>site</i>", [HOSTILE])))[
+        html = files(context(SourceData("web", "Web <i>site</i>", FACTS, [HOSTILE])))[
             "index.html"
         ].decode()
         assert "<script" not in html
         assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;/td&gt;&lt;/table&gt;" in html
         assert "Web &lt;i&gt;site&lt;/i&gt;" in html
         assert "Comment &lt;b&gt;bold&lt;/b&gt;" in html
+        assert "Spam &lt;detection&gt;" in html
+        assert "the request &lt;i&gt;" in html and "table &lt;t&gt;" in html
+        assert "about &lt;other&gt; people" in html
         for external in ("http://", "https://", "src=", "<link"):
             assert external not in html
 
