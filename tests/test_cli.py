@@ -64,7 +64,10 @@ class TestCommands:
     def test_db_upgrade_then_empty_listing(self, tmp_path: Path) -> None:
         """``db upgrade`` creates the schema; an empty listing says so."""
         config = write_config(tmp_path, "support@redtrain.test")
-        assert invoke(config, "db", "upgrade") == (0, f"database at revision {db.head_revision()}\n")
+        assert invoke(config, "db", "upgrade") == (
+            0,
+            f"database at revision {db.head_revision()}\n",
+        )
         assert invoke(config, "requests", "list") == (0, "(none)\n")
         assert invoke(config, "requests", "list", "--json") == (0, "[]\n")
 
