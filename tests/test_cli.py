@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -186,3 +187,30 @@ class TestRunning:
         assert run.returncode == 1
         assert '"mailbox.error"' in run.stderr + run.stdout
         assert "Traceback" not in run.stderr + run.stdout
+
+
+class TestConnectorCommands:
+    def test_check_reports_each_connector(self, tmp_path: Path) -> None:
+        """One line per connector; a store that cannot be read fails the command."""
+        good = tmp_path / "good.db"
+        sqlite3.connect(good).close()
+        config = write_config(tmp_path, "support@redtrain.test")
+        for name, path in (("good", good), ("missing", tmp_path / "nope" / "missing.db")):
+            config.write_text(
+                config.read_text()
+                + f'\n[[connectors]]\nname = "{name}"\ntype = "sql"\nurl = "sqlite:///{path}"\n'
+                '[[connectors.queries]]\nname = "q"\ncategory = "c"\n'
+                'sql = "SELECT 1 WHERE :email IS NOT NULL"\n'
+            )
+        code, output = invoke(config, "connectors", "check")
+        lines = output.splitlines()
+        assert code == 1
+        assert lines[0].startswith("ok      good (sql): ")
+        assert lines[1].startswith("FAILED  missing (sql): OperationalError")
+
+    def test_list_shows_types_and_configured_connectors(self, tmp_path: Path) -> None:
+        """``connectors list`` names the installed types and the configured instances."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        code, output = invoke(config, "connectors", "list")
+        assert code == 0
+        assert "installed types: " in output and "keepass" in output and "sql" in output
