@@ -31,6 +31,7 @@ class Query(Section):
     sql: str
     consumes: str = Field(default="email", pattern=KIND)
     key: str | None = None
+    verify: str | None = None
     yields: Mapping[str, str] = Field(default_factory=dict)
 
     @field_validator("sql")
@@ -81,7 +82,8 @@ class SqlConnector:
                 for identifier in identity.of_kind(query.consumes):
                     rows = connection.execute(text(query.sql), {query.consumes: identifier.value})
                     for row in rows.mappings():
-                        yield self._record(query, identifier, row)
+                        if _verified(query, identifier, row):
+                            yield self._record(query, identifier, row)
 
     def _record(self, query: Query, found_by: Identifier, row: RowMapping) -> Record:
         fields = {str(key): jsonable(value) for key, value in row.items()}
@@ -103,6 +105,14 @@ class SqlConnector:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _verified(query: Query, identifier: Identifier, row: RowMapping) -> bool:
+    """Databases compare loosely (MySQL collations ignore accents); re-check exactly."""
+    if query.verify is None:
+        return True
+    value = row.get(query.verify)
+    return isinstance(value, str) and value.strip().casefold() == identifier.value.casefold()
 
 
 def read_only_engine(url: str) -> Engine:

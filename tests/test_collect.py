@@ -12,7 +12,7 @@ import pytest
 import structlog
 from pydantic import BaseModel
 
-from connectors.sql import SqlConnector
+from connectors.sql import SqlConnector, SqlSettings
 from sarbot.collect import Collection, Collector
 from sarbot.config import CollectionSettings, Section, SourceFacts, validate
 from sarbot.connector import Identifier, Identity, Record
@@ -60,7 +60,7 @@ def stores(tmp_path: Path) -> Path:
 def sql(name: str, url: str, *queries: dict[str, Any]) -> ConfiguredConnector:
     settings = validate(
         {"url": url, "queries": list(queries)},
-        SqlConnector.Settings,
+        SqlSettings,
         source="t",
         base_dir=Path("."),
     )

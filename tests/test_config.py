@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from sarbot.config import ConnectorEntry, Settings, SourceFacts, load_settings
+from sarbot.config import ConnectorEntry, Settings, SourceFacts, load_settings, validate
+from sarbot.connector import ENTRY_POINT_GROUP
 from sarbot.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +42,26 @@ class TestExample:
     def test_example_config_loads(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """config.example.toml is a valid config once its secrets are provided."""
         monkeypatch.setenv("SARBOT_IMAP_PASSWORD", "x")
-        monkeypatch.setenv("SARBOT_WEBSITE_DB_URL", "sqlite:///:memory:")
+        for name in ("HELPDESK_DB_URL", "WORDPRESS_DB_URL", "TACTICALRMM_URL"):
+            monkeypatch.setenv(f"SARBOT_{name}", "sqlite:///:memory:")
+        for name in ("KEEPASS_PASSWORD", "CONTACT_MAILBOX_PASSWORD"):
+            monkeypatch.setenv(f"SARBOT_{name}", "x")
         settings = load_settings(EXAMPLE)
-        assert settings.connectors[0].type == "sql"
+        assert [c.type for c in settings.connectors] == [
+            "sql",
+            "keepass",
+            "wordpress",
+            "tacticalrmm",
+            "imap_mailbox",
+            "access_log",
+        ]
+
+    def test_example_connectors_validate(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each example connector table is valid for its type's own settings."""
+        self.test_example_config_loads(monkeypatch)
+        for entry in load_settings(EXAMPLE).connectors:
+            [ep] = entry_points(group=ENTRY_POINT_GROUP, name=entry.type)
+            validate(entry.options, ep.load().Settings, source="example", base_dir=ROOT)
 
     def test_example_documents_every_setting(self) -> None:
         """Every setting sarbot knows appears in config.example.toml (commented out or not)."""

@@ -138,3 +138,27 @@ class TestRegistry:
         """``enabled = false`` keeps a connector configured but unused."""
         entries = (ConnectorEntry(name="crm", type="nope", enabled=False),)
         assert build_connectors(entries, {}, base_dir=Path("."), source="cfg") == []
+
+
+class TestSqlVerify:
+    def test_verify_drops_rows_the_database_matched_loosely(self, tmp_path: Path) -> None:
+        """A loosely matched row is dropped unless its column equals the identifier."""
+        path = tmp_path / "loose.db"
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE c (who TEXT, email TEXT)")
+            conn.executemany(
+                "INSERT INTO c VALUES (?, ?)",
+                [("Alice", " Alice@Example.test "), ("Not alice", "älice@example.test")],
+            )
+        loose = "SELECT who, email FROM c WHERE email LIKE '%lice@example.test%' AND :email <> ''"
+        settings = validate(
+            {
+                "url": f"sqlite:///{path}",
+                "queries": [{"name": "q", "category": "C", "sql": loose, "verify": "email"}],
+            },
+            SqlSettings,
+            source="test",
+            base_dir=tmp_path,
+        )
+        records = list(SqlConnector("c", settings).collect(Identity.verified("alice@example.test")))
+        assert [r.fields["who"] for r in records] == ["Alice"]

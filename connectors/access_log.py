@@ -1,0 +1,352 @@
+"""``access_log``: the lines of system access logs that are about the person.
+
+Reads sshd/sudo auth logs, nginx/Apache combined logs and JSON-lines logs,
+plain or gzip-rotated, one line at a time.  A line matches when the user it
+names is one of the person's usernames, or holds one of their email addresses;
+in web logs an address in the query string matches as well.  Only the parsed
+fields leave the connector, never the raw line.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import ipaddress
+import os
+import re
+import zlib
+from collections.abc import Generator, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import replace
+from datetime import datetime
+from io import BufferedIOBase
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import unquote_plus
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, model_validator
+
+from connectors.logformats import (
+    JsonFields,
+    LineParser,
+    LogEntry,
+    Skip,
+    SyslogClock,
+    auth_parser,
+    combined_parser,
+    jsonl_parser,
+)
+from sarbot.config import Section
+from sarbot.connector import Identifier, Identity, JSONValue, Record
+from sarbot.errors import ConnectorError
+from sarbot.secretref import base_dir
+
+CATEGORY = "Access log entry"
+MAX_LINE_BYTES = 64 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+JSONL_KEYS = frozenset({"time_field", "user_field", "ip_field", "action_field", "status_field"})
+OTHER_ACCOUNT_WITHHELD = (
+    "This request was made while signed in to another account: "
+    "that account's name and the address it came from were withheld."
+)
+OTHER_ADDRESSES_WITHHELD = "Email addresses of other people in this entry were withheld."
+# Characters that may stand next to an address inside a longer one (a local part's).
+_ADDRESS_NEIGHBOUR = r"[\w.!#$%&'*+/=?^`{|}~-]"
+_ANY_ADDRESS = re.compile(r"[\w.!#$%&'*+^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _pattern(value: Any, info: ValidationInfo) -> Any:
+    """A path or glob, relative to the config file's folder unless absolute."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        raise ValueError("a path must not be empty")
+    expanded = str(Path(value).expanduser())
+    if Path(expanded).is_absolute():
+        return expanded
+    return str(Path(glob.escape(str(base_dir(info)))) / expanded)
+
+
+LogPattern = Annotated[str, BeforeValidator(_pattern)]
+
+
+class LogSource(Section):
+    paths: tuple[LogPattern, ...] = Field(min_length=1)
+    format: Literal["auth", "combined", "jsonl"]
+    label: str = Field(min_length=1)
+    year: int | None = Field(default=None, ge=1970, le=9999)
+    time_field: str = Field(default="time", min_length=1)
+    user_field: str = Field(default="user", min_length=1)
+    ip_field: str = Field(default="ip", min_length=1)
+    action_field: str = Field(default="action", min_length=1)
+    status_field: str = Field(default="status", min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_fit_format(self) -> LogSource:
+        misplaced = sorted(
+            key
+            for key in self.model_fields_set
+            if (key in JSONL_KEYS and self.format != "jsonl")
+            or (key == "year" and self.format != "auth")
+        )
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} does not apply to format '{self.format}'")
+        return self
+
+    def files(self) -> list[Path]:
+        """The files the patterns name now, in a stable order."""
+        found = {Path(p) for pattern in self.paths for p in glob.glob(pattern, recursive=True)}
+        return sorted(path for path in found if path.is_file())
+
+    def parser(self, modified: datetime) -> LineParser:
+        """The line parser for this format; syslog dates need the file's modification time."""
+        if self.format == "auth":
+            return auth_parser(SyslogClock(self.year, modified))
+        if self.format == "combined":
+            return combined_parser()
+        return jsonl_parser(
+            JsonFields(
+                self.time_field,
+                self.user_field,
+                self.ip_field,
+                self.action_field,
+                self.status_field,
+            )
+        )
+
+
+class AccessLogSettings(Section):
+    sources: tuple[LogSource, ...] = Field(min_length=1)
+    max_records: int = Field(default=10_000, ge=1)
+
+
+class AccessLogConnector:
+    """Streams every configured log once per round, exporting the lines that match."""
+
+    Settings: ClassVar[type[BaseModel]] = AccessLogSettings
+
+    def __init__(self, name: str, settings: AccessLogSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    def check(self) -> None:
+        """Every source names at least one file, and every file it names can be read."""
+        for source in self.settings.sources:
+            for path in _files_of(source):
+                with open_log(path) as stream:
+                    next(read_lines(stream, path), None)
+
+    def collect(self, identity: Identity) -> Iterator[Record]:
+        matcher = Matcher(identity)
+        if not matcher.needles:
+            return
+        limit = self.settings.max_records
+        notes: list[str] = []
+        # One record is held back so that notes about the whole search can go on the last one.
+        held: Record | None = None
+        count = 0
+        with closing(self._matches(matcher, notes)) as matches:
+            for record in matches:
+                if held is not None and count == limit:
+                    notes.append(
+                        f"More log entries match than the {limit} shown here; "
+                        "the search stopped at that limit."
+                    )
+                    break
+                if held is not None:
+                    yield held
+                held, count = record, count + 1
+        if held is not None:
+            yield _with_notes(held, notes)
+
+    def close(self) -> None:
+        """Nothing is held open between collections."""
+
+    def _matches(self, matcher: Matcher, notes: list[str]) -> Generator[Record, None, None]:
+        """Every matching line of every file; a note for each file with unreadable lines."""
+        for source in self.settings.sources:
+            for path in _files_of(source):
+                unreadable = yield from self._scan(matcher, source, path)
+                if unreadable:
+                    notes.append(
+                        f"{unreadable} line(s) of {path} that could concern you could not be "
+                        f"read as {source.format} log lines and were not searched."
+                    )
+
+    def _scan(
+        self, matcher: Matcher, source: LogSource, path: Path
+    ) -> Generator[Record, None, int]:
+        """The records of one file; returns how many lines that might match could not be read."""
+        unreadable = 0
+        with open_log(path) as stream:
+            parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
+            for number, line in read_lines(stream, path):
+                # Most lines name nobody sought; they are passed over before being parsed.
+                if line is not None and not matcher.may_concern(line, source.format):
+                    continue
+                entry = Skip.UNPARSABLE if line is None else parse(line)
+                if entry is Skip.UNPARSABLE:
+                    unreadable += 1
+                elif isinstance(entry, LogEntry):
+                    record = self._record(matcher, source, path, number, entry)
+                    if record is not None:
+                        yield record
+        return unreadable
+
+    def _record(
+        self, matcher: Matcher, source: LogSource, path: Path, number: int, entry: LogEntry
+    ) -> Record | None:
+        found = matcher.user(entry.user)
+        user, ip, trusted = entry.user, entry.ip, entry.trusted
+        notes = list(entry.notes)
+        action = matcher.without_other_addresses(entry.action)
+        if action != entry.action:
+            notes.append(OTHER_ADDRESSES_WITHHELD)
+        if found is None and entry.query:
+            found, shown = matcher.query(entry.query)
+            action, trusted = f"{action}?{shown}", False
+            if found is not None and entry.user is not None:
+                user, ip = None, None
+                notes.append(OTHER_ACCOUNT_WITHHELD)
+        if found is None:
+            return None
+        fields: dict[str, JSONValue] = {
+            "Log": source.label,
+            "Time": entry.timestamp,
+            "Source IP": ip,
+            "User": user,
+            "Action": action,
+            "Status": entry.status,
+        }
+        yields: tuple[Identifier, ...] = ()
+        if trusted and ip is not None and _is_ip(ip):
+            origin = f"access log '{self.name}' ({source.label}): {path} line {number}, source IP"
+            yields = (Identifier("ip", ip, origin),)
+        return Record(
+            category=CATEGORY,
+            fields={key: value for key, value in fields.items() if value is not None},
+            found_by=found,
+            location=f"{path} line {number}",
+            yields=yields,
+            notes=tuple(notes),
+            key=f"{path}:{number}",
+        )
+
+
+class Matcher:
+    """The person's usernames (compared whole) and addresses (found whole within a value).
+
+    Everything is compared case-folded, so that ``may_concern`` (a substring search
+    for any of them) is true of every line that a parsed comparison could match.
+    """
+
+    def __init__(self, identity: Identity) -> None:
+        self.usernames = {i.value.casefold(): i for i in identity.of_kind("username") if i.value}
+        self.addresses = [
+            (i, _address_pattern(i.value.casefold())) for i in identity.of_kind("email") if i.value
+        ]
+        self.needles = {*self.usernames, *(i.value.casefold() for i, _ in self.addresses)}
+
+    def may_concern(self, line: str, log_format: str) -> bool:
+        """False only for a line that cannot match: it holds none of the values sought."""
+        if log_format == "jsonl" and "\\" in line:
+            return True  # a JSON escape may spell a value differently
+        if self._holds_needle(line):
+            return True
+        return log_format == "combined" and "%" in line and self._holds_needle(unquote_plus(line))
+
+    def user(self, user: str | None) -> Identifier | None:
+        if not user:
+            return None
+        folded = user.casefold()
+        if found := self.usernames.get(folded):
+            return found
+        return next((i for i, pattern in self.addresses if pattern.search(folded)), None)
+
+    def query(self, pairs: tuple[tuple[str, str], ...]) -> tuple[Identifier | None, str]:
+        """The address found in the query, and only the parameters that hold it."""
+        for identifier, pattern in self.addresses:
+            shown = [
+                _shown(name, value, identifier.value)
+                for name, value in pairs
+                if pattern.search((value or name).casefold())
+            ]
+            if shown:
+                return identifier, "&".join(shown)
+        return None, ""
+
+    def without_other_addresses(self, text: str) -> str:
+        """The text with every address that is not one of the person's replaced."""
+        return _ANY_ADDRESS.sub(
+            lambda m: m[0] if m[0].casefold() in self.needles else "(address withheld)", text
+        )
+
+    def _holds_needle(self, text: str) -> bool:
+        folded = text.casefold()
+        return any(needle in folded for needle in self.needles)
+
+
+def _address_pattern(address: str) -> re.Pattern[str]:
+    """The address, but not as part of a longer one (``xalice@`` or ``.test.org``)."""
+    return re.compile(rf"(?<!{_ADDRESS_NEIGHBOUR}){re.escape(address)}(?![\w-]|\.[\w-])")
+
+
+def _shown(name: str, value: str, address: str) -> str:
+    text = value or name
+    if text.casefold() != address.casefold():
+        text = f"(a value containing {address})"
+    return f"{name}={text}" if value else text
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _with_notes(record: Record, notes: list[str]) -> Record:
+    return replace(record, notes=(*record.notes, *notes)) if notes else record
+
+
+def _files_of(source: LogSource) -> list[Path]:
+    files = source.files()
+    if not files:
+        raise ConnectorError(
+            f"access log source '{source.label}': no file matches {', '.join(source.paths)}"
+        )
+    return files
+
+
+def read_lines(stream: BufferedIOBase, path: Path) -> Iterator[tuple[int, str | None]]:
+    """Numbered lines, decoded with replacement; None for a line too long to be a log entry."""
+    number = 0
+    try:
+        while chunk := stream.readline(MAX_LINE_BYTES):
+            number += 1
+            if chunk.endswith(b"\n") or len(chunk) < MAX_LINE_BYTES:
+                yield number, chunk.decode("utf-8", "replace").rstrip("\r\n")
+                continue
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = stream.readline(MAX_LINE_BYTES)
+            yield number, None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConnectorError(
+            f"{path}: cannot be read past line {number} (damaged or truncated data)"
+        ) from exc
+
+
+@contextmanager
+def open_log(path: Path) -> Iterator[BufferedIOBase]:
+    """A log file opened for reading in binary, through gzip when it starts with gzip's magic."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise ConnectorError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with raw:
+        if raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield unzipped
+        else:
+            yield raw

@@ -1,0 +1,413 @@
+"""``wordpress``: website comments, accounts and login sessions from a WordPress database.
+
+Exports what WordPress core's own personal-data exporters export: comments by
+author email or by account, the account with its profile fields, and the
+account's login sessions (without their tokens).  Queries are SQLAlchemy Core
+with bound parameters; the validated table prefix is the only configured text
+that ever reaches SQL.  SQLite files are opened read-only; for MySQL/MariaDB,
+give the connector an account that may only SELECT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeAlias
+
+import phpserialize
+from pydantic import BaseModel, Field
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    TableClause,
+    column,
+    func,
+    literal,
+    select,
+    table,
+)
+
+from connectors.sql import _read_only_engine
+from sarbot.addresses import InvalidAddress, normalize_address
+from sarbot.config import Section
+from sarbot.connector import Identifier, Identity, JSONValue, Record, jsonable
+from sarbot.secretref import MaybeSecretStr
+
+AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
+
+APPROVAL = {
+    "1": "approved",
+    "0": "pending",
+    "spam": "spam",
+    "trash": "trash",
+    "post-trashed": "post trashed",
+}
+PROFILE_META = {
+    "first_name": "First name",
+    "last_name": "Last name",
+    "nickname": "Nickname",
+    "description": "Biographical info",
+}
+LOCATION_META = {
+    "description": "City",
+    "country": "Country",
+    "latitude": "Latitude",
+    "longitude": "Longitude",
+    "ip": "IP address",
+}
+SESSION_META = "session_tokens"
+LOCATION_KEY = "community-events-location"
+WITHHELD = (
+    "The account's password hash, password-reset key and login session tokens are held "
+    "by the website and withheld."
+)
+UNREADABLE_SESSIONS = (
+    "Login session data is stored for this account but could not be read, "
+    "so its sessions are not listed."
+)
+UNREADABLE_LOCATION = (
+    "A location for the events widget is stored for this account but could not be read."
+)
+
+
+class WordpressSettings(Section):
+    url: MaybeSecretStr
+    table_prefix: str = Field(default="wp_", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    site_url: str = Field(default="", pattern=r"^(https?://[^\s?#]+)?$")
+    match_usernames: bool = True
+    skip_comment_types: tuple[str, ...] = ("order_note", "webhook_delivery", "action_log")
+
+
+class Unreadable(ValueError):
+    """A serialized meta value is malformed, or holds a PHP object."""
+
+
+class Tables:
+    """The columns the connector may read; ``user_pass`` and activation keys are not among them."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.users = _table(
+            f"{prefix}users",
+            "ID",
+            "user_login",
+            "user_nicename",
+            "user_email",
+            "user_url",
+            "user_registered",
+            "display_name",
+        )
+        self.usermeta = _table(f"{prefix}usermeta", "user_id", "meta_key", "meta_value")
+        self.posts = _table(f"{prefix}posts", "ID", "post_title", "guid")
+        self.comments = _table(
+            f"{prefix}comments",
+            "comment_ID",
+            "comment_post_ID",
+            "comment_author",
+            "comment_author_email",
+            "comment_author_url",
+            "comment_author_IP",
+            "comment_date_gmt",
+            "comment_content",
+            "comment_approved",
+            "comment_agent",
+            "comment_type",
+            "user_id",
+        )
+
+
+def _table(name: str, *columns: str) -> TableClause:
+    return table(name, *(column(c) for c in columns))
+
+
+class WordpressConnector:
+    """Finds a person's comments, account and sessions by email address or username."""
+
+    Settings: ClassVar[type[BaseModel]] = WordpressSettings
+
+    def __init__(self, name: str, settings: WordpressSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.t = Tables(settings.table_prefix)
+        self.site_url = settings.site_url.rstrip("/")
+        self.engine = _read_only_engine(settings.url)
+
+    def check(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(select(literal(1)).select_from(self.t.users).limit(1)).all()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def collect(self, identity: Identity) -> Iterator[Record]:
+        emails = [i for i in identity.of_kind("email") if i.value.strip()]
+        names = [i for i in identity.of_kind("username") if i.value.strip()]
+        if not self.settings.match_usernames:
+            names = []
+        with self.engine.connect() as connection:
+            accounts = self._accounts(connection, emails, names)
+            for found_by, account in accounts.values():
+                yield from self._account_records(connection, found_by, account)
+            seen: set[int] = set()
+            for found_by in emails:
+                yield from self._comments(connection, found_by, seen, email=found_by.value)
+            for user_id, (found_by, _) in accounts.items():
+                yield from self._comments(connection, found_by, seen, user_id=user_id)
+
+    # Accounts
+
+    def _accounts(
+        self, connection: Connection, emails: list[Identifier], names: list[Identifier]
+    ) -> dict[int, tuple[Identifier, AnyRow]]:
+        users = self.t.users.c
+        lookups = [(i, users.user_email) for i in emails] + [(i, users.user_login) for i in names]
+        found: dict[int, tuple[Identifier, AnyRow]] = {}
+        for identifier, field in lookups:
+            query = select(self.t.users).where(_equal(field, identifier.value)).order_by(users.ID)
+            for row in connection.execute(query):
+                if _same(row._mapping[field], identifier.value):
+                    found.setdefault(int(row.ID), (identifier, row))
+        return found
+
+    def _account_records(
+        self, connection: Connection, found_by: Identifier, user: AnyRow
+    ) -> Iterator[Record]:
+        user_id = int(user.ID)
+        meta = self._meta(connection, user_id)
+        notes = [WITHHELD]
+        sessions: list[dict[str, JSONValue]] = []
+        if meta.get(SESSION_META):
+            try:
+                sessions = _sessions(meta[SESSION_META])
+            except Unreadable:
+                notes.append(UNREADABLE_SESSIONS)
+        location: dict[str, JSONValue] = {}
+        if meta.get(LOCATION_KEY):
+            try:
+                location = _location(meta[LOCATION_KEY])
+            except Unreadable:
+                notes.append(UNREADABLE_LOCATION)
+        fields = {
+            "User ID": user_id,
+            "Login name": jsonable(user.user_login),
+            "Nice name": jsonable(user.user_nicename),
+            "Email": jsonable(user.user_email),
+            "Website": jsonable(user.user_url),
+            "Registered (GMT)": _gmt(user.user_registered),
+            "Display name": jsonable(user.display_name),
+        } | {label: meta[key] for key, label in PROFILE_META.items() if meta.get(key)}
+        yield Record(
+            category="Website account",
+            fields=fields,
+            found_by=found_by,
+            location=f"table {self.t.prefix}users, ID {user_id}",
+            yields=self._account_yields(found_by, user),
+            notes=tuple(notes),
+            key=f"user:{user_id}",
+        )
+        meta_location = f"table {self.t.prefix}usermeta, user_id {user_id}"
+        session_location = f"{meta_location}, meta_key {SESSION_META}"
+        for key, session in _session_keys(sessions):
+            ip = session["IP address"]
+            yield Record(
+                category="Website login session",
+                fields=session,
+                found_by=found_by,
+                location=session_location,
+                yields=(self._ip(ip, session_location),) if isinstance(ip, str) else (),
+                key=f"user:{user_id}:session:{key}",
+            )
+        if location:
+            yield Record(
+                category="Website events location",
+                fields=location,
+                found_by=found_by,
+                location=f"{meta_location}, meta_key {LOCATION_KEY}",
+                key=f"user:{user_id}:events-location",
+            )
+
+    def _meta(self, connection: Connection, user_id: int) -> dict[str, str]:
+        meta = self.t.usermeta.c
+        wanted = [*PROFILE_META, SESSION_META, LOCATION_KEY]
+        query = (
+            select(meta.meta_key, meta.meta_value)
+            .where(meta.user_id == user_id, meta.meta_key.in_(wanted))
+            .order_by(meta.meta_key)
+        )
+        # WordPress keeps one row per key for these; the first non-empty one wins.
+        found: dict[str, str] = {}
+        for key, value in connection.execute(query):
+            if isinstance(value, str) and value and key not in found:
+                found[str(key)] = value
+        return found
+
+    def _account_yields(self, found_by: Identifier, user: AnyRow) -> tuple[Identifier, ...]:
+        origin = f"wordpress '{self.name}': {self.t.prefix}users.%s of user ID {user.ID}"
+        yields = []
+        login = user.user_login
+        if isinstance(login, str) and login and found_by.key != ("username", login.casefold()):
+            yields.append(Identifier("username", login, origin % "user_login"))
+        email = _normalized(str(user.user_email))
+        if email and (found_by.kind != "email" or email != _normalized(found_by.value)):
+            yields.append(Identifier("email", email, origin % "user_email"))
+        return tuple(yields)
+
+    # Comments
+
+    def _comments(
+        self,
+        connection: Connection,
+        found_by: Identifier,
+        seen: set[int],
+        *,
+        email: str | None = None,
+        user_id: int | None = None,
+    ) -> Iterator[Record]:
+        """Comments by one author address or one account, each exported once."""
+        c, p = self.t.comments.c, self.t.posts.c
+        match = c.user_id == user_id if email is None else _equal(c.comment_author_email, email)
+        query = (
+            select(*c, p.post_title.label("post_title"), p.guid.label("post_guid"))
+            .select_from(self.t.comments.outerjoin(self.t.posts, c.comment_post_ID == p.ID))
+            .where(match)
+            .order_by(c.comment_ID)
+            .execution_options(yield_per=500)
+        )
+        if self.settings.skip_comment_types:
+            query = query.where(c.comment_type.not_in(self.settings.skip_comment_types))
+        for row in connection.execute(query):
+            comment_id = int(row.comment_ID)
+            if comment_id in seen or (email and not _same(row.comment_author_email, email)):
+                continue
+            seen.add(comment_id)
+            yield self._comment_record(row, comment_id, found_by)
+
+    def _comment_record(self, row: AnyRow, comment_id: int, found_by: Identifier) -> Record:
+        post_link = self._post_link(row.comment_post_ID, row.post_guid)
+        approved = str(row.comment_approved)
+        location = f"table {self.t.prefix}comments, comment_ID {comment_id}"
+        ip = row.comment_author_IP
+        return Record(
+            category="Website comment",
+            fields={
+                "Author": jsonable(row.comment_author),
+                "Email": jsonable(row.comment_author_email),
+                "Website": jsonable(row.comment_author_url),
+                "IP address": jsonable(ip),
+                "User agent": jsonable(row.comment_agent),
+                "Date (GMT)": _gmt(row.comment_date_gmt),
+                "Content": jsonable(row.comment_content),
+                "Status": APPROVAL.get(approved, approved),
+                "Type": jsonable(row.comment_type),
+                "Post title": jsonable(row.post_title),
+                "Post link": post_link,
+                "Comment link": f"{post_link}#comment-{comment_id}" if post_link else None,
+            },
+            found_by=found_by,
+            location=location,
+            yields=(self._ip(ip, location),) if isinstance(ip, str) and ip else (),
+            key=f"comment:{comment_id}",
+        )
+
+    def _post_link(self, post_id: object, guid: object) -> str | None:
+        if isinstance(guid, str) and guid:
+            return guid
+        if self.site_url and isinstance(post_id, int) and post_id > 0:
+            return f"{self.site_url}/?p={post_id}"
+        return None
+
+    def _ip(self, ip: str, where: str) -> Identifier:
+        return Identifier("ip", ip, f"wordpress '{self.name}': {where}")
+
+
+# Values stored by PHP
+
+
+def _unserialize(value: str) -> object:
+    """A PHP-serialized value; without an object hook, PHP objects are refused."""
+    try:
+        return phpserialize.loads(value.encode("utf-8"), decode_strings=True)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise Unreadable(type(exc).__name__) from None
+
+
+def _sessions(value: str) -> list[dict[str, JSONValue]]:
+    """Each stored session's IP, browser and times; the token hashes (array keys) are dropped."""
+    data = _unserialize(value)
+    if not isinstance(data, Mapping) or not all(isinstance(s, Mapping) for s in data.values()):
+        raise Unreadable("not an array of sessions")
+    sessions: list[dict[str, JSONValue]] = [
+        {
+            "IP address": _text(session.get("ip")),
+            "User agent": _text(session.get("ua")),
+            "Logged in (UTC)": _unix_time(session.get("login")),
+            "Expires (UTC)": _unix_time(session.get("expiration")),
+        }
+        for session in data.values()
+    ]
+    return sorted(sessions, key=lambda s: [str(v) for v in s.values()])
+
+
+def _session_keys(
+    sessions: Iterable[dict[str, JSONValue]],
+) -> Iterator[tuple[str, dict[str, JSONValue]]]:
+    """A stable key per session from its times; never from its token."""
+    counts: dict[str, int] = {}
+    for session in sessions:
+        base = f"{session['Logged in (UTC)']}/{session['Expires (UTC)']}"
+        counts[base] = counts.get(base, 0) + 1
+        yield f"{base}/{counts[base]}", session
+
+
+def _location(value: str) -> dict[str, JSONValue]:
+    data = _unserialize(value)
+    if not isinstance(data, Mapping):
+        raise Unreadable("not an array")
+    return {label: jsonable(data[key]) for key, label in LOCATION_META.items() if data.get(key)}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _unix_time(value: object) -> str | None:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _gmt(value: object) -> JSONValue:
+    """A DATETIME column WordPress writes in GMT, as ISO 8601; its zero date as None."""
+    if isinstance(value, str):
+        if not value or value.startswith("0000-00-00"):
+            return None
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC).isoformat()
+    return jsonable(value)
+
+
+def _equal(field: ColumnElement[Any], value: str) -> ColumnElement[bool]:
+    """Case-insensitive equality in SQL; a superset that ``_same`` then narrows."""
+    return func.lower(field) == func.lower(value.strip())
+
+
+def _same(stored: object, value: str) -> bool:
+    """Exact equality but for case, which MySQL's accent-insensitive collations do not give."""
+    return isinstance(stored, str) and stored.strip().casefold() == value.strip().casefold()
+
+
+def _normalized(address: str) -> str | None:
+    try:
+        return normalize_address(address)
+    except InvalidAddress:
+        return None

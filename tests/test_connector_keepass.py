@@ -1,0 +1,510 @@
+"""The ``keepass`` connector against real KDBX 3.1 and KDBX 4 vaults written by pykeepass."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from construct import Container  # type: ignore[import-untyped]
+from pykeepass import PyKeePass
+from pykeepass.kdbx_parsing import KDBX
+from pykeepass.pykeepass import BLANK_DATABASE_LOCATION, BLANK_DATABASE_PASSWORD
+
+from connectors.keepass import (
+    OTP_HELD,
+    PASSWORD_HELD,
+    SECRET_HELD,
+    KeepassConnector,
+    KeepassSettings,
+)
+from sarbot.config import ConnectorEntry, validate
+from sarbot.connector import ENTRY_POINT_GROUP, Identifier, Identity, Record
+from sarbot.errors import ConfigError, ConnectorError
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = "alice@example.test"
+CONTRACT = b"%PDF-1.4 contract between Acme and Alice\n" * 40
+SIGNATURE = b"\x89PNG\r\n\x1a\n signature"
+
+
+# ----- writing real vaults ---------------------------------------------------------------
+
+
+def _blank() -> Any:
+    return PyKeePass(BLANK_DATABASE_LOCATION, BLANK_DATABASE_PASSWORD)
+
+
+def new_kdbx4(path: Path, password: str, keyfile: Path | None = None) -> Any:
+    """An empty KDBX 4 vault (Argon2 made cheap so the tests stay fast)."""
+    vault = _blank()
+    params = vault.kdbx.header.value.dynamic_header.kdf_parameters.data.dict
+    params["M"].value = 1 << 20
+    params["I"].value = 2
+    vault.filename, vault.password, vault.keyfile = str(path), password, keyfile
+    vault.save()
+    return PyKeePass(str(path), password, keyfile)
+
+
+def new_kdbx3(path: Path, password: str, keyfile: Path | None = None) -> Any:
+    """An empty KDBX 3.1 vault: pykeepass can edit one but not create one, so build its header."""
+    blank = _blank()
+    tree = blank.tree
+    for element in tree.iter():
+        if element.text and element.tag.endswith(("Time", "Changed")):
+            when = blank._decode_time(element.text).astimezone(UTC)
+            element.text = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    meta = tree.find("Meta")
+    meta.append(meta.makeelement("Binaries", {}))
+
+    def item(name: str, data: object) -> Container:
+        return Container(id=name, data=data)
+
+    header = Container(
+        cipher_id=item("cipher_id", "aes256"),
+        compression_flags=item("compression_flags", Container(compression=True)),
+        master_seed=item("master_seed", os.urandom(32)),
+        transform_seed=item("transform_seed", os.urandom(32)),
+        transform_rounds=item("transform_rounds", 1000),
+        encryption_iv=item("encryption_iv", os.urandom(16)),
+        protected_stream_key=item("protected_stream_key", os.urandom(32)),
+        stream_start_bytes=item("stream_start_bytes", os.urandom(32)),
+        protected_stream_id=item("protected_stream_id", "salsa20"),
+        end=item("end", b"\r\n\r\n"),
+    )
+    kdbx = Container(
+        header=Container(
+            value=Container(
+                sig1=b"\x03\xd9\xa2\x9a",
+                sig2=b"\x67\xfb\x4b\xb5",
+                sig_check=None,
+                minor_version=1,
+                major_version=3,
+                dynamic_header=header,
+            )
+        ),
+        body=Container(payload=Container(xml=tree)),
+    )
+    KDBX.build_file(
+        kdbx, str(path), password=password, keyfile=keyfile, transformed_key=None, decrypt=True
+    )
+    return PyKeePass(str(path), password, keyfile)
+
+
+def new_vault(version: int, path: Path, password: str, keyfile: Path | None = None) -> Any:
+    """A new, empty vault, its master password in a file beside it for the connector to read."""
+    master_file(path).write_text(password + "\n", encoding="utf-8")
+    vault = (new_kdbx3 if version == 3 else new_kdbx4)(path, password, keyfile)
+    assert vault.version == ((3, 1) if version == 3 else (4, 0))
+    return vault
+
+
+def canary() -> str:
+    return "CANARY-" + secrets.token_hex(12)
+
+
+@dataclass
+class Vault:
+    path: Path
+    master: str
+    canaries: list[str]
+
+
+def fill(vault: Any) -> list[str]:
+    """Alice's, Bob's, deleted and historic entries; every secret is a fresh canary."""
+    made: list[str] = []
+
+    def secret() -> str:
+        made.append(canary())
+        return made[-1]
+
+    clients = vault.add_group(vault.root_group, "Clients")
+    acme = vault.add_group(clients, "Acme")
+
+    mail = vault.add_entry(
+        acme, "Alice mail", ALICE, secret(), url="https://mail.acme.test", otp=secret()
+    )
+    mail.tags = ["mail", "acme"]
+    mail.notes = "Mailbox of the sales team lead."
+    mail.set_custom_property("Department", "Sales")
+    mail.set_custom_property("Badge number", secret(), protect=True)
+    mail.set_custom_property("Alarm PIN", secret())
+    mail.set_custom_property("Recovery phrase words", secret())
+    mail.set_custom_property("Door code", secret())  # named in custom_fields_secret
+    mail.set_custom_property("TOTP Seed", secret())
+    mail.set_custom_property("TimeOtp-Secret-Base32", secret())
+    mail.set_custom_property("HmacOtp-Secret", secret())
+    mail.set_custom_property("Empty protected", "", protect=True)
+    mail.expires = True
+    mail.expiry_time = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+    mail.add_attachment(vault.add_binary(CONTRACT), "contract.pdf")
+    mail.add_attachment(vault.add_binary(SIGNATURE), "signature.png")
+
+    vault.add_entry(
+        acme,
+        "Portal",
+        "Alice.Work@Example.TEST",
+        secret(),
+        url=f"https://portal.acme.test/login?user={ALICE.upper()}",
+    )
+    vault.add_entry(clients, "VPN", "alice.vpn", secret(), notes=f"Issued to {ALICE} in May.")
+    router = vault.add_entry(vault.root_group, "Router", "", secret())
+    router.set_custom_property("Owner", "Alice@Example.test")
+    vault.add_entry(acme, "AD account", "CORP\\asmith", secret())
+
+    bob = vault.add_entry(acme, "Bob mail", "bob@example.test", secret(), notes="basmithy")
+    bob.set_custom_property("Assistant", "malice@example.test; a.smith; asmith-old")
+    vault.add_entry(acme, "Odd", "dave", ALICE)  # her address only in a password
+    trashed = vault.add_entry(acme, "Old Alice mail", ALICE, secret())
+    vault.trash_entry(trashed)
+    shared = vault.add_entry(acme, "Shared mailbox", ALICE, secret())
+    shared.save_history()
+    shared.username = "carol@example.test"
+    vault.save()
+    return made
+
+
+@pytest.fixture(scope="module", params=[3, 4], ids=["kdbx3", "kdbx4"])
+def vault(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Vault:
+    path = tmp_path_factory.mktemp("vault") / "vault.kdbx"
+    master = canary()
+    made = fill(new_vault(request.param, path, master))
+    return Vault(path, master, [master, *made])
+
+
+@pytest.fixture
+def editor(tmp_path: Path) -> Any:
+    """A new KDBX 4 vault for one test, open for writing."""
+    return new_vault(4, tmp_path / "v.kdbx", "master")
+
+
+def master_file(vault_path: Path) -> Path:
+    return vault_path.with_suffix(".master")
+
+
+def connector(path: Path, **extra: Any) -> KeepassConnector:
+    """The connector built the way sarbot builds it from the config."""
+    data = {"path": path.name, "password": {"file": master_file(path).name}, **extra}
+    settings = validate(data, KeepassSettings, source="test", base_dir=path.parent)
+    return KeepassConnector("vault", settings)
+
+
+def by_title(records: list[Record]) -> dict[str, Record]:
+    return {str(r.fields["Title"]): r for r in records}
+
+
+ROUND_TWO = Identity(ALICE, (Identifier("username", "asmith", "sql 'crm': column login"),))
+
+
+# ----- the tests -------------------------------------------------------------------------
+
+EVERYONE = Identity(ALICE, (*Identity.verified(ALICE).identifiers, *ROUND_TWO.identifiers))
+
+
+class TestMatching:
+    def test_entries_found_by_email_in_every_searched_field(self, vault: Vault) -> None:
+        """The address is found in user name, URL, notes and custom fields, in any case."""
+        identity = Identity.verified(ALICE)
+        records = by_title(connector(vault.path).collect(identity))
+        assert sorted(records) == ["Alice mail", "Portal", "Router", "VPN"]
+        assert all(r.found_by is identity.identifiers[0] for r in records.values())
+        mail = records["Alice mail"]
+        assert mail.location == "entry 'Clients/Acme/Alice mail'"
+        assert mail.key.startswith("entry:") and len(mail.key) == len("entry:") + 36
+        assert records["Router"].location == "entry 'Router'"
+        assert records["Router"].fields["Group"] == ""
+
+    def test_entries_found_by_username(self, vault: Vault) -> None:
+        """A username identifier finds the entry that holds it as a token (CORP\\asmith)."""
+        records = connector(vault.path).collect(ROUND_TWO)
+        assert [r.fields["Title"] for r in records] == ["AD account"]
+        assert records[0].found_by is ROUND_TWO.identifiers[0]
+
+    def test_other_people_deleted_and_historic_entries_never_appear(self, vault: Vault) -> None:
+        """Bob's entry, a trashed entry, an old version and a password match are not found."""
+        found = connector(vault.path).collect(EVERYONE)
+        titles = {r.fields["Title"] for r in found}
+        assert titles == {"Alice mail", "Portal", "Router", "VPN", "AD account"}
+        assert not connector(vault.path).collect(Identity.verified("lice@example.test"))
+        (carol,) = connector(vault.path).collect(Identity.verified("carol@example.test"))
+        assert carol.fields["Title"] == "Shared mailbox"
+        assert ALICE not in json.dumps(carol.fields)  # her old version is history
+
+
+class TestMatchingRules:
+    EMAIL_TEXTS: ClassVar[dict[str, bool]] = {
+        "mailto:Alice@Example.test": True,
+        f"Contact {ALICE}.": True,
+        f"<{ALICE}>, '{ALICE}'": True,
+        "https://portal.test/login?user=ALICE@example.test&next=/": True,
+        "malice@example.test": False,
+        "bob.alice@example.test, bob+alice@example.test, bob_alice@example.test": False,
+        "alice@example.test.evil.test, alice@example.testing": False,
+    }
+    USERNAME_TEXTS: ClassVar[dict[str, bool]] = {
+        "asmith": True,
+        "Login: CORP\\ASmith": True,
+        "asmith@corp.test": True,
+        "Account asmith.": True,
+        "basmithy, asmith-old, asmith.old, x.asmith, asmith_2, a.smith": False,
+    }
+
+    def test_addresses_match_only_whole(self, editor: Any, tmp_path: Path) -> None:
+        """An address inside a longer address is not a match; amid punctuation it is."""
+        for text in self.EMAIL_TEXTS:
+            editor.add_entry(editor.root_group, text, "", "", notes=text)
+        editor.save()
+        records = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        assert {r.fields["Notes"] for r in records} == {
+            t for t, hit in self.EMAIL_TEXTS.items() if hit
+        }
+
+    def test_usernames_match_only_as_whole_tokens(self, editor: Any, tmp_path: Path) -> None:
+        """'asmith' finds CORP\\asmith and asmith@corp.test, not basmithy or asmith.old."""
+        for text in self.USERNAME_TEXTS:
+            editor.add_entry(editor.root_group, text, "", "", url=text)
+        editor.save()
+        records = connector(tmp_path / "v.kdbx").collect(ROUND_TWO)
+        assert {r.fields["URL"] for r in records} == {
+            t for t, hit in self.USERNAME_TEXTS.items() if hit
+        }
+
+    def test_weak_identifier_kinds_are_not_searched(self, vault: Vault) -> None:
+        """A name or an IP address is not looked for: only e-mail addresses and usernames."""
+        identity = Identity(ALICE, (Identifier("name", "Alice", "the request"),))
+        assert connector(vault.path).collect(identity) == []
+
+    def test_a_changed_file_is_picked_up(self, editor: Any, tmp_path: Path) -> None:
+        """An entry added to the vault after a lookup is found by the next lookup."""
+        keepass = connector(tmp_path / "v.kdbx")
+        assert keepass.collect(Identity.verified(ALICE)) == []
+        editor.add_entry(editor.root_group, "New", ALICE, "x")
+        editor.save()
+        assert [r.fields["Title"] for r in keepass.collect(Identity.verified(ALICE))] == ["New"]
+
+
+class TestExport:
+    def test_entry_fields_are_exported(self, vault: Vault) -> None:
+        """Group, title, user name, URL, tags, notes, custom fields and times are exported."""
+        mail = by_title(connector(vault.path).collect(Identity.verified(ALICE)))["Alice mail"]
+        assert mail.category == "Vault entry"
+        fields = mail.fields
+        assert fields["Group"] == "Clients/Acme"
+        assert fields["User name"] == ALICE
+        assert fields["URL"] == "https://mail.acme.test"
+        assert fields["Tags"] == ["mail", "acme"]
+        assert fields["Notes"] == "Mailbox of the sales team lead."
+        custom = fields["Custom fields"]
+        assert isinstance(custom, dict) and custom["Department"] == "Sales"
+        assert fields["Expires"] is True
+        assert fields["Expiry time"] == "2030-06-01T12:00:00+00:00"
+        for name in ("Created", "Modified"):
+            assert datetime.fromisoformat(str(fields[name])).tzinfo is not None
+
+    def test_an_entry_that_does_not_expire_says_so(self, vault: Vault) -> None:
+        """Expires is false and no expiry time is given when the entry never expires."""
+        vpn = by_title(connector(vault.path).collect(Identity.verified(ALICE)))["VPN"]
+        assert vpn.fields["Expires"] is False and vpn.fields["Expiry time"] is None
+
+    def test_attachment_names_and_sizes_without_content(self, vault: Vault) -> None:
+        """By default attachments are listed by name and size only."""
+        mail = by_title(connector(vault.path).collect(Identity.verified(ALICE)))["Alice mail"]
+        assert mail.fields["Attachments"] == [
+            {"name": "contract.pdf", "size": len(CONTRACT)},
+            {"name": "signature.png", "size": len(SIGNATURE)},
+        ]
+
+    def test_attachment_content_when_asked_for(self, vault: Vault) -> None:
+        """With include_attachments the content of each attachment comes as base64."""
+        keepass = connector(vault.path, include_attachments=True)
+        records = by_title(keepass.collect(Identity.verified(ALICE)))
+        attachments = records["Alice mail"].fields["Attachments"]
+        assert isinstance(attachments, list)
+        contents = [
+            (a["name"], base64.b64decode(str(a["content_base64"])))
+            for a in attachments
+            if isinstance(a, dict)
+        ]
+        assert contents == [("contract.pdf", CONTRACT), ("signature.png", SIGNATURE)]
+        assert records["VPN"].fields["Attachments"] == []
+
+
+class TestWithheld:
+    def test_no_secret_reaches_any_record(self, vault: Vault) -> None:
+        """No canary (master, passwords, OTP, protected or named fields) is in any record."""
+        keepass = connector(
+            vault.path, include_attachments=True, custom_fields_secret=["door CODE"]
+        )
+        records = keepass.collect(EVERYONE)
+        assert len(records) == 5
+        dumped = "\n".join(
+            json.dumps([r.fields, r.notes, r.location, r.key, [repr(y) for y in r.yields]])
+            + repr(r)
+            for r in records
+        )
+        assert [c for c in vault.canaries if c in dumped] == []
+        assert len(vault.canaries) == 17
+        assert PASSWORD_HELD in dumped and OTP_HELD in dumped and SECRET_HELD in dumped
+
+    def test_withheld_values_are_stated(self, vault: Vault) -> None:
+        """Each secret that is held is replaced by a statement; empty ones are not claimed."""
+        keepass = connector(vault.path, custom_fields_secret=["Door Code"])
+        records = by_title(keepass.collect(Identity.verified(ALICE)))
+        mail = records["Alice mail"]
+        assert mail.fields["Password"] == PASSWORD_HELD
+        assert mail.fields["One-time password"] == OTP_HELD
+        assert mail.fields["Custom fields"] == {
+            "Department": "Sales",
+            "Badge number": SECRET_HELD,
+            "Alarm PIN": SECRET_HELD,
+            "Recovery phrase words": SECRET_HELD,
+            "Door code": SECRET_HELD,
+            "TOTP Seed": OTP_HELD,
+            "TimeOtp-Secret-Base32": OTP_HELD,
+            "HmacOtp-Secret": OTP_HELD,
+            "Empty protected": "",
+        }
+        assert mail.notes and "not disclosed" in mail.notes[0]
+        assert "One-time password" not in records["Router"].fields
+
+    def test_an_entry_without_secrets_claims_none(self, tmp_path: Path) -> None:
+        """With no password and no secrets, no statement of a held secret is made."""
+        editor = new_vault(3, tmp_path / "v3.kdbx", "master")
+        editor.add_entry(editor.root_group, "Plain", ALICE, "")
+        editor.save()
+        (record,) = connector(tmp_path / "v3.kdbx").collect(Identity.verified(ALICE))
+        assert "Password" not in record.fields and record.notes == ()
+
+    def test_a_protected_username_is_withheld_and_not_yielded(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """A user name the vault protects is stated as held, never exported or followed."""
+        entry = editor.add_entry(editor.root_group, "Hidden", "x", "", notes=ALICE)
+        hidden = canary()
+        entry._set_string_field("UserName", hidden, protected=True)
+        editor.save()
+        (record,) = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        assert record.fields["User name"] == SECRET_HELD
+        assert record.yields == () and hidden not in repr(record)
+
+
+class TestYields:
+    def test_username_is_yielded_with_its_origin(self, vault: Vault) -> None:
+        """The user name of a matched entry is a further identifier, saying where it was."""
+        records = by_title(connector(vault.path).collect(Identity.verified(ALICE)))
+        origin = "keepass 'vault': entry 'Clients/VPN', UserName field"
+        assert records["VPN"].yields == (Identifier("username", "alice.vpn", origin),)
+
+    def test_an_address_in_the_username_is_yielded_as_email(self, vault: Vault) -> None:
+        """A user name that is an address is yielded, normalised, as an e-mail identifier."""
+        portal = by_title(connector(vault.path).collect(Identity.verified(ALICE)))["Portal"]
+        assert [(y.kind, y.value) for y in portal.yields] == [("email", "alice.work@example.test")]
+
+    def test_the_identifier_that_found_the_entry_is_not_yielded_again(self, vault: Vault) -> None:
+        """An entry found by its own user name yields nothing new; nor does an empty one."""
+        records = by_title(connector(vault.path).collect(Identity.verified(ALICE)))
+        assert records["Alice mail"].yields == ()
+        assert records["Router"].yields == ()
+        (account,) = connector(vault.path).collect(ROUND_TWO)
+        assert [(y.kind, y.value) for y in account.yields] == [("username", "CORP\\asmith")]
+
+
+class TestOpening:
+    def test_registered_as_the_keepass_type(self) -> None:
+        """sarbot finds this connector under the type name "keepass"."""
+        (point,) = entry_points(group=ENTRY_POINT_GROUP, name="keepass")
+        assert point.load() is KeepassConnector
+
+    def test_key_file_is_needed_with_the_password(self, tmp_path: Path) -> None:
+        """A vault locked by password and key file opens with both and fails without the file."""
+        key = tmp_path / "vault.key"
+        key.write_bytes(os.urandom(128))
+        editor = new_vault(4, tmp_path / "v.kdbx", "master", key)
+        editor.add_entry(editor.root_group, "Keyed", ALICE, "x")
+        editor.save()
+        with_key = connector(tmp_path / "v.kdbx", keyfile="vault.key")
+        with_key.check()
+        assert len(with_key.collect(Identity.verified(ALICE))) == 1
+        without = connector(tmp_path / "v.kdbx")
+        with pytest.raises(ConnectorError, match="password or key file is wrong"):
+            without.check()
+        with pytest.raises(ConnectorError, match="password or key file is wrong"):
+            without.collect(Identity.verified(ALICE))
+        with pytest.raises(ConnectorError, match="No such file"):
+            connector(tmp_path / "v.kdbx", keyfile="other.key").check()
+
+    @pytest.mark.parametrize("version", [3, 4])
+    def test_wrong_password_raises_without_naming_it(self, version: int, tmp_path: Path) -> None:
+        """A wrong master password fails the lookup; the message holds no password."""
+        right, wrong = canary(), canary()
+        new_vault(version, tmp_path / "v.kdbx", right)
+        master_file(tmp_path / "v.kdbx").write_text(wrong, encoding="utf-8")
+        with pytest.raises(ConnectorError) as caught:
+            connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        message = str(caught.value)
+        assert "password or key file is wrong" in message
+        assert right not in message and wrong not in message
+        assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+    def test_missing_file_raises(self, tmp_path: Path) -> None:
+        """A vault that is not there fails the lookup and the check."""
+        master_file(tmp_path / "absent.kdbx").write_text("master", encoding="utf-8")
+        keepass = connector(tmp_path / "absent.kdbx")
+        with pytest.raises(ConnectorError, match="No such file"):
+            keepass.collect(Identity.verified(ALICE))
+        with pytest.raises(ConnectorError, match="No such file"):
+            keepass.check()
+
+    def test_a_file_that_is_not_a_vault_raises(self, tmp_path: Path) -> None:
+        """Any other file fails the lookup with a plain reason."""
+        (tmp_path / "notes.kdbx").write_text("just some text\n")
+        master_file(tmp_path / "notes.kdbx").write_text("master", encoding="utf-8")
+        with pytest.raises(ConnectorError, match="not a KeePass database"):
+            connector(tmp_path / "notes.kdbx").check()
+
+    def test_password_must_be_a_reference(self, tmp_path: Path) -> None:
+        """The master password cannot be written into the config."""
+        with pytest.raises(ConfigError, match="password"):
+            validate(
+                {"path": "v.kdbx", "password": "hunter2"},
+                KeepassSettings,
+                source="test",
+                base_dir=tmp_path,
+            )
+
+    def test_settings_resolve_paths_and_default_safely(self, tmp_path: Path) -> None:
+        """Paths are relative to the config; attachment content is off by default."""
+        (tmp_path / "pw").write_text("master\n")
+        settings = validate(
+            {"path": "v.kdbx", "password": {"file": "pw"}, "keyfile": "k.key"},
+            KeepassSettings,
+            source="test",
+            base_dir=tmp_path,
+        )
+        assert isinstance(settings, KeepassSettings)
+        assert settings.path == tmp_path / "v.kdbx" and settings.keyfile == tmp_path / "k.key"
+        assert settings.include_attachments is False and settings.custom_fields_secret == ()
+        assert settings.password.get_secret_value() == "master"
+        assert "master" not in repr(settings)
+
+    def test_documented_example_is_valid(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The TOML block in docs/connectors/keepass.md validates as written."""
+        doc = (ROOT / "docs" / "connectors" / "keepass.md").read_text(encoding="utf-8")
+        block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+        (entry,) = tomllib.loads(block)["connectors"]
+        monkeypatch.setenv("SARBOT_KEEPASS_PASSWORD", "master")
+        configured = ConnectorEntry.model_validate(entry)
+        assert (configured.name, configured.type) == ("vault", "keepass")
+        settings = validate(configured.options, KeepassSettings, source="doc", base_dir=tmp_path)
+        assert isinstance(settings, KeepassSettings)
+        assert settings.custom_fields_secret == ("Door code", "Alarm code")

@@ -1,0 +1,719 @@
+"""The ``tacticalrmm`` connector against a real PostgreSQL Tactical RMM schema, and on SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from connectors.tacticalrmm import (
+    OTHERS_NOTE,
+    WITHHELD_DEVICE,
+    WITHHELD_TEXT,
+    WITHHELD_USER,
+    TacticalRmmConnector,
+    TacticalRmmSettings,
+    like_pattern,
+)
+from sarbot.config import validate
+from sarbot.connector import Identifier, Identity, Record
+from sarbot.errors import ConfigError
+from tests.servers import ServerError, postgres_server
+
+SCHEMA = Path(__file__).with_name("tacticalrmm_schema.sql")
+JSON_COLUMNS = {"disks", "wmi_detail", "software"}
+ORIGIN = "keepass 'vault': entry 'Staff/Alice', UserName field"
+# Strings that only other people's data and free text hold: none may reach a record.
+CANARIES = ("basmith", "canary", "karen", "bob's")
+
+
+def boot(hour: int) -> float:
+    return datetime(2026, 2, 28, hour, tzinfo=UTC).timestamp()
+
+
+CLIENTS = [{"id": 1, "name": "Acme Ltd"}, {"id": 2, "name": "Other Co"}]
+SITES: list[dict[str, Any]] = [
+    {"id": 1, "client_id": 1, "name": "HQ"},
+    {"id": 2, "client_id": 1, "name": "Branch"},
+    {"id": 3, "client_id": 2, "name": "Main"},
+]
+ALICE_DESKTOP_WMI: dict[str, Any] = {
+    "cpu": [
+        [
+            {
+                "Name": "Intel(R) Core(TM) i7-11700 CPU @ 2.50GHz",
+                "NumberOfCores": 8,
+                "NumberOfLogicalProcessors": 16,
+            }
+        ]
+    ],
+    "comp_sys": [[{"Model": "OptiPlex 7090", "UserName": "CORP\\asmith"}]],
+    "comp_sys_prod": [[{"Vendor": "Dell Inc.", "IdentifyingNumber": "5CG1234XYZ"}]],
+    "bios": [[{"SerialNumber": "5CG1234XYZ"}]],
+    "os": [[{"Caption": "Windows 11 Pro", "RegisteredUser": "Karen CANARY-OWNER"}]],
+    "network_config": [
+        [{"Description": "Ethernet", "IPAddress": ["192.168.1.20", "fe80::1c2b:3d4e:5f60:7a8b"]}],
+        [{"Description": "WAN Miniport", "IPAddress": None}],
+    ],
+}
+SHARED_PC_WMI: dict[str, Any] = {
+    "cpu": [[{"Name": "Intel(R) Core(TM) i5-8500 CPU @ 3.00GHz"}]],
+    "comp_sys": [[{"Model": "EliteDesk 800 G4", "UserName": "CORP\\basmith"}]],
+    "comp_sys_prod": [[{"Vendor": "HP"}]],
+    "bios": [[{"SerialNumber": "MXL9876ABC"}]],
+    "os": [[{"RegisteredUser": "basmith", "Organization": "Acme"}]],
+    "network_config": [[{"IPAddress": ["192.168.1.44"]}]],
+}
+LINUX_WMI: dict[str, Any] = {
+    "cpus": ["AMD Ryzen 7 PRO 5850U with Radeon Graphics"],
+    "local_ips": ["10.0.0.15/24", "127.0.0.1/8"],
+    "make_model": "LENOVO ThinkPad T14s",
+    "serialnumber": "PF3ABCDE",
+    "disks": ["Samsung MZVL2512 NVMe nvme0n1 512 GB"],
+}
+WINDOWS_DISKS: list[dict[str, Any]] = [
+    {
+        "device": "C:",
+        "fstype": "NTFS",
+        "total": "465.3G",
+        "used": "121.9G",
+        "free": "343.3G",
+        "percent": 26,
+    }
+]
+AGENTS: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "agent_id": "AgEnTaLiCeDeSkToP0001",
+        "hostname": "ACME-WS-01",
+        "site_id": 1,
+        "plat": "windows",
+        "operating_system": "Microsoft Windows 11 Pro, 64bit (build 22631)",
+        "public_ip": "203.0.113.10",
+        "last_seen": "2026-03-01 09:30:00",
+        "boot_time": boot(8),
+        "total_ram": 16,
+        "logged_in_username": "CORP\\asmith",
+        "last_logged_in_user": "CORP\\asmith",
+        "description": "Karen's old laptop CANARY-DESC",
+        "disks": WINDOWS_DISKS,
+        "wmi_detail": ALICE_DESKTOP_WMI,
+    },
+    {
+        "id": 2,
+        "agent_id": "AgEnTaLiCeLaPtOp00002",
+        "hostname": "acme-lt-07",
+        "site_id": 2,
+        "plat": "linux",
+        "operating_system": "Ubuntu 24.04 x86_64 6.8.0-45-generic",
+        "public_ip": "198.51.100.7",
+        "last_seen": "2026-03-02 17:05:00",
+        "boot_time": boot(7),
+        "total_ram": 32,
+        "logged_in_username": "None",
+        "last_logged_in_user": "asmith@corp.test",
+        "disks": [
+            {
+                "device": "/dev/nvme0n1p2",
+                "fstype": "ext4",
+                "total": "475.6 GB",
+                "used": "129.1 GB",
+                "free": "346.5 GB",
+                "percent": 27,
+            },
+            {
+                "device": "//nas.corp.test/karen",
+                "fstype": "cifs",
+                "total": "2.0 TB",
+                "used": "1.1 TB",
+                "free": "0.9 TB",
+                "percent": 55,
+            },
+        ],
+        "wmi_detail": LINUX_WMI,
+    },
+    {
+        "id": 3,
+        "agent_id": "AgEnTbObDeSkToP000003",
+        "hostname": "ACME-WS-02",
+        "site_id": 1,
+        "public_ip": "203.0.113.10",
+        "logged_in_username": "basmith",
+        "last_logged_in_user": "CORP\\basmith",
+        "description": "Bob's computer",
+    },
+    {
+        "id": 4,
+        "agent_id": "AgEnTsHaReDpC00000004",
+        "hostname": "BASMITH-PC",
+        "site_id": 1,
+        "operating_system": "Microsoft Windows 10 Pro, 64bit (build 19045)",
+        "public_ip": "203.0.113.10",
+        "last_seen": "2026-03-03 12:00:00",
+        "total_ram": 8,
+        "logged_in_username": "CORP\\basmith",
+        "last_logged_in_user": "asmith",
+        "description": "Bob's computer CANARY-DESC",
+        "disks": WINDOWS_DISKS,
+        "wmi_detail": SHARED_PC_WMI,
+    },
+    {
+        "id": 5,
+        "agent_id": "AgEnToThErCo00000005",
+        "hostname": "OTHER-01",
+        "site_id": 3,
+        "logged_in_username": "OTHERCO\\asmith",
+        "last_logged_in_user": "OTHERCO\\asmith",
+    },
+    {
+        "id": 6,
+        "agent_id": "AgEnTjUeRgEn000000006",
+        "hostname": "ACME-WS-06",
+        "site_id": 2,
+        "logged_in_username": "CORP\\JÜRGEN.STRAßER",
+        "last_logged_in_user": "None",
+    },
+]
+SOFTWARE: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "agent_id": 1,
+        "software": [
+            {
+                "name": "7-Zip 23.01 (x64)",
+                "version": "23.01",
+                "publisher": "Igor Pavlov",
+                "install_date": "2024-01-15 00:00:00 +0000 UTC",
+                "size": "5.4 MB",
+                "source": "",
+                "location": "C:\\Program Files\\7-Zip\\",
+                "uninstall": '"C:\\Program Files\\7-Zip\\Uninstall.exe"',
+            },
+            {
+                "name": "Zoom",
+                "version": "5.17.5",
+                "publisher": "Zoom Video Communications, Inc.",
+                "install_date": "2025-06-01 00:00:00 +0000 UTC",
+                "size": "",
+                "location": "C:\\Users\\karen\\AppData\\Roaming\\Zoom\\bin CANARY-PATH",
+                "uninstall": "C:\\Users\\karen\\AppData\\Roaming\\Zoom\\uninstall\\Installer.exe",
+            },
+            {"name": "Google Chrome", "version": "122.0.6261.112"},
+        ],
+    },
+    {
+        "id": 2,
+        "agent_id": 4,
+        "software": [
+            {
+                "name": "Mozilla Firefox (x64 en-GB)",
+                "version": "124.0.1",
+                "publisher": "Mozilla",
+                "install_date": "",
+                "size": "238.0 MB",
+                "location": "C:\\Program Files\\Mozilla Firefox",
+            },
+            {
+                "name": "basmith's macros",
+                "version": "1.0",
+                "publisher": "CORP\\basmith",
+                "install_date": "2025-11-02 00:00:00 +0000 UTC",
+                "size": "",
+                "location": "C:\\Users\\basmith\\AppData\\Local\\Macros",
+            },
+        ],
+    },
+    {"id": 3, "agent_id": 3, "software": [{"name": "Bob's CANARY tool", "version": "1"}]},
+]
+
+WINDOWS_DISKS_OUT: list[dict[str, Any]] = [
+    {
+        "Device": "C:",
+        "File system": "NTFS",
+        "Total": "465.3G",
+        "Used": "121.9G",
+        "Free": "343.3G",
+        "Percent used": 26,
+    }
+]
+ALICE_DESKTOP: dict[str, Any] = {
+    "Hostname": "ACME-WS-01",
+    "Client": "Acme Ltd",
+    "Site": "HQ",
+    "Agent ID": "AgEnTaLiCeDeSkToP0001",
+    "Operating system": "Microsoft Windows 11 Pro, 64bit (build 22631)",
+    "Public IP address": "203.0.113.10",
+    "Local IP addresses": ["192.168.1.20", "fe80::1c2b:3d4e:5f60:7a8b"],
+    "Last seen": "2026-03-01T09:30:00+00:00",
+    "Logged-in user": "CORP\\asmith",
+    "Last logged-in user": "CORP\\asmith",
+    "Last boot": "2026-02-28T08:00:00+00:00",
+    "Make and model": "Dell Inc. OptiPlex 7090",
+    "Serial number": "5CG1234XYZ",
+    "CPU": ["Intel(R) Core(TM) i7-11700 CPU @ 2.50GHz, 8C/16T"],
+    "Total RAM (GB)": 16,
+    "Disks": WINDOWS_DISKS_OUT,
+    "Installed software": [
+        {
+            "Name": "7-Zip 23.01 (x64)",
+            "Version": "23.01",
+            "Publisher": "Igor Pavlov",
+            "Install date": "2024-01-15 00:00:00 +0000 UTC",
+            "Size": "5.4 MB",
+        },
+        {
+            "Name": "Zoom",
+            "Version": "5.17.5",
+            "Publisher": "Zoom Video Communications, Inc.",
+            "Install date": "2025-06-01 00:00:00 +0000 UTC",
+            "Size": "",
+        },
+        {
+            "Name": "Google Chrome",
+            "Version": "122.0.6261.112",
+            "Publisher": None,
+            "Install date": None,
+            "Size": None,
+        },
+    ],
+}
+ALICE_LAPTOP: dict[str, Any] = {
+    "Hostname": "acme-lt-07",
+    "Client": "Acme Ltd",
+    "Site": "Branch",
+    "Agent ID": "AgEnTaLiCeLaPtOp00002",
+    "Operating system": "Ubuntu 24.04 x86_64 6.8.0-45-generic",
+    "Public IP address": "198.51.100.7",
+    "Local IP addresses": ["10.0.0.15"],
+    "Last seen": "2026-03-02T17:05:00+00:00",
+    "Logged-in user": None,
+    "Last logged-in user": "asmith@corp.test",
+    "Last boot": "2026-02-28T07:00:00+00:00",
+    "Make and model": "LENOVO ThinkPad T14s",
+    "Serial number": "PF3ABCDE",
+    "CPU": ["AMD Ryzen 7 PRO 5850U with Radeon Graphics"],
+    "Total RAM (GB)": 32,
+    "Disks": [
+        {
+            "Device": "/dev/nvme0n1p2",
+            "File system": "ext4",
+            "Total": "475.6 GB",
+            "Used": "129.1 GB",
+            "Free": "346.5 GB",
+            "Percent used": 27,
+        },
+        {
+            "Device": WITHHELD_DEVICE,
+            "File system": "cifs",
+            "Total": "2.0 TB",
+            "Used": "1.1 TB",
+            "Free": "0.9 TB",
+            "Percent used": 55,
+        },
+    ],
+    "Installed software": [],
+}
+SHARED_PC: dict[str, Any] = {
+    "Hostname": WITHHELD_TEXT,
+    "Client": "Acme Ltd",
+    "Site": "HQ",
+    "Agent ID": "AgEnTsHaReDpC00000004",
+    "Operating system": "Microsoft Windows 10 Pro, 64bit (build 19045)",
+    "Public IP address": "203.0.113.10",
+    "Local IP addresses": ["192.168.1.44"],
+    "Last seen": "2026-03-03T12:00:00+00:00",
+    "Logged-in user": WITHHELD_USER,
+    "Last logged-in user": "asmith",
+    "Last boot": None,
+    "Make and model": "HP EliteDesk 800 G4",
+    "Serial number": "MXL9876ABC",
+    "CPU": ["Intel(R) Core(TM) i5-8500 CPU @ 3.00GHz"],
+    "Total RAM (GB)": 8,
+    "Disks": WINDOWS_DISKS_OUT,
+    "Installed software": [
+        {
+            "Name": "Mozilla Firefox (x64 en-GB)",
+            "Version": "124.0.1",
+            "Publisher": "Mozilla",
+            "Install date": "",
+            "Size": "238.0 MB",
+        },
+        {
+            "Name": WITHHELD_TEXT,
+            "Version": "1.0",
+            "Publisher": WITHHELD_TEXT,
+            "Install date": "2025-11-02 00:00:00 +0000 UTC",
+            "Size": "",
+        },
+    ],
+}
+OTHER_CO: dict[str, Any] = {
+    "Hostname": "OTHER-01",
+    "Client": "Other Co",
+    "Site": "Main",
+    "Agent ID": "AgEnToThErCo00000005",
+    "Operating system": None,
+    "Public IP address": None,
+    "Local IP addresses": [],
+    "Last seen": None,
+    "Logged-in user": "OTHERCO\\asmith",
+    "Last logged-in user": "OTHERCO\\asmith",
+    "Last boot": None,
+    "Make and model": None,
+    "Serial number": None,
+    "CPU": [],
+    "Total RAM (GB)": None,
+    "Disks": [],
+    "Installed software": [],
+}
+
+
+# ----- building the databases -------------------------------------------------------------
+
+
+def statements(sqlite: bool) -> list[str]:
+    """The schema's statements; for SQLite, its types as Django's SQLite backend writes them."""
+    sql = "\n".join(line for line in SCHEMA.read_text().splitlines() if not line.startswith("--"))
+    if sqlite:
+        sql = sql.replace(
+            "bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "INTEGER PRIMARY KEY"
+        )
+        sql = re.sub(r"\bjsonb\b", "TEXT", sql).replace("timestamp with time zone", "datetime")
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def load(url: str) -> None:
+    """Create the schema and the test data; JSON goes in as jsonb or, on SQLite, as text."""
+    postgres = url.startswith("postgresql")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for statement in statements(sqlite=not postgres):
+            connection.exec_driver_sql(statement)
+        for table, rows in (
+            ("clients_client", CLIENTS),
+            ("clients_site", SITES),
+            ("agents_agent", AGENTS),
+            ("software_installedsoftware", SOFTWARE),
+        ):
+            for row in rows:
+                names = list(row)
+                marks = [
+                    f"CAST(:{n} AS jsonb)" if postgres and n in JSON_COLUMNS else f":{n}"
+                    for n in names
+                ]
+                params = {n: json.dumps(v) if n in JSON_COLUMNS else v for n, v in row.items()}
+                if postgres and row.get("last_seen"):
+                    params["last_seen"] = f"{row['last_seen']}+00"
+                insert = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(marks)})"  # noqa: S608
+                connection.execute(text(insert), params)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    try:
+        with postgres_server() as url:
+            load(url)
+            yield url
+    except ServerError as exc:
+        pytest.fail(f"PostgreSQL could not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('trmm') / 'tacticalrmm.db'}"
+    load(url)
+    return url
+
+
+def connector(url: str, **options: Any) -> TacticalRmmConnector:
+    settings = validate(
+        {"url": url, **options}, TacticalRmmSettings, source="test", base_dir=Path(".")
+    )
+    assert isinstance(settings, TacticalRmmSettings)
+    return TacticalRmmConnector("rmm", settings)
+
+
+def collect(url: str, identity: Identity, **options: Any) -> list[Record]:
+    rmm = connector(url, **options)
+    try:
+        return list(rmm.collect(identity))
+    finally:
+        rmm.close()
+
+
+def usernames(*values: str) -> Identity:
+    return Identity("alice@corp.test", tuple(Identifier("username", v, ORIGIN) for v in values))
+
+
+def keys(records: list[Record]) -> list[str]:
+    return [r.key for r in records]
+
+
+def serialized(records: list[Record]) -> str:
+    return json.dumps([dataclasses.asdict(r) for r in records], ensure_ascii=False)
+
+
+ALICE_KEYS = [
+    "agent:AgEnTaLiCeDeSkToP0001",
+    "agent:AgEnTaLiCeLaPtOp00002",
+    "agent:AgEnTsHaReDpC00000004",
+    "agent:AgEnToThErCo00000005",
+]
+
+
+class TestFinding:
+    def test_username_finds_every_computer_it_used(self, postgres_url: str) -> None:
+        """``asmith`` finds the agents it is or was logged in to, in any of the three forms."""
+        identity = usernames("asmith")
+        records = collect(postgres_url, identity)
+        assert keys(records) == ALICE_KEYS
+        assert all(r.found_by is identity.identifiers[0] for r in records)
+        assert {r.category for r in records} == {"Monitored computer"}
+
+    def test_a_longer_account_name_does_not_match(self, postgres_url: str) -> None:
+        """``smith`` finds nothing; bob's ``basmith`` finds only bob's agents, not alice's."""
+        assert collect(postgres_url, usernames("smith")) == []
+        assert keys(collect(postgres_url, usernames("basmith"))) == [
+            "agent:AgEnTbObDeSkToP000003",
+            "agent:AgEnTsHaReDpC00000004",
+        ]
+
+    def test_case_is_ignored(self, postgres_url: str) -> None:
+        """A username matches whatever the case it was recorded in."""
+        assert keys(collect(postgres_url, usernames("ASMITH"))) == ALICE_KEYS
+
+    def test_non_ascii_names_match_ignoring_case(self, postgres_url: str, sqlite_url: str) -> None:
+        """``jürgen.straßer`` finds CORP\\JÜRGEN.STRAßER whatever the database lowers."""
+        for url in (postgres_url, sqlite_url):
+            assert keys(collect(url, usernames("jürgen.straßer"))) == [
+                "agent:AgEnTjUeRgEn000000006"
+            ]
+            assert collect(url, usernames("jurgen.strasser")) == []
+
+    def test_named_domains_must_agree(self, postgres_url: str) -> None:
+        """``asmith@corp.test`` matches CORP\\asmith, asmith@corp.test and a bare asmith only."""
+        assert keys(collect(postgres_url, usernames("asmith@corp.test"))) == ALICE_KEYS[:3]
+        assert keys(collect(postgres_url, usernames("OTHERCO\\asmith"))) == ALICE_KEYS[2:]
+
+    def test_email_matches_only_the_recorded_user_at_domain(self, postgres_url: str) -> None:
+        """An address finds the agent that recorded exactly that address as its user."""
+        identity = Identity.verified("ASmith@Corp.Test")
+        records = collect(postgres_url, identity)
+        assert keys(records) == ["agent:AgEnTaLiCeLaPtOp00002"]
+        assert records[0].found_by is identity.identifiers[0]
+        assert collect(postgres_url, Identity.verified("asmith@example.test")) == []
+
+    def test_other_identifier_kinds_are_not_searched(self, postgres_url: str) -> None:
+        """Weak identifiers (an IP address, a hostname) never select a computer."""
+        identity = Identity(
+            "alice@corp.test",
+            (
+                Identifier("ip", "203.0.113.10", ORIGIN),
+                Identifier("hostname", "ACME-WS-01", ORIGIN),
+            ),
+        )
+        assert collect(postgres_url, identity) == []
+
+    def test_identifiers_are_bound_not_interpolated(self, postgres_url: str) -> None:
+        """Quotes and LIKE wildcards in an identifier are data: they match nothing here."""
+        assert collect(postgres_url, usernames("x' OR '1'='1", "%", "a_mith", "")) == []
+
+    def test_clients_setting_limits_the_search(self, postgres_url: str) -> None:
+        """With ``clients``, agents of other clients are not searched."""
+        records = collect(postgres_url, usernames("asmith"), clients=["Acme Ltd"])
+        assert keys(records) == ALICE_KEYS[:3]
+
+
+class TestExport:
+    def test_computer_is_exported_in_full(self, postgres_url: str) -> None:
+        """Names, addresses, users, hardware, disks and software, as recorded."""
+        [desktop, laptop, _, other] = collect(postgres_url, usernames("asmith"))
+        assert dict(desktop.fields) == ALICE_DESKTOP
+        assert desktop.location == "agents_agent id 1 (ACME-WS-01)"
+        assert desktop.notes == ()
+        assert dict(laptop.fields) == ALICE_LAPTOP
+        assert dict(other.fields) == OTHER_CO
+        assert other.yields == (
+            Identifier("hostname", "OTHER-01", "tacticalrmm 'rmm': agents_agent id 5, hostname"),
+        )
+
+    def test_addresses_and_hostname_are_yielded_with_their_origin(self, postgres_url: str) -> None:
+        """The hostname and the public and local addresses are weak identifiers of the person."""
+        [desktop, laptop, *_] = collect(postgres_url, usernames("asmith"))
+        where = "tacticalrmm 'rmm': agents_agent id 1"
+        assert desktop.yields == (
+            Identifier("hostname", "ACME-WS-01", f"{where}, hostname"),
+            Identifier("ip", "203.0.113.10", f"{where}, public_ip"),
+            Identifier("ip", "192.168.1.20", f"{where}, wmi_detail, local IP addresses"),
+            Identifier(
+                "ip", "fe80::1c2b:3d4e:5f60:7a8b", f"{where}, wmi_detail, local IP addresses"
+            ),
+        )
+        assert [(y.kind, y.value) for y in laptop.yields] == [
+            ("hostname", "acme-lt-07"),
+            ("ip", "198.51.100.7"),
+            ("ip", "10.0.0.15"),
+        ]
+
+    def test_software_can_be_left_out(self, postgres_url: str) -> None:
+        """``include_software = false`` exports the computer without its programs."""
+        [desktop, *_] = collect(postgres_url, usernames("asmith"), include_software=False)
+        assert dict(desktop.fields) == {
+            k: v for k, v in ALICE_DESKTOP.items() if k != "Installed software"
+        }
+
+
+class TestOtherPeople:
+    def test_another_users_name_is_withheld(self, postgres_url: str) -> None:
+        """On the computer bob is logged in to, bob's name and text naming him are withheld."""
+        shared = collect(postgres_url, usernames("asmith"))[2]
+        assert dict(shared.fields) == SHARED_PC
+        assert shared.notes == (OTHERS_NOTE,)
+        assert shared.location == "agents_agent id 4 (hostname withheld)"
+        where = "tacticalrmm 'rmm': agents_agent id 4"
+        assert shared.yields == (
+            Identifier("ip", "203.0.113.10", f"{where}, public_ip"),
+            Identifier("ip", "192.168.1.44", f"{where}, wmi_detail, local IP addresses"),
+        )
+
+    def test_the_subject_is_not_withheld_from_their_own_record(self, postgres_url: str) -> None:
+        """Bob's own request shows bob and withholds alice instead."""
+        [_, shared] = collect(postgres_url, usernames("basmith"))
+        assert shared.fields["Logged-in user"] == "CORP\\basmith"
+        assert shared.fields["Last logged-in user"] == WITHHELD_USER
+        assert shared.fields["Hostname"] == "BASMITH-PC"
+        assert shared.notes == (OTHERS_NOTE,)
+
+    def test_no_other_persons_data_reaches_any_record(self, postgres_url: str) -> None:
+        """Bob's name, the description, owner and install paths are in no record of alice's."""
+        records = collect(postgres_url, usernames("asmith", "CORP\\asmith", "asmith@corp.test"))
+        records += collect(postgres_url, Identity.verified("asmith@corp.test"))
+        assert len(records) == 5
+        text_of_records = serialized(records).casefold()
+        assert [c for c in CANARIES if c in text_of_records] == []
+
+
+class TestSqlite:
+    def test_sqlite_gives_the_same_records(self, sqlite_url: str, postgres_url: str) -> None:
+        """The demo's SQLite database, JSON held as text, exports exactly what PostgreSQL does."""
+        records = collect(sqlite_url, usernames("asmith"))
+        assert [dict(r.fields) for r in records] == [
+            ALICE_DESKTOP,
+            ALICE_LAPTOP,
+            SHARED_PC,
+            OTHER_CO,
+        ]
+        assert serialized(records) == serialized(collect(postgres_url, usernames("asmith")))
+
+
+class TestReadOnly:
+    def test_postgresql_transactions_are_read_only(self, postgres_url: str) -> None:
+        """On PostgreSQL the connector's connections cannot write, whatever the account may do."""
+        rmm = connector(postgres_url)
+        with rmm._connect() as connection, pytest.raises(Exception, match="read-only transaction"):
+            connection.exec_driver_sql("DELETE FROM software_installedsoftware")
+        rmm.close()
+        assert len(collect(postgres_url, usernames("asmith"))) == 4
+
+    def test_sqlite_is_opened_read_only(self, sqlite_url: str) -> None:
+        """The connector cannot change the SQLite database it reads."""
+        rmm = connector(sqlite_url)
+        with rmm.engine.connect() as connection, pytest.raises(Exception, match="readonly"):
+            connection.exec_driver_sql("DELETE FROM agents_agent")
+        rmm.close()
+        assert len(collect(sqlite_url, usernames("asmith"))) == 4
+
+
+# The column grants docs/connectors/tacticalrmm.md recommends for the connector's account.
+READER_GRANTS = [
+    "CREATE ROLE sarbot_reader LOGIN",
+    "GRANT SELECT (id, agent_id, hostname, operating_system, public_ip, last_seen, boot_time,"
+    " total_ram, disks, wmi_detail, site_id, logged_in_username, last_logged_in_user)"
+    " ON agents_agent TO sarbot_reader",
+    "GRANT SELECT (id, client_id, name) ON clients_site TO sarbot_reader",
+    "GRANT SELECT (id, name) ON clients_client TO sarbot_reader",
+    "GRANT SELECT (id, agent_id, software) ON software_installedsoftware TO sarbot_reader",
+]
+
+
+class TestCheck:
+    def test_the_documented_column_grants_suffice(self, postgres_url: str) -> None:
+        """An account that may read only the columns the connector uses checks and collects."""
+        engine = create_engine(postgres_url)
+        with engine.begin() as connection:
+            for statement in READER_GRANTS:
+                connection.exec_driver_sql(statement)
+        engine.dispose()
+        reader = postgres_url.replace("//postgres@", "//sarbot_reader@")
+        rmm = connector(reader)
+        rmm.check()
+        with (
+            rmm.engine.connect() as connection,
+            pytest.raises(Exception, match="permission denied"),
+        ):
+            connection.exec_driver_sql("SELECT description FROM agents_agent")
+        rmm.close()
+        assert [dict(r.fields) for r in collect(reader, usernames("asmith"))] == [
+            ALICE_DESKTOP,
+            ALICE_LAPTOP,
+            SHARED_PC,
+            OTHER_CO,
+        ]
+
+    def test_check_passes_on_a_tactical_rmm_database(
+        self, postgres_url: str, sqlite_url: str
+    ) -> None:
+        """``check()`` runs its harmless queries on both databases."""
+        for url in (postgres_url, sqlite_url):
+            rmm = connector(url)
+            rmm.check()
+            rmm.close()
+
+    def test_check_fails_on_another_database(self, tmp_path: Path) -> None:
+        """A database without the Tactical RMM tables fails the check."""
+        path = tmp_path / "empty.db"
+        sqlite3.connect(path).close()
+        rmm = connector(f"sqlite:///{path}")
+        with pytest.raises(Exception, match="no such table"):
+            rmm.check()
+        rmm.close()
+
+
+class TestSettings:
+    def test_url_is_required_and_unknown_keys_are_refused(self) -> None:
+        """Settings errors name the key."""
+        with pytest.raises(ConfigError, match="url: required key is missing"):
+            validate({}, TacticalRmmSettings, source="test", base_dir=Path("."))
+        with pytest.raises(ConfigError, match="include_sofware: unknown key"):
+            validate(
+                {"url": "sqlite://", "include_sofware": False},
+                TacticalRmmSettings,
+                source="test",
+                base_dir=Path("."),
+            )
+
+    def test_url_may_be_a_secret_reference(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The URL, which holds a password in production, may come from the environment."""
+        monkeypatch.setenv("TRMM_TEST_URL", "postgresql+psycopg://reader:pw@db.invalid/tacticalrmm")
+        settings = validate(
+            {"url": {"env": "TRMM_TEST_URL"}}, TacticalRmmSettings, source="t", base_dir=Path(".")
+        )
+        assert isinstance(settings, TacticalRmmSettings)
+        assert settings.url.endswith("@db.invalid/tacticalrmm")
+        assert settings.include_software is True and settings.clients == ()
+
+
+class TestLikePattern:
+    def test_wildcards_are_escaped_and_non_ascii_left_to_python(self) -> None:
+        """``%``, ``_`` and the escape character are literal; non-ASCII letters match any one."""
+        assert like_pattern("A_b%c/d") == "%a/_b/%c//d%"
+        assert like_pattern("Jürgen") == "%j_rgen%"
