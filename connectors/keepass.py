@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -99,7 +99,12 @@ class KeepassConnector:
                 continue
             if binaries is None and entry._element.find("Binary") is not None:
                 binaries = list(vault.binaries)
-            records.append(self._record(entry, strings, found_by, identity, binaries or []))
+            record = self._record(entry, strings, found_by, identity, binaries or [])
+            if not _names_the_person(matchers, strings):
+                # Matched only in free text (notes, URL): the entry may be about a system the
+                # person is merely mentioned on, so its user name may be someone else's.
+                record = replace(record, yields=())
+            records.append(record)
         return records
 
     def check(self) -> None:
@@ -215,7 +220,7 @@ class KeepassConnector:
             found = Identifier("email", normalize_address(username), origin)
         except InvalidAddress:
             found = Identifier("username", username, origin)
-        if found.key in {i.key for i in identity.identifiers}:
+        if found.key in {i.key for i in (*identity.identifiers, *identity.known)}:
             return ()
         return (found,)
 
@@ -248,6 +253,17 @@ def _first_match(
         if any(pattern.search(text) for text in values):
             return identifier
     return None
+
+
+FREE_TEXT_FIELDS = frozenset({"Notes", "URL"})
+
+
+def _names_the_person(
+    matchers: Sequence[tuple[Identifier, re.Pattern[str]]], strings: _Strings
+) -> bool:
+    """Whether an identifier is in a field that names the entry's owner, not only in free text."""
+    values = [v for name, v in strings.shown.items() if name not in FREE_TEXT_FIELDS and v]
+    return any(pattern.search(v) for _, pattern in matchers for v in values)
 
 
 def _live_entries(vault: Any) -> Iterable[Any]:

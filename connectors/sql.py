@@ -4,8 +4,8 @@ Each query consumes one identifier kind, bound as the named parameter of the
 same name (``:email``, ``:username``), and runs once per identifier of that
 kind.  Every row becomes a record.  A query may name columns whose values are
 further identifiers of the same person (``yields``), which sarbot follows
-when the kind is a strong one.  SQLite files are opened read-only; for other
-databases, give the connector a read-only account.
+when the kind is a strong one.  The database is opened read-only
+(see ``connectors.readonly``); give the connector a read-only account too.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from sqlalchemy import Engine, RowMapping, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import RowMapping, text
 
+from connectors.readonly import read_only_engine
 from sarbot.config import Section
 from sarbot.connector import Identifier, Identity, Record, jsonable
 from sarbot.secretref import MaybeSecretStr
@@ -113,14 +113,3 @@ def _verified(query: Query, identifier: Identifier, row: RowMapping) -> bool:
         return True
     value = row.get(query.verify)
     return isinstance(value, str) and value.strip().casefold() == identifier.value.casefold()
-
-
-def read_only_engine(url: str) -> Engine:
-    """An engine that never writes: SQLite files open read-only; parameters stay out of errors."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        parsed = parsed.set(database=f"file:{parsed.database}", query={"mode": "ro", "uri": "true"})
-    return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
-
-
-_read_only_engine = read_only_engine  # the name other built-in connectors first imported

@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, RowMapping, Select, column, func, or_, select, table
 
-from connectors.sql import _read_only_engine
+from connectors.readonly import read_only_engine
 from sarbot.config import Section
 from sarbot.connector import Identifier, Identity, JSONValue, Record, jsonable
 from sarbot.secretref import MaybeSecretStr
@@ -94,7 +94,7 @@ class TacticalRmmConnector:
     def __init__(self, name: str, settings: TacticalRmmSettings) -> None:
         self.name = name
         self.settings = settings
-        self.engine = _read_only_engine(settings.url)
+        self.engine = read_only_engine(settings.url)
 
     def check(self) -> None:
         """Run the connector's queries with LIMIT 0: the tables and columns exist."""
@@ -240,6 +240,8 @@ class Subject:
     usernames: tuple[tuple[Identifier, Account], ...]
     emails: tuple[Identifier, ...]
     needles: frozenset[str]
+    known_accounts: tuple[Account, ...] = ()
+    known_emails: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, identity: Identity) -> Subject:
@@ -252,7 +254,13 @@ class Subject:
         # SQL's lower() keeps the length of what it lowers; casefold() may not (ß: ss).
         needles = {split_user(i.value)[0].lower() for i, _ in usernames}
         needles |= {i.value.strip().lower() for i in emails}
-        return cls(usernames, emails, frozenset(needles))
+        # Names of the person found in earlier rounds are theirs too, never "another person".
+        known = [i for i in identity.known if i.kind == "username"]
+        accounts = tuple(a for i in known if (a := Account.parse(i.value)).name)
+        known_emails = frozenset(
+            i.value.strip().casefold() for i in identity.known if i.kind == "email"
+        )
+        return cls(usernames, emails, frozenset(needles), accounts, known_emails)
 
     def match(self, stored: Any) -> Identifier | None:
         if not is_user(stored):
@@ -269,11 +277,18 @@ class Subject:
         return next((i for name in USER_FIELDS if (i := self.match(row[name]))), None)
 
     def names(self) -> list[str]:
-        return [account.name for _, account in self.usernames]
+        return [account.name for _, account in self.usernames] + [
+            a.name for a in self.known_accounts
+        ]
 
     def other(self, stored: Any) -> bool:
-        """Whether a user field names somebody else."""
-        return is_user(stored) and self.match(stored) is None
+        """Whether a user field names somebody else than the person (in any round)."""
+        if not is_user(stored) or self.match(stored) is not None:
+            return False
+        account = Account.parse(stored)
+        if any(mine.same(account) for mine in self.known_accounts):
+            return False
+        return stored.strip().casefold() not in self.known_emails
 
 
 class Withholder:

@@ -28,7 +28,7 @@ from sqlalchemy import (
     table,
 )
 
-from connectors.sql import _read_only_engine
+from connectors.readonly import read_only_engine
 from sarbot.addresses import InvalidAddress, normalize_address
 from sarbot.config import Section
 from sarbot.connector import Identifier, Identity, JSONValue, Record, jsonable
@@ -131,7 +131,7 @@ class WordpressConnector:
         self.settings = settings
         self.t = Tables(settings.table_prefix)
         self.site_url = settings.site_url.rstrip("/")
-        self.engine = _read_only_engine(settings.url)
+        self.engine = read_only_engine(settings.url)
 
     def check(self) -> None:
         with self.engine.connect() as connection:

@@ -21,6 +21,7 @@ from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from sarbot.config import CollectionSettings
 from sarbot.connector import Identifier, Identity, Record
+from sarbot.errors import ConnectorError
 from sarbot.package import SourceData
 from sarbot.registry import ConfiguredConnector
 
@@ -54,6 +55,11 @@ class Collector:
         self.log = log
         self._never = {value.casefold() for value in settings.never_follow}
 
+    def _generic(self, identifier: Identifier) -> bool:
+        """A shared account or mailbox name, also as ``DOMAIN\\admin`` or ``admin@host``."""
+        account = identifier.value.rpartition("\\")[2].partition("@")[0]
+        return identifier.value.casefold() in self._never or account.casefold() in self._never
+
     async def collect(self, email: str) -> Collection:
         """Collect in rounds for the verified address; never raises for a connector's failure."""
         identity = Identity.verified(email)
@@ -76,7 +82,7 @@ class Collector:
             if round_number == self.settings.max_rounds:
                 self.log.warning("collect.rounds_exhausted", unfollowed=len(new))
                 break
-            identity = Identity(email, tuple(new))
+            identity = Identity(email, tuple(new), tuple(known.values()))
         sources = [
             SourceData(c.name, c.description, c.facts, list(found[c.name].values()))
             for c in self.connectors
@@ -92,7 +98,7 @@ class Collector:
         for identifier in record.yields:
             if identifier.kind not in self.settings.strong_identifiers:
                 continue
-            if identifier.value.casefold() in self._never or identifier.key in known:
+            if identifier.key in known or self._generic(identifier):
                 continue
             known[identifier.key] = identifier
             new.append(identifier)
@@ -109,6 +115,8 @@ class Collector:
                 "connector.failed",
                 connector=configured.name,
                 error_type=type(exc).__name__,
+                # Only ConnectorError promises a message free of personal data.
+                error=str(exc) if isinstance(exc, ConnectorError) else None,
                 seconds=round(time.monotonic() - started, 3),
             )
             return None

@@ -12,6 +12,9 @@ types register alike, through the ``sarbot.connectors`` entry-point group::
 must return only records about the identity it was given, and it must never
 put a secret (password, key, one-time-password seed, protected field) into a
 record: it writes a statement that the secret is held and withheld instead.
+A connector that cannot answer raises; ``sarbot.errors.ConnectorError`` with a
+message free of personal data tells the operator why (other exceptions are
+logged by their type only, since their text may quote the data).
 
 Identity expansion: a record may name further identifiers of the person it
 belongs to (``Record.yields``: a username in a vault entry, say).  sarbot
@@ -53,15 +56,22 @@ class Identifier:
 
 @dataclass(frozen=True)
 class Identity:
-    """The identifiers a connector is asked about in one round of collection."""
+    """The identifiers a connector is asked about in one round of collection.
+
+    ``identifiers`` are the ones new in this round: look these up.  ``known``
+    holds every identifier of the person found so far, this round's included,
+    so a connector can tell the person's own names from other people's.
+    """
 
     email: str
     identifiers: tuple[Identifier, ...] = ()
+    known: tuple[Identifier, ...] = ()
 
     @classmethod
     def verified(cls, email: str) -> Identity:
         """The first round: only the verified address."""
-        return cls(email, (Identifier("email", email, VERIFIED_ORIGIN),))
+        first = (Identifier("email", email, VERIFIED_ORIGIN),)
+        return cls(email, first, first)
 
     def of_kind(self, kind: str) -> list[Identifier]:
         return [i for i in self.identifiers if i.kind == kind]

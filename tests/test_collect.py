@@ -232,3 +232,31 @@ class TestRoundsAndFailures:
         assert not collection.complete
         assert Broken.calls == 2
         assert [s.name for s in collection.sources] == ["twice"]
+
+
+class TestNeverFollow:
+    @pytest.mark.parametrize(
+        ("kind", "value"),
+        [
+            ("username", "CORP\\Administrator"),
+            ("username", "admin@router.local"),
+            ("email", "support@acme.test"),
+            ("username", "ROOT"),
+        ],
+    )
+    def test_generic_names_are_not_followed_in_any_form(self, kind: str, value: str) -> None:
+        """A shared account stays unfollowed with a domain, as an address, or in capitals."""
+        yielded = Identifier(kind, value, "somewhere")
+
+        class Yields:
+            name = "yields"
+
+            def collect(self, identity: Identity) -> Iterable[Record]:
+                return [Record("Item", {}, identity.identifiers[0], yields=(yielded,))]
+
+            def close(self) -> None:
+                pass
+
+        conn = ConfiguredConnector("yields", "t", "", SourceFacts(), Yields())
+        collection = run([conn], "alice@example.test")
+        assert [i.value for i in collection.identifiers] == ["alice@example.test"]

@@ -148,14 +148,16 @@ def fill(vault: Any) -> list[str]:
     mail.add_attachment(vault.add_binary(CONTRACT), "contract.pdf")
     mail.add_attachment(vault.add_binary(SIGNATURE), "signature.png")
 
-    vault.add_entry(
+    portal = vault.add_entry(
         acme,
         "Portal",
         "Alice.Work@Example.TEST",
         secret(),
         url=f"https://portal.acme.test/login?user={ALICE.upper()}",
     )
-    vault.add_entry(clients, "VPN", "alice.vpn", secret(), notes=f"Issued to {ALICE} in May.")
+    portal.set_custom_property("Contact", ALICE)
+    vpn = vault.add_entry(clients, "VPN", "alice.vpn", secret(), notes=f"Issued to {ALICE} in May.")
+    vpn.set_custom_property("Holder", ALICE)
     router = vault.add_entry(vault.root_group, "Router", "", secret())
     router.set_custom_property("Owner", "Alice@Example.test")
     vault.add_entry(acme, "AD account", "CORP\\asmith", secret())
@@ -415,6 +417,17 @@ class TestYields:
         assert records["Router"].yields == ()
         (account,) = connector(vault.path).collect(ROUND_TWO)
         assert [(y.kind, y.value) for y in account.yields] == [("username", "CORP\\asmith")]
+
+
+    def test_a_mention_in_free_text_yields_nothing(self, tmp_path: Path) -> None:
+        """An entry naming the person only in its notes or URL may be someone else's account."""
+        editor = new_vault(4, tmp_path / "v.kdbx", "master", None)
+        editor.add_entry(editor.root_group, "Router", "netadmin", "x", notes=f"Ask {ALICE} first")
+        editor.add_entry(editor.root_group, "Wiki", "wikibot", "x", url=f"https://w.test/?u={ALICE}")
+        editor.save()
+        records = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        assert sorted(r.fields["Title"] for r in records) == ["Router", "Wiki"]
+        assert all(r.yields == () for r in records)
 
 
 class TestOpening:

@@ -593,6 +593,16 @@ class TestOtherPeople:
         assert shared.fields["Hostname"] == "BASMITH-PC"
         assert shared.notes == (OTHERS_NOTE,)
 
+    def test_names_found_in_earlier_rounds_are_the_persons_own(self, postgres_url: str) -> None:
+        """A name the person was found under earlier is theirs: it is not withheld as another's."""
+        basmith = Identifier("username", "basmith", ORIGIN)
+        alias = Identifier("username", "asmith", "an earlier round")
+        identity = Identity("bob@corp.test", (basmith,), (basmith, alias))
+        [_, shared] = collect(postgres_url, identity)
+        assert shared.fields["Logged-in user"] == "CORP\\basmith"
+        assert shared.fields["Last logged-in user"] != WITHHELD_USER
+        assert shared.notes == ()
+
     def test_no_other_persons_data_reaches_any_record(self, postgres_url: str) -> None:
         """Bob's name, the description, owner and install paths are in no record of alice's."""
         records = collect(postgres_url, usernames("asmith", "CORP\\asmith", "asmith@corp.test"))
