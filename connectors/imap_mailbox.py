@@ -1,9 +1,10 @@
 """``imap_mailbox``: a person's mail kept in internal mailboxes (contact-form copies, letters).
 
 Each configured folder is opened read-only (IMAP EXAMINE) and searched for
-messages from, to or copied to any of the person's addresses.  IMAP SEARCH
-matches substrings, so every hit is checked again on the parsed From, To and
-Cc headers: only an exact match of the normalised address counts.  Messages
+messages from, to, copied to or with a Reply-To of any of the person's
+addresses (a contact form sends from the website, with the visitor in
+Reply-To).  IMAP SEARCH matches substrings, so every hit is checked again on
+the parsed headers: only an exact match of the normalised address counts.  Messages
 are only ever fetched with ``BODY.PEEK``, so no flag changes.
 
 Never exported: anything carrying sarbot's loop header, mail from an address in
@@ -37,7 +38,8 @@ from sarbot.message import decode_header_value
 from sarbot.secretref import ConfigPath, Secret
 
 CATEGORY = "Email"
-ADDRESS_HEADERS = ("From", "To", "Cc")
+# Reply-To matters: a contact form usually sends from the website, with the visitor in Reply-To.
+ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
 SAR_REFERENCE_RE = re.compile(r"\[[A-Z]{2,10}-\d{4}-\d{4,9}\]")
 REQUEST_PHRASE = "gdpr data request"
 FETCH_BATCH = 100
@@ -86,11 +88,12 @@ class ImapMailboxSettings(Section):
 
 
 def imap_search_criteria(address: str) -> bytes:
-    """``OR OR FROM "a" TO "a" CC "a"`` with the address as a quoted string, never as syntax."""
+    """FROM, TO, CC or Reply-To the address, given as a quoted string, never as syntax."""
     if not address.isascii() or _CONTROL_RE.search(address):
         raise ValueError("an IMAP quoted string takes printable ASCII only")
     quoted = '"' + address.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"OR OR FROM {quoted} TO {quoted} CC {quoted}".encode("ascii")
+    criteria = f"OR OR OR FROM {quoted} TO {quoted} CC {quoted} HEADER Reply-To {quoted}"
+    return criteria.encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,7 @@ class ImapMailboxConnector:
             "From": ", ".join(party.shown for party in headers.parties["From"]),
             "To": headers.shown("To"),
             "Cc": headers.shown("Cc"),
+            "Reply-To": headers.shown("Reply-To"),
             "Subject": headers.subject,
             "Text": text,
             "Attachments": attachments,

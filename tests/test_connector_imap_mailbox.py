@@ -136,6 +136,30 @@ class TestMatching:
         assert records[2].fields["Cc"] == [alice]
         assert all(r.yields == () for r in records)
 
+    def test_contact_form_mail_is_found_by_reply_to(
+        self, tmp_path: Path, contact: Correspondent, alice: str
+    ) -> None:
+        """A form sends from the website with the visitor in Reply-To: that mail is hers."""
+        form = mail(
+            "website@redtrain.test",
+            contact.address,
+            "Contact form: backups",
+            headers={"Reply-To": f"Alice <{alice}>"},
+        )
+        put(contact, form)
+        put(
+            contact,
+            mail(
+                "website@redtrain.test",
+                contact.address,
+                "Contact form: other",
+                headers={"Reply-To": "malice@example.test"},
+            ),
+        )
+        records = collect(tmp_path, contact, alice)
+        assert subjects(records) == ["Contact form: backups"]
+        assert records[0].fields["Reply-To"] == [f"Alice <{alice}>"]
+
     def test_lookalike_addresses_do_not_match(
         self, tmp_path: Path, contact: Correspondent, alice: str
     ) -> None:

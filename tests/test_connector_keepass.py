@@ -418,12 +418,13 @@ class TestYields:
         (account,) = connector(vault.path).collect(ROUND_TWO)
         assert [(y.kind, y.value) for y in account.yields] == [("username", "CORP\\asmith")]
 
-
     def test_a_mention_in_free_text_yields_nothing(self, tmp_path: Path) -> None:
         """An entry naming the person only in its notes or URL may be someone else's account."""
         editor = new_vault(4, tmp_path / "v.kdbx", "master", None)
         editor.add_entry(editor.root_group, "Router", "netadmin", "x", notes=f"Ask {ALICE} first")
-        editor.add_entry(editor.root_group, "Wiki", "wikibot", "x", url=f"https://w.test/?u={ALICE}")
+        editor.add_entry(
+            editor.root_group, "Wiki", "wikibot", "x", url=f"https://w.test/?u={ALICE}"
+        )
         editor.save()
         records = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
         assert sorted(r.fields["Title"] for r in records) == ["Router", "Wiki"]
