@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
@@ -24,9 +23,9 @@ from connectors.wordpress import (
 from sarbot.config import validate
 from sarbot.connector import Connector, Identifier, Identity, Record
 from sarbot.errors import ConfigError
+from sarbot.testing.stores import create_wordpress_tables
 from tests.servers import ServerError, mariadb_server
 
-SCHEMA = Path(__file__).with_name("wordpress_schema.sql")
 ALICE = "alice@example.test"
 PASSWORD_CANARY = "$wp$2y$10$CANARYpasswordHASHnever.exported"
 ACTIVATION_CANARY = "1767052800:$generic$CANARYactivationKEY"
@@ -204,25 +203,6 @@ OTHER_SITE: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def create_tables(engine: Engine, prefix: str) -> None:
-    ddl = SCHEMA.read_text().replace("{prefix}", prefix)
-    if engine.dialect.name == "sqlite":
-        ddl = sqlite_ddl(ddl)
-    statements = [s for s in re.sub(r"--[^\n]*", "", ddl).split(";") if s.strip()]
-    with engine.begin() as connection:
-        for statement in statements:
-            connection.exec_driver_sql(statement)
-
-
-def sqlite_ddl(ddl: str) -> str:
-    """The same columns for SQLite, which has no index clauses, unsigned or table options."""
-    ddl = re.sub(r"\n\s*(PRIMARY |UNIQUE )?KEY [^\n]*", "", ddl)
-    ddl = re.sub(r"bigint\(20\) unsigned NOT NULL auto_increment", "INTEGER PRIMARY KEY", ddl)
-    ddl = re.sub(r" unsigned", "", ddl)
-    ddl = re.sub(r",(\s*\))", r"\1", ddl)
-    return re.sub(r"\) DEFAULT CHARACTER SET [^;]*;", ");", ddl)
-
-
 def insert_site(engine: Engine, prefix: str, site: dict[str, list[dict[str, Any]]]) -> None:
     with engine.begin() as connection:
         for name, rows in site.items():
@@ -235,7 +215,7 @@ def insert_site(engine: Engine, prefix: str, site: dict[str, list[dict[str, Any]
 def build_site(url: str, prefix: str, site: dict[str, list[dict[str, Any]]]) -> None:
     engine = create_engine(url)
     try:
-        create_tables(engine, prefix)
+        create_wordpress_tables(engine, prefix)
         insert_site(engine, prefix, site)
     finally:
         engine.dispose()
