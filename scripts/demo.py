@@ -1,25 +1,32 @@
 """The end-to-end demo: alice asks for her data and gets it, through real mail servers.
 
-Run by ``make demo`` after the mail stack is up.  It writes ``.demo/`` (a
-website database, the config and the state database), then plays alice.
+Run by ``make demo`` after the mail stack is up.  It writes ``.demo/``: the
+three stores the privacy policy names (see ``demo_data.py``), the config and
+the state database.  Then it plays alice, and checks that her vault password
+is nowhere in what she receives.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from secrets import token_urlsafe
+
+import demo_data
 
 from sarbot.testing import Correspondent, MailServer, subject_contains
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
-SUPPORT = "support@redtrain.test"
-ALICE = "alice@example.test"
+# The tests run the demo in a folder and mailboxes of their own.
+DEMO = Path(os.environ.get("SARBOT_DEMO_DIR", ROOT / ".demo"))
+SUPPORT = os.environ.get("SARBOT_DEMO_SUPPORT", "support@redtrain.test")
+ALICE = os.environ.get("SARBOT_DEMO_ALICE", "alice@example.test")
 SARBOT = [str(ROOT / ".venv" / "bin" / "sarbot"), "--config", str(DEMO / "config.toml")]
 
 CONFIG = """\
@@ -53,51 +60,50 @@ export_dir = "{demo}/exports"
 format = "console"
 
 [[connectors]]
+name = "vault"
+type = "keepass"
+description = "Our secure vault (client system access details and contracts)"
+path = "vault.kdbx"
+password = {{ file = "secrets/vault-password" }}
+
+[connectors.facts]
+purposes = "To manage our clients' systems and fulfil the services we are contracted to provide."
+lawful_basis = "Contract"
+categories = ["usernames", "system access details", "names and addresses in contract documents"]
+recipients = ["Red Train IT Ltd staff"]
+retention = "For as long as necessary to fulfil our contractual obligations."
+origin = "Your employer, our client, when it asked us to manage its systems."
+
+[[connectors]]
 name = "website"
-type = "sql"
-description = "Comments left on our website"
-url = "sqlite:///{demo}/website.db"
+type = "wordpress"
+description = "Our website: comments and your account"
+url = "sqlite:///{demo}/wordpress.db"
+site_url = "https://www.redtrain.test"
 
-[[connectors.queries]]
-name = "comments"
-category = "Website comment"
-sql = \"\"\"
-SELECT comment_date AS date, comment_author AS name, comment_author_email AS email,
-       comment_author_url AS website, comment_author_IP AS ip_address,
-       comment_agent AS browser, comment_content AS comment
-FROM wp_comments WHERE lower(comment_author_email) = :email
-\"\"\"
+[connectors.facts]
+purposes = "To publish your comments and to detect spam."
+lawful_basis = "Legitimate interests"
+categories = ["name", "email address", "website", "IP address", "browser user agent", "comments"]
+recipients = ["Red Train IT Ltd staff"]
+retention = "Comments for as long as they are published; login cookies up to two weeks."
+origin = "You, when you left a comment or logged in to our website."
+
+[[connectors]]
+name = "monitoring"
+type = "tacticalrmm"
+description = "The monitoring agents on computers we support"
+url = "sqlite:///{demo}/monitoring.db"
+
+[connectors.facts]
+purposes = "Only to fulfil our contractual obligations to our clients."
+lawful_basis = "Legitimate interests"
+categories = ["who is logged on", "installed software", "IP addresses",
+              "disk space, processor and other machine health statistics"]
+recipients = ["Red Train IT Ltd technicians"]
+retention = "For as long as necessary to fulfil our services under our contracts."
+origin = "Collected by the monitoring agent installed on the computer."
 """
-
-COMMENTS = [
-    (
-        "Alice Example",
-        "alice@example.test",
-        "https://alice.example.test",
-        "192.0.2.10",
-        "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
-        "2026-03-02 10:14:00",
-        "Thanks, the guide to setting up MFA was really clear.",
-    ),
-    (
-        "Alice Example",
-        "Alice@Example.test",
-        "",
-        "192.0.2.10",
-        "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
-        "2026-05-19 08:01:00",
-        "Is the backup service available for home users too?",
-    ),
-    (
-        "Bob Other",
-        "bob@example.test",
-        "",
-        "198.51.100.7",
-        "Mozilla/5.0 (Windows NT 10.0) Edge/126.0",
-        "2026-04-11 16:40:00",
-        "Great post!",
-    ),
-]
 
 
 def step(text: str) -> None:
@@ -106,22 +112,15 @@ def step(text: str) -> None:
 
 def write_demo_files() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
-    (DEMO / "secrets").mkdir(parents=True, mode=0o700)
-    password = DEMO / "secrets" / "imap-password"
-    password.write_text("test\n")
-    password.chmod(0o600)
-    with sqlite3.connect(DEMO / "website.db") as db:
-        db.execute(
-            "CREATE TABLE wp_comments (comment_ID INTEGER PRIMARY KEY, comment_author TEXT,"
-            " comment_author_email TEXT, comment_author_url TEXT, comment_author_IP TEXT,"
-            " comment_agent TEXT, comment_date TEXT, comment_content TEXT)"
-        )
-        db.executemany(
-            "INSERT INTO wp_comments (comment_author, comment_author_email, comment_author_url,"
-            " comment_author_IP, comment_agent, comment_date, comment_content)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            COMMENTS,
-        )
+    secrets_dir = DEMO / "secrets"
+    secrets_dir.mkdir(parents=True, mode=0o700)
+    vault_password = token_urlsafe(18)
+    for name, value in (("imap-password", "test"), ("vault-password", vault_password)):
+        (secrets_dir / name).write_text(value + "\n")
+        (secrets_dir / name).chmod(0o600)
+    demo_data.build_vault(DEMO / "vault.kdbx", vault_password, ALICE)
+    demo_data.build_wordpress(f"sqlite:///{DEMO / 'wordpress.db'}", ALICE)
+    demo_data.build_rmm(f"sqlite:///{DEMO / 'monitoring.db'}")
     ca = ROOT / ".mailstack" / "ca.pem"
     (DEMO / "config.toml").write_text(CONFIG.format(support=SUPPORT, ca=ca, demo=DEMO))
 
@@ -135,7 +134,7 @@ def main() -> int:
     server = MailServer(ca_file=str(ROOT / ".mailstack" / "ca.pem"))
     alice, support = Correspondent(server, ALICE), Correspondent(server, SUPPORT)
 
-    step("Writing .demo/: a website database with alice's comments, and the config")
+    step(f"Writing {DEMO.name}/: a KeePass vault, a WordPress database, a Tactical RMM database")
     write_demo_files()
     for person in (alice, support):
         person.send(person.address, "mailbox warm-up")  # creates the mailbox on first delivery
@@ -171,9 +170,20 @@ def main() -> int:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             for info in archive.infolist():
                 print(f"  {info.filename:<15} {info.file_size:>7} bytes")
+            document = json.loads(archive.read("data.json"))
+            everything = b"".join(archive.read(name) for name in archive.namelist())
+        print("\nSearched for:")
+        for identifier in document["identifiers"]:
+            print(f"  {identifier['kind']} {identifier['value']}: {identifier['origin']}")
+        if demo_data.VAULT_PASSWORD_OF_ALICE.encode() in everything + export.as_bytes():
+            print("ERROR: alice's vault password is in her export")
+            return 1
+        print("\nalice's vault password appears nowhere in what she received.")
 
     step("Done. The mail stack is still running; try:")
-    print("  .venv/bin/sarbot --config .demo/config.toml requests list")
+    config = DEMO / "config.toml"
+    shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+    print(f"  .venv/bin/sarbot --config {shown} requests list")
     return 0
 
 

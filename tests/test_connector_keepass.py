@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from construct import Container  # type: ignore[import-untyped]
+from construct import Container
 from pykeepass import PyKeePass
 from pykeepass.kdbx_parsing import KDBX
 from pykeepass.pykeepass import BLANK_DATABASE_LOCATION, BLANK_DATABASE_PASSWORD
