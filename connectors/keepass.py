@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ from pykeepass.exceptions import CredentialsError, HeaderChecksumError, PayloadC
 
 from sarbot.addresses import InvalidAddress, normalize_address
 from sarbot.config import Section
-from sarbot.connector import Identifier, Identity, JSONValue, Record
+from sarbot.connector import OTHER_PERSON, Identifier, Identity, JSONValue, Record
 from sarbot.errors import ConnectorError
 from sarbot.secretref import ConfigPath, Secret
 
@@ -48,8 +48,22 @@ OTP_NAME = re.compile(r"otp|2fa|mfa", re.IGNORECASE)
 # Names of unprotected custom fields that still look like they hold a credential.
 CREDENTIAL_NAME = re.compile(
     r"passw|passphrase|passcode|pwd|secret|token|seed|recovery|private.?key|api.?key"
-    r"|\bpin\b|\bcvv\b|\bcvc\b",
+    r"|kennwort|mot de passe|contrase|wachtwoord|losenord|salasana|answer|antwort|memorable"
+    r"|\bpin\b|\bcvv\b|\bcvc\b|\bpuk\b",
     re.IGNORECASE,
+)
+# URL parts that carry credentials: a password in the userinfo, and query values
+# whose names look like one (``?password=...``, ``&pin=...``).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*):[^@/\s]*@", re.IGNORECASE)
+_URL_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&;](?:[^=&;#\s]*(?:pass|pwd|pin|token|secret|key|auth|code|sig)[^=&;#\s]*))"
+    r"=[^&;#\s]*",
+    re.IGNORECASE,
+)
+URL_WITHHELD = "[withheld]"
+MENTION_ONLY_NOTE = (
+    "This entry mentions you only in its notes or web address. Its other details may be "
+    "about other people and were withheld."
 )
 # Characters that continue an address's local part or an account name: an identifier
 # preceded or followed by one of them is part of a longer, different one.  (Rarer
@@ -99,11 +113,12 @@ class KeepassConnector:
                 continue
             if binaries is None and entry._element.find("Binary") is not None:
                 binaries = list(vault.binaries)
-            record = self._record(entry, strings, found_by, identity, binaries or [])
-            if not _names_the_person(matchers, strings):
-                # Matched only in free text (notes, URL): the entry may be about a system the
-                # person is merely mentioned on, so its user name may be someone else's.
-                record = replace(record, yields=())
+            if _names_the_person(matchers, strings):
+                record = self._record(entry, strings, found_by, identity, binaries or [])
+            else:
+                # Named only in free text (notes, URL): the entry may be another person's
+                # account on which the person is merely mentioned, so only the mention goes.
+                record = self._mention(entry, strings, found_by, matchers)
             records.append(record)
         return records
 
@@ -147,6 +162,7 @@ class KeepassConnector:
                 strings.held[key.text] = statement
         for name in strings.held:
             strings.shown.pop(name, None)
+        strings.shown = {name: _without_url_secrets(text) for name, text in strings.shown.items()}
         return strings
 
     def _statement_if_secret(self, name: str, protected: str | None) -> str | None:
@@ -191,6 +207,33 @@ class KeepassConnector:
             location=f"entry '{where}'",
             yields=self._yields(strings, where, identity),
             notes=(WITHHELD_NOTE,) if strings.held else (),
+            key=f"entry:{entry.uuid}",
+        )
+
+    def _mention(
+        self,
+        entry: Any,
+        strings: _Strings,
+        found_by: Identifier,
+        matchers: Sequence[tuple[Identifier, re.Pattern[str]]],
+    ) -> Record:
+        fields: dict[str, JSONValue] = {
+            "Group": "/".join(_group_names(entry)),
+            "Title": strings.shown.get("Title", ""),
+        }
+        for key in sorted(FREE_TEXT_FIELDS):
+            text = strings.shown.get(key, "")
+            if any(pattern.search(text) for _, pattern in matchers):
+                fields[STANDARD_FIELDS[key]] = text
+        if strings.shown.get("UserName") or strings.held.get("UserName"):
+            fields["User name"] = OTHER_PERSON
+        fields.update(_times(entry))
+        return Record(
+            category=CATEGORY,
+            fields=fields,
+            found_by=found_by,
+            location=f"entry '{_entry_path(entry, strings)}'",
+            notes=(MENTION_ONLY_NOTE,),
             key=f"entry:{entry.uuid}",
         )
 
@@ -256,6 +299,12 @@ def _first_match(
 
 
 FREE_TEXT_FIELDS = frozenset({"Notes", "URL"})
+
+
+def _without_url_secrets(text: str) -> str:
+    """Text with passwords in URLs (``smb://u:pw@host``, ``?pin=1234``) withheld."""
+    text = _URL_PASSWORD.sub(rf"\g<head>:{URL_WITHHELD}@", text)
+    return _URL_QUERY_SECRET.sub(rf"\g<name>={URL_WITHHELD}", text)
 
 
 def _names_the_person(

@@ -15,8 +15,8 @@ from sarbot.daemon import Daemon
 from sarbot.db import make_engine, require_current_schema, session_factory
 from sarbot.intake import Mailbox, MailboxThread
 from sarbot.mailer import Mailer
-from sarbot.models import utcnow
-from sarbot.pipeline import Clock, Pipeline
+from sarbot.models import Clock, utcnow
+from sarbot.pipeline import Pipeline
 from sarbot.registry import ConfiguredConnector, TypeSource, build_connectors, discover_types
 
 

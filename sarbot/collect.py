@@ -20,9 +20,9 @@ from structlog.typing import FilteringBoundLogger
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from sarbot.config import CollectionSettings
-from sarbot.connector import Identifier, Identity, Record
+from sarbot.connector import Identifier, Identity, Record, with_other_people_note
 from sarbot.errors import ConnectorError
-from sarbot.package import SourceData
+from sarbot.export import SourceData
 from sarbot.registry import ConfiguredConnector
 
 
@@ -73,7 +73,7 @@ class Collector:
                 if records is None:
                     failed.append(configured.name)
                     continue
-                for record in records:
+                for record in map(with_other_people_note, records):
                     found[configured.name].setdefault(record.identity_key, record)
                     new.extend(self._followable(record, known))
             self.log.info("collect.round", round=round_number, new_identifiers=len(new))

@@ -8,6 +8,7 @@ threads on the request's earlier messages.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -15,10 +16,11 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from sarbot.config import ControllerSettings
+from sarbot.export import ExportContext
 from sarbot.guards import LOOP_HEADER
 from sarbot.models import Request
-from sarbot.package import ExportContext, export_filename
-from sarbot.render import render
+from sarbot.package import Part
+from sarbot.render import Templates
 
 
 def as_bytes(message: EmailMessage) -> bytes:
@@ -34,9 +36,10 @@ def new_message_id(reference: str, domain: str) -> str:
 class Composer:
     """Builds messages from one controller's identity."""
 
-    def __init__(self, controller: ControllerSettings, phrase: str) -> None:
+    def __init__(self, controller: ControllerSettings, phrase: str, templates: Templates) -> None:
         self.controller = controller
         self.phrase = phrase
+        self.templates = templates
 
     def _base(
         self, request: Request, *, subject: str, message_id: str, now: datetime
@@ -63,13 +66,14 @@ class Composer:
             request, subject="Please confirm your data request", message_id=message_id, now=now
         )
         message.set_content(
-            render(
+            self.templates.render(
                 "acknowledgement.txt",
                 controller=self.controller,
                 reference=request.reference,
                 email=request.email,
                 code=code,
                 expires_at=request.expires_at,
+                encryption_note=request.encryption_note or "",
             )
         )
         return message
@@ -79,7 +83,7 @@ class Composer:
             request, subject="Your data request has expired", message_id=message_id, now=now
         )
         message.set_content(
-            render(
+            self.templates.render(
                 "expiry_notice.txt",
                 controller=self.controller,
                 reference=request.reference,
@@ -94,15 +98,30 @@ class Composer:
         self,
         request: Request,
         ctx: ExportContext,
+        parts: Sequence[Part],
         *,
-        zip_data: bytes,
-        message_id: str,
+        message_ids: Sequence[str],
         now: datetime,
-    ) -> EmailMessage:
-        filename = export_filename(request.reference)
-        message = self._base(
-            request, subject="A copy of your personal data", message_id=message_id, now=now
-        )
-        message.set_content(render("export.txt", filename=filename, **ctx.template_vars()))
-        message.add_attachment(zip_data, maintype="application", subtype="zip", filename=filename)
-        return message
+    ) -> list[EmailMessage]:
+        """One message per part of the export; the first carries the letter."""
+        messages = []
+        variables = ctx.template_vars() | {"parts": parts}
+        for part, message_id in zip(parts, message_ids, strict=True):
+            subject = "A copy of your personal data"
+            if part.count > 1:
+                subject += f" (part {part.number} of {part.count})"
+            message = self._base(request, subject=subject, message_id=message_id, now=now)
+            if part.number == 1:
+                message.set_content(self.templates.render("export.txt", **variables))
+                message.add_alternative(
+                    self.templates.render("export.html", **variables), subtype="html"
+                )
+            else:
+                text = self.templates.render("export_part.txt", part=part, **variables)
+                message.set_content(text)
+            maintype, subtype = part.content_type.split("/")
+            message.add_attachment(
+                part.data, maintype=maintype, subtype=subtype, filename=part.filename
+            )
+            messages.append(message)
+        return messages

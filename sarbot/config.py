@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sarbot.addresses import normalize_address
 from sarbot.errors import ConfigError
@@ -26,12 +33,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ICO = (
+    "Information Commissioner's Office, Wycliffe House, Water Lane, Wilmslow, Cheshire SK9 5AF; "
+    "telephone 0303 123 1113; https://ico.org.uk/make-a-complaint/"
+)
+
+
+def _require_tls(security: str, allow_plaintext: bool) -> None:
+    if security == "none" and not allow_plaintext:
+        raise ValueError(
+            'security = "none" sends passwords and personal data unencrypted; '
+            "set allow_plaintext = true to accept that"
+        )
+
+
 class ControllerSettings(Section):
     name: str = Field(min_length=1)
     email: str
     website: str = ""
     postal_address: str = ""
     privacy_contact: str = ""
+    processor_notice: str = ""
+    supervisory_authority: str = ICO
 
     @field_validator("email")
     @classmethod
@@ -52,6 +75,12 @@ class ImapSettings(Section):
     use_idle: bool = True
     poll_interval: float = Field(default=60.0, gt=0, le=1500)
     timeout: float = Field(default=60.0, gt=0)
+    allow_plaintext: bool = False
+
+    @model_validator(mode="after")
+    def _tls_unless_allowed(self) -> ImapSettings:
+        _require_tls(self.security, self.allow_plaintext)
+        return self
 
 
 class SmtpSettings(Section):
@@ -64,6 +93,12 @@ class SmtpSettings(Section):
     timeout: float = Field(default=60.0, gt=0)
     attempts: int = Field(default=3, ge=1, le=20)
     retry_after: float = Field(default=300.0, gt=0)
+    allow_plaintext: bool = False
+
+    @model_validator(mode="after")
+    def _tls_unless_allowed(self) -> SmtpSettings:
+        _require_tls(self.security, self.allow_plaintext)
+        return self
 
 
 class RequestSettings(Section):
@@ -114,6 +149,12 @@ class CollectionSettings(Section):
 class StorageSettings(Section):
     database_url: MaybeSecretStr
     export_dir: ConfigPath
+    keep_exports_days: float = Field(default=0, ge=0)
+
+
+class ExportSettings(Section):
+    template_dir: ConfigPath | None = None
+    max_attachment_bytes: int = Field(default=20_000_000, ge=100_000)
 
 
 class LoggingSettings(Section):
@@ -157,6 +198,7 @@ class Settings(Section):
     storage: StorageSettings
     requests: RequestSettings = RequestSettings()
     collection: CollectionSettings = CollectionSettings()
+    export: ExportSettings = ExportSettings()
     logging: LoggingSettings = LoggingSettings()
     connectors: tuple[ConnectorEntry, ...] = ()
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -35,6 +35,9 @@ from pydantic import BaseModel
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 ENTRY_POINT_GROUP = "sarbot.connectors"
 VERIFIED_ORIGIN = "the address the request came from, verified by a reply"
+OTHER_PERSON = "[withheld: about another person]"
+"""Put in place of a value that is another person's; the export adds OTHER_PEOPLE_NOTE."""
+OTHER_PEOPLE_NOTE = "Information about other people was withheld."
 
 
 @dataclass(frozen=True)
@@ -145,3 +148,20 @@ def matches_any(text: str | None, needles: Iterable[str]) -> str | None:
         return None
     folded = text.casefold()
     return next((n for n in needles if n and n.casefold() in folded), None)
+
+
+def with_other_people_note(record: Record) -> Record:
+    """A record that withholds another person's data says so, whichever connector made it."""
+    if OTHER_PEOPLE_NOTE in record.notes or not _mentions(record.fields, OTHER_PERSON):
+        return record
+    return replace(record, notes=(*record.notes, OTHER_PEOPLE_NOTE))
+
+
+def _mentions(value: object, marker: str) -> bool:
+    if isinstance(value, str):
+        return marker in value
+    if isinstance(value, Mapping):
+        return any(_mentions(v, marker) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_mentions(v, marker) for v in value)
+    return False

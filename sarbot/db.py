@@ -36,7 +36,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def forget_cleared(engine: Engine) -> None:
+    """Make cleared values unrecoverable from the database files.
+
+    SQLite overwrites deleted content (``secure_delete``), but older versions of
+    a page stay in the write-ahead log until a checkpoint; this one copies the
+    current pages back and empties the log.  Other databases keep dead row
+    versions until they vacuum; see docs/security.md.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

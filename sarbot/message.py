@@ -33,6 +33,7 @@ class IncomingMail:
     cited_ids: tuple[str, ...]
     text: str = ""
     header_digest: str = field(default="", repr=False)
+    raw: bytes = field(default=b"", repr=False)
 
     def header(self, name: str) -> str | None:
         """The first value of a header, or None."""
@@ -51,16 +52,16 @@ class IncomingMail:
 def parse_headers(raw: bytes) -> IncomingMail:
     """Parse only the header block (intake's first, cheap look at a message)."""
     message = BytesHeaderParser(policy=compat32).parsebytes(raw)
-    return _from_message(message, raw, text="")
+    return _from_message(message, raw, text="", whole=False)
 
 
 def parse_message(raw: bytes) -> IncomingMail:
-    """Parse a whole message, body text included."""
+    """Parse a whole message, body text included; the raw bytes are kept for attachments."""
     message = BytesHeaderParser(policy=compat32).parsebytes(raw)
-    return _from_message(message, raw, text=_body_text(raw))
+    return _from_message(message, raw, text=_body_text(raw), whole=True)
 
 
-def _from_message(message: Message, raw: bytes, text: str) -> IncomingMail:
+def _from_message(message: Message, raw: bytes, text: str, *, whole: bool) -> IncomingMail:
     headers: dict[str, list[str]] = {}
     for name, value in message.items():
         headers.setdefault(name.lower(), []).append(decode_header_value(value))
@@ -75,6 +76,7 @@ def _from_message(message: Message, raw: bytes, text: str) -> IncomingMail:
         cited_ids=tuple(dict.fromkeys(cited)),
         text=text[:MAX_TEXT_CHARS],
         header_digest=hashlib.sha256(head).hexdigest(),
+        raw=raw if whole else b"",
     )
 
 

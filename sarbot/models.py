@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -81,9 +82,10 @@ class Request(Base):
     ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    export_path: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     partial_reason: Mapped[str | None] = mapped_column(Text)
+    pgp_key: Mapped[str | None] = mapped_column(Text)
+    encryption_note: Mapped[str | None] = mapped_column(Text)
 
     audit: Mapped[list[AuditEvent]] = relationship(
         back_populates="request", order_by="AuditEvent.id", cascade="all, delete-orphan"
@@ -154,6 +156,7 @@ class OutgoingMail(Base):
     state: Mapped[MailState] = mapped_column(_enum(MailState, "mail_state"), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    file_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -164,3 +167,7 @@ class OutgoingMail(Base):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+Clock = Callable[[], datetime]
+"""Where the time comes from: ``utcnow``, or a test's clock."""

@@ -24,6 +24,7 @@ def queue(
     message_id: str,
     raw: bytes | None,
     now: datetime,
+    file_path: str | None = None,
 ) -> OutgoingMail:
     mail = OutgoingMail(
         request=request,
@@ -33,6 +34,7 @@ def queue(
         state=MailState.PENDING,
         attempts=0,
         raw=raw,
+        file_path=file_path,
         created_at=now,
     )
     session.add(mail)

@@ -7,33 +7,32 @@ any point resumes from the last committed step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import outbox
 from sarbot.addresses import mask_address
 from sarbot.classify import Classification, Classifier, Kind
 from sarbot.collect import Collector
-from sarbot.compose import Composer, as_bytes, new_message_id
+from sarbot.compose import Composer
 from sarbot.config import Settings
-from sarbot.errors import PermanentMailError, TransientMailError
+from sarbot.deliver import Deliverer
+from sarbot.encryption import EncryptionError
 from sarbot.intake import HeaderInfo, Mailbox, MailboxThread
 from sarbot.lifecycle import audit, transition
 from sarbot.mailer import Mailer
 from sarbot.message import IncomingMail, parse_headers, parse_message
-from sarbot.models import MailboxPosition, OutgoingMail, Request, SeenMessage, utcnow
-from sarbot.package import ExportContext, build_zip, write_private_file
+from sarbot.models import Clock, MailboxPosition, Request, SeenMessage, utcnow
+from sarbot.prepare import Preparer
 from sarbot.registry import ConfiguredConnector
-from sarbot.states import ALLOWED, MailKind, Outcome, RequestState
+from sarbot.render import Templates
+from sarbot.states import Outcome, RequestState
 from sarbot.verify import Verdict, Verifier
 
-Clock = Callable[[], datetime]
 MOVED_OUTCOMES = frozenset({Outcome.REQUEST, Outcome.CONFIRMATION})
 
 
@@ -58,7 +57,11 @@ class Pipeline:
         self.mailbox = mailbox
         self.log: FilteringBoundLogger = log or structlog.get_logger("sarbot")
         self.clock = clock
-        self.composer = Composer(settings.controller, settings.requests.subject_phrase)
+        templates = Templates(settings.export.template_dir)
+        self.composer = Composer(settings.controller, settings.requests.subject_phrase, templates)
+        self.preparer = Preparer(settings, connectors, self.composer, templates)
+        engine = sessions.kw["bind"]
+        self.deliverer = Deliverer(settings, sessions, engine, mailer, self.log, clock)
         self.verifier = Verifier(settings, self.composer)
         self.classifier = Classifier(
             own_address=settings.controller.email,
@@ -261,31 +264,18 @@ class Pipeline:
                     retry_in=wait.total_seconds(),
                 )
                 return
-            ctx = ExportContext(
-                reference=current.reference,
-                email=current.email,
-                controller=self.settings.controller,
-                received_at=current.received_at,
-                confirmed_at=current.confirmed_at,
-                generated_at=now,
-                sources=collection.sources,
-                identifiers=collection.identifiers,
-                missing=[
-                    c.description or c.name for c in self.connectors if c.name in collection.failed
-                ],
-                partial_reason=current.partial_reason if collection.failed else None,
-            )
-            message_id = new_message_id(current.reference, self.settings.message_id_domain)
-            message = self.composer.export(
-                current, ctx, zip_data=build_zip(ctx), message_id=message_id, now=now
-            )
-            path = self.settings.storage.export_dir / f"{current.reference}.eml"
-            write_private_file(path, as_bytes(message))
-            current.export_path, current.ready_at, current.next_attempt_at = str(path), now, None
-            current.last_error = None
-            outbox.queue(
-                session, current, MailKind.EXPORT, message_id=message_id, raw=None, now=now
-            )
+            ctx = self.preparer.context(current, collection, now)
+            try:
+                messages = self.preparer.prepare(session, current, ctx, now)
+            except EncryptionError as exc:
+                # The requester asked for encryption; a human decides, rather than send in clear.
+                current.last_error = f"cannot encrypt to the requester's key: {exc}"
+                transition(
+                    session, current, RequestState.NEEDS_REVIEW, at=now, reason=current.last_error
+                )
+                log.error("request.encryption_failed")
+                return
+            current.ready_at, current.next_attempt_at, current.last_error = now, None, None
             transition(session, current, RequestState.READY, at=now, reason="export packaged")
         log.info(
             "request.packaged",
@@ -293,87 +283,13 @@ class Pipeline:
             records=collection.record_count,
             identifiers=len(collection.identifiers),
             missing=collection.failed,
+            messages=messages,
+            encrypted=bool(request.pgp_key),
         )
 
     # -- deliver -------------------------------------------------------------------------
 
     async def deliver(self) -> bool:
-        with self.sessions.begin() as session:
-            due = outbox.due(session, self.clock())
-            for mail in due:
-                _ = mail.request  # load while the session is open
-        for mail in due:
-            await self._send_one(mail)
-        return bool(due)
-
-    async def _send_one(self, mail: OutgoingMail) -> None:
-        log = self.log.bind(reference=mail.request.reference, kind=mail.kind.value)
-        raw = mail.raw if mail.raw is not None else _read_export(mail.request)
-        error: TransientMailError | PermanentMailError | None = None
-        if raw is None:
-            error = PermanentMailError("export file is missing")
-        else:
-            try:
-                await self.mailer.send(
-                    raw, sender=self.settings.controller.email, recipient=mail.recipient
-                )
-            except (TransientMailError, PermanentMailError) as exc:
-                error = exc
-        now = self.clock()
-        with self.sessions.begin() as session:
-            current = session.get_one(OutgoingMail, mail.id)
-            request = current.request
-            if isinstance(error, TransientMailError):
-                wait = timedelta(seconds=self.settings.smtp.retry_after)
-                outbox.mark_retry(current, now, wait, str(error))
-                log.warning("mail.deferred", smtp_code=error.code, retry_in=wait.total_seconds())
-                return
-            if isinstance(error, PermanentMailError):
-                outbox.mark_failed(current, str(error))
-                if RequestState.NEEDS_REVIEW in ALLOWED[request.state]:
-                    transition(
-                        session,
-                        request,
-                        RequestState.NEEDS_REVIEW,
-                        at=now,
-                        reason=f"mail refused: {error}",
-                    )
-                log.error("mail.rejected", smtp_code=error.code)
-                return
-            outbox.mark_sent(current, now)
-            if current.kind is MailKind.EXPORT:
-                request.delivered_at = now
-                path, request.export_path = request.export_path, None
-                transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
-            else:
-                path = None
-        if path:
-            Path(path).unlink(missing_ok=True)
-        log.info("mail.sent", recipient=mask_address(mail.recipient))
-
-    def sweep_exports(self) -> int:
-        """Delete export files that no request is waiting to send (left by a crash)."""
-        folder = self.settings.storage.export_dir
-        if not folder.is_dir():
-            return 0
-        with self.sessions.begin() as session:
-            wanted = set(
-                session.scalars(select(Request.export_path).where(Request.export_path.is_not(None)))
-            )
-        removed = 0
-        for path in folder.iterdir():
-            if path.is_file() and str(path) not in wanted:
-                path.unlink(missing_ok=True)
-                removed += 1
-        if removed:
-            self.log.info("export.swept", files=removed)
-        return removed
-
-
-def _read_export(request: Request) -> bytes | None:
-    if not request.export_path:
-        return None
-    try:
-        return Path(request.export_path).read_bytes()
-    except FileNotFoundError:
-        return None
+        progressed = await self.deliverer.send_due()
+        self.deliverer.sweep()
+        return progressed

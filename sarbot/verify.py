@@ -20,6 +20,7 @@ from sarbot.addresses import InvalidAddress, mask_address, single_sender
 from sarbot.challenge import (
     challenge_message_id,
     cited_tokens,
+    digest,
     matches,
     new_challenge,
     quoted_codes,
@@ -27,6 +28,7 @@ from sarbot.challenge import (
 from sarbot.classify import Classification
 from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
+from sarbot.encryption import find_key
 from sarbot.lifecycle import audit, transition
 from sarbot.message import IncomingMail
 from sarbot.models import Request
@@ -75,23 +77,28 @@ class Verifier:
             expires_at=now + timedelta(days=limits.confirmation_expiry_days),
         )
         request.add_to_thread(mail.message_id)
+        key = find_key(mail.raw, sender)
+        request.pgp_key, request.encryption_note = key.key_armored, key.reason
         session.add(request)
         audit(
             session, request, "request.received", at=now, reason="request mail from the requester"
         )
+        if key.fingerprint:
+            audit(session, request, "request.encryption_key", at=now, reason=key.fingerprint)
         message_id = challenge_message_id(request.reference, challenge.token, self.domain)
         ack = self.composer.acknowledgement(
             request, code=challenge.code, message_id=message_id, now=now
         )
+        # The acknowledgement's Message-ID carries the challenge: only its digest is kept, and
+        # it stays out of the thread (the confirmation, which cites it, threads the answer).
         outbox.queue(
             session,
             request,
             MailKind.ACKNOWLEDGEMENT,
-            message_id=message_id,
+            message_id="sha256:" + digest(message_id),
             raw=as_bytes(ack),
             now=now,
         )
-        request.add_to_thread(message_id)
         transition(
             session,
             request,

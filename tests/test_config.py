@@ -157,3 +157,14 @@ class TestErrors:
             '\n[[connectors]]\nname = "a"\ntype = "sql"\n[[connectors]]\nname = "a"\ntype = "sql"\n'
         )
         assert "connector names must be unique: a" in self.error(tmp_path, MINIMAL + extra)
+
+
+class TestTransportSecurity:
+    @pytest.mark.parametrize("section", ["imap", "smtp"])
+    def test_plaintext_is_refused_unless_allowed(self, tmp_path: Path, section: str) -> None:
+        """security = "none" fails unless the admin writes allow_plaintext = true."""
+        text = MINIMAL.replace(f"[{section}]\n", f'[{section}]\nsecurity = "none"\n')
+        with pytest.raises(ConfigError, match="unencrypted; set allow_plaintext = true"):
+            load_settings(write(tmp_path, text))
+        allowed = text.replace(f"[{section}]\n", f"[{section}]\nallow_plaintext = true\n")
+        assert getattr(load_settings(write(tmp_path, allowed)), section).security == "none"

@@ -20,6 +20,7 @@ from pykeepass.kdbx_parsing import KDBX
 from pykeepass.pykeepass import BLANK_DATABASE_LOCATION, BLANK_DATABASE_PASSWORD
 
 from connectors.keepass import (
+    MENTION_ONLY_NOTE,
     OTP_HELD,
     PASSWORD_HELD,
     SECRET_HELD,
@@ -27,7 +28,7 @@ from connectors.keepass import (
     KeepassSettings,
 )
 from sarbot.config import ConnectorEntry, validate
-from sarbot.connector import ENTRY_POINT_GROUP, Identifier, Identity, Record
+from sarbot.connector import ENTRY_POINT_GROUP, OTHER_PERSON, Identifier, Identity, Record
 from sarbot.errors import ConfigError, ConnectorError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,7 +390,8 @@ class TestWithheld:
         self, editor: Any, tmp_path: Path
     ) -> None:
         """A user name the vault protects is stated as held, never exported or followed."""
-        entry = editor.add_entry(editor.root_group, "Hidden", "x", "", notes=ALICE)
+        entry = editor.add_entry(editor.root_group, "Hidden", "x", "")
+        entry.set_custom_property("Email", ALICE)
         hidden = canary()
         entry._set_string_field("UserName", hidden, protected=True)
         editor.save()
@@ -418,17 +420,41 @@ class TestYields:
         (account,) = connector(vault.path).collect(ROUND_TWO)
         assert [(y.kind, y.value) for y in account.yields] == [("username", "CORP\\asmith")]
 
-    def test_a_mention_in_free_text_yields_nothing(self, tmp_path: Path) -> None:
-        """An entry naming the person only in its notes or URL may be someone else's account."""
+    def test_a_mention_in_free_text_exports_only_the_mention(self, tmp_path: Path) -> None:
+        """An entry naming the person only in notes or URL may be someone else's: only the
+        mention is exported, the user name is withheld, nothing is followed."""
         editor = new_vault(4, tmp_path / "v.kdbx", "master", None)
-        editor.add_entry(editor.root_group, "Router", "netadmin", "x", notes=f"Ask {ALICE} first")
+        router = editor.add_entry(editor.root_group, "Router", "bjones", "x", notes=f"Ask {ALICE}")
+        router.set_custom_property("Serial", "BOB-CANARY-SERIAL")
         editor.add_entry(
             editor.root_group, "Wiki", "wikibot", "x", url=f"https://w.test/?u={ALICE}"
         )
         editor.save()
-        records = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
-        assert sorted(str(r.fields["Title"]) for r in records) == ["Router", "Wiki"]
-        assert all(r.yields == () for r in records)
+        records = by_title(connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE)))
+        assert sorted(records) == ["Router", "Wiki"]
+        assert records["Router"].fields["Notes"] == f"Ask {ALICE}"
+        assert records["Router"].fields["User name"] == OTHER_PERSON
+        assert "URL" not in records["Router"].fields
+        assert records["Wiki"].fields["URL"] == f"https://w.test/?u={ALICE}"
+        assert all(r.yields == () and r.notes == (MENTION_ONLY_NOTE,) for r in records.values())
+        dumped = repr(records)
+        assert "bjones" not in dumped and "BOB-CANARY-SERIAL" not in dumped
+
+    def test_passwords_in_web_addresses_are_withheld(self, tmp_path: Path) -> None:
+        """A password in a URL's user part or query never leaves; the rest of the URL does."""
+        editor = new_vault(4, tmp_path / "v.kdbx", "master", None)
+        entry = editor.add_entry(
+            editor.root_group, "NAS", ALICE, "x", url="smb://alice:SECRET-ONE@nas.test/share"
+        )
+        entry.notes = "Portal: https://p.test/login?user=alice&pin=SECRET-TWO&lang=en"
+        entry.set_custom_property("Kennwort", "SECRET-THREE")
+        entry.set_custom_property("Security answer", "SECRET-FOUR")
+        editor.save()
+        (record,) = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        assert record.fields["URL"] == "smb://alice:[withheld]@nas.test/share"
+        portal = "Portal: https://p.test/login?user=alice&pin=[withheld]&lang=en"
+        assert record.fields["Notes"] == portal
+        assert "SECRET-" not in repr(record)
 
 
 class TestOpening:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import sqlite3
 import zipfile
 from collections.abc import Callable
@@ -95,15 +96,21 @@ class TestWholeFlow:
         assert ack["Auto-Submitted"] == "auto-replied"
         assert ack["To"] == alice.address
 
-        alice.reply(ack)
+        confirmation = alice.reply(ack)
         support.wait_for(subject_contains("Re: [SAR-"))
         bot.run_once()
 
         export = alice.wait_for(EXPORT)
-        assert export["In-Reply-To"] is not None
-        assert str(ack["Message-ID"]) in str(export["References"])
+        assert export["In-Reply-To"] == confirmation
+        assert request_id in str(export["References"])
         with attachment(export) as archive:
-            assert sorted(archive.namelist()) == ["data.json", "index.html", "manifest.json"]
+            assert sorted(archive.namelist()) == [
+                "README.txt",
+                "csv/website-comment.csv",
+                "data.json",
+                "index.html",
+                "manifest.json",
+            ]
             manifest = json.loads(archive.read("manifest.json"))
             for entry in manifest["files"]:
                 assert sha256(archive.read(entry["name"])).hexdigest() == entry["sha256"]
@@ -116,7 +123,6 @@ class TestWholeFlow:
         assert "Bob" not in html
         final = bot.request()
         assert final.state is RequestState.DELIVERED
-        assert final.export_path is None
         assert list((tmp_path / "exports").iterdir()) == []
         assert [m.state for m in bot.outgoing()] == [MailState.SENT, MailState.SENT]
         assert all(m.raw is None for m in bot.outgoing())
@@ -365,3 +371,159 @@ class TestNeverAnswered:
             Outcome.REQUEST,
             Outcome.RATE_LIMITED,
         ]
+
+
+@pytest.fixture
+def bulky_db(tmp_path: Path) -> str:
+    """A store holding a lot of alice's data: 3,000 rows of incompressible text."""
+    path = tmp_path / "bulky.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, email TEXT, detail TEXT)")
+        conn.executemany(
+            "INSERT INTO events (email, detail) VALUES (?, ?)",
+            [("ALICE", secrets.token_hex(200)) for _ in range(3000)],
+        )
+    return f"sqlite:///{path}"
+
+
+def bulky_connector(url: str) -> dict[str, object]:
+    return {
+        "name": "events",
+        "type": "sql",
+        "description": "Event log",
+        "url": url,
+        "queries": [
+            {
+                "name": "events",
+                "category": "Event",
+                "key": "id",
+                "sql": "SELECT id, detail FROM events WHERE email = 'ALICE' AND :email <> ''",
+            }
+        ],
+    }
+
+
+class TestExportMail:
+    def confirm(self, bot: Bot, person: Person) -> Correspondent:
+        alice, support = person("alice", "example.test"), bot.support
+        request_from(alice, bot, support)
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        support.wait_for(subject_contains("Re: [SAR-"))
+        return alice
+
+    def test_letter_has_text_and_html_and_the_zip(self, bot: Bot, person: Person) -> None:
+        """The answer is a text letter with an HTML alternative, and the zip attached."""
+        alice = self.confirm(bot, person)
+        bot.run_once()
+        export = alice.wait_for(EXPORT)
+        text = export.get_body(preferencelist=("plain",))
+        html = export.get_body(preferencelist=("html",))
+        assert text is not None and html is not None
+        assert "we hold no personal data about you beyond this request" in text.get_content()
+        assert "<strong>SAR-" in html.get_content()
+        [zipped] = list(export.iter_attachments())
+        assert zipped.get_content_type() == "application/zip"
+
+    def test_a_large_export_arrives_in_numbered_parts_in_one_thread(
+        self, make_bot: BotFactory, person: Person, bulky_db: str, tmp_path: Path
+    ) -> None:
+        """Over the attachment limit, each part is its own mail in the thread; all are delivered."""
+        bot = make_bot(
+            connectors=[bulky_connector(bulky_db)], export={"max_attachment_bytes": 400_000}
+        )
+        alice = self.confirm(bot, person)
+        bot.run_once()
+        assert bot.request().state is RequestState.DELIVERED
+        parts = [m for m in alice.messages() if "A copy of your personal data" in m["Subject"]]
+        count = len(parts)
+        assert count > 1
+        assert [str(m["Subject"]).split("(")[1] for m in parts] == [
+            f"part {n} of {count})" for n in range(1, count + 1)
+        ]
+        first_ref = str(parts[0]["In-Reply-To"])
+        assert all(str(m["In-Reply-To"]) == first_ref for m in parts)
+        rows = 0
+        for number, message in enumerate(parts, 1):
+            with attachment(message) as archive:
+                assert archive.getinfo("manifest.json").file_size > 0
+                if number == 1:
+                    assert "index.html" in archive.namelist()
+                if "data.json" in archive.namelist():
+                    rows = len(json.loads(archive.read("data.json"))["sources"][0]["records"])
+            assert len(message.as_bytes()) < 400_000 * 1.4  # base64 of a part within the limit
+        assert rows == 3000 or rows == 0  # data.json whole in one part, or cut into pieces
+        assert list((tmp_path / "exports").iterdir()) == []
+
+    def test_exports_can_be_kept_for_a_while_then_go(
+        self, make_bot: BotFactory, person: Person, tmp_path: Path
+    ) -> None:
+        """With keep_exports_days, the sent export stays (0600) until the period is over."""
+        bot = make_bot(storage={"keep_exports_days": 1})
+        alice = self.confirm(bot, person)
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        [kept] = list((tmp_path / "exports").iterdir())
+        assert kept.stat().st_mode & 0o777 == 0o600
+        bot.offset = timedelta(days=1, minutes=1)
+        bot.run_once()
+        assert list((tmp_path / "exports").iterdir()) == []
+
+
+class TestEncryptedExport:
+    def test_a_key_in_the_request_encrypts_the_export_to_it(self, bot: Bot, person: Person) -> None:
+        """alice attaches her OpenPGP key: the ack names it, and only her key opens the export."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgpy
+            from pgpy.constants import (
+                CompressionAlgorithm,
+                HashAlgorithm,
+                KeyFlags,
+                PubKeyAlgorithm,
+                SymmetricKeyAlgorithm,
+            )
+
+            alice = person("alice", "example.test")
+            key = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, 2048)
+            key.add_uid(
+                pgpy.PGPUID.new("Alice", email=alice.address),
+                usage={KeyFlags.Sign, KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage},
+                hashes=[HashAlgorithm.SHA256],
+                ciphers=[SymmetricKeyAlgorithm.AES256],
+                compression=[CompressionAlgorithm.Uncompressed],
+            )
+        message = EmailMessage()
+        message["From"], message["To"] = alice.address, bot.address
+        message["Subject"], message["Message-ID"] = "GDPR DATA REQUEST", "<with-key@example.test>"
+        message.set_content("Please encrypt my data to the attached key.")
+        message.add_attachment(
+            str(key.pubkey).encode(),
+            maintype="application",
+            subtype="pgp-keys",
+            filename="alice.asc",
+        )
+        alice.send_raw(message.as_bytes(), bot.address)
+        bot.support.wait_for(lambda m: m["Message-ID"] == "<with-key@example.test>")
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        body = ack.get_body(preferencelist=("plain",))
+        assert body is not None
+        assert str(key.fingerprint).replace(" ", "") in body.get_content().replace(" ", "")
+        alice.reply(ack)
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+        export = alice.wait_for(EXPORT)
+        [part] = list(export.iter_attachments())
+        assert str(part.get_filename()).endswith(".zip.pgp")
+        data = part.get_payload(decode=True)
+        assert isinstance(data, bytes) and not data.startswith(b"PK")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clear = key.decrypt(pgpy.PGPMessage.from_blob(data)).message
+        with zipfile.ZipFile(io.BytesIO(bytes(clear))) as archive:
+            assert "index.html" in archive.namelist()
+        letter = export.get_body(preferencelist=("plain",))
+        assert letter is not None and "encrypted" in letter.get_content()

@@ -1,0 +1,151 @@
+"""Sending what the outbox holds, and closing requests whose answer has gone out.
+
+A message is read from the outbox (or from its file in the export folder) and
+handed to SMTP.  A temporary failure is retried later; a permanent refusal
+moves the request to ``needs_review``.  A request is delivered when every part
+of its export has been sent.  Export files are deleted once sent, or kept for
+``[storage] keep_exports_days`` and then deleted by ``sweep``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.typing import FilteringBoundLogger
+
+from sarbot import outbox
+from sarbot.addresses import mask_address
+from sarbot.config import Settings
+from sarbot.db import forget_cleared
+from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
+from sarbot.lifecycle import transition
+from sarbot.mailer import Mailer
+from sarbot.models import Clock, OutgoingMail
+from sarbot.states import ALLOWED, MailKind, MailState, RequestState
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        engine: Engine,
+        mailer: Mailer,
+        log: FilteringBoundLogger,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.engine = engine
+        self.mailer = mailer
+        self.log = log
+        self.clock = clock
+
+    async def send_due(self) -> bool:
+        with self.sessions.begin() as session:
+            due = outbox.due(session, self.clock())
+            for mail in due:
+                _ = mail.request  # load while the session is open
+        for mail in due:
+            await self._send(mail)
+        return bool(due)
+
+    async def _send(self, mail: OutgoingMail) -> None:
+        log = self.log.bind(reference=mail.request.reference, kind=mail.kind.value)
+        error: MailSendError | None = None
+        raw = mail.raw if mail.raw is not None else _read(mail.file_path)
+        if raw is None:
+            error = PermanentMailError("the prepared message is missing from the export folder")
+        else:
+            try:
+                await self.mailer.send(
+                    raw, sender=self.settings.controller.email, recipient=mail.recipient
+                )
+            except MailSendError as exc:
+                error = exc
+        with self.sessions.begin() as session:
+            self._record(session, session.get_one(OutgoingMail, mail.id), error, log)
+        if mail.raw is not None and not isinstance(error, TransientMailError):
+            forget_cleared(self.engine)  # the copy kept until sending may carry a challenge
+        if error is None:
+            log.info("mail.sent", recipient=mask_address(mail.recipient))
+            if mail.file_path and self.settings.storage.keep_exports_days == 0:
+                Path(mail.file_path).unlink(missing_ok=True)
+
+    def _record(
+        self,
+        session: Session,
+        mail: OutgoingMail,
+        error: MailSendError | None,
+        log: FilteringBoundLogger,
+    ) -> None:
+        now, request = self.clock(), mail.request
+        if isinstance(error, TransientMailError):
+            wait = timedelta(seconds=self.settings.smtp.retry_after)
+            outbox.mark_retry(mail, now, wait, str(error))
+            log.warning("mail.deferred", smtp_code=error.code, retry_in=wait.total_seconds())
+            return
+        if error is not None:
+            outbox.mark_failed(mail, str(error))
+            if RequestState.NEEDS_REVIEW in ALLOWED[request.state]:
+                transition(
+                    session,
+                    request,
+                    RequestState.NEEDS_REVIEW,
+                    at=now,
+                    reason=f"mail refused: {error}",
+                )
+            log.error("mail.rejected", smtp_code=error.code)
+            return
+        outbox.mark_sent(mail, now)
+        if mail.kind is MailKind.EXPORT and _all_sent(session, mail):
+            request.delivered_at = now
+            transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
+
+    def sweep(self) -> int:
+        """Delete export files nothing will send: sent and past retention, or left by a crash."""
+        folder = self.settings.storage.export_dir
+        if not folder.is_dir():
+            return 0
+        keep_until = self.clock() - timedelta(days=self.settings.storage.keep_exports_days)
+        with self.sessions.begin() as session:
+            rows = session.execute(
+                select(OutgoingMail.file_path, OutgoingMail.state, OutgoingMail.sent_at).where(
+                    OutgoingMail.file_path.is_not(None)
+                )
+            ).all()
+        wanted = {
+            path
+            for path, state, sent_at in rows
+            if state is MailState.PENDING or (sent_at is not None and sent_at > keep_until)
+        }
+        removed = 0
+        for path in folder.iterdir():
+            if path.is_file() and str(path) not in wanted:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            self.log.info("export.swept", files=removed)
+        return removed
+
+
+def _all_sent(session: Session, sent: OutgoingMail) -> bool:
+    siblings = session.scalars(
+        select(OutgoingMail.state)
+        .where(OutgoingMail.request_id == sent.request_id)
+        .where(OutgoingMail.kind == MailKind.EXPORT)
+        .where(OutgoingMail.id != sent.id)
+    )
+    return all(state is MailState.SENT for state in siblings)
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,129 @@
+"""What an export holds: the report, a plain-text summary, the data as JSON and as CSV.
+
+``build_files`` turns an ``ExportContext`` into the export's files (the
+manifest and the zip are ``sarbot.package``'s job).  Everything here is
+generated from the records the connectors returned, as the collector passed
+them on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sarbot.config import ControllerSettings, SourceFacts
+from sarbot.connector import Identifier, Record
+from sarbot.csvexport import csv_files
+from sarbot.render import DEFAULT, Templates
+
+FORMAT_NAME = "sarbot-export"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """What one connector returned for a request."""
+
+    name: str
+    description: str
+    facts: SourceFacts
+    records: Sequence[Record]
+
+    @property
+    def title(self) -> str:
+        return self.description or self.name
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    reference: str
+    email: str
+    controller: ControllerSettings
+    received_at: datetime
+    confirmed_at: datetime | None
+    generated_at: datetime
+    sources: Sequence[SourceData]
+    identifiers: Sequence[Identifier] = ()
+    missing: Sequence[str] = ()
+    partial_reason: str | None = None
+    encryption_note: str = ""
+    report_limit: int = 1000
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(source.records) for source in self.sources)
+
+    def template_vars(self) -> dict[str, object]:
+        return {
+            "reference": self.reference,
+            "email": self.email,
+            "controller": self.controller,
+            "received_at": self.received_at,
+            "confirmed_at": self.confirmed_at,
+            "generated_at": self.generated_at,
+            "sources": self.sources,
+            "identifiers": self.identifiers,
+            "missing": self.missing,
+            "partial_reason": self.partial_reason,
+            "encryption_note": self.encryption_note,
+            "record_count": self.record_count,
+            "report_limit": self.report_limit,
+        }
+
+
+def identifier_document(identifier: Identifier) -> dict[str, str]:
+    return {"kind": identifier.kind, "value": identifier.value, "origin": identifier.origin}
+
+
+def record_document(record: Record) -> dict[str, object]:
+    return {
+        "category": record.category,
+        "fields": dict(record.fields),
+        "found_by": identifier_document(record.found_by),
+        "location": record.location,
+        "notes": list(record.notes),
+    }
+
+
+def data_document(ctx: ExportContext) -> dict[str, object]:
+    """``data.json``: every record with its source, category and provenance."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "reference": ctx.reference,
+        "subject": {"email": ctx.email},
+        "controller": {"name": ctx.controller.name, "email": ctx.controller.email},
+        "timeline": {
+            "received_at": ctx.received_at.isoformat(),
+            "confirmed_at": ctx.confirmed_at.isoformat() if ctx.confirmed_at else None,
+            "generated_at": ctx.generated_at.isoformat(),
+        },
+        "identifiers": [identifier_document(i) for i in ctx.identifiers],
+        "complete": not ctx.missing,
+        "missing_sources": list(ctx.missing),
+        "partial_reason": ctx.partial_reason,
+        "sources": [
+            {
+                "name": source.name,
+                "description": source.description,
+                "facts": source.facts.model_dump(mode="json"),
+                "record_count": len(source.records),
+                "records": [record_document(r) for r in source.records],
+            }
+            for source in ctx.sources
+        ],
+    }
+
+
+def build_files(ctx: ExportContext, templates: Templates = DEFAULT) -> dict[str, bytes]:
+    """The export's files, by their path in the zip (the manifest is added when packing)."""
+    variables = ctx.template_vars()
+    files = {
+        "index.html": templates.render("report.html", **variables).encode("utf-8"),
+        "README.txt": templates.render("README.txt", **variables).encode("utf-8"),
+        "data.json": json.dumps(data_document(ctx), indent=2, ensure_ascii=False).encode("utf-8"),
+    }
+    files.update(csv_files(ctx.sources))
+    return files

@@ -1,0 +1,616 @@
+"""OpenPGP keys from request mails, and exports encrypted to them, checked against real GnuPG."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sarbot.encryption import (
+    MAX_CANDIDATES,
+    PRIVATE_KEY_REASON,
+    EncryptionError,
+    KeyChoice,
+    encrypt,
+    find_key,
+)
+from sarbot.errors import SarbotError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import pgpy
+    from pgpy.constants import (
+        HashAlgorithm,
+        KeyFlags,
+        PubKeyAlgorithm,
+        SymmetricKeyAlgorithm,
+    )
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+EXPORT_NAME = "personal-data-SAR-2026-0001.zip"
+ZIP_BYTES = b"PK\x03\x04" + bytes(range(256)) * 64
+SIGN = {KeyFlags.Sign, KeyFlags.Certify}
+ENCRYPT = {KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}
+BEGIN, END = "-----BEGIN PGP PUBLIC KEY BLOCK-----", "-----END PGP PUBLIC KEY BLOCK-----"
+
+
+# -- keys and mails ------------------------------------------------------------------------
+
+
+def new_key(
+    *emails: str,
+    encryption_subkey: bool = True,
+    created: datetime | None = None,
+    expires: timedelta | None = None,
+) -> Any:
+    """An unprotected RSA-2048 secret key: a signing primary and, usually, an encryption subkey."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        key = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, 2048, created=created)
+        for address in emails:
+            key.add_uid(
+                pgpy.PGPUID.new("Test Person", email=address),
+                usage=SIGN,
+                hashes=[HashAlgorithm.SHA256],
+                ciphers=[SymmetricKeyAlgorithm.AES256],
+                key_expiration=expires,
+                created=created,
+            )
+        if encryption_subkey:
+            sub = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, 2048, created=created)
+            key.add_subkey(sub, usage=ENCRYPT, created=created)
+        return key
+
+
+def public(key: Any) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(key.pubkey)
+
+
+def public_binary(key: Any) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bytes(key.pubkey)
+
+
+def fingerprint(key: Any) -> str:
+    return str(key.fingerprint)
+
+
+@cache
+def alice() -> Any:
+    return new_key(ALICE)
+
+
+@cache
+def bob() -> Any:
+    return new_key(BOB)
+
+
+@cache
+def strangers() -> tuple[Any, ...]:
+    return tuple(new_key(f"stranger{n}@example.test") for n in range(MAX_CANDIDATES))
+
+
+def revoked(target: str) -> Any:
+    """A key for ALICE with the whole key, the user id or the encryption subkey revoked."""
+    key = new_key(ALICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if target == "key":
+            key |= key.revoke(key)
+        elif target == "uid":
+            uid = key.userids[0]
+            uid |= key.revoke(uid)
+        else:
+            subkey = next(iter(key.subkeys.values()))
+            subkey |= key.revoke(subkey)
+    return key
+
+
+def request_mail(
+    body: str = "Please send me a copy of my personal data.",
+    *,
+    html: str | None = None,
+    attachments: Sequence[tuple[bytes, str, str]] = (),
+) -> bytes:
+    """A request mail from ALICE; attachments are (data, content type, file name)."""
+    message = EmailMessage()
+    message["From"] = f"Alice <{ALICE}>"
+    message["To"] = "privacy@controller.test"
+    message["Subject"] = "Subject access request"
+    message.set_content(body)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    for data, content_type, filename in attachments:
+        maintype, subtype = content_type.split("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return bytes(message)
+
+
+def key_file(armored_or_binary: str | bytes, filename: str = "key.asc") -> tuple[bytes, str, str]:
+    data = armored_or_binary.encode() if isinstance(armored_or_binary, str) else armored_or_binary
+    return data, "application/pgp-keys", filename
+
+
+def assert_not_used(choice: KeyChoice, *phrases: str) -> None:
+    assert choice.key_armored is None and choice.fingerprint is None
+    for phrase in phrases:
+        assert phrase in choice.reason
+    assert "the export is not encrypted" in choice.reason
+
+
+def decrypt_with_pgpy(key: Any, ciphertext: bytes) -> tuple[bytes, str, set[str]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        message = pgpy.PGPMessage.from_blob(ciphertext)
+        encrypters = set(message.encrypters)
+        plain = key.decrypt(message)
+        return bytes(plain.message), str(plain.filename), encrypters
+
+
+# -- finding a key -------------------------------------------------------------------------
+
+
+class TestFindsTheRequestersKey:
+    def test_attached_armored_key(self) -> None:
+        """An armored application/pgp-keys attachment for the address is chosen."""
+        choice = find_key(request_mail(attachments=[key_file(public(alice()))]), ALICE)
+        assert choice.fingerprint == fingerprint(alice())
+        assert choice.key_armored is not None
+        assert choice.reason.startswith("The export is encrypted to your OpenPGP key ")
+        pretty = " ".join(fingerprint(alice())[i : i + 4] for i in range(0, 40, 4))
+        assert pretty[:24] + " " + pretty[24:] in choice.reason
+
+    def test_attached_binary_key(self) -> None:
+        """A binary key in a .gpg file of a generic content type is chosen."""
+        attachment = (public_binary(alice()), "application/octet-stream", "alice.gpg")
+        choice = find_key(request_mail(attachments=[attachment]), ALICE)
+        assert choice.fingerprint == fingerprint(alice())
+
+    def test_armored_block_in_the_body(self) -> None:
+        """A key pasted into the plain text body is chosen."""
+        body = "Please encrypt the answer to this key:\n\n" + public(alice()) + "\nThanks\n"
+        assert find_key(request_mail(body), ALICE).fingerprint == fingerprint(alice())
+
+    def test_armored_block_in_an_html_body(self) -> None:
+        """A key in an HTML part, lines split by <br> and '+' written as an entity, is chosen."""
+        lines = public(alice()).replace("+", "&#43;").splitlines()
+        html = "<html><body><p>My key:</p><p>" + "<br>\n".join(lines) + "</p></body></html>"
+        choice = find_key(request_mail("See the HTML part.", html=html), ALICE)
+        assert choice.fingerprint == fingerprint(alice())
+
+    def test_key_quoted_in_a_reply(self) -> None:
+        """A key quoted with '> ' in a reply is still read."""
+        quoted = "\n".join("> " + line for line in public(alice()).splitlines())
+        assert find_key(request_mail(quoted), ALICE).fingerprint == fingerprint(alice())
+
+    def test_key_pasted_into_a_clear_signed_text(self) -> None:
+        """A key inside a clear-signed text (dash-escaped) is found; prose about armor is passed."""
+        escaped = "\n".join(
+            "- " + line if line.startswith("-") else line for line in public(alice()).splitlines()
+        )
+        body = (
+            "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n"
+            "Blocks start with -----BEGIN PGP and a kind. My key:\n"
+            f"{escaped}\n-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n"
+        )
+        assert find_key(request_mail(body), ALICE).fingerprint == fingerprint(alice())
+
+    def test_primary_key_that_encrypts(self) -> None:
+        """A key without subkeys whose primary key may encrypt is used as it is."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            key = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, 2048)
+            key.add_uid(pgpy.PGPUID.new("Alice", email=ALICE), usage=SIGN | ENCRYPT)
+        choice = find_key(request_mail(attachments=[key_file(public(key))]), ALICE)
+        assert choice.fingerprint == fingerprint(key) and choice.key_armored is not None
+        plain, name, encrypters = decrypt_with_pgpy(
+            key, encrypt(ZIP_BYTES, choice.key_armored, EXPORT_NAME)
+        )
+        assert (plain, name, encrypters) == (ZIP_BYTES, EXPORT_NAME, {key.fingerprint.keyid})
+
+    def test_user_id_is_normalised_before_comparing(self) -> None:
+        """A user id in another case and with an IDN domain matches the normalised address."""
+        key = new_key("Alice@Bücher.Example")
+        choice = find_key(
+            request_mail(attachments=[key_file(public(key))]), "alice@xn--bcher-kva.example"
+        )
+        assert choice.fingerprint == fingerprint(key)
+
+    def test_only_the_second_key_matches(self) -> None:
+        """Of two keys, the one for the address is chosen even when it comes second."""
+        mail = request_mail(attachments=[key_file(public(bob())), key_file(public(alice()))])
+        assert find_key(mail, ALICE).fingerprint == fingerprint(alice())
+
+    def test_both_keys_in_one_block(self) -> None:
+        """A keyring of two keys in one armored block yields the matching one."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            both = bytes(bob().pubkey) + bytes(alice().pubkey)
+        block = f"{BEGIN}\n\n"
+        block += base64.encodebytes(both).decode() + f"{END}\n"
+        assert find_key(request_mail(block), ALICE).fingerprint == fingerprint(alice())
+
+    def test_stored_key_is_public_and_names_only_the_address(self) -> None:
+        """The stored key has no secret part and no user id of another address."""
+        key = new_key(ALICE, "alice.private@elsewhere.test")
+        choice = find_key(request_mail(attachments=[key_file(public(key))]), ALICE)
+        assert choice.key_armored is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored, _ = pgpy.PGPKey.from_blob(choice.key_armored)
+            assert stored.is_public
+            assert [uid.email for uid in stored.userids] == [ALICE]
+            raw = bytes(stored)
+        assert b"elsewhere" not in raw
+
+    @pytest.mark.parametrize(
+        "attachment",
+        [
+            (
+                b"-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n",
+                "application/pgp-signature",
+                "signature.asc",
+            ),
+            (b"\x85\x01\x0c" + bytes(300), "application/octet-stream", "message.gpg"),
+            (
+                b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+                "application/octet-stream",
+                "server.key",
+            ),
+        ],
+    )
+    def test_other_openpgp_data_is_no_key(self, attachment: tuple[bytes, str, str]) -> None:
+        """Signatures, encrypted messages and TLS keys are not taken for keys (empty reason)."""
+        assert find_key(request_mail(attachments=[attachment]), ALICE) == KeyChoice(None, None, "")
+
+    def test_no_key_at_all(self) -> None:
+        """A mail without a key gives no key and an empty reason."""
+        assert find_key(request_mail(), ALICE) == KeyChoice(None, None, "")
+
+
+class TestRefusesUnusableKeys:
+    def test_key_for_another_address(self) -> None:
+        """A key for another address is not used, and the reason names neither it nor its key."""
+        choice = find_key(request_mail(attachments=[key_file(public(bob()))]), ALICE)
+        assert_not_used(choice, "for another address", "the address the request came from")
+        assert "bob" not in choice.reason.lower()
+        assert fingerprint(bob())[-8:] not in choice.reason.replace(" ", "")
+
+    def test_expired_key(self) -> None:
+        """A key whose self-signature says it expired is not used."""
+        past = datetime.now(UTC) - timedelta(days=30)
+        key = new_key(ALICE, created=past, expires=timedelta(days=1))
+        choice = find_key(request_mail(attachments=[key_file(public(key))]), ALICE)
+        assert_not_used(choice, "has expired")
+
+    @pytest.mark.parametrize("target", ["key", "uid", "subkey"])
+    def test_revoked(self, target: str) -> None:
+        """A revoked key, user id or encryption subkey is not used."""
+        key = revoked(target)
+        choice = find_key(request_mail(attachments=[key_file(public(key))]), ALICE)
+        assert_not_used(choice, "has been revoked")
+
+    def test_sign_only_key(self) -> None:
+        """A key without any encryption key is not used."""
+        key = new_key(ALICE, encryption_subkey=False)
+        choice = find_key(request_mail(attachments=[key_file(public(key))]), ALICE)
+        assert_not_used(choice, "has no key for encryption")
+
+    def test_forged_user_id(self) -> None:
+        """A user id edited after signing (its self-signature fails) is not trusted."""
+        forged = public_binary(bob()).replace(BOB.encode(), b"eve@example.test")
+        attachment = (forged, "application/pgp-keys", "eve.gpg")
+        choice = find_key(request_mail(attachments=[attachment]), "eve@example.test")
+        assert_not_used(choice, "do not verify")
+
+    def test_malformed_armor(self) -> None:
+        """Armor that is not base64 gives no key and says the key could not be read."""
+        body = f"{BEGIN}\n\nnot base64 !!\n{END}"
+        assert_not_used(find_key(request_mail(body), ALICE), "could not be read")
+
+    def test_armor_without_an_end(self) -> None:
+        """A block that never ends says the key could not be read, and hides no later block."""
+        cut = "My key:\n" + public(alice()).split("-----END")[0]
+        assert_not_used(find_key(request_mail(cut), ALICE), "could not be read")
+        both = cut + "\nSorry, again:\n" + public(alice())
+        assert find_key(request_mail(both), ALICE).fingerprint == fingerprint(alice())
+
+    def test_armor_of_garbage_packets(self) -> None:
+        """Valid base64 that holds no sensible packets gives no key and says so."""
+        block = f"{BEGIN}\n\n"
+        block += base64.b64encode(b"\x99\x01\x0d" + random.Random(7).randbytes(400)).decode()
+        block += f"\n{END}\n"
+        assert_not_used(find_key(request_mail(block), ALICE), "could not be read")
+
+    @pytest.mark.parametrize("armored", [True, False])
+    def test_huge_blob_is_ignored(self, armored: bool) -> None:
+        """Key material above the limit is not parsed; a real key next to it is still found."""
+        blob = b"\x99" + os.urandom(300_000)
+        if armored:
+            text = base64.encodebytes(blob).decode()
+            blob = f"{BEGIN}\n\n{text}{END}\n".encode()
+        huge = (blob, "application/pgp-keys", "huge.asc")
+        assert_not_used(find_key(request_mail(attachments=[huge]), ALICE), "larger than we accept")
+        both = request_mail(attachments=[huge, key_file(public(alice()))])
+        assert find_key(both, ALICE).fingerprint == fingerprint(alice())
+
+    @pytest.mark.parametrize(
+        ("others", "found"), [(MAX_CANDIDATES - 1, True), (MAX_CANDIDATES, False)]
+    )
+    def test_number_of_keys_is_capped(self, others: int, found: bool) -> None:
+        """Only the first few keys of a message are looked at."""
+        files = [key_file(public(key)) for key in strangers()[:others]]
+        choice = find_key(request_mail(attachments=[*files, key_file(public(alice()))]), ALICE)
+        assert (choice.fingerprint == fingerprint(alice())) is found
+        if not found:
+            assert_not_used(choice, "for another address")
+
+    def test_usable_key_wins_over_failures(self) -> None:
+        """An expired key and a key for another address do not hide a usable one."""
+        past = datetime.now(UTC) - timedelta(days=30)
+        expired = new_key(ALICE, created=past, expires=timedelta(days=1))
+        files = [key_file(public(expired)), key_file(public(bob())), key_file(public(alice()))]
+        assert find_key(request_mail(attachments=files), ALICE).fingerprint == fingerprint(alice())
+
+    def test_own_failure_is_told_before_another_address(self) -> None:
+        """With keys for another address and an expired own key, the letter tells of the own key."""
+        past = datetime.now(UTC) - timedelta(days=30)
+        expired = new_key(ALICE, created=past, expires=timedelta(days=1))
+        files = [key_file(public(bob())), key_file(public(expired))]
+        assert_not_used(find_key(request_mail(attachments=files), ALICE), "has expired")
+
+
+class TestPrivateKeys:
+    def test_private_block_in_the_body(self) -> None:
+        """A pasted private key is never used and the reason calls it compromised."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            secret = str(alice())
+        assert "PRIVATE KEY BLOCK" in secret
+        choice = find_key(request_mail("My key:\n" + secret), ALICE)
+        assert choice == KeyChoice(None, None, PRIVATE_KEY_REASON)
+        assert "compromised" in choice.reason
+
+    def test_private_key_spoils_a_public_key_beside_it(self) -> None:
+        """With a private key anywhere in the mail, not even an attached public key is used."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            secret = str(alice())
+        mail = request_mail(secret, attachments=[key_file(public(alice()))])
+        assert find_key(mail, ALICE).reason == PRIVATE_KEY_REASON
+
+    def test_binary_private_key_attached(self) -> None:
+        """A binary secret key file is recognised as private."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            secret = bytes(alice())
+        choice = find_key(request_mail(attachments=[key_file(secret, "alice.gpg")]), ALICE)
+        assert choice.reason == PRIVATE_KEY_REASON
+
+    def test_private_key_labelled_public(self) -> None:
+        """Secret key packets under a PUBLIC KEY BLOCK label are still recognised as private."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            disguised = str(alice()).replace("PRIVATE KEY BLOCK", "PUBLIC KEY BLOCK")
+        choice = find_key(request_mail(attachments=[key_file(disguised)]), ALICE)
+        assert choice.reason == PRIVATE_KEY_REASON
+
+
+class TestHostileInput:
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"",
+            b"\xff\xfe\x00garbage",
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n",
+            b"Content-Type: text/plain; charset=no-such-charset\r\n\r\n-----BEGIN PGP PUBLIC KEY",
+            b"Content-Type: application/pgp-keys\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!",
+        ],
+    )
+    def test_broken_mails(self, raw: bytes) -> None:
+        """Broken mails give no key and never raise."""
+        assert find_key(raw, ALICE).key_armored is None
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.binary(max_size=2000))
+    def test_arbitrary_bytes_never_raise(self, raw: bytes) -> None:
+        """Any bytes at all give a KeyChoice without a key."""
+        assert find_key(raw, ALICE).key_armored is None
+
+    def test_no_warnings_escape_and_filters_stay(self) -> None:
+        """pgpy's warnings are silenced locally; the global warning filters stay as they were."""
+        before = list(warnings.filters)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            choice = find_key(request_mail(attachments=[key_file(public(alice()))]), ALICE)
+            assert choice.key_armored is not None
+            encrypt(ZIP_BYTES, choice.key_armored, EXPORT_NAME)
+        assert warnings.filters == before
+
+
+# -- encrypting ----------------------------------------------------------------------------
+
+
+class TestEncrypt:
+    def test_round_trip(self) -> None:
+        """The secret key decrypts the export, the file name is kept, the subkey is recipient."""
+        choice = find_key(request_mail(attachments=[key_file(public(alice()))]), ALICE)
+        assert choice.key_armored is not None
+        ciphertext = encrypt(ZIP_BYTES, choice.key_armored, EXPORT_NAME)
+        assert ZIP_BYTES not in ciphertext
+        plain, name, encrypters = decrypt_with_pgpy(alice(), ciphertext)
+        assert (plain, name) == (ZIP_BYTES, EXPORT_NAME)
+        assert encrypters == set(alice().subkeys)
+
+    def test_stored_key_that_expired_since(self) -> None:
+        """A stored key that has expired by the time of the export is refused."""
+        past = datetime.now(UTC) - timedelta(days=30)
+        key = new_key(ALICE, created=past, expires=timedelta(days=1))
+        with pytest.raises(EncryptionError, match="no longer usable"):
+            encrypt(ZIP_BYTES, public(key), EXPORT_NAME)
+
+    def test_private_key_is_refused(self) -> None:
+        """encrypt never works from a private key."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            secret = str(alice())
+        with pytest.raises(EncryptionError, match="public key"):
+            encrypt(ZIP_BYTES, secret, EXPORT_NAME)
+
+    def test_garbage_key(self) -> None:
+        """An unreadable stored key raises EncryptionError, a SarbotError."""
+        with pytest.raises(EncryptionError, match="could not be read") as caught:
+            encrypt(ZIP_BYTES, f"{BEGIN}\nxx\n", EXPORT_NAME)
+        assert isinstance(caught.value, SarbotError)
+
+    @pytest.mark.parametrize(
+        "name", ["", "../evil.zip", "dir/x.zip", "a\\b.zip", "é.zip", "x" * 256]
+    )
+    def test_bad_file_names(self, name: str) -> None:
+        """File names with paths, non-ASCII or bad lengths are refused."""
+        with pytest.raises(EncryptionError, match="file name"):
+            encrypt(ZIP_BYTES, public(alice()), name)
+
+
+# -- real GnuPG ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GnuPG:
+    home: str
+
+    def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+        command = ["gpg", "--batch", "--no-tty", "--pinentry-mode", "loopback", "--passphrase", ""]
+        result = subprocess.run(
+            [*command, *args],
+            capture_output=True,
+            cwd=cwd,
+            env={**os.environ, "GNUPGHOME": self.home, "LC_ALL": "C"},
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"gpg {' '.join(args)} failed:\n{result.stderr.decode()}", pytrace=False)
+        return result
+
+    def generate(self, uid: str, algo: str, usage: str, expire: str, *extra: str) -> str:
+        """Generate a key, returning its fingerprint."""
+        self.run(*extra, "--quick-gen-key", uid, algo, usage, expire)
+        listing = self.run("--with-colons", "--list-keys", uid).stdout.decode()
+        return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+    def export(self, fpr: str) -> str:
+        return self.run("--armor", "--export", fpr).stdout.decode()
+
+
+@pytest.fixture(scope="module")
+def gnupg() -> Iterator[GnuPG]:
+    """A throw-away GnuPG home (short path: the agent's socket lives in it)."""
+    if shutil.which("gpg") is None:
+        pytest.fail("gpg is not installed; the interoperability tests need GnuPG", pytrace=False)
+    home = tempfile.mkdtemp(prefix="gpg-", dir="/tmp")
+    yield GnuPG(home)
+    subprocess.run(
+        [shutil.which("gpgconf") or "gpgconf", "--kill", "all"],
+        env={**os.environ, "GNUPGHOME": home},
+        capture_output=True,
+        check=False,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+class TestGnuPG:
+    def test_gnupg_decrypts_and_restores_the_file_name(self, gnupg: GnuPG, tmp_path: Path) -> None:
+        """gpg decrypts the export (AES-256, MDC, binary) and writes it under its embedded name."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (tmp_path / "alice.asc").write_text(str(alice()))
+        gnupg.run("--import", str(tmp_path / "alice.asc"))
+        choice = find_key(request_mail(attachments=[key_file(public(alice()))]), ALICE)
+        assert choice.key_armored is not None
+        (tmp_path / "export.pgp").write_bytes(encrypt(ZIP_BYTES, choice.key_armored, EXPORT_NAME))
+        out = tmp_path / "out"
+        out.mkdir()
+        result = gnupg.run(
+            "--status-fd",
+            "1",
+            "--use-embedded-filename",
+            "--decrypt",
+            str(tmp_path / "export.pgp"),
+            cwd=out,
+        )
+        status = result.stdout.decode()
+        assert (out / EXPORT_NAME).read_bytes() == ZIP_BYTES
+        assert [p.name for p in out.iterdir()] == [EXPORT_NAME]
+        assert "[GNUPG:] DECRYPTION_INFO 2 9" in status  # MDC, AES-256
+        assert "[GNUPG:] PLAINTEXT 62 " in status and EXPORT_NAME in status  # binary
+        assert "[GNUPG:] GOODMDC" in status and "DECRYPTION_OKAY" in status
+
+    def test_gnupg_made_curve25519_key(self, gnupg: GnuPG, tmp_path: Path) -> None:
+        """A GnuPG ed25519/cv25519 key is chosen, and gpg decrypts what is encrypted to it."""
+        fpr = gnupg.generate("Carol <carol@example.test>", "future-default", "default", "1y")
+        mail = request_mail(attachments=[key_file(gnupg.export(fpr), "carol.asc")])
+        choice = find_key(mail, "carol@example.test")
+        assert choice.fingerprint == fpr and choice.key_armored is not None
+        (tmp_path / "export.pgp").write_bytes(encrypt(ZIP_BYTES, choice.key_armored, EXPORT_NAME))
+        result = gnupg.run("--output", "-", "--decrypt", str(tmp_path / "export.pgp"))
+        assert result.stdout == ZIP_BYTES
+
+    def test_gnupg_expired_key(self, gnupg: GnuPG) -> None:
+        """A key GnuPG made in 2020 with a one-day lifetime counts as expired."""
+        fpr = gnupg.generate(
+            "Dan <dan@example.test>",
+            "future-default",
+            "default",
+            "1d",
+            "--faked-system-time",
+            "20200101T000000",
+        )
+        choice = find_key(request_mail(gnupg.export(fpr)), "dan@example.test")
+        assert_not_used(choice, "has expired")
+
+    def test_gnupg_expired_encryption_subkey(self, gnupg: GnuPG) -> None:
+        """A valid key whose only encryption subkey expired has nothing to encrypt to.
+
+        pgpy cannot put an expiry on a subkey binding, so GnuPG makes this key.
+        """
+        past = ("--faked-system-time", "20200101T000000")
+        fpr = gnupg.generate("Gil <gil@example.test>", "ed25519", "sign", "never", *past)
+        gnupg.run(*past, "--quick-add-key", fpr, "cv25519", "encr", "1d")
+        choice = find_key(request_mail(gnupg.export(fpr)), "gil@example.test")
+        assert_not_used(choice, "has expired")
+
+    def test_gnupg_revoked_key(self, gnupg: GnuPG, tmp_path: Path) -> None:
+        """A key revoked with GnuPG's own revocation certificate counts as revoked."""
+        fpr = gnupg.generate("Erin <erin@example.test>", "future-default", "default", "1y")
+        certificate = Path(gnupg.home, "openpgp-revocs.d", f"{fpr}.rev").read_text()
+        # GnuPG puts a colon before the armor so that the certificate is not imported by accident.
+        (tmp_path / "rev.asc").write_text(certificate.replace(":-----BEGIN", "-----BEGIN"))
+        gnupg.run("--import", str(tmp_path / "rev.asc"))
+        choice = find_key(request_mail(gnupg.export(fpr)), "erin@example.test")
+        assert_not_used(choice, "has been revoked")
+
+    def test_gnupg_sign_only_key(self, gnupg: GnuPG) -> None:
+        """A GnuPG ed25519 signing key without a subkey has no key for encryption."""
+        fpr = gnupg.generate("Fay <fay@example.test>", "ed25519", "sign", "never")
+        choice = find_key(request_mail(gnupg.export(fpr)), "fay@example.test")
+        assert_not_used(choice, "has no key for encryption")
