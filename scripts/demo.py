@@ -36,6 +36,10 @@ name = "Red Train IT Ltd"
 email = "{support}"
 website = "https://www.redtrain.test"
 privacy_contact = "privacy@redtrain.test"
+processor_notice = \"\"\"Where we offer managed services, such as the Red Train Cloud, our clients \
+store data on our servers. That data is our clients' responsibility: we have no control over it \
+and do not disclose it unless the law requires us to. To see data an organisation stores in the \
+Red Train Cloud, please ask that organisation.\"\"\"
 
 [imap]
 host = "127.0.0.1"
