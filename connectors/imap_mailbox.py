@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from sarbot.addresses import InvalidAddress, domain_of, normalize_address
 from sarbot.config import Section
-from sarbot.connector import Identifier, Identity, JSONValue, Record
+from sarbot.connector import OTHER_PERSON, Identifier, Identity, JSONValue, Record
 from sarbot.errors import ConnectorError
 from sarbot.guards import LOOP_HEADER
 from sarbot.message import decode_header_value
@@ -252,25 +252,38 @@ class ImapMailboxConnector:
             notes.append(PART_UNREADABLE_NOTE)
         if self._mentions_others(headers, wanted):
             notes.append(OTHER_PEOPLE_NOTE)
+        shown = self._shown_parties(headers, wanted)
         fields: dict[str, JSONValue] = {
             "Date": _date(message),
-            "From": ", ".join(party.shown for party in headers.parties["From"]),
-            "To": headers.shown("To"),
-            "Cc": headers.shown("Cc"),
-            "Reply-To": headers.shown("Reply-To"),
+            "From": ", ".join(shown["From"]),
+            "To": list(shown["To"]),
+            "Cc": list(shown["Cc"]),
+            "Reply-To": list(shown["Reply-To"]),
             "Subject": headers.subject,
             "Text": text,
             "Attachments": attachments,
         }
         return Record(CATEGORY, fields, found_by, location=location, notes=tuple(notes), key=key)
 
+    def _is_other(self, party: Party, wanted: Mapping[str, Identifier]) -> bool:
+        """Anyone but the person and the company (an unreadable party counts as another)."""
+        return party.address is None or (
+            party.address not in wanted and domain_of(party.address) not in self.company_domains
+        )
+
+    def _shown_parties(
+        self, headers: Headers, wanted: Mapping[str, Identifier]
+    ) -> dict[str, list[str]]:
+        """Each address header as shown, other people's addresses withheld."""
+        return {
+            name: [OTHER_PERSON if self._is_other(p, wanted) else p.shown for p in parties]
+            for name, parties in headers.parties.items()
+        }
+
     def _mentions_others(self, headers: Headers, wanted: Mapping[str, Identifier]) -> bool:
         """True if anyone but the person and the company is named in From, To or Cc."""
         return any(
-            party.address is None
-            or (
-                party.address not in wanted and domain_of(party.address) not in self.company_domains
-            )
+            self._is_other(party, wanted)
             for parties in headers.parties.values()
             for party in parties
         )

@@ -21,7 +21,7 @@ from connectors.imap_mailbox import (
     imap_search_criteria,
 )
 from sarbot.config import validate
-from sarbot.connector import Identifier, Identity, Record
+from sarbot.connector import OTHER_PERSON, Identifier, Identity, Record
 from sarbot.errors import ConfigError, ConnectorError
 from sarbot.guards import LOOP_HEADER
 from sarbot.testing import Correspondent, MailServer
@@ -274,6 +274,18 @@ class TestContent:
         records = collect(tmp_path, contact, alice)
         assert [r.notes for r in records] == [(), (OTHER_PEOPLE_NOTE,)]
 
+    def test_other_peoples_addresses_are_withheld(
+        self, tmp_path: Path, contact: Correspondent, alice: str
+    ) -> None:
+        """Addresses of people other than the person and the company never leave."""
+        put(
+            contact, mail(alice, contact.address, "with bob", cc=f"Bob <bob@example.test>, {alice}")
+        )
+        [record] = collect(tmp_path, contact, alice)
+        assert record.fields["Cc"] == [OTHER_PERSON, alice]
+        assert record.fields["To"] == [contact.address]
+        assert "bob@" not in repr(record.fields)
+
 
 class TestMalformed:
     def test_malformed_mail_is_reported_not_fatal(
@@ -294,7 +306,7 @@ class TestMalformed:
         assert len(records) == 3
         broken, placeholder, fine = records
         assert broken.fields["From"] == alice
-        assert broken.fields["To"] == [f"{contact.address}, a@"]
+        assert broken.fields["To"] == [OTHER_PERSON]  # unreadable: it may name anyone
         assert broken.fields["Date"] == "yesterday"
         assert isinstance(broken.fields["Text"], str)
         assert PART_UNREADABLE_NOTE in broken.notes
