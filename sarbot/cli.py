@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from sarbot import db
 from sarbot.app import App
+from sarbot.audit import verify as verify_trail
 from sarbot.errors import SarbotError
 from sarbot.lifecycle import audit
 from sarbot.logging import configure_logging
@@ -147,6 +148,28 @@ def connectors_check(ctx: click.Context) -> None:
             configured.connector.close()
     if failures:
         ctx.exit(1)
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """The audit trail."""
+
+
+@audit_group.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Check the audit trail's hash chain; name the first broken link."""
+    app = _app(ctx)
+    with app.sessions() as session:
+        result = verify_trail(session)
+    if result.intact:
+        click.echo(f"audit trail intact: {result.events} events")
+        return
+    click.echo(
+        f"audit trail BROKEN at event {result.broken_at}: {result.problem} "
+        f"({result.events} events verified before it)"
+    )
+    ctx.exit(1)
 
 
 @cli.group("requests")

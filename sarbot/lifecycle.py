@@ -6,7 +6,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from sarbot.models import AuditEvent, Request
+from sarbot.audit import append
+from sarbot.models import Request
 from sarbot.states import ALLOWED, RequestState
 
 
@@ -44,14 +45,13 @@ def audit(
     from_state: RequestState | None = None,
 ) -> None:
     """Record an event about a request (or about no request) in the audit trail."""
-    session.add(
-        AuditEvent(
-            request=request,
-            at=at,
-            event=event,
-            from_state=from_state.value if from_state else None,
-            to_state=request.state.value if (request is not None and from_state) else None,
-            reason=reason,
-            actor=actor,
-        )
+    append(
+        session,
+        request,
+        at=at,
+        event=event,
+        from_state=from_state.value if from_state else None,
+        to_state=request.state.value if (request is not None and from_state) else None,
+        reason=reason,
+        actor=actor,
     )

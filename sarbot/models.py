@@ -110,8 +110,20 @@ class AuditEvent(Base):
     to_state: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str] = mapped_column(String(64), default="daemon")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
 
-    request: Mapped[Request | None] = relationship(back_populates="audit")
+    request: Mapped[Request | None] = relationship(back_populates="audit", viewonly=True)
+
+
+class AuditHead(Base):
+    """The newest link of the audit chain: one row, locked by every writer of the trail."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class MailboxPosition(Base):

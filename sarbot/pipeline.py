@@ -192,21 +192,21 @@ class Pipeline:
             log.warning("mail.refused", **fields)
 
     async def _move_handled(self, uidvalidity: int) -> None:
+        """Move handled request mails to the processed folder (no transaction held meanwhile)."""
+        with self.sessions() as session:
+            pending = session.execute(
+                select(SeenMessage.id, SeenMessage.uid, SeenMessage.uidvalidity)
+                .where(SeenMessage.move_pending.is_(True))
+                .where(SeenMessage.folder == self.settings.imap.folder)
+            ).all()
+        if not pending:
+            return
+        uids = [uid for _, uid, validity in pending if validity == uidvalidity]
+        target = self.settings.imap.processed_folder
+        await self.mailbox.call(self.mailbox.mailbox.move, uids, target)
         with self.sessions.begin() as session:
-            pending = list(
-                session.scalars(
-                    select(SeenMessage)
-                    .where(SeenMessage.move_pending.is_(True))
-                    .where(SeenMessage.folder == self.settings.imap.folder)
-                )
-            )
-            uids = [seen.uid for seen in pending if seen.uidvalidity == uidvalidity]
-            if not pending:
-                return
-            target = self.settings.imap.processed_folder
-            await self.mailbox.call(self.mailbox.mailbox.move, uids, target)
-            for seen in pending:
-                seen.move_pending = False
+            for row_id, _, _ in pending:
+                session.get_one(SeenMessage, row_id).move_pending = False
         self.log.info("mail.moved", count=len(uids), folder=target)
 
     # -- expiry ----------------------------------------------------------------------

@@ -17,7 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from sarbot import db
+from sarbot.app import App
 from sarbot.cli import cli
+from sarbot.lifecycle import audit
+from sarbot.models import utcnow
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from tests.conftest import CA_FILE, unique
 from tests.servers import free_port
@@ -214,3 +217,21 @@ class TestConnectorCommands:
         code, output = invoke(config, "connectors", "list")
         assert code == 0
         assert "installed types: " in output and "keepass" in output and "sql" in output
+
+
+class TestAuditCommand:
+    def test_verify_reports_intact_then_broken(self, tmp_path: Path) -> None:
+        """``audit verify`` passes on a sound trail and names the row someone edited."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        invoke(config, "db", "upgrade")
+        app = App.load(config)
+        with app.sessions.begin() as session:
+            for n in range(3):
+                audit(session, None, f"test.{n}", at=utcnow())
+        assert invoke(config, "audit", "verify") == (0, "audit trail intact: 3 events\n")
+        with app.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER audit_events_no_update")
+            connection.exec_driver_sql("UPDATE audit_events SET reason = 'forged' WHERE id = 2")
+        code, output = invoke(config, "audit", "verify")
+        assert code == 1
+        assert output.startswith("audit trail BROKEN at event 2: its content was changed")

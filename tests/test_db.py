@@ -12,7 +12,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, select, text
 
 from sarbot import db
+from sarbot.audit import verify
 from sarbot.errors import ConfigError
+from sarbot.lifecycle import audit
 from sarbot.models import Base, Request
 from sarbot.states import RequestState
 from tests.servers import postgres_server
@@ -90,4 +92,89 @@ class TestPostgres:
         engine = db.make_engine(postgres_url)
         assert_schema_matches_models(engine)
         round_trip(engine)
+        engine.dispose()
+
+
+class TestAuditChain:
+    def engine(self, tmp_path: Path) -> Engine:
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        db.upgrade(engine)
+        return engine
+
+    def add_events(self, engine: Engine, count: int) -> None:
+        with db.session_factory(engine).begin() as session:
+            for n in range(count):
+                audit(session, None, f"test.{n}", at=datetime(2026, 1, 1, tzinfo=UTC), reason="x")
+
+    def test_events_form_an_intact_chain(self, tmp_path: Path) -> None:
+        """Events written through sarbot verify, each linked to the one before."""
+        engine = self.engine(tmp_path)
+        self.add_events(engine, 5)
+        with db.session_factory(engine)() as session:
+            result = verify(session)
+        assert (result.intact, result.events) == (True, 5)
+
+    def test_the_table_refuses_updates_and_deletes(self, tmp_path: Path) -> None:
+        """The database itself refuses to change or remove an event."""
+        engine = self.engine(tmp_path)
+        self.add_events(engine, 1)
+        for sql in ("UPDATE audit_events SET reason = 'y'", "DELETE FROM audit_events"):
+            with pytest.raises(Exception, match="append-only"), engine.begin() as connection:
+                connection.exec_driver_sql(sql)
+
+    @pytest.mark.parametrize(
+        ("tamper", "broken_at"),
+        [
+            ("UPDATE audit_events SET reason = 'nothing happened' WHERE id = 3", 3),
+            ("DELETE FROM audit_events WHERE id = 2", 3),
+            ("UPDATE audit_events SET at = '2025-01-01 00:00:00' WHERE id = 4", 4),
+            ("DELETE FROM audit_events WHERE id = 5", 4),
+        ],
+    )
+    def test_an_edit_behind_the_triggers_breaks_the_chain(
+        self, tmp_path: Path, tamper: str, broken_at: int
+    ) -> None:
+        """Someone who drops the triggers and edits a row is caught at that row."""
+        engine = self.engine(tmp_path)
+        self.add_events(engine, 5)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER audit_events_no_update")
+            connection.exec_driver_sql("DROP TRIGGER audit_events_no_delete")
+            connection.exec_driver_sql(tamper)
+        with db.session_factory(engine)() as session:
+            result = verify(session)
+        assert not result.intact
+        assert result.broken_at == broken_at
+
+    def test_existing_events_are_chained_by_the_migration(self, tmp_path: Path) -> None:
+        """A database from before the chain gets its old events chained on upgrade."""
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        db.upgrade(engine, "0003")
+        with engine.begin() as connection:
+            for n in range(3):
+                connection.execute(
+                    text(
+                        "INSERT INTO audit_events (at, event, reason, actor) "
+                        "VALUES (:at, :event, 'r', 'daemon')"
+                    ),
+                    {"at": f"2026-01-0{n + 1} 10:00:00.000001", "event": f"old.{n}"},
+                )
+        db.upgrade(engine)
+        self.add_events(engine, 2)
+        with db.session_factory(engine)() as session:
+            result = verify(session)
+        assert (result.intact, result.events) == (True, 5)
+
+
+class TestPostgresAuditChain:
+    def test_the_trail_is_append_only_on_postgresql(self, postgres_url: str) -> None:
+        """PostgreSQL refuses changes to the trail too, and the chain verifies."""
+        engine = db.make_engine(postgres_url)
+        db.upgrade(engine)
+        with db.session_factory(engine).begin() as session:
+            audit(session, None, "pg.test", at=datetime(2026, 1, 1, tzinfo=UTC))
+        with pytest.raises(Exception, match="append-only"), engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE audit_events SET reason = 'y'")
+        with db.session_factory(engine)() as session:
+            assert verify(session).intact
         engine.dispose()
