@@ -16,7 +16,7 @@ from sarbot import db
 from sarbot.app import App
 from sarbot.audit import verify as verify_trail
 from sarbot.errors import SarbotError
-from sarbot.lifecycle import audit
+from sarbot.lifecycle import audit, transition
 from sarbot.logging import configure_logging
 from sarbot.models import Request, utcnow
 from sarbot.registry import check_connector
@@ -232,6 +232,26 @@ def requests_show(ctx: click.Context, reference: str, as_json: bool) -> None:
             click.echo(f"{key:>13}: {'' if value is None else value}")
     click.echo("\naudit trail:")
     _table(detail["audit"], ["at", "event", "reason"])
+
+
+@requests_group.command("approve")
+@click.argument("reference")
+@click.pass_context
+def requests_approve(ctx: click.Context, reference: str) -> None:
+    """Let a request that waits for review go on (to collection once its sender confirmed)."""
+    app = _app(ctx)
+    with app.sessions.begin() as session:
+        request = session.scalar(select(Request).where(Request.reference == reference))
+        if request is None:
+            raise click.ClickException(f"no request {reference}")
+        if request.state is not RequestState.NEEDS_REVIEW:
+            raise click.ClickException(f"{reference} is {request.state.value}, not needs_review")
+        to = RequestState.CONFIRMED if request.confirmed_at else RequestState.AWAITING_CONFIRMATION
+        request.review_reason = None
+        transition(
+            session, request, to, at=utcnow(), reason="approved by an operator", actor=_actor()
+        )
+    click.echo(f"{reference}: approved; now {to.value}")
 
 
 @requests_group.command("deliver")

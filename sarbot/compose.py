@@ -78,6 +78,25 @@ class Composer:
         )
         return message
 
+    def acknowledgement_verified(
+        self, request: Request, *, message_id: str, now: datetime
+    ) -> EmailMessage:
+        """The acknowledgement when the sender was authenticated and no challenge is needed."""
+        message = self._base(
+            request, subject="We have received your data request", message_id=message_id, now=now
+        )
+        message.set_content(
+            self.templates.render(
+                "acknowledgement_verified.txt",
+                controller=self.controller,
+                reference=request.reference,
+                email=request.email,
+                authentication=request.authentication or "",
+                encryption_note=request.encryption_note or "",
+            )
+        )
+        return message
+
     def expiry_notice(self, request: Request, *, message_id: str, now: datetime) -> EmailMessage:
         message = self._base(
             request, subject="Your data request has expired", message_id=message_id, now=now

@@ -106,7 +106,10 @@ class RequestSettings(Section):
     reference_prefix: str = Field(default="SAR", pattern=r"^[A-Z]{2,10}$")
     confirmation_expiry_days: float = Field(default=14.0, gt=0)
     acks_per_sender_per_day: int = Field(default=3, ge=1)
+    acks_per_domain_per_day: int = Field(default=20, ge=1)
+    acks_per_hour: int = Field(default=60, ge=1)
     max_confirmation_attempts: int = Field(default=5, ge=1)
+    max_confirmation_attempts_per_sender: int = Field(default=10, ge=1)
 
 
 WEAK_KINDS = frozenset({"ip", "name", "hostname"})
@@ -144,6 +147,23 @@ class CollectionSettings(Section):
         if weak:
             raise ValueError(f"{', '.join(weak)} can identify several people and is never followed")
         return value
+
+
+class VerificationSettings(Section):
+    mode: Literal["reply", "reply_or_dmarc", "manual"] = "reply"
+    trusted_authserv_ids: tuple[str, ...] = ()
+    alignment: Literal["relaxed", "strict"] = "relaxed"
+    verify_dkim: bool = False
+    dns_server: str | None = Field(default=None, pattern=r"^[0-9A-Za-z.:\[\]-]+(:\d+)?$")
+
+    @model_validator(mode="after")
+    def _evidence_for_dmarc(self) -> VerificationSettings:
+        if self.mode == "reply_or_dmarc" and not (self.trusted_authserv_ids or self.verify_dkim):
+            raise ValueError(
+                'mode "reply_or_dmarc" needs trusted_authserv_ids or verify_dkim = true, '
+                "or no message could ever be authenticated"
+            )
+        return self
 
 
 class StorageSettings(Section):
@@ -197,6 +217,7 @@ class Settings(Section):
     smtp: SmtpSettings
     storage: StorageSettings
     requests: RequestSettings = RequestSettings()
+    verification: VerificationSettings = VerificationSettings()
     collection: CollectionSettings = CollectionSettings()
     export: ExportSettings = ExportSettings()
     logging: LoggingSettings = LoggingSettings()

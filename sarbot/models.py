@@ -86,6 +86,9 @@ class Request(Base):
     partial_reason: Mapped[str | None] = mapped_column(Text)
     pgp_key: Mapped[str | None] = mapped_column(Text)
     encryption_note: Mapped[str | None] = mapped_column(Text)
+    authentication: Mapped[str | None] = mapped_column(Text)
+    authenticated: Mapped[bool] = mapped_column(Boolean, default=False)
+    review_reason: Mapped[str | None] = mapped_column(Text)
 
     audit: Mapped[list[AuditEvent]] = relationship(
         back_populates="request", order_by="AuditEvent.id", cascade="all, delete-orphan"

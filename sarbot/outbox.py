@@ -52,14 +52,20 @@ def due(session: Session, now: datetime) -> list[OutgoingMail]:
     return list(session.scalars(query))
 
 
-def acknowledgements_since(session: Session, recipient: str, since: datetime) -> int:
+def acknowledgements_since(
+    session: Session, since: datetime, *, recipient: str | None = None, domain: str | None = None
+) -> int:
+    """Acknowledgements queued since a moment: to one address, one domain, or at all."""
     query = (
         select(func.count())
         .select_from(OutgoingMail)
         .where(OutgoingMail.kind == MailKind.ACKNOWLEDGEMENT)
-        .where(OutgoingMail.recipient == recipient)
         .where(OutgoingMail.created_at > since)
     )
+    if recipient is not None:
+        query = query.where(OutgoingMail.recipient == recipient)
+    if domain is not None:
+        query = query.where(OutgoingMail.recipient.endswith("@" + domain))
     return int(session.scalar(query) or 0)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
+from sarbot.acknowledge import Acknowledger
 from sarbot.addresses import mask_address
 from sarbot.classify import Classification, Classifier, Kind
 from sarbot.collect import Collector
@@ -33,7 +34,7 @@ from sarbot.render import Templates
 from sarbot.states import Outcome, RequestState
 from sarbot.verify import Verdict, Verifier
 
-MOVED_OUTCOMES = frozenset({Outcome.REQUEST, Outcome.CONFIRMATION})
+MOVED_OUTCOMES = frozenset({Outcome.REQUEST, Outcome.CONFIRMATION, Outcome.JOINED})
 
 
 class Pipeline:
@@ -63,6 +64,7 @@ class Pipeline:
         engine = sessions.kw["bind"]
         self.deliverer = Deliverer(settings, sessions, engine, mailer, self.log, clock)
         self.verifier = Verifier(settings, self.composer)
+        self.acknowledger = Acknowledger(settings, self.composer)
         self.classifier = Classifier(
             own_address=settings.controller.email,
             message_id_domain=settings.message_id_domain,
@@ -172,7 +174,7 @@ class Pipeline:
         if info.size > self.settings.imap.max_message_bytes:
             return Verdict(Outcome.TOO_LARGE, reason=f"{info.size} bytes")
         if found.kind is Kind.REQUEST:
-            return self.verifier.open_request(session, mail, now=now, log=log)
+            return self.acknowledger.open(session, mail, now=now, log=log)
         return self.verifier.check_reply(session, mail, found, now=now)
 
     def _log_verdict(
@@ -212,12 +214,14 @@ class Pipeline:
     # -- expiry ----------------------------------------------------------------------
 
     def expire(self) -> bool:
+        """Expire unconfirmed requests, and acknowledge those that waited for a cap."""
         now = self.clock()
         with self.sessions.begin() as session:
             expired = self.verifier.expire_due(session, now=now)
             for request in expired:
                 self.log.info("request.expired", reference=request.reference)
-        return bool(expired)
+            acknowledged = self.acknowledger.send_waiting(session, now=now, log=self.log)
+        return bool(expired) or acknowledged > 0
 
     # -- collect and package ---------------------------------------------------------
 

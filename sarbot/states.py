@@ -28,12 +28,14 @@ TERMINAL = frozenset(
 
 _S = RequestState
 ALLOWED: dict[RequestState, frozenset[RequestState]] = {
-    _S.RECEIVED: frozenset({_S.AWAITING_CONFIRMATION, _S.NEEDS_REVIEW, _S.REJECTED}),
+    _S.RECEIVED: frozenset({_S.AWAITING_CONFIRMATION, _S.CONFIRMED, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.AWAITING_CONFIRMATION: frozenset({_S.CONFIRMED, _S.EXPIRED, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.CONFIRMED: frozenset({_S.COLLECTING, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.COLLECTING: frozenset({_S.READY, _S.NEEDS_REVIEW, _S.FAILED}),
     _S.READY: frozenset({_S.DELIVERED, _S.COLLECTING, _S.NEEDS_REVIEW, _S.FAILED}),
-    _S.NEEDS_REVIEW: frozenset({_S.CONFIRMED, _S.READY, _S.REJECTED, _S.FAILED}),
+    _S.NEEDS_REVIEW: frozenset(
+        {_S.AWAITING_CONFIRMATION, _S.CONFIRMED, _S.READY, _S.REJECTED, _S.FAILED}
+    ),
     _S.DELIVERED: frozenset(),
     _S.EXPIRED: frozenset(),
     _S.REJECTED: frozenset(),
@@ -67,3 +69,4 @@ class Outcome(StrEnum):
     INVALID_SENDER = "invalid_sender"
     UNRELATED_REPLY = "unrelated_reply"
     UNREADABLE = "unreadable"
+    JOINED = "joined"

@@ -1,9 +1,11 @@
-"""Opening a request with a challenge, and checking the replies that answer it.
+"""Checking the replies that answer a challenge, and expiring what was never confirmed.
 
-The identity of a request is the normalised From address of the request mail.
+The identity of a request is the normalised From address of the request mail;
 sarbot writes only to that address.  A confirmation must come from the same
 address and prove it read the acknowledgement: it cites the challenge token,
-or it quotes the reference together with the confirmation code.
+or it quotes the reference together with the confirmation code.  Wrong
+tokens and codes are limited per request and per address.  (Opening a request
+and sending the challenge is ``sarbot.acknowledge``'s job.)
 """
 
 from __future__ import annotations
@@ -11,28 +13,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from structlog.typing import FilteringBoundLogger
 
 from sarbot import outbox
-from sarbot.addresses import InvalidAddress, mask_address, single_sender
+from sarbot.addresses import InvalidAddress, single_sender
 from sarbot.challenge import (
-    challenge_message_id,
     cited_tokens,
-    digest,
     matches,
-    new_challenge,
     quoted_codes,
 )
 from sarbot.classify import Classification
 from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.encryption import find_key
 from sarbot.lifecycle import audit, transition
 from sarbot.message import IncomingMail
-from sarbot.models import Request
-from sarbot.reference import next_reference
+from sarbot.models import AuditEvent, Request
 from sarbot.states import MailKind, Outcome, RequestState
 
 
@@ -48,65 +44,6 @@ class Verifier:
         self.settings = settings
         self.composer = composer
         self.domain = settings.message_id_domain
-
-    def open_request(
-        self, session: Session, mail: IncomingMail, *, now: datetime, log: FilteringBoundLogger
-    ) -> Verdict:
-        """Create a request for a new request mail and queue its acknowledgement."""
-        try:
-            sender = single_sender(mail.header("from"))
-        except InvalidAddress as exc:
-            return Verdict(Outcome.INVALID_SENDER, reason=str(exc))
-        limits = self.settings.requests
-        sent = outbox.acknowledgements_since(session, sender, now - timedelta(days=1))
-        if sent >= limits.acks_per_sender_per_day:
-            log.warning("request.rate_limited", sender=mask_address(sender), acks_today=sent)
-            return Verdict(Outcome.RATE_LIMITED, reason="acknowledgement limit reached")
-        challenge = new_challenge()
-        request = Request(
-            reference=next_reference(session, limits.reference_prefix, now.year),
-            email=sender,
-            state=RequestState.RECEIVED,
-            attempts=0,
-            token_hash=challenge.token_hash,
-            code_hash=challenge.code_hash,
-            confirmation_failures=0,
-            request_message_id=mail.message_id,
-            thread="",
-            received_at=now,
-            expires_at=now + timedelta(days=limits.confirmation_expiry_days),
-        )
-        request.add_to_thread(mail.message_id)
-        key = find_key(mail.raw, sender)
-        request.pgp_key, request.encryption_note = key.key_armored, key.reason
-        session.add(request)
-        audit(
-            session, request, "request.received", at=now, reason="request mail from the requester"
-        )
-        if key.fingerprint:
-            audit(session, request, "request.encryption_key", at=now, reason=key.fingerprint)
-        message_id = challenge_message_id(request.reference, challenge.token, self.domain)
-        ack = self.composer.acknowledgement(
-            request, code=challenge.code, message_id=message_id, now=now
-        )
-        # The acknowledgement's Message-ID carries the challenge: only its digest is kept, and
-        # it stays out of the thread (the confirmation, which cites it, threads the answer).
-        outbox.queue(
-            session,
-            request,
-            MailKind.ACKNOWLEDGEMENT,
-            message_id="sha256:" + digest(message_id),
-            raw=as_bytes(ack),
-            now=now,
-        )
-        transition(
-            session,
-            request,
-            RequestState.AWAITING_CONFIRMATION,
-            at=now,
-            reason="acknowledgement queued",
-        )
-        return Verdict(Outcome.REQUEST, request)
 
     def check_reply(
         self, session: Session, mail: IncomingMail, found: Classification, *, now: datetime
@@ -128,6 +65,12 @@ class Verifier:
                 reason="reply from another address",
             )
             return Verdict(Outcome.CONFIRMATION_REFUSED, request, "sender does not match")
+        if request.state is RequestState.NEEDS_REVIEW and request.confirmed_at is None:
+            # The operator decides; the reply still proves the mailbox, for when they approve.
+            request.confirmed_at = now
+            request.add_to_thread(mail.message_id)
+            audit(session, request, "confirmation.recorded", at=now, reason=f"cites the {proof}")
+            return Verdict(Outcome.CONFIRMATION, request)
         if request.state is not RequestState.AWAITING_CONFIRMATION:
             audit(
                 session,
@@ -142,21 +85,35 @@ class Verifier:
                 session, request, "confirmation.refused", at=now, reason="confirmation after expiry"
             )
             return Verdict(Outcome.CONFIRMATION_REFUSED, request, "request expired")
-        if request.confirmation_failures >= self.settings.requests.max_confirmation_attempts:
+        if self._too_many_failures(session, request, now):
             audit(
                 session, request, "confirmation.refused", at=now, reason="too many failed attempts"
             )
             return Verdict(Outcome.CONFIRMATION_REFUSED, request, "too many failed attempts")
         request.confirmed_at = now
         request.add_to_thread(mail.message_id)
-        transition(
-            session,
-            request,
-            RequestState.CONFIRMED,
-            at=now,
-            reason=f"reply from the requester citing the {proof}",
-        )
+        reason = f"reply from the requester citing the {proof}"
+        if self.settings.verification.mode == "manual":
+            request.review_reason = "manual verification: an operator approves every request"
+            transition(session, request, RequestState.NEEDS_REVIEW, at=now, reason=reason)
+        else:
+            transition(session, request, RequestState.CONFIRMED, at=now, reason=reason)
         return Verdict(Outcome.CONFIRMATION, request)
+
+    def _too_many_failures(self, session: Session, request: Request, now: datetime) -> bool:
+        """Wrong tokens or codes: a few per request, and a few more per address a day."""
+        limits = self.settings.requests
+        if request.confirmation_failures >= limits.max_confirmation_attempts:
+            return True
+        failures_today = session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .join(Request, AuditEvent.request_id == Request.id)
+            .where(Request.email == request.email)
+            .where(AuditEvent.event == "confirmation.failed")
+            .where(AuditEvent.at > now - timedelta(days=1))
+        )
+        return int(failures_today or 0) >= limits.max_confirmation_attempts_per_sender
 
     def _proven_request(
         self, session: Session, mail: IncomingMail, found: Classification

@@ -142,6 +142,7 @@ class TestRunning:
         shown = json.loads(output)
         assert [e["event"] for e in shown["audit"]] == [
             "request.received",
+            "request.authentication",
             "state.awaiting_confirmation",
         ]
         code, output = invoke(config, "requests", "show", listed["reference"])

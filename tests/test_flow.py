@@ -356,21 +356,29 @@ class TestNeverAnswered:
         assert bot.request().state is RequestState.AWAITING_CONFIRMATION
         assert len(bot.outgoing()) == 1
 
-    def test_acknowledgements_are_capped_per_sender(
+    def test_a_second_request_joins_the_open_one(
         self, make_bot: BotFactory, person: Person
     ) -> None:
-        """At most N acknowledgements a day go to one address, however many requests it sends."""
+        """More request mails from one address are one request, acknowledged within the cap."""
         bot = make_bot(requests={"acks_per_sender_per_day": 2})
         alice, support = person("alice", "example.test"), bot.support
         for _ in range(3):
             request_from(alice, bot, support)
         bot.run_once()
+        assert len(bot.requests()) == 1
         assert len(bot.outgoing()) == 2
-        assert [s.outcome for s in bot.seen()] == [
-            Outcome.REQUEST,
-            Outcome.REQUEST,
-            Outcome.RATE_LIMITED,
-        ]
+        assert [s.outcome for s in bot.seen()] == [Outcome.REQUEST, Outcome.JOINED, Outcome.JOINED]
+        first, second = alice.messages()
+        alice.reply(first, "the first acknowledgement")
+        bot.support.wait_for(lambda m: "the first" in m.get_content())
+        bot.run_once()
+        assert (
+            bot.request().state is RequestState.AWAITING_CONFIRMATION
+        )  # its challenge was replaced
+        alice.reply(second)
+        bot.support.wait_for(lambda m: "Yes, this is me" in m.get_content())
+        bot.run_once()
+        assert bot.request().state is RequestState.DELIVERED
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-import dkim  # type: ignore[import-untyped]
+import dkim
 import pytest
 
 from sarbot.testing import Correspondent, MailServer, subject_contains

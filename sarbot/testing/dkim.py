@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-import dkim  # type: ignore[import-untyped]
+import dkim
 import dns.exception
 import dns.resolver
 

@@ -1,0 +1,252 @@
+"""Answering a new request mail: open a request (or join the open one) and acknowledge it.
+
+The acknowledgement carries the challenge the requester answers to prove the
+mailbox is theirs.  What happens besides depends on the evidence and the
+policy (``[verification] mode``):
+
+* ``reply`` (default): the challenge reply is always required; DKIM results
+  are recorded as evidence.
+* ``reply_or_dmarc``: an aligned DKIM pass from a trusted verifier confirms
+  the request at once; the acknowledgement then carries no challenge.
+* ``manual``: the challenge reply is required, and then an operator approves.
+
+A request that asks for the data to go to another address, or whose
+authentication results look forged, waits for an operator (``needs_review``).
+Acknowledgements are capped per address and per domain a day and overall an
+hour; a request over a cap waits and is acknowledged when the cap allows.
+A second request mail from an address with an open request joins that one.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from structlog.typing import FilteringBoundLogger
+
+from sarbot import outbox
+from sarbot.addresses import InvalidAddress, mask_address, normalize_address, single_sender
+from sarbot.authentication import DnsFunc, evaluate
+from sarbot.challenge import challenge_message_id, digest, new_challenge
+from sarbot.compose import Composer, as_bytes, new_message_id
+from sarbot.config import Settings
+from sarbot.encryption import find_key
+from sarbot.lifecycle import audit, transition
+from sarbot.message import IncomingMail
+from sarbot.models import Request
+from sarbot.reference import next_reference
+from sarbot.states import TERMINAL, MailKind, Outcome, RequestState
+from sarbot.verify import Verdict
+
+CAP_RETRY = timedelta(minutes=15)
+_ADDRESS_RE = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+_REDIRECT_RE = re.compile(
+    r"\b(send|sent|forward|deliver|e-?mail|mail|reply|respond|transfer|post)\w*\b.{0,80}?"
+    r"\b(to|at)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+REDIRECT_REASON = "the request asks for the data to go to another address"
+
+
+def asks_for_another_address(text: str, sender: str, own: str) -> bool:
+    """Whether a request names an address other than its sender's where the data should go."""
+    others = set()
+    for found in _ADDRESS_RE.findall(text):
+        try:
+            address = normalize_address(found)
+        except InvalidAddress:
+            continue
+        if address not in (sender, own):
+            others.add(address)
+    return bool(others) and _REDIRECT_RE.search(text) is not None
+
+
+class Acknowledger:
+    def __init__(self, settings: Settings, composer: Composer, dnsfunc: DnsFunc | None = None):
+        self.settings = settings
+        self.composer = composer
+        self.dnsfunc = dnsfunc
+        self.domain = settings.message_id_domain
+
+    def open(
+        self, session: Session, mail: IncomingMail, *, now: datetime, log: FilteringBoundLogger
+    ) -> Verdict:
+        """A request for this mail: a new one, or the sender's open one."""
+        try:
+            sender = single_sender(mail.header("from"))
+        except InvalidAddress as exc:
+            return Verdict(Outcome.INVALID_SENDER, reason=str(exc))
+        existing = self._open_request_of(session, sender)
+        if existing is not None:
+            return self._join(session, existing, now=now, log=log)
+        request = self._new_request(session, mail, sender, now=now)
+        capped = self._cap(session, sender, now)
+        if capped:
+            request.next_attempt_at = now + CAP_RETRY
+            audit(session, request, "request.ack_waiting", at=now, reason=capped)
+            log.warning("request.ack_waiting", reference=request.reference, cap=capped)
+        else:
+            self._respond(session, request, now=now)
+        return Verdict(Outcome.REQUEST, request)
+
+    def send_waiting(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
+        """Acknowledge requests that waited for a cap, as far as the caps now allow."""
+        waiting = session.scalars(
+            select(Request)
+            .where(Request.state == RequestState.RECEIVED)
+            .where(Request.next_attempt_at <= now)
+            .order_by(Request.id)
+        )
+        sent = 0
+        for request in waiting:
+            capped = self._cap(session, request.email, now)
+            if capped:
+                request.next_attempt_at = now + CAP_RETRY
+                continue
+            request.next_attempt_at = None
+            self._respond(session, request, now=now)
+            log.info("request.acknowledged_late", reference=request.reference)
+            sent += 1
+        return sent
+
+    def _new_request(
+        self, session: Session, mail: IncomingMail, sender: str, *, now: datetime
+    ) -> Request:
+        limits = self.settings.requests
+        evidence = evaluate(mail, sender, self.settings.verification, self.dnsfunc)
+        key = find_key(mail.raw, sender)
+        review = evidence.suspicious or (
+            REDIRECT_REASON
+            if asks_for_another_address(mail.text, sender, self.settings.controller.email)
+            else ""
+        )
+        request = Request(
+            reference=next_reference(session, limits.reference_prefix, now.year),
+            email=sender,
+            state=RequestState.RECEIVED,
+            attempts=0,
+            token_hash="",
+            code_hash="",
+            confirmation_failures=0,
+            request_message_id=mail.message_id,
+            thread="",
+            received_at=now,
+            expires_at=now + timedelta(days=limits.confirmation_expiry_days),
+            pgp_key=key.key_armored,
+            encryption_note=key.reason,
+            authentication=evidence.summary,
+            authenticated=evidence.aligned_dkim and not evidence.suspicious,
+            review_reason=review or None,
+        )
+        request.add_to_thread(mail.message_id)
+        session.add(request)
+        audit(
+            session, request, "request.received", at=now, reason="request mail from the requester"
+        )
+        audit(session, request, "request.authentication", at=now, reason=evidence.summary)
+        if key.fingerprint:
+            audit(session, request, "request.encryption_key", at=now, reason=key.fingerprint)
+        return request
+
+    def _respond(self, session: Session, request: Request, *, now: datetime) -> None:
+        """Send the acknowledgement and move the request on, as the policy says."""
+        request.expires_at = now + timedelta(days=self.settings.requests.confirmation_expiry_days)
+        mode = self.settings.verification.mode
+        if request.review_reason is None and mode == "reply_or_dmarc" and request.authenticated:
+            message_id = new_message_id(request.reference, self.domain)
+            ack = self.composer.acknowledgement_verified(request, message_id=message_id, now=now)
+            self._queue_ack(session, request, message_id, as_bytes(ack), now)
+            request.confirmed_at = now
+            transition(
+                session,
+                request,
+                RequestState.CONFIRMED,
+                at=now,
+                reason=f"sender authenticated: {request.authentication}",
+            )
+            return
+        self._challenge(session, request, now=now)
+        if request.review_reason is not None:
+            transition(
+                session, request, RequestState.NEEDS_REVIEW, at=now, reason=request.review_reason
+            )
+        else:
+            transition(
+                session,
+                request,
+                RequestState.AWAITING_CONFIRMATION,
+                at=now,
+                reason="acknowledgement queued",
+            )
+
+    def _challenge(self, session: Session, request: Request, *, now: datetime) -> None:
+        """A fresh challenge (any earlier one stops working) in a new acknowledgement."""
+        challenge = new_challenge()
+        request.token_hash, request.code_hash = challenge.token_hash, challenge.code_hash
+        message_id = challenge_message_id(request.reference, challenge.token, self.domain)
+        ack = self.composer.acknowledgement(
+            request, code=challenge.code, message_id=message_id, now=now
+        )
+        # The acknowledgement's Message-ID carries the challenge: only its digest is kept, and
+        # it stays out of the thread (the confirmation, which cites it, threads the answer).
+        self._queue_ack(session, request, "sha256:" + digest(message_id), as_bytes(ack), now)
+
+    def _queue_ack(
+        self, session: Session, request: Request, message_id: str, raw: bytes, now: datetime
+    ) -> None:
+        outbox.queue(
+            session, request, MailKind.ACKNOWLEDGEMENT, message_id=message_id, raw=raw, now=now
+        )
+
+    def _join(
+        self, session: Session, request: Request, *, now: datetime, log: FilteringBoundLogger
+    ) -> Verdict:
+        """Another request mail from an address with an open request: it is the same request.
+
+        While it still waits for confirmation, a new acknowledgement (with a new challenge)
+        goes out, within the caps, in case the first was lost.
+        """
+        audit(session, request, "request.joined", at=now, reason="another request mail")
+        log.info("request.joined", reference=request.reference, state=request.state.value)
+        if request.state is RequestState.AWAITING_CONFIRMATION and not self._cap(
+            session, request.email, now
+        ):
+            self._challenge(session, request, now=now)
+            request.expires_at = now + timedelta(
+                days=self.settings.requests.confirmation_expiry_days
+            )
+        return Verdict(Outcome.JOINED, request)
+
+    def _cap(self, session: Session, sender: str, now: datetime) -> str:
+        """The acknowledgement cap this sender is over now, or ''."""
+        limits = self.settings.requests
+        day = now - timedelta(days=1)
+        if (
+            outbox.acknowledgements_since(session, day, recipient=sender)
+            >= limits.acks_per_sender_per_day
+        ):
+            return (
+                f"{limits.acks_per_sender_per_day} acknowledgements a day to {mask_address(sender)}"
+            )
+        domain = sender.rpartition("@")[2]
+        if (
+            outbox.acknowledgements_since(session, day, domain=domain)
+            >= limits.acks_per_domain_per_day
+        ):
+            return f"{limits.acks_per_domain_per_day} acknowledgements a day to {domain}"
+        hour = now - timedelta(hours=1)
+        if outbox.acknowledgements_since(session, hour) >= limits.acks_per_hour:
+            return f"{limits.acks_per_hour} acknowledgements an hour"
+        return ""
+
+    @staticmethod
+    def _open_request_of(session: Session, sender: str) -> Request | None:
+        return session.scalar(
+            select(Request)
+            .where(Request.email == sender)
+            .where(Request.state.not_in(list(TERMINAL)))
+            .order_by(Request.id.desc())
+            .limit(1)
+        )
