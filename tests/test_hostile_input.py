@@ -77,7 +77,9 @@ HOSTILE = {
     "raw-unicode-escape subject": (
         b"From: alice@example.test\r\nSubject: GDPR DATA REQUEST \\u00e9\\x\r\n\r\nb\r\n"
     ),
-    "latin-1 garbage": b"From: alice@example.test\r\nSubject: GDPR DATA REQUEST caf\xe9\r\n\r\n\xef\r\n",
+    "latin-1 garbage": (
+        b"From: alice@example.test\r\nSubject: GDPR DATA REQUEST caf\xe9\r\n\r\n\xef\r\n"
+    ),
     "broken encoded words": (
         b"From: =?utf-8?q?=ZZ?= <alice@example.test>\r\n"
         b"Subject: =?x-unknown?b?R0RQUiBEQVRBIFJFUVVFU1Q=?=\r\n\r\n.\r\n"
