@@ -49,6 +49,7 @@ class ExportContext:
     missing: Sequence[str] = ()
     partial_reason: str | None = None
     encryption_note: str = ""
+    verification: str = ""
     report_limit: int = 1000
 
     @property
@@ -68,6 +69,7 @@ class ExportContext:
             "missing": self.missing,
             "partial_reason": self.partial_reason,
             "encryption_note": self.encryption_note,
+            "verification": self.verification,
             "record_count": self.record_count,
             "report_limit": self.report_limit,
         }
@@ -99,6 +101,7 @@ def data_document(ctx: ExportContext) -> dict[str, object]:
             "received_at": ctx.received_at.isoformat(),
             "confirmed_at": ctx.confirmed_at.isoformat() if ctx.confirmed_at else None,
             "generated_at": ctx.generated_at.isoformat(),
+            "verification": ctx.verification,
         },
         "identifiers": [identifier_document(i) for i in ctx.identifiers],
         "complete": not ctx.missing,

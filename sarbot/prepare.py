@@ -57,6 +57,7 @@ class Preparer:
             missing=[c.description or c.name for c in self.connectors if c.name in failed],
             partial_reason=request.partial_reason if failed else None,
             encryption_note=request.encryption_note or "",
+            verification=verification_summary(request),
         )
 
     def prepare(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
@@ -87,6 +88,17 @@ class Preparer:
                 file_path=str(path),
             )
         return len(parts)
+
+
+def verification_summary(request: Request) -> str:
+    """How the requester's control of the address was established, for the letter."""
+    how = (
+        "you replied to our acknowledgement"
+        if request.token_hash
+        else "your email was authenticated by its signature"
+    )
+    evidence = f"; email authentication: {request.authentication}" if request.authentication else ""
+    return how + evidence
 
 
 def _encrypted(part: Part, key_armored: str) -> Part:

@@ -137,7 +137,10 @@ class TestDkimPolicy:
         )
         bot.run_once()
         alice.wait_for(VERIFIED_ACK)
-        alice.wait_for(EXPORT)
+        export = alice.wait_for(EXPORT)
+        letter = export.get_body(preferencelist=("plain",))
+        assert letter is not None
+        assert "your email was authenticated by its signature" in letter.get_content()
         request = bot.request()
         assert request.state is RequestState.DELIVERED
         assert request.authentication == (
