@@ -49,3 +49,15 @@ def test_connector_is_documented(name: str) -> None:
 def test_connector_has_an_example_in_the_config(name: str) -> None:
     """config.example.toml shows each built-in connector."""
     assert f'type = "{name}"' in (ROOT / "config.example.toml").read_text()
+
+
+def test_security_page_names_tests_that_exist() -> None:
+    """Every test docs/security.md points to exists (a class, or a test in it)."""
+    import re
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    for ref in sorted(set(re.findall(r"`(tests/[\w/]+\.py(?:::\w+)*)`", text))):
+        path, *names = ref.split("::")
+        source = (ROOT / path).read_text()
+        for name in names:
+            assert re.search(rf"\b(class|def) {name}\b", source), f"{ref} does not exist"
