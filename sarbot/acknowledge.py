@@ -28,14 +28,14 @@ from structlog.typing import FilteringBoundLogger
 
 from sarbot import outbox
 from sarbot.addresses import InvalidAddress, mask_address, normalize_address, single_sender
-from sarbot.authentication import DnsFunc, evaluate
+from sarbot.authentication import DnsFunc, Evidence, evaluate
 from sarbot.challenge import challenge_message_id, digest, new_challenge
 from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.encryption import find_key
-from sarbot.lifecycle import audit, transition
+from sarbot.encryption import KeyChoice, find_key
+from sarbot.lifecycle import audit, start_the_clock, transition
 from sarbot.message import IncomingMail
-from sarbot.models import Request
+from sarbot.models import OutgoingMail, Request
 from sarbot.reference import next_reference
 from sarbot.states import TERMINAL, MailKind, Outcome, RequestState
 from sarbot.verify import Verdict
@@ -69,6 +69,7 @@ class Acknowledger:
         self.composer = composer
         self.dnsfunc = dnsfunc
         self.domain = settings.message_id_domain
+        self.calendar = settings.deadlines.calendar()
 
     def open(
         self, session: Session, mail: IncomingMail, *, now: datetime, log: FilteringBoundLogger
@@ -111,17 +112,47 @@ class Acknowledger:
             sent += 1
         return sent
 
+    def open_manual(
+        self, session: Session, email: str, note: str, *, now: datetime, actor: str
+    ) -> Verdict:
+        """A request received by post or phone: the same path, the challenge to that address."""
+        sender = normalize_address(email)
+        existing = self._open_request_of(session, sender)
+        if existing is not None:
+            audit(session, existing, "request.joined", at=now, reason=note, actor=actor)
+            return Verdict(Outcome.JOINED, existing)
+        request = self._new_request(session, None, sender, now=now, note=note)
+        audit(session, request, "request.created", at=now, reason=note, actor=actor)
+        capped = self._cap(session, sender, now)
+        if capped:
+            request.next_attempt_at = now + CAP_RETRY
+            audit(session, request, "request.ack_waiting", at=now, reason=capped)
+        else:
+            self._respond(session, request, now=now)
+        return Verdict(Outcome.REQUEST, request)
+
     def _new_request(
-        self, session: Session, mail: IncomingMail, sender: str, *, now: datetime
+        self,
+        session: Session,
+        mail: IncomingMail | None,
+        sender: str,
+        *,
+        now: datetime,
+        note: str | None = None,
     ) -> Request:
         limits = self.settings.requests
-        evidence = evaluate(mail, sender, self.settings.verification, self.dnsfunc)
-        key = find_key(mail.raw, sender)
-        review = evidence.suspicious or (
-            REDIRECT_REASON
-            if asks_for_another_address(mail.text, sender, self.settings.controller.email)
-            else ""
-        )
+        if mail is None:
+            evidence = Evidence(False, "received by post or phone: no email to authenticate")
+            key = KeyChoice(None, None, "")
+            review = ""
+        else:
+            evidence = evaluate(mail, sender, self.settings.verification, self.dnsfunc)
+            key = find_key(mail.raw, sender)
+            review = evidence.suspicious or (
+                REDIRECT_REASON
+                if asks_for_another_address(mail.text, sender, self.settings.controller.email)
+                else ""
+            )
         request = Request(
             reference=next_reference(session, limits.reference_prefix, now.year),
             email=sender,
@@ -130,7 +161,7 @@ class Acknowledger:
             token_hash="",
             code_hash="",
             confirmation_failures=0,
-            request_message_id=mail.message_id,
+            request_message_id=mail.message_id if mail else None,
             thread="",
             received_at=now,
             expires_at=now + timedelta(days=limits.confirmation_expiry_days),
@@ -139,12 +170,13 @@ class Acknowledger:
             authentication=evidence.summary,
             authenticated=evidence.aligned_dkim and not evidence.suspicious,
             review_reason=review or None,
+            received_via="email" if mail else "manual",
+            note=note,
         )
-        request.add_to_thread(mail.message_id)
+        request.add_to_thread(mail.message_id if mail else None)
         session.add(request)
-        audit(
-            session, request, "request.received", at=now, reason="request mail from the requester"
-        )
+        how = "request mail from the requester" if mail else "entered by an operator"
+        audit(session, request, "request.received", at=now, reason=how)
         audit(session, request, "request.authentication", at=now, reason=evidence.summary)
         if key.fingerprint:
             audit(session, request, "request.encryption_key", at=now, reason=key.fingerprint)
@@ -159,6 +191,7 @@ class Acknowledger:
             ack = self.composer.acknowledgement_verified(request, message_id=message_id, now=now)
             self._queue_ack(session, request, message_id, as_bytes(ack), now)
             request.confirmed_at = now
+            start_the_clock(request, self.calendar)
             transition(
                 session,
                 request,
@@ -167,7 +200,7 @@ class Acknowledger:
                 reason=f"sender authenticated: {request.authentication}",
             )
             return
-        self._challenge(session, request, now=now)
+        self.challenge(session, request, now=now)
         if request.review_reason is not None:
             transition(
                 session, request, RequestState.NEEDS_REVIEW, at=now, reason=request.review_reason
@@ -181,21 +214,53 @@ class Acknowledger:
                 reason="acknowledgement queued",
             )
 
-    def _challenge(self, session: Session, request: Request, *, now: datetime) -> None:
+    def challenge(
+        self, session: Session, request: Request, *, now: datetime, reminder: bool = False
+    ) -> None:
         """A fresh challenge (any earlier one stops working) in a new acknowledgement."""
         challenge = new_challenge()
         request.token_hash, request.code_hash = challenge.token_hash, challenge.code_hash
         message_id = challenge_message_id(request.reference, challenge.token, self.domain)
         ack = self.composer.acknowledgement(
-            request, code=challenge.code, message_id=message_id, now=now
+            request, code=challenge.code, message_id=message_id, now=now, reminder=reminder
         )
         # The acknowledgement's Message-ID carries the challenge: only its digest is kept, and
         # it stays out of the thread (the confirmation, which cites it, threads the answer).
-        self._queue_ack(session, request, "sha256:" + digest(message_id), as_bytes(ack), now)
+        kind = MailKind.REMINDER if reminder else MailKind.ACKNOWLEDGEMENT
+        outbox.queue(
+            session,
+            request,
+            kind,
+            message_id="sha256:" + digest(message_id),
+            raw=as_bytes(ack),
+            now=now,
+        )
+
+    def send_reminders(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
+        """One reminder, with a fresh challenge, to each requester who has not confirmed yet."""
+        before = timedelta(days=self.settings.notifications.remind_days_before_expiry)
+        due = self._reminder_due(session, now, before)
+        for request in due:
+            self.challenge(session, request, now=now, reminder=True)
+            audit(session, request, "request.reminded", at=now, reason="not confirmed yet")
+            log.info("request.reminded", reference=request.reference)
+        return len(due)
+
+    @staticmethod
+    def _reminder_due(session: Session, now: datetime, before: timedelta) -> list[Request]:
+        reminded = select(OutgoingMail.request_id).where(OutgoingMail.kind == MailKind.REMINDER)
+        waiting = session.scalars(
+            select(Request)
+            .where(Request.state == RequestState.AWAITING_CONFIRMATION)
+            .where(Request.expires_at > now)
+            .where(Request.id.not_in(reminded))
+        )
+        return [r for r in waiting if r.expires_at - before <= now]
 
     def _queue_ack(
         self, session: Session, request: Request, message_id: str, raw: bytes, now: datetime
     ) -> None:
+        """The acknowledgement that carries no challenge (the sender was authenticated)."""
         outbox.queue(
             session, request, MailKind.ACKNOWLEDGEMENT, message_id=message_id, raw=raw, now=now
         )
@@ -213,7 +278,7 @@ class Acknowledger:
         if request.state is RequestState.AWAITING_CONFIRMATION and not self._cap(
             session, request.email, now
         ):
-            self._challenge(session, request, now=now)
+            self.challenge(session, request, now=now)
             request.expires_at = now + timedelta(
                 days=self.settings.requests.confirmation_expiry_days
             )

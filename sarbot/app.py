@@ -46,18 +46,20 @@ class App:
             source=str(self.config_path),
         )
 
-    def daemon(self, *, clock: Clock = utcnow) -> Daemon:
-        """A daemon ready to run: the schema is checked and every connector is built."""
+    def pipeline(self, *, clock: Clock = utcnow) -> Pipeline:
+        """The pipeline, with every connector built (nothing connects until used)."""
         require_current_schema(self.engine)
-        log = structlog.get_logger("sarbot")
-        mailbox = MailboxThread(Mailbox(self.settings.imap))
-        pipeline = Pipeline(
+        return Pipeline(
             self.settings,
             self.sessions,
             self.build_connectors(),
             Mailer(self.settings.smtp),
-            mailbox,
-            log=log,
+            MailboxThread(Mailbox(self.settings.imap)),
+            log=structlog.get_logger("sarbot"),
             clock=clock,
         )
-        return Daemon(pipeline, mailbox, log)
+
+    def daemon(self, *, clock: Clock = utcnow) -> Daemon:
+        """A daemon ready to run: the schema is checked and every connector is built."""
+        pipeline = self.pipeline(clock=clock)
+        return Daemon(pipeline, pipeline.mailbox, pipeline.log)

@@ -13,12 +13,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sarbot.models import AuditEvent, AuditHead, Request
+from sarbot.models import AuditAnchor, AuditEvent, AuditHead, Request
 
 GENESIS = "0" * 64
 HEAD_ID = 1
@@ -77,12 +78,44 @@ class Verification:
         return self.broken_at is None
 
 
+def purge_before(session: Session, last_id: int, *, at: datetime) -> int:
+    """Delete the oldest events, up to ``last_id``, anchoring the chain where they end.
+
+    The anchor keeps the last purged hash, so the rest still verifies; an
+    ``audit.purged`` event naming the anchor is appended, so an anchor nobody
+    recorded is noticed.  Returns how many events were deleted.
+    """
+    last = session.get(AuditEvent, last_id)
+    if last is None:
+        return 0
+    session.add(AuditAnchor(last_id=last.id, hash=last.hash, at=at))
+    session.flush()
+    deleted = session.query(AuditEvent).filter(AuditEvent.id <= last_id).delete()
+    append(
+        session,
+        None,
+        at=at,
+        event="audit.purged",
+        reason=f"events up to {last.id} purged; anchored at {last.hash}",
+        actor="daemon",
+    )
+    return int(deleted or 0)
+
+
 def verify(session: Session) -> Verification:
-    """Walk the chain from the start; report the first event that does not fit."""
+    """Walk the chain from its start (or its anchor); report the first event that does not fit."""
+    anchor = session.scalar(select(AuditAnchor).order_by(AuditAnchor.id.desc()).limit(1))
     rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).yield_per(1000)
-    result = _walk(rows)
+    start = (anchor.last_id, anchor.hash) if anchor is not None else (0, GENESIS)
+    result = _walk(rows, *start)
     if not result.intact:
         return result
+    if anchor is not None and not session.scalar(
+        select(AuditEvent.id)
+        .where(AuditEvent.event == "audit.purged")
+        .where(AuditEvent.reason.endswith(f"anchored at {anchor.hash}"))
+    ):
+        return Verification(result.events, anchor.last_id, "the chain's anchor was never recorded")
     head = session.get(AuditHead, HEAD_ID)
     last = session.scalar(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1))
     if last is not None and (head is None or (head.last_id, head.hash) != (last.id, last.hash)):
@@ -94,9 +127,12 @@ def verify(session: Session) -> Verification:
     return result
 
 
-def _walk(rows: Iterable[AuditEvent]) -> Verification:
-    prev_hash, count = GENESIS, 0
+def _walk(rows: Iterable[AuditEvent], anchored_id: int, anchored_hash: str) -> Verification:
+    prev_hash, count, expected_id = anchored_hash, 0, anchored_id + 1
     for event in rows:
+        if event.id != expected_id:
+            return Verification(count, event.id, f"event {expected_id} is missing before it")
+        expected_id += 1
         if event.prev_hash != prev_hash:
             return Verification(count, event.id, "it does not follow the event before it")
         if event.hash != event_hash(event, prev_hash):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
@@ -43,16 +43,35 @@ class Collection:
         return sum(len(source.records) for source in self.sources)
 
 
+@dataclass(frozen=True)
+class ConnectorOutcome:
+    """How one connector's lookup went: for progress on a terminal, and for metrics."""
+
+    name: str
+    records: int | None
+    seconds: float
+    error_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+
+Observer = Callable[[ConnectorOutcome], None]
+
+
 class Collector:
     def __init__(
         self,
         connectors: Sequence[ConfiguredConnector],
         settings: CollectionSettings,
         log: FilteringBoundLogger,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.connectors = connectors
         self.settings = settings
         self.log = log
+        self.observers = observers
         self._never = {value.casefold() for value in settings.never_follow}
 
     def _generic(self, identifier: Identifier) -> bool:
@@ -111,22 +130,27 @@ class Collector:
         try:
             records = await asyncio.to_thread(self._with_retries, configured, identity)
         except Exception as exc:  # a connector may fail in any way; its message may hold data
+            seconds = round(time.monotonic() - started, 3)
             self.log.warning(
                 "connector.failed",
                 connector=configured.name,
                 error_type=type(exc).__name__,
                 # Only ConnectorError promises a message free of personal data.
                 error=str(exc) if isinstance(exc, ConnectorError) else None,
-                seconds=round(time.monotonic() - started, 3),
+                seconds=seconds,
             )
+            self._tell(ConnectorOutcome(configured.name, None, seconds, type(exc).__name__))
             return None
+        seconds = round(time.monotonic() - started, 3)
         self.log.info(
-            "connector.collected",
-            connector=configured.name,
-            records=len(records),
-            seconds=round(time.monotonic() - started, 3),
+            "connector.collected", connector=configured.name, records=len(records), seconds=seconds
         )
+        self._tell(ConnectorOutcome(configured.name, len(records), seconds))
         return records
+
+    def _tell(self, outcome: ConnectorOutcome) -> None:
+        for observer in self.observers:
+            observer(outcome)
 
     def _with_retries(self, configured: ConfiguredConnector, identity: Identity) -> list[Record]:
         retrying = Retrying(

@@ -60,11 +60,18 @@ class Composer:
         return message
 
     def acknowledgement(
-        self, request: Request, *, code: str, message_id: str, now: datetime
+        self,
+        request: Request,
+        *,
+        code: str,
+        message_id: str,
+        now: datetime,
+        reminder: bool = False,
     ) -> EmailMessage:
-        message = self._base(
-            request, subject="Please confirm your data request", message_id=message_id, now=now
-        )
+        subject = "Please confirm your data request"
+        if reminder:
+            subject = "Reminder: " + subject.lower()
+        message = self._base(request, subject=subject, message_id=message_id, now=now)
         message.set_content(
             self.templates.render(
                 "acknowledgement.txt",
@@ -74,6 +81,7 @@ class Composer:
                 code=code,
                 expires_at=request.expires_at,
                 encryption_note=request.encryption_note or "",
+                reminder=reminder,
             )
         )
         return message
@@ -95,6 +103,52 @@ class Composer:
                 encryption_note=request.encryption_note or "",
             )
         )
+        return message
+
+    def letter(
+        self,
+        request: Request,
+        template: str,
+        subject: str,
+        *,
+        message_id: str,
+        now: datetime,
+        **context: object,
+    ) -> EmailMessage:
+        """A short letter to the requester about their request (extension, rejection)."""
+        message = self._base(request, subject=subject, message_id=message_id, now=now)
+        message.set_content(
+            self.templates.render(
+                template,
+                controller=self.controller,
+                reference=request.reference,
+                received_at=request.received_at,
+                **context,
+            )
+        )
+        return message
+
+    def operator_notice(
+        self,
+        recipients: Sequence[str],
+        template: str,
+        subject: str,
+        *,
+        message_id: str,
+        now: datetime,
+        **context: object,
+    ) -> EmailMessage:
+        """Mail to the operators: never any exported data, only references, states and dates."""
+        message = EmailMessage()
+        local, _, domain = self.controller.email.partition("@")
+        message["From"] = Address(f"sarbot ({self.controller.name})", local, domain)
+        message["To"] = ", ".join(recipients)
+        message["Subject"] = f"[sarbot] {subject}"
+        message["Date"] = format_datetime(now)
+        message["Message-ID"] = message_id
+        message["Auto-Submitted"] = "auto-generated"
+        message[LOOP_HEADER] = self.controller.email
+        message.set_content(self.templates.render(template, controller=self.controller, **context))
         return message
 
     def expiry_notice(self, request: Request, *, message_id: str, now: datetime) -> EmailMessage:

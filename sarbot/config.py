@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from sarbot.addresses import normalize_address
+from sarbot.deadlines import Calendar
 from sarbot.errors import ConfigError
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
 
@@ -166,6 +167,42 @@ class VerificationSettings(Section):
         return self
 
 
+class DeadlineSettings(Section):
+    country: str = "GB"
+    subdivision: str = "ENG"
+    timezone: str = "Europe/London"
+    bank_holidays: bool = True
+
+    def calendar(self) -> Calendar:
+        """The working-day calendar deadlines are counted in."""
+        if not self.bank_holidays:
+            return Calendar.weekends_only(self.timezone)
+        return Calendar(self.country, self.subdivision or None, self.timezone)
+
+    @model_validator(mode="after")
+    def _valid_calendar(self) -> DeadlineSettings:
+        self.calendar()  # raises ValueError naming what is unknown
+        return self
+
+
+class NotificationSettings(Section):
+    operators: tuple[str, ...] = ()
+    deadline_warning_days: int = Field(default=7, ge=1)
+    connector_failures: int = Field(default=3, ge=1)
+    digest_hour: int = Field(default=8, ge=0, le=23)
+    remind_days_before_expiry: float = Field(default=3.0, gt=0)
+
+    @field_validator("operators")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_address(address) for address in value)
+
+
+class RetentionSettings(Section):
+    requests_days: float = Field(default=6 * 365, gt=0)
+    processed_mail_days: float = Field(default=6 * 365, gt=0)
+
+
 class StorageSettings(Section):
     database_url: MaybeSecretStr
     export_dir: ConfigPath
@@ -218,6 +255,9 @@ class Settings(Section):
     storage: StorageSettings
     requests: RequestSettings = RequestSettings()
     verification: VerificationSettings = VerificationSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
+    notifications: NotificationSettings = NotificationSettings()
+    retention: RetentionSettings = RetentionSettings()
     collection: CollectionSettings = CollectionSettings()
     export: ExportSettings = ExportSettings()
     logging: LoggingSettings = LoggingSettings()

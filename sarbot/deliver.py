@@ -54,7 +54,8 @@ class Deliverer:
         return bool(due)
 
     async def _send(self, mail: OutgoingMail) -> None:
-        log = self.log.bind(reference=mail.request.reference, kind=mail.kind.value)
+        reference = mail.request.reference if mail.request is not None else None
+        log = self.log.bind(reference=reference, kind=mail.kind.value)
         error: MailSendError | None = None
         raw = mail.raw if mail.raw is not None else _read(mail.file_path)
         if raw is None:
@@ -90,7 +91,12 @@ class Deliverer:
             return
         if error is not None:
             outbox.mark_failed(mail, str(error))
-            if RequestState.NEEDS_REVIEW in ALLOWED[request.state]:
+            # An operator's mail failing says nothing about the request it concerns.
+            if (
+                request is not None
+                and not mail.kind.to_operators
+                and RequestState.NEEDS_REVIEW in ALLOWED[request.state]
+            ):
                 transition(
                     session,
                     request,
@@ -101,7 +107,7 @@ class Deliverer:
             log.error("mail.rejected", smtp_code=error.code)
             return
         outbox.mark_sent(mail, now)
-        if mail.kind is MailKind.EXPORT and _all_sent(session, mail):
+        if request is not None and mail.kind is MailKind.EXPORT and _all_sent(session, mail):
             request.delivered_at = now
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
 

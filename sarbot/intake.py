@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient
@@ -134,6 +135,24 @@ class Mailbox:
         client.add_flags(list(uids), [b"\\Deleted"], silent=True)
         if b"UIDPLUS" in self.capabilities:
             client.uid_expunge(list(uids))
+
+    def delete_older_than(self, folder: str, before: date) -> int:
+        """Delete the messages in ``folder`` received before a date (sarbot's own folder only)."""
+        client = self._client()
+        if not client.folder_exists(folder):
+            return 0
+        client.select_folder(folder)
+        try:
+            uids = client.search(["BEFORE", before])
+            if uids:
+                client.delete_messages(uids)
+                if b"UIDPLUS" in self.capabilities:
+                    client.uid_expunge(uids)
+                else:
+                    client.expunge()
+            return len(uids)
+        finally:
+            client.select_folder(self.settings.folder)
 
     def noop(self) -> None:
         self._client().noop()

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from sarbot.audit import append
+from sarbot.deadlines import Calendar, due_date, start_date
 from sarbot.models import Request
 from sarbot.states import ALLOWED, RequestState
 
@@ -55,3 +56,10 @@ def audit(
         reason=reason,
         actor=actor,
     )
+
+
+def start_the_clock(request: Request, calendar: Calendar) -> None:
+    """Set the date the answer is due, once the requester's identity is established."""
+    if request.due_on is None:
+        start = start_date(request.received_at, request.confirmed_at, calendar)
+        request.due_on = due_date(start, calendar)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     Boolean,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -89,6 +90,16 @@ class Request(Base):
     authentication: Mapped[str | None] = mapped_column(Text)
     authenticated: Mapped[bool] = mapped_column(Boolean, default=False)
     review_reason: Mapped[str | None] = mapped_column(Text)
+    received_via: Mapped[str] = mapped_column(String(16), default="email")
+    note: Mapped[str | None] = mapped_column(Text)
+    due_on: Mapped[date | None] = mapped_column(Date, index=True)
+    extended_due_on: Mapped[date | None] = mapped_column(Date)
+    extension_reason: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def deadline(self) -> date | None:
+        """The date the answer is due: the extended date once extended."""
+        return self.extended_due_on or self.due_on
 
     audit: Mapped[list[AuditEvent]] = relationship(
         back_populates="request", order_by="AuditEvent.id", cascade="all, delete-orphan"
@@ -117,6 +128,17 @@ class AuditEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
     request: Mapped[Request | None] = relationship(back_populates="audit", viewonly=True)
+
+
+class AuditAnchor(Base):
+    """Where the audit chain starts after older events were purged: the last purged link."""
+
+    __tablename__ = "audit_anchors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class AuditHead(Base):
@@ -164,7 +186,7 @@ class OutgoingMail(Base):
     __tablename__ = "outgoing_mail"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
     kind: Mapped[MailKind] = mapped_column(_enum(MailKind, "mail_kind"))
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     recipient: Mapped[str] = mapped_column(String(320), index=True)
@@ -177,7 +199,7 @@ class OutgoingMail(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
 
-    request: Mapped[Request] = relationship()
+    request: Mapped[Request | None] = relationship()
 
 
 def utcnow() -> datetime:

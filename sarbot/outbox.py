@@ -18,19 +18,25 @@ from sarbot.states import MailKind, MailState
 
 def queue(
     session: Session,
-    request: Request,
+    request: Request | None,
     kind: MailKind,
     *,
     message_id: str,
     raw: bytes | None,
     now: datetime,
     file_path: str | None = None,
+    recipient: str | None = None,
 ) -> OutgoingMail:
+    """Record a message to send: to the requester, unless it is an operator's mail."""
+    if recipient is None:
+        if request is None:
+            raise ValueError("a message without a request needs a recipient")
+        recipient = request.email
     mail = OutgoingMail(
         request=request,
         kind=kind,
         message_id=message_id,
-        recipient=request.email,
+        recipient=recipient,
         state=MailState.PENDING,
         attempts=0,
         raw=raw,

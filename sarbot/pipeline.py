@@ -15,10 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
+from sarbot import retention
 from sarbot.acknowledge import Acknowledger
 from sarbot.addresses import mask_address
 from sarbot.classify import Classification, Classifier, Kind
-from sarbot.collect import Collector
+from sarbot.collect import Collector, Observer
 from sarbot.compose import Composer
 from sarbot.config import Settings
 from sarbot.deliver import Deliverer
@@ -28,6 +29,7 @@ from sarbot.lifecycle import audit, transition
 from sarbot.mailer import Mailer
 from sarbot.message import IncomingMail, parse_headers, parse_message
 from sarbot.models import Clock, MailboxPosition, Request, SeenMessage, utcnow
+from sarbot.notify import Notifier
 from sarbot.prepare import Preparer
 from sarbot.registry import ConfiguredConnector
 from sarbot.render import Templates
@@ -58,6 +60,7 @@ class Pipeline:
         self.mailbox = mailbox
         self.log: FilteringBoundLogger = log or structlog.get_logger("sarbot")
         self.clock = clock
+        self.observers: list[Observer] = []
         templates = Templates(settings.export.template_dir)
         self.composer = Composer(settings.controller, settings.requests.subject_phrase, templates)
         self.preparer = Preparer(settings, connectors, self.composer, templates)
@@ -65,6 +68,7 @@ class Pipeline:
         self.deliverer = Deliverer(settings, sessions, engine, mailer, self.log, clock)
         self.verifier = Verifier(settings, self.composer)
         self.acknowledger = Acknowledger(settings, self.composer)
+        self.notifier = Notifier(settings, self.composer)
         self.classifier = Classifier(
             own_address=settings.controller.email,
             message_id_domain=settings.message_id_domain,
@@ -77,7 +81,9 @@ class Pipeline:
         progressed = await self.intake() if intake else False
         progressed |= self.expire()
         progressed |= await self.collect_and_package()
+        progressed |= self.notify()
         progressed |= await self.deliver()
+        await self.maintain()
         return progressed
 
     # -- intake, classify, verify ------------------------------------------------
@@ -221,7 +227,13 @@ class Pipeline:
             for request in expired:
                 self.log.info("request.expired", reference=request.reference)
             acknowledged = self.acknowledger.send_waiting(session, now=now, log=self.log)
-        return bool(expired) or acknowledged > 0
+            reminded = self.acknowledger.send_reminders(session, now=now, log=self.log)
+        return bool(expired) or acknowledged + reminded > 0
+
+    def notify(self) -> bool:
+        """Queue the operators' notices that are due (sent by the deliver step)."""
+        with self.sessions.begin() as session:
+            return self.notifier.run(session, now=self.clock(), log=self.log) > 0
 
     # -- collect and package ---------------------------------------------------------
 
@@ -249,9 +261,12 @@ class Pipeline:
             await self._collect_one(request)
         return bool(due)
 
-    async def _collect_one(self, request: Request) -> None:
+    async def _collect_one(self, request: Request, observers: Sequence[Observer] = ()) -> bool:
+        """Collect for one request and prepare its answer; False if it must wait and retry."""
         log = self.log.bind(reference=request.reference)
-        collector = Collector(self.connectors, self.settings.collection, log)
+        collector = Collector(
+            self.connectors, self.settings.collection, log, [*self.observers, *observers]
+        )
         collection = await collector.collect(request.email)
         now = self.clock()
         with self.sessions.begin() as session:
@@ -267,7 +282,7 @@ class Pipeline:
                     failed=collection.failed,
                     retry_in=wait.total_seconds(),
                 )
-                return
+                return False
             ctx = self.preparer.context(current, collection, now)
             try:
                 messages = self.preparer.prepare(session, current, ctx, now)
@@ -278,7 +293,7 @@ class Pipeline:
                     session, current, RequestState.NEEDS_REVIEW, at=now, reason=current.last_error
                 )
                 log.error("request.encryption_failed")
-                return
+                return False
             current.ready_at, current.next_attempt_at, current.last_error = now, None, None
             transition(session, current, RequestState.READY, at=now, reason="export packaged")
         log.info(
@@ -290,8 +305,25 @@ class Pipeline:
             messages=messages,
             encrypted=bool(request.pgp_key),
         )
+        return True
 
     # -- deliver -------------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        """Once a day: apply the retention settings to sarbot's own records and folder."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            if not retention.due(session, now):
+                return
+            purged = retention.purge(session, self.settings, now)
+        self.log.info("retention.purged", requests=purged.requests, events=purged.audit_events)
+        box = self.mailbox.mailbox
+        if box.connected:
+            before = (now - timedelta(days=self.settings.retention.processed_mail_days)).date()
+            deleted = await self.mailbox.call(
+                box.delete_older_than, self.settings.imap.processed_folder, before
+            )
+            self.log.info("retention.mail_deleted", messages=deleted)
 
     async def deliver(self) -> bool:
         progressed = await self.deliverer.send_due()

@@ -31,8 +31,8 @@ ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     _S.RECEIVED: frozenset({_S.AWAITING_CONFIRMATION, _S.CONFIRMED, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.AWAITING_CONFIRMATION: frozenset({_S.CONFIRMED, _S.EXPIRED, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.CONFIRMED: frozenset({_S.COLLECTING, _S.NEEDS_REVIEW, _S.REJECTED}),
-    _S.COLLECTING: frozenset({_S.READY, _S.NEEDS_REVIEW, _S.FAILED}),
-    _S.READY: frozenset({_S.DELIVERED, _S.COLLECTING, _S.NEEDS_REVIEW, _S.FAILED}),
+    _S.COLLECTING: frozenset({_S.READY, _S.NEEDS_REVIEW, _S.REJECTED, _S.FAILED}),
+    _S.READY: frozenset({_S.DELIVERED, _S.COLLECTING, _S.NEEDS_REVIEW, _S.REJECTED, _S.FAILED}),
     _S.NEEDS_REVIEW: frozenset(
         {_S.AWAITING_CONFIRMATION, _S.CONFIRMED, _S.READY, _S.REJECTED, _S.FAILED}
     ),
@@ -55,6 +55,18 @@ class MailKind(StrEnum):
     ACKNOWLEDGEMENT = "acknowledgement"
     EXPORT = "export"
     EXPIRY_NOTICE = "expiry_notice"
+    REMINDER = "reminder"
+    EXTENSION_NOTICE = "extension_notice"
+    REJECTION = "rejection"
+    OPERATOR_REVIEW = "operator_review"
+    OPERATOR_CONNECTOR = "operator_connector"
+    OPERATOR_DEADLINE = "operator_deadline"
+    OPERATOR_OVERDUE = "operator_overdue"
+    OPERATOR_DIGEST = "operator_digest"
+
+    @property
+    def to_operators(self) -> bool:
+        return self.value.startswith("operator_")
 
 
 class Outcome(StrEnum):

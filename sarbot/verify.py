@@ -26,7 +26,7 @@ from sarbot.challenge import (
 from sarbot.classify import Classification
 from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.lifecycle import audit, transition
+from sarbot.lifecycle import audit, start_the_clock, transition
 from sarbot.message import IncomingMail
 from sarbot.models import AuditEvent, Request
 from sarbot.states import MailKind, Outcome, RequestState
@@ -44,6 +44,7 @@ class Verifier:
         self.settings = settings
         self.composer = composer
         self.domain = settings.message_id_domain
+        self.calendar = settings.deadlines.calendar()
 
     def check_reply(
         self, session: Session, mail: IncomingMail, found: Classification, *, now: datetime
@@ -68,6 +69,7 @@ class Verifier:
         if request.state is RequestState.NEEDS_REVIEW and request.confirmed_at is None:
             # The operator decides; the reply still proves the mailbox, for when they approve.
             request.confirmed_at = now
+            start_the_clock(request, self.calendar)
             request.add_to_thread(mail.message_id)
             audit(session, request, "confirmation.recorded", at=now, reason=f"cites the {proof}")
             return Verdict(Outcome.CONFIRMATION, request)
@@ -91,6 +93,7 @@ class Verifier:
             )
             return Verdict(Outcome.CONFIRMATION_REFUSED, request, "too many failed attempts")
         request.confirmed_at = now
+        start_the_clock(request, self.calendar)
         request.add_to_thread(mail.message_id)
         reason = f"reply from the requester citing the {proof}"
         if self.settings.verification.mode == "manual":

@@ -1,0 +1,284 @@
+"""``sarbot requests ...``: the register of requests and what an operator decides on them."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from sarbot.cli_common import app_from, iso, operator, table
+from sarbot.collect import ConnectorOutcome
+from sarbot.errors import SarbotError
+from sarbot.lifecycle import audit, transition
+from sarbot.models import Request, utcnow
+from sarbot.operations import REGISTER_COLUMNS, Operations, register
+from sarbot.states import TERMINAL, RequestState
+
+LIST_COLUMNS = ["reference", "state", "email", "received_at", "due", "delivered_at"]
+
+
+@click.group("requests")
+def requests_group() -> None:
+    """The requests sarbot has received, and the decisions a person makes on them."""
+
+
+def _summary(request: Request) -> dict[str, Any]:
+    return {
+        "reference": request.reference,
+        "state": request.state.value,
+        "email": request.email,
+        "received_via": request.received_via,
+        "received_at": iso(request.received_at),
+        "confirmed_at": iso(request.confirmed_at),
+        "due_on": iso(request.due_on),
+        "extended_due_on": iso(request.extended_due_on),
+        "due": iso(request.deadline),
+        "delivered_at": iso(request.delivered_at),
+    }
+
+
+@requests_group.command("list")
+@click.option(
+    "--state", type=click.Choice([s.value for s in RequestState]), help="Only this state."
+)
+@click.option("--overdue", is_flag=True, help="Only open requests past their due date.")
+@click.option(
+    "--due-within", type=click.IntRange(min=0), help="Only open requests due within DAYS."
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.pass_context
+def requests_list(
+    ctx: click.Context, state: str | None, overdue: bool, due_within: int | None, as_json: bool
+) -> None:
+    """List requests, newest first."""
+    app = app_from(ctx)
+    today = app.settings.deadlines.calendar().local_date(utcnow())
+    query = select(Request).order_by(Request.id.desc())
+    if state:
+        query = query.where(Request.state == RequestState(state))
+    with app.sessions() as session:
+        requests = list(session.scalars(query))
+    if overdue or due_within is not None:
+        limit = today - timedelta(days=1) if overdue else today + timedelta(days=due_within or 0)
+        requests = [
+            r
+            for r in requests
+            if r.state not in TERMINAL and r.deadline is not None and r.deadline <= limit
+        ]
+    rows = [_summary(r) for r in requests]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table(rows, LIST_COLUMNS)
+
+
+@requests_group.command("show")
+@click.argument("reference")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.pass_context
+def requests_show(ctx: click.Context, reference: str, as_json: bool) -> None:
+    """Show one request: its dates, how it was verified, and its whole audit trail."""
+    app = app_from(ctx)
+    with app.sessions() as session:
+        request = _find(Operations(app.settings), session, reference)
+        detail = _summary(request) | {
+            "expires_at": iso(request.expires_at),
+            "verification": request.authentication,
+            "extension_reason": request.extension_reason,
+            "review_reason": request.review_reason,
+            "note": request.note,
+            "attempts": request.attempts,
+            "last_error": request.last_error,
+            "audit": [
+                {
+                    "at": iso(event.at),
+                    "event": event.event,
+                    "from_state": event.from_state,
+                    "to_state": event.to_state,
+                    "reason": event.reason,
+                    "actor": event.actor,
+                }
+                for event in request.audit
+            ],
+        }
+    if as_json:
+        click.echo(json.dumps(detail, indent=2))
+        return
+    for key, value in detail.items():
+        if key != "audit" and value not in (None, ""):
+            click.echo(f"{key:>16}: {value}")
+    click.echo("\naudit trail:")
+    table(detail["audit"], ["at", "event", "actor", "reason"])
+
+
+def _find(ops: Operations, session: Any, reference: str) -> Request:
+    try:
+        return ops.find(session, reference)
+    except SarbotError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _decide(ctx: click.Context, action: str, reference: str, **kwargs: Any) -> Any:
+    """Run one operator decision in a transaction; errors are the operator's to read."""
+    app = app_from(ctx)
+    ops = Operations(app.settings)
+    try:
+        with app.sessions.begin() as session:
+            return getattr(ops, action)(
+                session, reference, now=utcnow(), actor=operator(), **kwargs
+            )
+    except SarbotError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@requests_group.command("approve")
+@click.argument("reference")
+@click.pass_context
+def requests_approve(ctx: click.Context, reference: str) -> None:
+    """Let a request that waits for review go on (to collection once its sender confirmed)."""
+    request = _decide(ctx, "approve", reference)
+    click.echo(f"{reference}: approved; now {request.state.value}")
+
+
+@requests_group.command("reject")
+@click.argument("reference")
+@click.option("--reason", required=True, help="Why; it is quoted in the letter to the requester.")
+@click.pass_context
+def requests_reject(ctx: click.Context, reference: str, reason: str) -> None:
+    """Close a request without sending data; the requester gets the reason."""
+    _decide(ctx, "reject", reference, reason=reason)
+    click.echo(f"{reference}: rejected; the requester will be told why")
+
+
+@requests_group.command("extend")
+@click.argument("reference")
+@click.option("--reason", required=True, help="Why; it is quoted in the notice to the requester.")
+@click.pass_context
+def requests_extend(ctx: click.Context, reference: str, reason: str) -> None:
+    """Extend the deadline by two further months (only within the first month)."""
+    request = _decide(ctx, "extend", reference, reason=reason)
+    click.echo(f"{reference}: now due {request.extended_due_on}; the requester will be told why")
+
+
+@requests_group.command("resend")
+@click.argument("reference")
+@click.pass_context
+def requests_resend(ctx: click.Context, reference: str) -> None:
+    """Send the acknowledgement again, with a new challenge."""
+    what = _decide(ctx, "resend", reference)
+    click.echo(f"{reference}: {what} queued")
+
+
+@requests_group.command("retry")
+@click.argument("reference")
+@click.pass_context
+def requests_retry(ctx: click.Context, reference: str) -> None:
+    """Retry a stuck step at the next cycle: collection, or mail that failed or waits."""
+    what = _decide(ctx, "retry", reference)
+    click.echo(f"{reference}: will retry {what}")
+
+
+@requests_group.command("deliver")
+@click.argument("reference")
+@click.option("--partial", is_flag=True, required=True, help="Send what can be collected now.")
+@click.option("--reason", required=True, help="Why; it is quoted in the letter to the requester.")
+@click.pass_context
+def requests_deliver(ctx: click.Context, reference: str, partial: bool, reason: str) -> None:
+    """Deliver a request whose collection keeps failing, with the sources that answer."""
+    app = app_from(ctx)
+    with app.sessions.begin() as session:
+        request = _find(Operations(app.settings), session, reference)
+        if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
+            raise click.ClickException(
+                f"{reference} is {request.state.value}; only a request being collected can be "
+                "delivered in part"
+            )
+        request.partial_reason = reason
+        request.next_attempt_at = None
+        audit(
+            session,
+            request,
+            "request.partial_delivery",
+            at=utcnow(),
+            reason=reason,
+            actor=operator(),
+        )
+    click.echo(f"{reference}: will be delivered with the sources that answer, at the next cycle")
+
+
+@requests_group.command("create")
+@click.option("--email", required=True, help="The requester's address; the challenge goes there.")
+@click.option("--note", required=True, help="How the request came (post, phone) and when.")
+@click.pass_context
+def requests_create(ctx: click.Context, email: str, note: str) -> None:
+    """Enter a request received by post or phone; it takes the same path as one by email."""
+    app = app_from(ctx)
+    ops = Operations(app.settings)
+    try:
+        with app.sessions.begin() as session:
+            verdict = ops.create(session, email, note, now=utcnow(), actor=operator())
+            request = verdict.request
+            if request is None:
+                raise click.ClickException(f"{email}: {verdict.reason}")
+            reference, state = request.reference, request.state.value
+    except (SarbotError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    joined = " (joined the address's open request)" if verdict.outcome.value == "joined" else ""
+    click.echo(f"{reference}: {state}{joined}; the daemon sends the acknowledgement")
+
+
+@requests_group.command("collect")
+@click.argument("reference")
+@click.pass_context
+def requests_collect(ctx: click.Context, reference: str) -> None:
+    """Collect for a confirmed request now, showing each connector as it answers."""
+    app = app_from(ctx)
+    pipeline = app.pipeline()
+    with app.sessions.begin() as session:
+        request = _find(Operations(app.settings), session, reference)
+        if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
+            raise click.ClickException(f"{reference} is {request.state.value}, not being collected")
+        if request.state is RequestState.CONFIRMED:
+            transition(
+                session,
+                request,
+                RequestState.COLLECTING,
+                at=utcnow(),
+                reason="collection started",
+                actor=operator(),
+            )
+    types = {c.name: c.type for c in pipeline.connectors}
+
+    def show(outcome: ConnectorOutcome) -> None:
+        where = f"{outcome.name} ({types.get(outcome.name, '?')})"
+        if outcome.ok:
+            click.echo(f"  ok      {where}: {outcome.records} record(s) in {outcome.seconds:.2f} s")
+        else:
+            click.echo(f"  FAILED  {where}: {outcome.error_type} after {outcome.seconds:.2f} s")
+
+    click.echo(f"{reference}: asking {len(pipeline.connectors)} connector(s)")
+    done = asyncio.run(pipeline._collect_one(request, [show]))
+    for configured in pipeline.connectors:
+        configured.connector.close()
+    if not done:
+        raise click.ClickException(f"{reference}: not complete; the daemon will retry")
+    click.echo(f"{reference}: packaged; the daemon sends it")
+
+
+@requests_group.command("export-register")
+@click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV on standard output.")
+@click.pass_context
+def requests_register(ctx: click.Context, as_csv: bool) -> None:
+    """Every request with its dates, verification, state and decisions, for accountability."""
+    app = app_from(ctx)
+    writer = csv.DictWriter(sys.stdout, fieldnames=REGISTER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    with app.sessions() as session:
+        for row in register(session):
+            writer.writerow(row)

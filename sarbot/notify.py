@@ -1,0 +1,178 @@
+"""Telling the operators when a person is needed.
+
+A configured list of addresses is mailed when a request needs review, when a
+connector keeps failing for it, when its deadline is near and when it is
+overdue: at most one mail per kind of event per request.  A daily digest
+lists what is open.  Operator mail names references, states and dates, and
+masked addresses; it never carries exported data.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from structlog.typing import FilteringBoundLogger
+
+from sarbot import outbox
+from sarbot.addresses import mask_address
+from sarbot.compose import Composer, as_bytes, new_message_id
+from sarbot.config import Settings
+from sarbot.deadlines import days_left
+from sarbot.models import OutgoingMail, Request
+from sarbot.states import TERMINAL, MailKind, RequestState
+
+HEADLINES = {
+    MailKind.OPERATOR_REVIEW: "A request waits for a person",
+    MailKind.OPERATOR_CONNECTOR: "A connector keeps failing for a request",
+    MailKind.OPERATOR_DEADLINE: "A request's deadline is near",
+    MailKind.OPERATOR_OVERDUE: "A request is overdue",
+}
+
+
+class Notifier:
+    def __init__(self, settings: Settings, composer: Composer) -> None:
+        self.settings = settings
+        self.composer = composer
+        self.calendar = settings.deadlines.calendar()
+        self.operators = settings.notifications.operators
+
+    def run(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
+        """Queue the notices that are due; returns how many mails were queued."""
+        if not self.operators:
+            return 0
+        queued = 0
+        today = self.calendar.local_date(now)
+        open_requests = list(
+            session.scalars(select(Request).where(Request.state.not_in(list(TERMINAL))))
+        )
+        for request in open_requests:
+            for kind, detail in self._events(request, today):
+                if not self._already(session, request, kind):
+                    queued += self._notice(session, request, kind, detail, now=now)
+                    log.info("operator.notified", reference=request.reference, kind=kind.value)
+        if now.hour >= self.settings.notifications.digest_hour and not self._digest_sent(
+            session, now
+        ):
+            queued += self._digest(session, open_requests, today, now=now)
+            log.info("operator.digest", open=len(open_requests))
+        return queued
+
+    def _events(self, request: Request, today: date) -> list[tuple[MailKind, str]]:
+        events = []
+        if request.state is RequestState.NEEDS_REVIEW:
+            events.append(
+                (MailKind.OPERATOR_REVIEW, request.review_reason or request.last_error or "")
+            )
+        failures = self.settings.notifications.connector_failures
+        if request.state is RequestState.COLLECTING and request.attempts >= failures:
+            events.append((MailKind.OPERATOR_CONNECTOR, request.last_error or ""))
+        if request.deadline is not None:
+            left = days_left(request.deadline, today)
+            if left < 0:
+                events.append((MailKind.OPERATOR_OVERDUE, f"It was due {-left} day(s) ago."))
+            elif left <= self.settings.notifications.deadline_warning_days:
+                events.append((MailKind.OPERATOR_DEADLINE, f"It is due in {left} day(s)."))
+        return events
+
+    @staticmethod
+    def _already(session: Session, request: Request, kind: MailKind) -> bool:
+        return (
+            session.scalar(
+                select(OutgoingMail.id)
+                .where(OutgoingMail.request_id == request.id)
+                .where(OutgoingMail.kind == kind)
+                .limit(1)
+            )
+            is not None
+        )
+
+    def _notice(
+        self, session: Session, request: Request, kind: MailKind, detail: str, *, now: datetime
+    ) -> int:
+        for address in self.operators:
+            message_id = new_message_id(request.reference, self.settings.message_id_domain)
+            message = self.composer.operator_notice(
+                [address],
+                "operator_notice.txt",
+                f"{HEADLINES[kind]}: {request.reference}",
+                message_id=message_id,
+                now=now,
+                headline=HEADLINES[kind],
+                reference=request.reference,
+                state=request.state.value,
+                requester=mask_address(request.email),
+                received_at=request.received_at,
+                due=request.deadline,
+                detail=detail,
+            )
+            outbox.queue(
+                session,
+                request,
+                kind,
+                message_id=message_id,
+                raw=as_bytes(message),
+                now=now,
+                recipient=address,
+            )
+        return len(self.operators)
+
+    def _digest_sent(self, session: Session, now: datetime) -> bool:
+        since = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return (
+            session.scalar(
+                select(OutgoingMail.id)
+                .where(OutgoingMail.kind == MailKind.OPERATOR_DIGEST)
+                .where(OutgoingMail.created_at >= since)
+                .limit(1)
+            )
+            is not None
+        )
+
+    def _digest(
+        self, session: Session, open_requests: list[Request], today: date, *, now: datetime
+    ) -> int:
+        rows = [
+            {
+                "reference": r.reference,
+                "state": r.state.value,
+                "due": r.deadline,
+                "overdue": r.deadline is not None and r.deadline < today,
+            }
+            for r in open_requests
+        ]
+        review = [
+            {"reference": r.reference, "reason": r.review_reason or r.last_error or ""}
+            for r in open_requests
+            if r.state is RequestState.NEEDS_REVIEW
+        ]
+        delivered = sum(
+            1
+            for r in session.scalars(
+                select(Request).where(Request.delivered_at > now - timedelta(days=1))
+            )
+        )
+        for address in self.operators:
+            message_id = new_message_id("digest", self.settings.message_id_domain)
+            message = self.composer.operator_notice(
+                [address],
+                "operator_digest.txt",
+                f"Daily summary: {len(rows)} open",
+                message_id=message_id,
+                now=now,
+                today=now,
+                open=rows,
+                review=review,
+                delivered=delivered,
+            )
+            outbox.queue(
+                session,
+                None,
+                MailKind.OPERATOR_DIGEST,
+                message_id=message_id,
+                raw=as_bytes(message),
+                now=now,
+                recipient=address,
+            )
+        return len(self.operators)

@@ -1,0 +1,217 @@
+"""What an operator can do to a request: the decisions behind ``sarbot requests ...``.
+
+Every decision is a state change or an event in the audit trail, with the
+operator as its actor, and the requester hears of it where the law expects:
+an extension and a rejection each get a letter with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sarbot import outbox
+from sarbot.acknowledge import Acknowledger
+from sarbot.compose import Composer, as_bytes, new_message_id
+from sarbot.config import Settings
+from sarbot.deadlines import can_extend, extended_due_date, start_date
+from sarbot.errors import SarbotError
+from sarbot.lifecycle import audit, transition
+from sarbot.models import AuditEvent, OutgoingMail, Request
+from sarbot.render import Templates
+from sarbot.states import ALLOWED, MailKind, MailState, RequestState
+from sarbot.verify import Verdict
+
+
+class OperationError(SarbotError):
+    """An operator's command does not fit the request's state."""
+
+
+class Operations:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        templates = Templates(settings.export.template_dir)
+        self.composer = Composer(settings.controller, settings.requests.subject_phrase, templates)
+        self.acknowledger = Acknowledger(settings, self.composer)
+        self.calendar = settings.deadlines.calendar()
+        self.domain = settings.message_id_domain
+
+    def find(self, session: Session, reference: str) -> Request:
+        request = session.scalar(select(Request).where(Request.reference == reference))
+        if request is None:
+            raise OperationError(f"no request {reference}")
+        return request
+
+    def approve(self, session: Session, reference: str, *, now: datetime, actor: str) -> Request:
+        request = self.find(session, reference)
+        if request.state is not RequestState.NEEDS_REVIEW:
+            raise OperationError(f"{reference} is {request.state.value}, not needs_review")
+        to = RequestState.CONFIRMED if request.confirmed_at else RequestState.AWAITING_CONFIRMATION
+        request.review_reason = None
+        transition(session, request, to, at=now, reason="approved by an operator", actor=actor)
+        return request
+
+    def extend(
+        self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
+    ) -> Request:
+        """Two further months, only within the first; the requester is told why."""
+        request = self.find(session, reference)
+        if request.due_on is None or not request.state.is_open:
+            raise OperationError(f"{reference} has no running deadline to extend")
+        if request.extended_due_on is not None:
+            raise OperationError(f"{reference} was already extended")
+        start = start_date(request.received_at, request.confirmed_at, self.calendar)
+        if not can_extend(start, self.calendar.local_date(now), self.calendar):
+            raise OperationError(
+                f"{reference} can only be extended within its first month (due {request.due_on})"
+            )
+        request.extended_due_on = extended_due_date(start, self.calendar)
+        request.extension_reason = reason
+        audit(session, request, "request.extended", at=now, reason=reason, actor=actor)
+        self._letter(
+            session,
+            request,
+            MailKind.EXTENSION_NOTICE,
+            "extension_notice.txt",
+            "We need more time to answer your data request",
+            now,
+            reason=reason,
+            extended_due_on=request.extended_due_on,
+        )
+        return request
+
+    def reject(
+        self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
+    ) -> Request:
+        """Close a request without an answer; the requester gets the reason."""
+        request = self.find(session, reference)
+        if RequestState.REJECTED not in ALLOWED[request.state]:
+            raise OperationError(f"{reference} is {request.state.value} and cannot be rejected")
+        for mail in request_mail(session, request, MailKind.EXPORT, MailState.PENDING):
+            outbox.mark_failed(mail, "cancelled: the request was rejected")
+        transition(session, request, RequestState.REJECTED, at=now, reason=reason, actor=actor)
+        self._letter(
+            session,
+            request,
+            MailKind.REJECTION,
+            "rejection.txt",
+            "About your data request",
+            now,
+            reason=reason,
+        )
+        return request
+
+    def create(
+        self, session: Session, email: str, note: str, *, now: datetime, actor: str
+    ) -> Verdict:
+        """A request received by post or phone: the challenge goes to that address."""
+        return self.acknowledger.open_manual(session, email, note, now=now, actor=actor)
+
+    def retry(self, session: Session, reference: str, *, now: datetime, actor: str) -> str:
+        """Try a stuck step again at the next cycle: collection, or mail that failed or waits."""
+        request = self.find(session, reference)
+        done = []
+        if request.state is RequestState.COLLECTING:
+            request.next_attempt_at = None
+            done.append("collection")
+        for mail in request_mail(session, request, None, MailState.PENDING):
+            mail.next_attempt_at = None
+            done.append(f"{mail.kind.value} mail")
+        for mail in request_mail(session, request, None, MailState.FAILED):
+            if mail.raw is not None or mail.file_path:
+                mail.state, mail.next_attempt_at = MailState.PENDING, None
+                done.append(f"failed {mail.kind.value} mail")
+        if not done:
+            raise OperationError(f"{reference} has nothing to retry ({request.state.value})")
+        audit(session, request, "request.retry", at=now, reason=", ".join(done), actor=actor)
+        return ", ".join(done)
+
+    def resend(self, session: Session, reference: str, *, now: datetime, actor: str) -> str:
+        """Send the acknowledgement again with a fresh challenge (the old one stops working)."""
+        request = self.find(session, reference)
+        if request.state is not RequestState.AWAITING_CONFIRMATION:
+            raise OperationError(
+                f"{reference} is {request.state.value}; only an acknowledgement waiting for "
+                "confirmation can be sent again (use 'retry' for mail that failed)"
+            )
+        self.acknowledger.challenge(session, request, now=now)
+        audit(session, request, "request.resent", at=now, reason="acknowledgement", actor=actor)
+        return "acknowledgement with a new challenge"
+
+    def _letter(
+        self,
+        session: Session,
+        request: Request,
+        kind: MailKind,
+        template: str,
+        subject: str,
+        now: datetime,
+        **context: object,
+    ) -> None:
+        message_id = new_message_id(request.reference, self.domain)
+        message = self.composer.letter(
+            request, template, subject, message_id=message_id, now=now, **context
+        )
+        outbox.queue(session, request, kind, message_id=message_id, raw=as_bytes(message), now=now)
+        request.add_to_thread(message_id)
+
+
+def request_mail(
+    session: Session, request: Request, kind: MailKind | None, state: MailState
+) -> list[OutgoingMail]:
+    query = (
+        select(OutgoingMail)
+        .where(OutgoingMail.request_id == request.id)
+        .where(OutgoingMail.state == state)
+    )
+    if kind is not None:
+        query = query.where(OutgoingMail.kind == kind)
+    return list(session.scalars(query))
+
+
+REGISTER_COLUMNS = [
+    "reference",
+    "received_via",
+    "email",
+    "state",
+    "received_at",
+    "confirmed_at",
+    "verification",
+    "due_on",
+    "extended_due_on",
+    "delivered_at",
+    "decisions",
+]
+
+
+def register(session: Session) -> Iterator[dict[str, str]]:
+    """Every request with its dates, verification and the operators' decisions."""
+    for request in session.scalars(select(Request).order_by(Request.id)):
+        decisions = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.request_id == request.id)
+            .where(AuditEvent.actor != "daemon")
+            .order_by(AuditEvent.id)
+        )
+        yield {
+            "reference": request.reference,
+            "received_via": request.received_via,
+            "email": request.email,
+            "state": request.state.value,
+            "received_at": _iso(request.received_at),
+            "confirmed_at": _iso(request.confirmed_at),
+            "verification": request.authentication or "",
+            "due_on": _iso(request.due_on),
+            "extended_due_on": _iso(request.extended_due_on),
+            "delivered_at": _iso(request.delivered_at),
+            "decisions": "; ".join(
+                f"{e.at.date().isoformat()} {e.actor} {e.event}: {e.reason}" for e in decisions
+            ),
+        }
+
+
+def _iso(value: object) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else ""
