@@ -61,3 +61,34 @@ def test_security_page_names_tests_that_exist() -> None:
         source = (ROOT / path).read_text()
         for name in names:
             assert re.search(rf"\b(class|def) {name}\b", source), f"{ref} does not exist"
+
+
+def logged_events() -> dict[str, str]:
+    """Every event name the code logs, with the file that logs it."""
+    import ast
+
+    found: dict[str, str] = {}
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+    for path in sorted([*(ROOT / "sarbot").rglob("*.py"), *(ROOT / "connectors").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in levels
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and "." in node.args[0].value
+                and " " not in node.args[0].value
+            ):
+                found[node.args[0].value] = str(path.relative_to(ROOT))
+    return found
+
+
+def test_every_logged_event_is_in_the_catalogue() -> None:
+    """docs/events.md lists every event the code logs."""
+    catalogue = (ROOT / "docs" / "events.md").read_text()
+    events = logged_events()
+    assert len(events) > 20
+    missing = {name: where for name, where in events.items() if f"| `{name}` |" not in catalogue}
+    assert missing == {}, f"events missing from docs/events.md: {missing}"

@@ -1,0 +1,303 @@
+"""Running sarbot day to day: deadlines, the review queue, operator commands, notices, retention."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from datetime import date, timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from sarbot.audit import verify
+from sarbot.cli import cli
+from sarbot.deadlines import due_date, start_date
+from sarbot.models import AuditEvent, OutgoingMail, Request
+from sarbot.states import MailKind, MailState, RequestState
+from sarbot.testing import Correspondent, subject_contains
+from tests.conftest import Bot, BotFactory, unique
+
+pytestmark = pytest.mark.mailstack
+Person = Callable[[str, str], Correspondent]
+ACK = subject_contains("Please confirm")
+EXPORT = subject_contains("A copy of your personal data")
+
+
+def command(bot: Bot, *args: str, status: int = 0) -> str:
+    """Run an operator command against the bot's database and config."""
+    result = CliRunner().invoke(cli, args, obj={"app": bot.app, "config_path": bot.app.config_path})
+    assert result.exit_code == status, result.output
+    return result.output
+
+
+def requested(bot: Bot, person: Person, *, confirm: bool = False) -> Correspondent:
+    alice = person("alice", "example.test")
+    alice.send(bot.address, "GDPR DATA REQUEST")
+    bot.support.wait_for(subject_contains("GDPR"))
+    bot.run_once()
+    if confirm:
+        alice.reply(alice.wait_for(ACK))
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+    return alice
+
+
+def set_due(bot: Bot, due: date) -> None:
+    with bot.app.sessions.begin() as session:
+        for request in session.scalars(select(Request)):
+            request.due_on = due
+
+
+class TestDeadlines:
+    def test_the_clock_starts_at_confirmation(self, make_bot: BotFactory, person: Person) -> None:
+        """The due date counts from the confirmation, the ICO's way, and `show` displays it."""
+        bot = make_bot(connectors=[])
+        requested(bot, person, confirm=True)
+        bot.run_once()
+        request = bot.request()
+        calendar = bot.app.settings.deadlines.calendar()
+        expected = due_date(
+            start_date(request.received_at, request.confirmed_at, calendar), calendar
+        )
+        assert request.due_on == expected
+        shown = json.loads(command(bot, "requests", "show", request.reference, "--json"))
+        assert shown["due_on"] == expected.isoformat()
+
+    def test_list_filters_overdue_and_due_soon(self, bot: Bot, person: Person) -> None:
+        """--overdue and --due-within select open requests by their deadline."""
+        requested(bot, person)
+        today = bot.app.settings.deadlines.calendar().local_date(bot.now())
+        set_due(bot, today + timedelta(days=5))
+        assert len(json.loads(command(bot, "requests", "list", "--due-within", "7", "--json"))) == 1
+        assert json.loads(command(bot, "requests", "list", "--due-within", "3", "--json")) == []
+        assert json.loads(command(bot, "requests", "list", "--overdue", "--json")) == []
+        set_due(bot, today - timedelta(days=1))
+        [row] = json.loads(command(bot, "requests", "list", "--overdue", "--json"))
+        assert row["state"] == "awaiting_confirmation"
+
+    def test_extension_within_the_first_month_tells_the_requester(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """`extend` adds two months once, within the first month; the requester gets the reason."""
+        bot = make_bot(
+            connectors=[
+                {
+                    "name": "slow",
+                    "type": "sql",
+                    "url": "sqlite:///nowhere.db",
+                    "queries": [
+                        {"name": "q", "category": "c", "sql": "SELECT 1 WHERE :email = ''"}
+                    ],
+                }
+            ]
+        )
+        alice = requested(bot, person, confirm=True)
+        bot.run_once()  # the connector fails: the request stays in collection
+        reference = bot.request().reference
+        output = command(
+            bot, "requests", "extend", reference, "--reason", "Our archive is offline."
+        )
+        assert "now due" in output
+        bot.run_once()
+        notice = alice.wait_for(subject_contains("need more time"))
+        assert "Our archive is offline." in notice.get_content()
+        request = bot.request()
+        assert request.extended_due_on is not None and request.deadline == request.extended_due_on
+        assert "already extended" in command(
+            bot, "requests", "extend", reference, "--reason", "x", status=1
+        )
+
+    def test_extension_after_the_first_month_is_refused(self, bot: Bot, person: Person) -> None:
+        """Past the original due date, the deadline cannot be extended."""
+        requested(bot, person, confirm=True)
+        with bot.app.sessions.begin() as session:
+            request = session.scalars(select(Request)).one()
+            request.state = RequestState.COLLECTING
+            request.due_on = date(2026, 1, 5)
+            request.received_at = request.received_at - timedelta(days=60)
+        reference = bot.request().reference
+        output = command(bot, "requests", "extend", reference, "--reason", "x", status=1)
+        assert "only be extended within its first month" in output
+
+
+class TestOperatorCommands:
+    def test_reject_tells_the_requester_why(self, bot: Bot, person: Person) -> None:
+        """A rejected request gets a letter with the reason, and never an export."""
+        alice = requested(bot, person)
+        reference = bot.request().reference
+        command(bot, "requests", "reject", reference, "--reason", "We cannot verify who you are.")
+        bot.run_once()
+        letter = alice.wait_for(subject_contains("About your data request"))
+        assert "We cannot verify who you are." in letter.get_content()
+        assert bot.request().state is RequestState.REJECTED
+        alice.reply(alice.messages()[0])
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+        assert not any(m.kind is MailKind.EXPORT for m in bot.outgoing())
+
+    def test_create_runs_the_same_path_for_a_request_by_post(
+        self, bot: Bot, mailstack: object
+    ) -> None:
+        """`create` sends the challenge to the address given; a reply completes it as usual."""
+        alice = Correspondent(bot.support.server, unique("alice", "example.test"))
+        output = command(
+            bot,
+            "requests",
+            "create",
+            "--email",
+            alice.address.upper(),
+            "--note",
+            "Letter received 20 Nov 2026",
+        )
+        assert "awaiting_confirmation" in output
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        request = bot.request()
+        assert (request.received_via, request.note) == ("manual", "Letter received 20 Nov 2026")
+        actors = {e.actor for e in bot.audit() if e.event == "request.created"}
+        assert actors and all(a.startswith("cli:") for a in actors)
+
+    def test_resend_replaces_the_challenge(self, bot: Bot, person: Person) -> None:
+        """After `resend` only the new acknowledgement confirms."""
+        alice = requested(bot, person)
+        reference = bot.request().reference
+        command(bot, "requests", "resend", reference)
+        bot.run_once()
+        first, second = [m for m in alice.messages() if "Please confirm" in str(m["Subject"])]
+        alice.reply(first, "old one")
+        bot.support.wait_for(lambda m: "old one" in m.get_content())
+        bot.run_once()
+        assert bot.request().state is RequestState.AWAITING_CONFIRMATION
+        alice.reply(second, "new one")
+        bot.support.wait_for(lambda m: "new one" in m.get_content())
+        bot.run_once()
+        assert bot.request().state is RequestState.DELIVERED
+
+    def test_retry_and_collect_show_each_connector(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """`collect` asks the connectors now and prints a line for each; `retry` reschedules."""
+        bot = make_bot(
+            connectors=[
+                {
+                    "name": "gone",
+                    "type": "sql",
+                    "url": "sqlite:///nowhere.db",
+                    "queries": [
+                        {"name": "q", "category": "c", "sql": "SELECT 1 WHERE :email = ''"}
+                    ],
+                }
+            ]
+        )
+        requested(bot, person, confirm=True)
+        bot.run_once()
+        reference = bot.request().reference
+        assert bot.request().next_attempt_at is not None
+        assert "will retry collection" in command(bot, "requests", "retry", reference)
+        assert bot.request().next_attempt_at is None
+        output = command(bot, "requests", "collect", reference, status=1)
+        assert "FAILED  gone (sql): OperationalError" in output
+        assert "not complete; the daemon will retry" in output
+
+    def test_the_register_lists_dates_and_decisions(self, bot: Bot, person: Person) -> None:
+        """export-register gives every request with its dates, state and operators' decisions."""
+        requested(bot, person)
+        reference = bot.request().reference
+        command(bot, "requests", "reject", reference, "--reason", "duplicate of a postal request")
+        rows = list(
+            csv.DictReader(io.StringIO(command(bot, "requests", "export-register", "--csv")))
+        )
+        [row] = rows
+        assert row["reference"] == reference and row["state"] == "rejected"
+        assert row["received_at"] and "duplicate of a postal request" in row["decisions"]
+
+
+class TestNotifications:
+    def test_operators_hear_once_per_kind_and_get_a_daily_digest(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """Review, deadline and overdue notices go out once each; the digest once a day."""
+        dpo = Correspondent(person("x", "redtrain.test").server, unique("dpo", "redtrain.test"))
+        bot = make_bot(
+            notifications={"operators": [dpo.address], "digest_hour": 0},
+            verification={"mode": "manual"},
+        )
+        alice = requested(bot, person, confirm=True)
+        bot.run_once()  # confirmed: waits for an operator in manual mode
+        assert bot.request().state is RequestState.NEEDS_REVIEW
+        review = dpo.wait_for(subject_contains("waits for a person"))
+        assert bot.request().reference in str(review["Subject"])
+        assert alice.address not in review.as_string()  # masked
+        dpo.wait_for(subject_contains("Daily summary"))
+        today = bot.app.settings.deadlines.calendar().local_date(bot.now())
+        set_due(bot, today + timedelta(days=2))
+        bot.run_once()
+        dpo.wait_for(subject_contains("deadline is near"))
+        set_due(bot, today - timedelta(days=1))
+        bot.run_once()
+        bot.run_once()
+        dpo.wait_for(subject_contains("is overdue"))
+        kinds = [m.kind for m in bot.outgoing() if m.kind.to_operators]
+        assert sorted(k.value for k in kinds) == [
+            "operator_deadline",
+            "operator_digest",
+            "operator_overdue",
+            "operator_review",
+        ]
+
+
+class TestReminders:
+    def test_one_reminder_before_expiry_with_a_working_challenge(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """An unconfirmed requester is reminded once, and the reminder's challenge works."""
+        alice = requested(bot, person)
+        bot.offset = timedelta(days=11, hours=1)
+        bot.run_once()
+        bot.run_once()
+        reminder = alice.wait_for(subject_contains("Reminder"))
+        assert [m.kind for m in bot.outgoing()].count(MailKind.REMINDER) == 1
+        alice.reply(reminder)
+        bot.support.wait_for(
+            lambda m: "Reminder" in str(m["Subject"]) and "Re:" in str(m["Subject"])
+        )
+        bot.run_once()
+        assert bot.request().state is RequestState.DELIVERED
+
+
+class TestRetention:
+    def test_purge_removes_old_closed_requests_and_keeps_the_trail_verifiable(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """Old requests go with their audit events; the chain is anchored and still verifies."""
+        bot = make_bot(retention={"requests_days": 30})
+        alice = requested(bot, person, confirm=True)
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        old_reference = bot.request().reference
+        bot.offset = timedelta(days=40)
+        newer = person("bob", "example.test")
+        newer.send(bot.address, "GDPR DATA REQUEST")
+        bot.support.wait_for(lambda m: m["From"] == newer.address)
+        bot.run_once()  # the daemon purges once a day
+        with bot.app.sessions() as session:
+            references = set(session.scalars(select(Request.reference)))
+            assert old_reference not in references and len(references) == 1
+            assert (
+                session.scalar(
+                    select(OutgoingMail.id)
+                    .where(OutgoingMail.state == MailState.SENT)
+                    .where(OutgoingMail.recipient == alice.address)
+                )
+                is None
+            )
+            assert verify(session).intact
+            events = [e.event for e in session.scalars(select(AuditEvent))]
+        assert "audit.purged" in events and "retention.purged" in events
+        assert "the audit trail stays verifiable" in command(bot, "purge")
+        assert command(bot, "audit", "verify").startswith("audit trail intact")
