@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sarbot.config import Settings, load_settings
 from sarbot.daemon import Daemon
 from sarbot.db import make_engine, require_current_schema, session_factory
+from sarbot.health import HealthCheck, StatusServer
 from sarbot.intake import Mailbox, MailboxThread
 from sarbot.mailer import Mailer
+from sarbot.metrics import Metrics, StateQueries
 from sarbot.models import Clock, utcnow
 from sarbot.pipeline import Pipeline
 from sarbot.registry import ConfiguredConnector, TypeSource, build_connectors, discover_types
@@ -46,7 +48,7 @@ class App:
             source=str(self.config_path),
         )
 
-    def pipeline(self, *, clock: Clock = utcnow) -> Pipeline:
+    def pipeline(self, *, clock: Clock = utcnow, metrics: Metrics | None = None) -> Pipeline:
         """The pipeline, with every connector built (nothing connects until used)."""
         require_current_schema(self.engine)
         return Pipeline(
@@ -57,9 +59,25 @@ class App:
             MailboxThread(Mailbox(self.settings.imap)),
             log=structlog.get_logger("sarbot"),
             clock=clock,
+            metrics=metrics,
         )
 
     def daemon(self, *, clock: Clock = utcnow) -> Daemon:
         """A daemon ready to run: the schema is checked and every connector is built."""
-        pipeline = self.pipeline(clock=clock)
-        return Daemon(pipeline, pipeline.mailbox, pipeline.log)
+        wanted = self.settings.metrics
+        if not wanted.enabled:
+            pipeline = self.pipeline(clock=clock)
+            return Daemon(pipeline, pipeline.mailbox, pipeline.log)
+        queries = StateQueries(self.engine)
+        metrics = Metrics(
+            clock=clock,
+            snapshot=queries.snapshot,
+            deadline=queries.nearest_deadline,
+            connectors=[entry.name for entry in self.settings.connectors if entry.enabled],
+            timezone=self.settings.deadlines.timezone,
+        )
+        pipeline = self.pipeline(clock=clock, metrics=metrics)
+        stale_after = wanted.threshold(self.settings.imap.poll_interval)
+        health = HealthCheck(metrics, queries.ping, stale_after=stale_after)
+        status = StatusServer(wanted.host, wanted.port, metrics, health, log=pipeline.log)
+        return Daemon(pipeline, pipeline.mailbox, pipeline.log, status=status)

@@ -44,9 +44,10 @@ def run(ctx: click.Context, once: bool) -> None:
     app = app_from(ctx)
     try:
         daemon = app.daemon()
+        clean = asyncio.run(daemon.run(once=once))
     except SarbotError as exc:
         raise click.ClickException(str(exc)) from None
-    if not asyncio.run(daemon.run(once=once)):
+    if not clean:
         ctx.exit(1)
 
 

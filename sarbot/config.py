@@ -203,6 +203,22 @@ class RetentionSettings(Section):
     processed_mail_days: float = Field(default=6 * 365, gt=0)
 
 
+class MetricsSettings(Section):
+    """``[metrics]``: the Prometheus endpoint and ``/healthz``; off unless enabled."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9464, ge=1, le=65535)
+    stale_after: float = Field(default=300.0, gt=0)
+
+    def threshold(self, poll_interval: float) -> float:
+        """Seconds without a successful poll (or IMAP session) before sarbot is unhealthy.
+
+        Never less than three poll intervals: an IDLE wait lasts a whole interval.
+        """
+        return max(self.stale_after, 3 * poll_interval)
+
+
 class StorageSettings(Section):
     database_url: MaybeSecretStr
     export_dir: ConfigPath
@@ -261,6 +277,7 @@ class Settings(Section):
     collection: CollectionSettings = CollectionSettings()
     export: ExportSettings = ExportSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     connectors: tuple[ConnectorEntry, ...] = ()
 
     @field_validator("connectors")

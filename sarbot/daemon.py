@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from structlog.typing import FilteringBoundLogger
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from sarbot.health import StatusServer
 from sarbot.intake import MAILBOX_ERRORS, MailboxThread
 from sarbot.pipeline import Pipeline
 
@@ -25,9 +26,16 @@ MAX_BACKOFF = 60.0
 
 class Daemon:
     def __init__(
-        self, pipeline: Pipeline, mailbox: MailboxThread, log: FilteringBoundLogger
+        self,
+        pipeline: Pipeline,
+        mailbox: MailboxThread,
+        log: FilteringBoundLogger,
+        *,
+        status: StatusServer | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.metrics = pipeline.metrics
+        self.status = status
         self.mailbox = mailbox
         self.log = log
         self.stop = threading.Event()
@@ -40,6 +48,9 @@ class Daemon:
 
     async def run(self, *, once: bool = False) -> bool:
         """Run the pipeline; True if it ended cleanly."""
+        if self.status is not None:
+            self.status.start()  # an address in use fails here (ConfigError), before anything else
+            self.log.info("status.listening", host=self.status.host, port=self.status.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -68,6 +79,8 @@ class Daemon:
             await asyncio.to_thread(self.mailbox.shutdown)
             for configured in self.pipeline.connectors:
                 configured.connector.close()
+            if self.status is not None:
+                await asyncio.to_thread(self.status.stop)
             self.log.info("daemon.stopped")
         return clean
 
@@ -79,6 +92,7 @@ class Daemon:
             progressed = await self.pipeline.cycle(intake=intake)
         except MAILBOX_ERRORS as exc:
             self._failures += 1
+            self.metrics.mailbox_error(self.pipeline.clock())
             self.log.warning(
                 "mailbox.error", error_type=type(exc).__name__, failures=self._failures
             )
@@ -110,6 +124,7 @@ class Daemon:
         async for attempt in retrying:
             with attempt:
                 await self.mailbox.call(box.connect)
+        self.metrics.mailbox_connected(self.pipeline.clock())
         self.log.info(
             "mailbox.connected",
             folder=self.pipeline.settings.imap.folder,
@@ -129,6 +144,7 @@ class Daemon:
                 box.wait_for_mail, self.pipeline.settings.imap.poll_interval, self.stop
             )
         except MAILBOX_ERRORS as exc:
+            self.metrics.mailbox_error(self.pipeline.clock())
             self.log.warning("mailbox.error", error_type=type(exc).__name__, during="wait")
             await self.mailbox.call(box.close)
 

@@ -23,6 +23,7 @@ from sarbot.db import forget_cleared
 from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
 from sarbot.lifecycle import transition
 from sarbot.mailer import Mailer
+from sarbot.metrics import Metrics, is_first_acknowledgement
 from sarbot.models import Clock, OutgoingMail
 from sarbot.states import ALLOWED, MailKind, MailState, RequestState
 
@@ -36,7 +37,9 @@ class Deliverer:
         mailer: Mailer,
         log: FilteringBoundLogger,
         clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics(clock=clock)
         self.settings = settings
         self.sessions = sessions
         self.engine = engine
@@ -107,9 +110,12 @@ class Deliverer:
             log.error("mail.rejected", smtp_code=error.code)
             return
         outbox.mark_sent(mail, now)
+        if request is not None and is_first_acknowledgement(session, mail):
+            self.metrics.acknowledged(request.received_at, at=now)
         if request is not None and mail.kind is MailKind.EXPORT and _all_sent(session, mail):
             request.delivered_at = now
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
+            self.metrics.delivered(request.received_at, request.confirmed_at, at=now)
 
     def sweep(self) -> int:
         """Delete export files nothing will send: sent and past retention, or left by a crash."""

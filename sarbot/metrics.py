@@ -20,12 +20,10 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from pydantic import Field
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from sarbot.config import Section
 from sarbot.models import Clock, OutgoingMail, Request, utcnow
 from sarbot.states import TERMINAL, MailKind, MailState, RequestState
 
@@ -43,22 +41,6 @@ DELIVERY_STARTS = ("received", "confirmed")
 
 Deadline = Callable[[], date | datetime | None]
 """The nearest due date of an open request, or None when no open request has one."""
-
-
-class MetricsSettings(Section):
-    """``[metrics]``: the Prometheus endpoint and ``/healthz``; off unless enabled."""
-
-    enabled: bool = False
-    host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=9464, ge=1, le=65535)
-    stale_after: float = Field(default=300.0, gt=0)
-
-    def threshold(self, poll_interval: float) -> float:
-        """Seconds without a successful poll (or IMAP session) before sarbot is unhealthy.
-
-        Never less than three poll intervals: an IDLE wait lasts a whole interval.
-        """
-        return max(self.stale_after, 3 * poll_interval)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sarbot.intake import HeaderInfo, Mailbox, MailboxThread
 from sarbot.lifecycle import audit, transition
 from sarbot.mailer import Mailer
 from sarbot.message import IncomingMail, parse_headers, parse_message
+from sarbot.metrics import Metrics
 from sarbot.models import Clock, MailboxPosition, Request, SeenMessage, utcnow
 from sarbot.notify import Notifier
 from sarbot.prepare import Preparer
@@ -52,7 +53,9 @@ class Pipeline:
         *,
         log: FilteringBoundLogger | None = None,
         clock: Clock = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics(clock=clock)
         self.settings = settings
         self.sessions = sessions
         self.connectors = connectors
@@ -60,12 +63,16 @@ class Pipeline:
         self.mailbox = mailbox
         self.log: FilteringBoundLogger = log or structlog.get_logger("sarbot")
         self.clock = clock
-        self.observers: list[Observer] = []
+        self.observers: list[Observer] = [
+            lambda done: self.metrics.connector_call(done.name, done.seconds, ok=done.ok)
+        ]
         templates = Templates(settings.export.template_dir)
         self.composer = Composer(settings.controller, settings.requests.subject_phrase, templates)
         self.preparer = Preparer(settings, connectors, self.composer, templates)
         engine = sessions.kw["bind"]
-        self.deliverer = Deliverer(settings, sessions, engine, mailer, self.log, clock)
+        self.deliverer = Deliverer(
+            settings, sessions, engine, mailer, self.log, clock, self.metrics
+        )
         self.verifier = Verifier(settings, self.composer)
         self.acknowledger = Acknowledger(settings, self.composer)
         self.notifier = Notifier(settings, self.composer)
@@ -78,7 +85,10 @@ class Pipeline:
 
     async def cycle(self, *, intake: bool = True) -> bool:
         """Run every step once; True if any request or message moved on."""
-        progressed = await self.intake() if intake else False
+        progressed = False
+        if intake:
+            progressed = await self.intake()
+            self.metrics.poll_succeeded(self.clock())
         progressed |= self.expire()
         progressed |= await self.collect_and_package()
         progressed |= self.notify()

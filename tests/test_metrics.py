@@ -17,12 +17,11 @@ from prometheus_client.samples import Sample
 from sqlalchemy import Engine
 
 from sarbot import db, outbox
-from sarbot.config import validate
+from sarbot.config import MetricsSettings, validate
 from sarbot.errors import ConfigError
 from sarbot.health import HealthCheck, StatusServer
 from sarbot.metrics import (
     Metrics,
-    MetricsSettings,
     StateQueries,
     StateSnapshot,
     is_first_acknowledgement,
