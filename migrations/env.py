@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+from sarbot import faults
 from sarbot.models import Base
 
 engine = context.config.attributes.get("engine")
@@ -16,5 +17,6 @@ with engine.begin() as connection:
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        on_version_apply=lambda ctx, step, heads, run_args: faults.point("migration"),
     )
     context.run_migrations()

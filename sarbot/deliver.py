@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import outbox
+from sarbot import faults, outbox
 from sarbot.addresses import mask_address
 from sarbot.config import Settings
 from sarbot.db import forget_cleared
@@ -68,6 +68,7 @@ class Deliverer:
                 await self.mailer.send(
                     raw, sender=self.settings.controller.email, recipient=mail.recipient
                 )
+                faults.point("deliver.accepted")
             except MailSendError as exc:
                 error = exc
         with self.sessions.begin() as session:

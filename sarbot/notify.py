@@ -25,7 +25,7 @@ from sarbot.states import TERMINAL, MailKind, RequestState
 
 HEADLINES = {
     MailKind.OPERATOR_REVIEW: "A request waits for a person",
-    MailKind.OPERATOR_CONNECTOR: "A connector keeps failing for a request",
+    MailKind.OPERATOR_CONNECTOR: "Collecting or packaging keeps failing for a request",
     MailKind.OPERATOR_DEADLINE: "A request's deadline is near",
     MailKind.OPERATOR_OVERDUE: "A request is overdue",
 }
@@ -66,7 +66,9 @@ class Notifier:
                 (MailKind.OPERATOR_REVIEW, request.review_reason or request.last_error or "")
             )
         failures = self.settings.notifications.connector_failures
-        if request.state is RequestState.COLLECTING and request.attempts >= failures:
+        if request.state is RequestState.COLLECTING and (
+            request.attempts >= failures or _cannot_write(request)
+        ):
             events.append((MailKind.OPERATOR_CONNECTOR, request.last_error or ""))
         if request.deadline is not None:
             left = days_left(request.deadline, today)
@@ -176,3 +178,8 @@ class Notifier:
                 recipient=address,
             )
         return len(self.operators)
+
+
+def _cannot_write(request: Request) -> bool:
+    """The export folder failed: a person must make room at once, not after a few tries."""
+    return (request.last_error or "").startswith("cannot write the export")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sarbot import faults
+
 # Space kept free in each part for the manifest and the zip's own structures.
 PART_OVERHEAD = 256 * 1024
 FIRST_FILES = ("index.html", "README.txt")
@@ -168,6 +170,7 @@ def write_private_file(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            faults.point("package.partial")
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, path)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import retention
+from sarbot import faults, retention
 from sarbot.acknowledge import Acknowledger
 from sarbot.addresses import mask_address
 from sarbot.classify import Classification, Classifier, Kind
@@ -37,6 +37,7 @@ from sarbot.render import Templates
 from sarbot.states import Outcome, RequestState
 from sarbot.verify import Verdict, Verifier
 
+EXPORT_WRITE_FAILED = "cannot write the export"
 MOVED_OUTCOMES = frozenset({Outcome.REQUEST, Outcome.CONFIRMATION, Outcome.JOINED})
 
 
@@ -172,6 +173,7 @@ class Pipeline:
                     seen_at=now,
                 )
             )
+            faults.point("intake.before_commit")
         self._log_verdict(log, found, verdict)
         return True
 
@@ -222,6 +224,7 @@ class Pipeline:
         uids = [uid for _, uid, validity in pending if validity == uidvalidity]
         target = self.settings.imap.processed_folder
         await self.mailbox.call(self.mailbox.mailbox.move, uids, target)
+        faults.point("intake.moved")
         with self.sessions.begin() as session:
             for row_id, _, _ in pending:
                 session.get_one(SeenMessage, row_id).move_pending = False
@@ -295,7 +298,18 @@ class Pipeline:
                 return False
             ctx = self.preparer.context(current, collection, now)
             try:
-                messages = self.preparer.prepare(session, current, ctx, now)
+                with session.begin_nested():  # nothing of a half-prepared answer is kept
+                    messages = self.preparer.prepare(session, current, ctx, now)
+            except OSError as exc:
+                # The export folder is full or unwritable: retry later, and tell the operators.
+                wait = timedelta(seconds=self.settings.collection.retry_after)
+                current.next_attempt_at = now + wait
+                current.last_error = f"{EXPORT_WRITE_FAILED}: {exc.strerror or type(exc).__name__}"
+                audit(session, current, "export.write_failed", at=now, reason=current.last_error)
+                log.error(
+                    "request.export_write_failed", error=exc.strerror, retry_in=wait.total_seconds()
+                )
+                return False
             except EncryptionError as exc:
                 # The requester asked for encryption; a human decides, rather than send in clear.
                 current.last_error = f"cannot encrypt to the requester's key: {exc}"

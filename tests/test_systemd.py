@@ -247,7 +247,8 @@ def sandboxed(workdir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         "hide_homes": service()["ProtectHome"] == ["yes"],
         "umask": int(service()["UMask"][-1], 8),
         "writable": [str(workdir / "state"), str(workdir / "tmp")],
-        "keep_visible": [str(Path(sys.base_prefix).resolve())],  # this checkout's Python
+        # this checkout's Python, and the checkout itself (the venv and the CA live in it)
+        "keep_visible": [str(Path(sys.base_prefix).resolve()), str(ROOT)],
         "stage": str(workdir / "tmp"),
         "user": USER,
         "group": GROUP,
