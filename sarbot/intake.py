@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import select
 import socket
 import ssl
 import threading
@@ -166,11 +167,17 @@ class Mailbox:
             client.noop()
             return False
         client.idle()
+        # idle_check hides the end of the connection: once the server has hung up it
+        # returns nothing at once, every time.  The socket itself tells.
+        hangup = select.poll()
+        hangup.register(client.socket().fileno(), getattr(select, "POLLRDHUP", 0))
         try:
             while not stop.is_set() and time.monotonic() < deadline:
                 responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
                 if any(_is_exists(r) for r in responses):
                     return True
+                if hangup.poll(0):
+                    break  # the server is gone: DONE below fails and says so
             return False
         finally:
             client.idle_done()

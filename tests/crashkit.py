@@ -8,12 +8,16 @@ database, export folder, and an SQLite store two ``sql`` connectors read),
 ``Daemon`` runs ``sarbot run`` as a real subprocess with one log file per
 life, ``Traffic`` plays the requesters (each sends one request and replies to
 the acknowledgement it gets), and ``run_with_kills`` adds a killer that sends
-SIGKILL at moments drawn from ``random.Random(seed)``.  ``tests.crashcheck``
-states every broken invariant afterwards.
+SIGKILL at moments drawn from ``random.Random(seed)``.  ``check`` then states
+every broken invariant, from the state database, the export folder, the audit
+trail and every requester's mailbox.
 """
 
 from __future__ import annotations
 
+import hashlib
+import imaplib
+import io
 import json
 import os
 import random
@@ -23,13 +27,24 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import select
 
 from sarbot import faults
-from sarbot.models import utcnow
+from sarbot.addresses import mask_address
+from sarbot.challenge import digest
+from sarbot.db import make_engine, session_factory
+from sarbot.models import OutgoingMail, Request, utcnow
+from sarbot.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from tests.conftest import CA_FILE, unique
 
@@ -37,8 +52,14 @@ SARBOT = [sys.executable, "-m", "sarbot"]
 ACK_SUBJECT = "Please confirm your data request"
 EXPORT_SUBJECT = "A copy of your personal data"
 REQUEST_BODY = "Please send me a copy of the personal data you hold about me.\n"
+MAIL_ERRORS = (OSError, imaplib.IMAP4.error)
 STARTUP_SECONDS = 2.5  # from spawning ``sarbot run`` to its first cycle, roughly
 ATTEMPTS = 5
+SEED_VARIABLE = "SARBOT_CRASH_SEED"
+SLACK = timedelta(milliseconds=200)  # clock readings around a kill and a commit
+SETTLE_SECONDS = 3.0  # for copies still on their way through the mail server
+PROCESSED_FOLDER = "GDPR"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,8 +76,8 @@ def make_requesters(count: int, rng: random.Random, *, big_share: float = 0.2) -
     people = []
     for n in range(count):
         big = rng.random() < big_share
-        tickets = rng.randint(25, 40) if big else rng.randint(1, 6)
-        size = rng.randint(10_000, 16_000) if big else rng.randint(100, 2_000)
+        tickets = rng.randint(15, 30) if big else rng.randint(1, 6)
+        size = rng.randint(8_000, 12_000) if big else rng.randint(100, 2_000)
         people.append(Requester(unique(f"crash{n}", "example.test"), tickets, size))
     return people
 
@@ -120,7 +141,13 @@ class Site:
     """A sarbot installation in a folder, its schema created, its store filled."""
 
     def __init__(
-        self, root: Path, requesters: list[Requester], seed: int, *, limit: int = 400_000
+        self,
+        root: Path,
+        requesters: list[Requester],
+        seed: int,
+        *,
+        limit: int = 400_000,
+        migrate: bool = True,
     ) -> None:
         self.root = root
         self.support = unique("support", "redtrain.test")
@@ -141,8 +168,8 @@ class Site:
             )
         )
         self._fill_store(requesters, random.Random(f"{seed}/store"))
-        upgraded = self.cli("db", "upgrade")
-        if upgraded.returncode != 0:
+        upgraded = self.cli("db", "upgrade") if migrate else None
+        if upgraded is not None and upgraded.returncode != 0:
             raise RuntimeError(f"sarbot db upgrade failed: {upgraded.stdout}{upgraded.stderr}")
 
     def _fill_store(self, requesters: list[Requester], rng: random.Random) -> None:
@@ -231,10 +258,6 @@ class Life:
                 found.append(event)
         return found
 
-    @property
-    def died_by_sigkill(self) -> bool:
-        return self.returncode == -signal.SIGKILL
-
 
 class Daemon:
     """``sarbot run`` as a subprocess; each life writes its own log file."""
@@ -250,7 +273,10 @@ class Daemon:
 
     def start(self, crash_at: str | None = None) -> Life:
         life = Life(
-            len(self.lives) + 1, self.site.logs / f"life-{len(self.lives) + 1:03d}.jsonl", utcnow(), crash_at
+            len(self.lives) + 1,
+            self.site.logs / f"life-{len(self.lives) + 1:03d}.jsonl",
+            utcnow(),
+            crash_at,
         )
         with life.log.open("wb") as out:
             self._process = subprocess.Popen(
@@ -352,7 +378,8 @@ class Traffic:
             if mean_gap and self._stop.wait(self.rng.expovariate(1 / mean_gap)):
                 return
             sender = Correspondent(self.server, person.address)
-            if self._patiently(lambda: sender.send(self.support, "GDPR DATA REQUEST", REQUEST_BODY)):
+            request = partial(sender.send, self.support, "GDPR DATA REQUEST", REQUEST_BODY)
+            if self._patiently(request) is not None:
                 with self._lock:
                     self.sent[person.address] = utcnow()
 
@@ -362,24 +389,434 @@ class Traffic:
                 waiting = [a for a in self.sent if a not in self.confirmed]
             for address in waiting:
                 person = Correspondent(self.server, address)
-                acks = self._patiently(lambda: person.messages()) or []
-                ack = next((m for m in acks if subject_contains(ACK_SUBJECT)(m)), None)
-                if ack is not None and self._patiently(lambda: person.reply(ack)):
+                inbox = self._patiently(person.messages) or []
+                ack = next((m for m in inbox if subject_contains(ACK_SUBJECT)(m)), None)
+                if ack is not None and self._patiently(partial(person.reply, ack)) is not None:
                     with self._lock:
                         self.confirmed[address] = utcnow()
                 if self._stop.is_set():
                     return
             self._stop.wait(0.3)
 
-    def _patiently(self, action: Callable[[], object]) -> object:
+    def _patiently(self, action: Callable[[], T]) -> T | None:
         """Run one mail action, trying again on a network error; record it if it keeps failing."""
         for attempt in range(ATTEMPTS):
             try:
-                return action() or True
-            except OSError as exc:
+                return action()
+            except MAIL_ERRORS as exc:
                 if attempt == ATTEMPTS - 1:
                     with self._lock:
                         self.errors.append(f"{type(exc).__name__}: {exc}")
                     return None
                 time.sleep(0.5 * (attempt + 1))
         return None
+
+
+# -- a run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Findings:
+    """What a run did, and every invariant it broke."""
+
+    seed: int
+    requests: int
+    kills: int = 0
+    seconds: float = 0.0
+    duplicate_acks: int = 0
+    duplicate_exports: int = 0
+    losses: int = 0
+    killed_after: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    def figures(self) -> str:
+        return (
+            f"requests {self.requests}, kills {self.kills}, duplicates "
+            f"{self.duplicate_acks} acks / {self.duplicate_exports} exports, "
+            f"losses {self.losses}, time {self.seconds:.0f} s"
+        )
+
+    def report(self) -> str:
+        """The seed first, so that the run can be repeated, then what went wrong."""
+        return "\n".join(
+            [
+                f"seed {self.seed} (repeat with {SEED_VARIABLE}={self.seed})",
+                self.figures(),
+                *self.failures,
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    requests: int
+    kills: int
+    seed: int
+    max_gap: float = 3.0  # a kill comes up to this long after the daemon's first cycle
+    big_share: float = 0.2
+    answer_timeout: float = 240.0
+
+
+def run_with_kills(
+    root: Path, plan: Plan, server: MailServer, say: Callable[[str], None] = lambda _: None
+) -> Findings:
+    """Send ``plan.requests`` requests while killing the daemon ``plan.kills`` times."""
+    began = time.monotonic()
+    people = make_requesters(
+        plan.requests, random.Random(f"{plan.seed}/people"), big_share=plan.big_share
+    )
+    site = Site(root, people, plan.seed)
+    daemon = Daemon(site)
+    traffic = Traffic(server, site.support, people, random.Random(f"{plan.seed}/traffic"))
+    findings = Findings(plan.seed, plan.requests)
+    killer = random.Random(f"{plan.seed}/kills")
+    kills: list[datetime] = []
+    daemon.start()
+    traffic.start(spread=plan.kills * (STARTUP_SECONDS + plan.max_gap / 2))
+    try:
+        while len(kills) < plan.kills:
+            if not daemon.wait_for("daemon.started", 60):
+                findings.failures.append(f"life {daemon.life.number} did not start{tail(daemon)}")
+                if daemon.running():
+                    break
+            else:
+                time.sleep(killer.uniform(0.0, plan.max_gap))
+            if daemon.running():
+                kills.append(daemon.kill())
+            else:
+                daemon.wait_exit(5)
+                findings.failures.append(
+                    f"life {daemon.life.number} exited by itself "
+                    f"(status {daemon.life.returncode}){tail(daemon)}"
+                )
+            say(f"kill {len(kills)}/{plan.kills}: {site.delivered()} of {plan.requests} delivered")
+            daemon.start()
+        _wait_answered(site, daemon, traffic, plan.requests, plan.answer_timeout, findings)
+    finally:
+        traffic.stop()
+        _finish(daemon, findings)
+    findings.kills = len(kills)
+    check(site, people, traffic, daemon.lives, kills, server, findings)
+    findings.seconds = time.monotonic() - began
+    return findings
+
+
+def run_armed(
+    root: Path,
+    server: MailServer,
+    people: list[Requester],
+    crash_at: str,
+    *,
+    on_crash: Callable[[Site], None] = lambda _: None,
+) -> Findings:
+    """Run the daemon armed at a crash point; once it died there, again unarmed; then check."""
+    began = time.monotonic()
+    site = Site(root, people, seed=0)
+    daemon = Daemon(site)
+    traffic = Traffic(server, site.support, people, random.Random(0))
+    findings = Findings(0, len(people))
+    kills: list[datetime] = []
+    daemon.start(crash_at=crash_at)
+    traffic.start(spread=0)
+    try:
+        code = daemon.wait_exit(90)
+        if code == -signal.SIGKILL and daemon.life.ended is not None:
+            kills.append(daemon.life.ended)
+            on_crash(site)
+        else:
+            findings.failures.append(f"armed at {crash_at}, the daemon did not crash{tail(daemon)}")
+            if code is None:
+                daemon.kill()
+        daemon.start()
+        _wait_answered(site, daemon, traffic, len(people), 120, findings)
+    finally:
+        traffic.stop()
+        _finish(daemon, findings)
+    findings.kills = len(kills)
+    check(site, people, traffic, daemon.lives, kills, server, findings)
+    findings.seconds = time.monotonic() - began
+    return findings
+
+
+def _wait_answered(
+    site: Site,
+    daemon: Daemon,
+    traffic: Traffic,
+    count: int,
+    timeout: float,
+    findings: Findings,
+) -> None:
+    """Wait until every request was sent, delivered, and nothing waits in the outbox."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if traffic.all_sent() and site.delivered() == count and site.unanswered() == 0:
+            return
+        if not daemon.running():
+            findings.failures.append(f"the last life exited by itself{tail(daemon)}")
+            return
+        time.sleep(0.5)
+    findings.failures.append(
+        f"after {timeout:.0f} s without kills, {site.delivered()} of {count} requests delivered, "
+        f"{len(traffic.sent)} sent, {len(traffic.confirmed)} confirmed"
+    )
+
+
+def _finish(daemon: Daemon, findings: Findings) -> None:
+    """Stop the last life with SIGTERM, as an operator would; it must stop cleanly."""
+    if daemon.running():
+        code = daemon.stop()
+        if code != 0:
+            findings.failures.append(f"the last life did not stop cleanly: status {code}")
+    for life in daemon.lives:
+        if life.killed:
+            events = life.events()
+            findings.killed_after[str(events[-1].get("event")) if events else "(start-up)"] += 1
+
+
+def tail(daemon: Daemon, lines: int = 8) -> str:
+    text = daemon.life.log.read_text(errors="replace").splitlines()[-lines:]
+    return "".join(f"\n    {line}" for line in text)
+
+
+# -- the invariants --------------------------------------------------------------------------
+
+
+def check(
+    site: Site,
+    people: list[Requester],
+    traffic: Traffic,
+    lives: list[Life],
+    kills: list[datetime],
+    server: MailServer,
+    findings: Findings,
+) -> None:
+    """Add every broken invariant to ``findings``: losses, duplicates, leftovers, bad exports."""
+    fail = findings.failures.append
+    fail_all = findings.failures.extend
+    fail_all(f"a requester's mail failed: {error}" for error in traffic.errors)
+    requests, mails = _state(site)
+    opened: dict[str, list[Request]] = {}
+    for request in requests:
+        opened.setdefault(request.email, []).append(request)
+    fail_all(
+        f"a request nobody sent: {r.reference}" for r in requests if r.email not in traffic.sent
+    )
+    expected = {}  # how many messages each requester's INBOX holds at least, once all arrived
+    for person in people:
+        queued = [m for r in opened.get(person.address, []) for m in mails.get(r.id, [])]
+        expected[person.address] = sum(m.state is MailState.SENT for m in queued)
+    boxes = _mailboxes(server, expected)
+    for person in people:
+        mine = opened.get(person.address, [])
+        if person.address not in traffic.sent:
+            continue
+        if not mine:
+            findings.losses += 1
+            fail(f"{mask_address(person.address)}: no request was opened for its mail")
+            continue
+        if len(mine) > 1:
+            fail(f"{mask_address(person.address)}: {len(mine)} requests opened: {_refs(mine)}")
+        request = mine[0]
+        window = Attribution(request.reference, lives, kills)
+        if request.state is not RequestState.DELIVERED:
+            findings.losses += 1
+            fail(_stuck(request, mails.get(request.id, [])) + window.excerpt())
+        inbox = boxes[person.address]
+        _check_acks(request, mails.get(request.id, []), inbox, window, findings)
+        _check_exports(request, mails.get(request.id, []), inbox, window, findings)
+    leftovers = (
+        sorted(p.name for p in site.export_dir.iterdir()) if site.export_dir.is_dir() else []
+    )
+    if leftovers:
+        fail(f"export files left on disk: {leftovers}")
+    audit = site.cli("audit", "verify")
+    if audit.returncode != 0:
+        fail(f"sarbot audit verify: {audit.stdout.strip()} {audit.stderr.strip()}")
+    fail_all(_support_mailbox(server, site.support))
+
+
+def _state(site: Site) -> tuple[list[Request], dict[int, list[OutgoingMail]]]:
+    engine = make_engine(f"sqlite:///{site.state_db}")
+    try:
+        with session_factory(engine)() as session:
+            requests = list(session.scalars(select(Request).order_by(Request.id)))
+            mails: dict[int, list[OutgoingMail]] = {}
+            for mail in session.scalars(select(OutgoingMail).order_by(OutgoingMail.id)):
+                mails.setdefault(mail.request_id or 0, []).append(mail)
+    finally:
+        engine.dispose()
+    return requests, mails
+
+
+def _stuck(request: Request, mails: list[OutgoingMail]) -> str:
+    pending = [m.kind.value for m in mails if m.state is not MailState.SENT]
+    return (
+        f"{request.reference} never delivered: {request.state.value}, next attempt "
+        f"{request.next_attempt_at}, last error {request.last_error!r}, unsent mail {pending}"
+    )
+
+
+def _check_acks(
+    request: Request,
+    mails: list[OutgoingMail],
+    inbox: list[EmailMessage],
+    window: Attribution,
+    findings: Findings,
+) -> None:
+    rows = {m.message_id: m for m in mails if m.kind is MailKind.ACKNOWLEDGEMENT}
+    copies = Counter(_message_id(m) for m in inbox if subject_contains(ACK_SUBJECT)(m))
+    if not copies:
+        findings.losses += 1
+        findings.failures.append(f"{request.reference}: no acknowledgement arrived")
+    if len(rows) != 1 or len(copies) > 1:
+        findings.failures.append(
+            f"{request.reference}: {len(rows)} acknowledgements queued, "
+            f"{len(copies)} different ones arrived"
+        )
+    for message_id, count in copies.items():
+        row = rows.get("sha256:" + digest(message_id))
+        findings.duplicate_acks += count - 1
+        if row is None:
+            findings.failures.append(f"{request.reference}: an acknowledgement the outbox lacks")
+        elif count > 1 + window.kills(row):
+            findings.failures.append(window.duplicate("acknowledgement", row, count))
+
+
+def _check_exports(
+    request: Request,
+    mails: list[OutgoingMail],
+    inbox: list[EmailMessage],
+    window: Attribution,
+    findings: Findings,
+) -> None:
+    rows = {m.message_id: m for m in mails if m.kind is MailKind.EXPORT}
+    received = [m for m in inbox if subject_contains(EXPORT_SUBJECT)(m)]
+    copies = Counter(_message_id(m) for m in received)
+    missing = [message_id for message_id in rows if message_id not in copies]
+    if missing and request.state is RequestState.DELIVERED:
+        findings.losses += 1
+        findings.failures.append(f"{request.reference}: {len(missing)} export message(s) lost")
+    for message_id, count in copies.items():
+        row = rows.get(message_id)
+        findings.duplicate_exports += count - 1
+        if row is None:
+            findings.failures.append(
+                f"{request.reference}: an export the outbox does not hold arrived "
+                "(from an abandoned attempt)" + window.excerpt()
+            )
+        elif count > 1 + window.kills(row):
+            findings.failures.append(window.duplicate("export", row, count))
+    firsts = {_message_id(m): m for m in received if _message_id(m) in rows}
+    attachments = [a for m in firsts.values() for a in _zips(m)]
+    findings.failures.extend(f"{request.reference}: {p}" for p in export_problems(attachments))
+
+
+def _zips(message: EmailMessage) -> list[bytes]:
+    return [
+        part.get_content()
+        for part in message.iter_attachments()
+        if part.get_content_type() == "application/zip"
+    ]
+
+
+def export_problems(parts: list[bytes]) -> list[str]:
+    """What is wrong with an export's zips: unreadable, incomplete, or unlike their manifest."""
+    if not parts:
+        return ["no zip arrived"]
+    contents: dict[str, bytes] = {}
+    manifests = []
+    for data in parts:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                broken = archive.testzip()
+                if broken is not None:
+                    return [f"a zip has a damaged member: {broken}"]
+                for name in archive.namelist():
+                    if name == "manifest.json":
+                        manifests.append(json.loads(archive.read(name)))
+                    else:
+                        contents[name] = archive.read(name)
+        except zipfile.BadZipFile as exc:
+            return [f"a zip does not open: {exc}"]
+    if not manifests or any(m != manifests[0] for m in manifests):
+        return ["the parts do not carry one and the same manifest"]
+    manifest = manifests[0]
+    problems = [] if manifest["parts"] == len(parts) else [f"{len(parts)} of {manifest['parts']}"]
+    for entry in manifest["files"]:
+        names = [p["name"] for p in entry.get("pieces", [{"name": entry["name"]}])]
+        if any(name not in contents for name in names):
+            problems.append(f"{entry['name']} is missing from the zips")
+            continue
+        data = b"".join(contents[name] for name in names)
+        if (len(data), hashlib.sha256(data).hexdigest()) != (entry["size"], entry["sha256"]):
+            problems.append(f"{entry['name']} does not match its manifest entry")
+    return problems
+
+
+def _mailboxes(server: MailServer, expected: dict[str, int]) -> dict[str, list[EmailMessage]]:
+    """Every requester's INBOX once the mail sent has arrived (and a little later, for copies)."""
+    boxes: dict[str, list[EmailMessage]] = {}
+    waiting = set(expected)
+    deadline = time.monotonic() + 60
+    while waiting and time.monotonic() < deadline:
+        for address in sorted(waiting):
+            boxes[address] = Correspondent(server, address).messages()
+            if len(boxes[address]) >= expected[address]:
+                waiting.discard(address)
+        time.sleep(0.5)
+    time.sleep(SETTLE_SECONDS)
+    return {address: Correspondent(server, address).messages() for address in expected}
+
+
+def _support_mailbox(server: MailServer, support: str) -> list[str]:
+    """Every request and reply was handled and moved, each exactly once."""
+    box = Correspondent(server, support)
+    left = box.messages()
+    processed = Counter(_message_id(m) for m in box.messages(PROCESSED_FOLDER))
+    problems = [f"{len(left)} message(s) left unhandled in the support INBOX"] if left else []
+    twice = [message_id for message_id, count in processed.items() if count > 1]
+    if twice:
+        problems.append(f"{len(twice)} message(s) in the processed folder more than once")
+    return problems
+
+
+def _message_id(message: EmailMessage) -> str:
+    return str(message.get("Message-ID", "")).strip()
+
+
+def _refs(requests: list[Request]) -> str:
+    return ", ".join(r.reference for r in requests)
+
+
+class Attribution:
+    """Which kills fell in a message's send window, and what the logs say about a request."""
+
+    def __init__(self, reference: str, lives: list[Life], kills: list[datetime]) -> None:
+        self.reference = reference
+        self.lives = lives
+        self.kill_times = kills
+
+    def kills(self, mail: OutgoingMail) -> int:
+        end = mail.sent_at or utcnow()
+        return sum(mail.created_at - SLACK <= kill <= end + SLACK for kill in self.kill_times)
+
+    def duplicate(self, what: str, mail: OutgoingMail, count: int) -> str:
+        return (
+            f"{self.reference}: {what} arrived {count} times with {self.kills(mail)} kill(s) in "
+            f"its send window {mail.created_at:%H:%M:%S.%f} .. {mail.sent_at:%H:%M:%S.%f}"
+            + self.excerpt()
+        )
+
+    def excerpt(self, limit: int = 30) -> str:
+        """The log lines that name the request, and how each life around them ended."""
+        lines = []
+        for life in self.lives:
+            for event in life.events():
+                if event.get("reference") == self.reference:
+                    lines.append(
+                        f"life {life.number} {event.get('timestamp')} {event.get('event')} "
+                        f"{event.get('kind', '')}"
+                    )
+            how = "killed" if life.killed else f"exit {life.returncode}"
+            lines.append(f"life {life.number} ended {life.ended:%H:%M:%S.%f}: {how}")
+        return "".join(f"\n    {line}" for line in lines[-limit:])

@@ -91,6 +91,59 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class PostgresServer:
+    """A throw-away PostgreSQL cluster that a test can stop and start again (same data, port).
+
+    Use it as a context manager: the cluster is made and started on entry and
+    removed on exit, whether it is running then or not.
+    """
+
+    def __init__(self) -> None:
+        self.bin_dir = _postgres_bin()
+        self.base = Path(tempfile.mkdtemp(prefix="sarbot-pg-"))
+        self.data, self.port = self.base / "data", free_port()
+        self.log = self.base / "server.log"
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def __enter__(self) -> PostgresServer:
+        try:
+            if os.geteuid() == 0:
+                user = pwd.getpwnam("postgres")
+                os.chown(self.base, user.pw_uid, user.pw_gid)
+            initdb = [str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust"]
+            _run(_as_postgres([*initdb, "-U", "postgres"]))
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.running:
+            self._pg_ctl("-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl("-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
+
+    def stop(self) -> None:
+        """Stop the server: open sessions are ended, new connections refused."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> None:
+        argv = _as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args])
+        if check:
+            _run(argv, log=self.log)
+        else:
+            subprocess.run(argv, capture_output=True, check=False)
+
+
 def _mariadb_bin(names: tuple[str, ...]) -> str:
     for name in names:
         found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")

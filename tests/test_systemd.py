@@ -301,8 +301,9 @@ os.setpriority(os.PRIO_PROCESS, 0, 5)
 class TestSarbotInsideTheSandbox:
     def test_the_rebuilt_sandbox_holds(self, workdir: Path) -> None:
         """Each rebuilt part refuses what the unit refuses; a call outside the filter kills."""
-        python = Path(sys.base_prefix).resolve()  # kept visible when it lives in a home folder
-        kept = [python.relative_to("/root").parts[0]] if python.is_relative_to("/root") else []
+        # The Python and the checkout are kept visible when they live in a home folder.
+        visible = (Path(sys.base_prefix).resolve(), ROOT)
+        kept = [p.relative_to("/root").parts[0] for p in visible if p.is_relative_to("/root")]
         assert set(os.listdir("/root")) - set(kept), "/root holds nothing to hide"
         result = sandboxed(workdir, sys.executable, "-c", PROBE, str(workdir), *kept)
         assert result.stdout.split() == [

@@ -1,0 +1,570 @@
+"""Servers going away mid-run: nothing lost, nothing sent twice.
+
+Each test stops or breaks a real server (Dovecot, Postfix, PostgreSQL, the
+SQLite file) while sarbot works, and restores it in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+from sqlalchemy import create_engine, text
+from structlog.testing import capture_logs
+
+from sarbot import db
+from sarbot.app import App
+from sarbot.states import MailKind, MailState, RequestState
+from sarbot.testing import Correspondent, MailServer, subject_contains
+from tests.conftest import CA_FILE, ROOT, Bot, BotFactory, unique
+from tests.servers import PostgresServer, ServerError
+
+pytestmark = pytest.mark.mailstack
+Person = Callable[[str, str], Correspondent]
+
+MAILSTACK = ROOT / "scripts" / "mailstack"
+SARBOT = [sys.executable, "-m", "sarbot"]
+ACK = subject_contains("Please confirm")
+EXPORT = subject_contains("A copy of your personal data")
+REVIEW = subject_contains("A request waits for a person")
+
+
+# -- the mail stack's servers ------------------------------------------------------------
+
+
+def mailstack_command(*args: str) -> str:
+    result = subprocess.run(
+        [str(MAILSTACK), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"mailstack {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+@contextmanager
+def outage(server: str) -> Iterator[None]:
+    """One server of the mail stack is stopped; it is started again however the block ends."""
+    try:
+        mailstack_command("stop", server)
+        yield
+    finally:
+        mailstack_command("up")
+
+
+@contextmanager
+def refusing(address: str, answer: str) -> Iterator[None]:
+    """Postfix answers RCPT TO:<address> with ``answer`` until the block ends."""
+    try:
+        mailstack_command("refuse", address, answer)
+        yield
+    finally:
+        mailstack_command("refuse", address, "--off")
+
+
+def imap_session_of(address: str, timeout: float = 10.0) -> int:
+    """The pid of the one Dovecot process serving ``address`` over IMAP."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(pid) for pid in mailstack_command("sessions", address).split()]
+        if len(pids) == 1:
+            return pids[0]
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected one IMAP session for the support mailbox, found {pids}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def imap_as(address: str) -> Iterator[IMAPClient]:
+    server = MailServer(ca_file=str(CA_FILE))
+    client = IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=30)
+    client.starttls(server.tls())
+    client.login(address, server.password)
+    try:
+        yield client
+    finally:
+        client.logout()
+
+
+# -- sarbot as a long-running process -------------------------------------------------------
+
+
+def write_config(
+    tmp_path: Path,
+    support: str,
+    *,
+    database_url: str | None = None,
+    poll_interval: float = 2.0,
+    timeout: float = 3.0,
+) -> Path:
+    """A config for ``sarbot run``; the state database is migrated."""
+    database_url = database_url or f"sqlite:///{tmp_path / 'state.db'}"
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    engine.dispose()
+    (tmp_path / "imap-password").write_text("test\n")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[controller]
+name = "Red Train IT Ltd"
+email = "{support}"
+[imap]
+host = "127.0.0.1"
+port = 10143
+security = "starttls"
+ca_file = "{CA_FILE}"
+username = "{support}"
+password = {{ file = "imap-password" }}
+poll_interval = {poll_interval}
+timeout = {timeout}
+[smtp]
+host = "127.0.0.1"
+port = 10025
+ca_file = "{CA_FILE}"
+attempts = 1
+[storage]
+database_url = "{database_url}"
+export_dir = "exports"
+[logging]
+format = "json"
+"""
+    )
+    return path
+
+
+class RunningDaemon:
+    """``sarbot run`` as a subprocess; its log events are collected as they come."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.events: list[dict[str, Any]] = []
+        self._arrived = threading.Condition()
+        self.process = subprocess.Popen(
+            [*SARBOT, "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "(not json)", "line": line}
+            with self._arrived:
+                self.events.append(event)
+                self._arrived.notify_all()
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def wait_for(self, name: str, *, after: int = 0, timeout: float = 30.0, **fields: Any) -> int:
+        """The index of the first event ``name`` (with ``fields``) from index ``after`` on."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for index in range(after, len(self.events)):
+                    event = self.events[index]
+                    if event["event"] == name and all(event.get(k) == v for k, v in fields.items()):
+                        return index
+                left = deadline - time.monotonic()
+                if left <= 0 or self.process.poll() is not None:
+                    pytest.fail(f"no {name} {fields} after event {after}: {self.names(after)}")
+                self._arrived.wait(left)
+
+    def names(self, after: int = 0) -> list[str]:
+        with self._arrived:
+            return [str(event["event"]) for event in self.events[after:]]
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=30)
+        self._reader.join(timeout=5)
+        return status
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+StartDaemon = Callable[..., tuple[RunningDaemon, str]]
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, mailstack: MailServer) -> Iterator[StartDaemon]:
+    """Start ``sarbot run`` on a fresh support mailbox; returns it and that address."""
+    started: list[RunningDaemon] = []
+
+    def start(**config: Any) -> tuple[RunningDaemon, str]:
+        support = unique("support", "redtrain.test")
+        daemon = RunningDaemon(write_config(tmp_path, support, **config))
+        started.append(daemon)
+        return daemon, support
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def stop_cleanly(daemon: RunningDaemon) -> None:
+    """The daemon is still running, stops on SIGTERM with status 0, and never crashed."""
+    for e in daemon.events: print(e.get("timestamp"), e["event"], {k: v for k, v in e.items() if k not in ("timestamp", "event", "level")})
+    assert daemon.process.poll() is None, "the daemon exited during the outage"
+    assert daemon.stop() == 0
+    assert "daemon.error" not in daemon.names()
+    assert not [e for e in daemon.events if "Traceback" in e.get("line", "")]
+
+
+def state_of_requests(config: Path) -> list[RequestState]:
+    app = App.load(config)
+    try:
+        return [request.state for request in Bot(app).requests()]
+    finally:
+        app.engine.dispose()
+
+
+def count(correspondent: Correspondent, match: Callable[[Any], bool]) -> int:
+    return sum(1 for message in correspondent.messages() if match(message))
+
+
+# -- requests driven in-process ----------------------------------------------------------------
+
+
+def confirmed(bot: Bot, person: Person) -> Correspondent:
+    """A request from alice, acknowledged and confirmed (not yet collected)."""
+    alice, support = person("alice", "example.test"), bot.support
+    alice.send(bot.address, "GDPR DATA REQUEST")
+    support.wait_for(subject_contains("GDPR"))
+    bot.run_once()
+    alice.reply(alice.wait_for(ACK))
+    support.wait_for(subject_contains("Re: [SAR-"))
+    return alice
+
+
+def events_named(
+    events: Sequence[MutableMapping[str, Any]], name: str
+) -> list[MutableMapping[str, Any]]:
+    return [event for event in events if event["event"] == name]
+
+
+def raw_request(sender: str, support: str, message_id: str) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {support}\r\nSubject: GDPR DATA REQUEST\r\n"
+        f"Message-ID: {message_id}\r\n\r\nPlease send me my data.\r\n"
+    ).encode()
+
+
+class TestImap:
+    def test_dovecot_stopped_mid_idle_loses_no_mail(
+        self, start_daemon: StartDaemon, person: Person
+    ) -> None:
+        """Dovecot stops 10 s: the daemon backs off, reconnects, answers what came meanwhile."""
+        daemon, support = start_daemon(poll_interval=2)
+        connected = daemon.wait_for("mailbox.connected")
+        time.sleep(1)  # waiting in IDLE
+        alice = person("alice", "example.test")
+        with outage("dovecot"):
+            print("stopped", time.time())
+            stopped = time.monotonic()
+            daemon.wait_for("mailbox.error", after=connected)
+            alice.send(support, "GDPR DATA REQUEST")  # Postfix keeps it: LMTP is deferred
+            daemon.wait_for("mailbox.error", after=connected, failures=2, timeout=20)
+            time.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
+        print("up", time.time())
+        back = daemon.wait_for("mailbox.connected", after=connected + 1, timeout=40)
+        print("back", time.time())
+        assert "daemon.backoff" in daemon.names(connected)[: back - connected]
+        alice.wait_for(ACK, timeout=60)
+        stop_cleanly(daemon)
+        assert daemon.names().count("mail.accepted") == 1
+        assert count(alice, ACK) == 1
+        assert state_of_requests(daemon.config) == [RequestState.AWAITING_CONFIRMATION]
+
+    def test_connection_killed_under_idle_is_noticed_at_once(
+        self, start_daemon: StartDaemon, person: Person
+    ) -> None:
+        """The IMAP process dies under IDLE: the EOF is seen at once, not at the next poll."""
+        daemon, support = start_daemon(poll_interval=20)
+        connected = daemon.wait_for("mailbox.connected")
+        session = imap_session_of(support)
+        time.sleep(1)  # waiting in IDLE, for 19 s more
+        killed = time.monotonic()
+        os.kill(session, signal.SIGKILL)
+        lost = daemon.wait_for("mailbox.error", after=connected, during="wait", timeout=15)
+        assert time.monotonic() - killed < 5
+        daemon.wait_for("mailbox.connected", after=lost, timeout=15)
+        alice = person("alice", "example.test")
+        alice.send(support, "GDPR DATA REQUEST")
+        alice.wait_for(ACK, timeout=30)
+        stop_cleanly(daemon)
+
+    def test_silent_connection_times_out_and_reconnects(
+        self, start_daemon: StartDaemon, person: Person
+    ) -> None:
+        """A frozen session (no FIN) fails DONE after [imap] timeout; its mail is answered."""
+        daemon, support = start_daemon(poll_interval=2, timeout=3)
+        connected = daemon.wait_for("mailbox.connected")
+        session = imap_session_of(support)
+        time.sleep(1)
+        alice = person("alice", "example.test")
+        os.kill(session, signal.SIGSTOP)
+        try:
+            frozen = time.monotonic()
+            alice.send(support, "GDPR DATA REQUEST")  # LMTP delivers; the frozen session sleeps
+            lost = daemon.wait_for("mailbox.error", after=connected, timeout=20)
+            assert daemon.events[lost]["error_type"] == "TimeoutError"
+            assert time.monotonic() - frozen < 2 + 3 + 4  # poll interval + timeout + slack
+            daemon.wait_for("mailbox.connected", after=lost, timeout=20)
+            alice.wait_for(ACK, timeout=30)
+        finally:
+            os.kill(session, signal.SIGCONT)
+        stop_cleanly(daemon)
+        assert count(alice, ACK) == 1
+
+
+class TestSmtp:
+    def test_postfix_stopped_export_waits_and_goes_out_once(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """Postfix down: the export stays pending, the request undelivered; later it goes once."""
+        bot = make_bot(smtp={"attempts": 1})
+        alice = confirmed(bot, person)
+        retry = timedelta(seconds=bot.app.settings.smtp.retry_after)
+        with outage("postfix"), capture_logs() as events:
+            bot.run_once()
+            export = bot.outgoing()[-1]
+            assert (export.kind, export.state, export.attempts) == (
+                MailKind.EXPORT,
+                MailState.PENDING,
+                1,
+            )
+            assert export.sent_at is None and export.next_attempt_at is not None
+            assert export.next_attempt_at > bot.now()
+            request = bot.request()
+            assert (request.state, request.delivered_at) == (RequestState.READY, None)
+            bot.offset = retry + timedelta(minutes=1)
+            bot.run_once()  # due again; Postfix is still down
+            assert (bot.outgoing()[-1].state, bot.outgoing()[-1].attempts) == (MailState.PENDING, 2)
+        assert len(events_named(events, "mail.deferred")) == 2
+        assert not events_named(events, "mail.sent")
+        bot.run_once()  # Postfix is back, but the next attempt is not due yet
+        assert bot.outgoing()[-1].attempts == 2
+        bot.offset += retry + timedelta(minutes=1)
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        assert bot.outgoing()[-1].state is MailState.SENT
+        assert bot.request().state is RequestState.DELIVERED
+        assert count(alice, EXPORT) == 1
+
+    def test_4xx_is_retried_and_5xx_goes_to_review_and_the_operator(
+        self, make_bot: BotFactory, person: Person, mailstack: MailServer
+    ) -> None:
+        """450: the acknowledgement waits, goes later; 550 for the export: review, operator told."""
+        operator = Correspondent(mailstack, unique("operator", "redtrain.test"))
+        bot = make_bot(smtp={"attempts": 1}, notifications={"operators": [operator.address]})
+        alice, support = person("alice", "example.test"), bot.support
+        retry = timedelta(seconds=bot.app.settings.smtp.retry_after)
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        with refusing(alice.address, "450 4.7.1 try later"), capture_logs() as events:
+            bot.run_once()
+            [ack] = bot.outgoing()
+            assert (ack.state, ack.attempts) == (MailState.PENDING, 1)
+            assert ack.last_error is not None and ack.last_error.startswith("450")
+            assert bot.request().state is RequestState.AWAITING_CONFIRMATION
+        assert [e["smtp_code"] for e in events_named(events, "mail.deferred")] == [450]
+        bot.offset = retry + timedelta(minutes=1)
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        support.wait_for(subject_contains("Re: [SAR-"))
+        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
+            bot.run_once()
+        request = bot.request()
+        assert request.state is RequestState.NEEDS_REVIEW
+        export = next(m for m in bot.outgoing() if m.kind is MailKind.EXPORT)
+        assert export.state is MailState.FAILED and export.raw is None
+        notice = operator.wait_for(REVIEW)
+        assert request.reference in str(notice["Subject"])
+        assert count(alice, ACK) == 1 and count(alice, EXPORT) == 0
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        with PostgresServer() as server:
+            yield server
+    except ServerError as exc:
+        pytest.fail(f"PostgreSQL could not start: {exc}", pytrace=False)
+
+
+class TestStateDatabase:
+    def test_sqlite_lock_is_waited_out(
+        self, start_daemon: StartDaemon, person: Person, tmp_path: Path
+    ) -> None:
+        """Another connection holds the SQLite write lock 4 s: the daemon waits, then answers."""
+        daemon, support = start_daemon(poll_interval=2)
+        connected = daemon.wait_for("mailbox.connected")
+        alice = person("alice", "example.test")
+        holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            alice.send(support, "GDPR DATA REQUEST")
+            Correspondent(alice.server, support).wait_for(subject_contains("GDPR"))
+            time.sleep(4)
+            assert "mail.accepted" not in daemon.names(connected)
+            released = len(daemon.events)
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        daemon.wait_for("mail.accepted", after=released)
+        alice.wait_for(ACK, timeout=30)
+        stop_cleanly(daemon)
+        assert "db.unavailable" not in daemon.names()
+        assert "mailbox.error" not in daemon.names()
+        assert count(alice, ACK) == 1
+
+    def test_postgres_stopped_during_a_run(
+        self, start_daemon: StartDaemon, person: Person, postgres: PostgresServer
+    ) -> None:
+        """The PostgreSQL state database stops: db.unavailable, backoff, then the request goes."""
+        daemon, support = start_daemon(poll_interval=2, database_url=postgres.url)
+        connected = daemon.wait_for("mailbox.connected")
+        alice = person("alice", "example.test")
+        try:
+            postgres.stop()
+            alice.send(support, "GDPR DATA REQUEST")
+            down = daemon.wait_for("db.unavailable", after=connected, timeout=20)
+            daemon.wait_for("daemon.backoff", after=down)
+            daemon.wait_for("db.unavailable", after=down + 1, failures=2, timeout=20)
+        finally:
+            if not postgres.running:
+                postgres.start()
+        alice.wait_for(ACK, timeout=40)
+        stop_cleanly(daemon)
+        assert daemon.names().count("mail.accepted") == 1
+        assert count(alice, ACK) == 1
+        assert state_of_requests(daemon.config) == [RequestState.AWAITING_CONFIRMATION]
+
+
+class TestConnectorDatabase:
+    def test_connector_database_down_then_back(
+        self, make_bot: BotFactory, person: Person, postgres: PostgresServer
+    ) -> None:
+        """The CRM database stops: the request waits in collecting, others go on, then completes."""
+        alice = person("alice", "example.test")
+        crm = create_engine(postgres.url)
+        with crm.begin() as connection:
+            connection.execute(text("CREATE TABLE customers (email text, plan text)"))
+            connection.execute(
+                text("INSERT INTO customers VALUES (:email, 'PLAN-MARKER')"),
+                {"email": alice.address},
+            )
+        crm.dispose()
+        bot = make_bot(
+            connectors=[
+                {
+                    "name": "crm",
+                    "type": "sql",
+                    "description": "Customer database",
+                    "url": postgres.url,
+                    "queries": [
+                        {
+                            "name": "customers",
+                            "category": "Customer",
+                            "sql": "SELECT plan FROM customers WHERE email = :email",
+                        }
+                    ],
+                }
+            ]
+        )
+        bob = person("bob", "example.test")
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        bot.support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        try:
+            postgres.stop()
+            bob.send(bot.address, "GDPR DATA REQUEST")
+            bot.support.wait_for(lambda m: m["From"] == bob.address)
+            bot.run_once()
+        finally:
+            postgres.start()
+        waiting, other = bot.requests()
+        assert waiting.state is RequestState.COLLECTING
+        assert waiting.last_error == "connectors failed: crm"
+        assert waiting.next_attempt_at is not None and waiting.next_attempt_at > bot.now()
+        assert "collect.incomplete" in [e.event for e in bot.audit() if e.request_id == waiting.id]
+        assert other.state is RequestState.AWAITING_CONFIRMATION
+        bob.wait_for(ACK)
+        bot.run_once()  # the database is back, but the retry is not due yet
+        assert bot.requests()[0].attempts == 1
+        bot.offset = timedelta(seconds=bot.app.settings.collection.retry_after + 60)
+        bot.run_once()
+        export = alice.wait_for(EXPORT)
+        assert bot.requests()[0].state is RequestState.DELIVERED
+        [part] = list(export.iter_attachments())
+        data = part.get_payload(decode=True)
+        assert isinstance(data, bytes)
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        assert any(b"PLAN-MARKER" in archive.read(name) for name in archive.namelist())
+        assert count(alice, EXPORT) == 1
+
+
+class TestUidvalidity:
+    def test_recreated_folder_answers_nothing_twice(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """The watched folder is recreated with old and new mail: only the new is answered."""
+        bot = make_bot(imap={"folder": "Requests"})
+        alice, carol, dave, bob = (
+            person(name, "example.test") for name in ("alice", "carol", "dave", "bob")
+        )
+        first = {
+            p.address: f"<{p.address.split('@')[0]}@example.test>" for p in (alice, carol, dave)
+        }
+        with imap_as(bot.address) as client:
+            client.create_folder("Requests")
+            for sender, message_id in first.items():
+                client.append("Requests", raw_request(sender, bot.address, message_id))
+        bot.run_once()
+        assert len(bot.requests()) == 3
+        old = {seen.uidvalidity for seen in bot.seen()}
+        with imap_as(bot.address) as client:
+            client.delete_folder("Requests")
+            client.create_folder("Requests")
+            # The new request takes UID 1, below the old position (3): only a reset finds it.
+            client.append(
+                "Requests", raw_request(bob.address, bot.address, "<bob-new@example.test>")
+            )
+            for sender in (alice.address, carol.address):
+                client.append("Requests", raw_request(sender, bot.address, first[sender]))
+        with capture_logs() as events:
+            bot.run_once()
+        [changed] = events_named(events, "mailbox.uidvalidity_changed")
+        assert {changed["old"]} == old and changed["new"] not in old
+        assert len(events_named(events, "mail.duplicate")) == 2
+        acks = [m.recipient for m in bot.outgoing() if m.kind is MailKind.ACKNOWLEDGEMENT]
+        assert sorted(acks) == sorted([alice.address, carol.address, dave.address, bob.address])
+        bob.wait_for(ACK)
+        assert count(alice, ACK) == 1 and count(carol, ACK) == 1
