@@ -58,14 +58,7 @@ class Verifier:
         if request is None:
             return self._unproven(session, sender, mail, found, now=now)
         if sender != request.email:
-            audit(
-                session,
-                request,
-                "confirmation.refused",
-                at=now,
-                reason="reply from another address",
-            )
-            return Verdict(Outcome.CONFIRMATION_REFUSED, request, "sender does not match")
+            return _from_another_address(session, request, now)
         if request.state is RequestState.NEEDS_REVIEW and request.confirmed_at is None:
             # The operator decides; the reply still proves the mailbox, for when they approve.
             request.confirmed_at = now
@@ -152,14 +145,7 @@ class Verifier:
                 audit(session, request, "confirmation.failed", at=now, reason="wrong token or code")
                 return Verdict(Outcome.CONFIRMATION_REFUSED, request, "wrong token or code")
             if request.email != sender:
-                audit(
-                    session,
-                    request,
-                    "confirmation.refused",
-                    at=now,
-                    reason="reply from another address",
-                )
-                return Verdict(Outcome.CONFIRMATION_REFUSED, request, "sender does not match")
+                return _from_another_address(session, request, now)
         return Verdict(Outcome.UNRELATED_REPLY, reason="no request proven")
 
     def expire_due(self, session: Session, *, now: datetime) -> list[Request]:
@@ -190,3 +176,9 @@ class Verifier:
     @staticmethod
     def _by_reference(session: Session, reference: str) -> Request | None:
         return session.scalar(select(Request).where(Request.reference == reference))
+
+
+def _from_another_address(session: Session, request: Request, now: datetime) -> Verdict:
+    """A reply naming a request but sent from another address: refused, and recorded."""
+    audit(session, request, "confirmation.refused", at=now, reason="reply from another address")
+    return Verdict(Outcome.CONFIRMATION_REFUSED, request, "sender does not match")

@@ -53,12 +53,13 @@ ACK_SUBJECT = "Please confirm your data request"
 EXPORT_SUBJECT = "A copy of your personal data"
 REQUEST_BODY = "Please send me a copy of the personal data you hold about me.\n"
 MAIL_ERRORS = (OSError, imaplib.IMAP4.error)
-STARTUP_SECONDS = 2.5  # from spawning ``sarbot run`` to its first cycle, roughly
+STARTUP_SECONDS = 1.5  # from spawning ``sarbot run`` to its first cycle, roughly
 ATTEMPTS = 5
 SEED_VARIABLE = "SARBOT_CRASH_SEED"
 SLACK = timedelta(milliseconds=200)  # clock readings around a kill and a commit
 SETTLE_SECONDS = 3.0  # for copies still on their way through the mail server
 PROCESSED_FOLDER = "GDPR"
+MAX_FAILURES = 20  # a run this broken stops killing early
 T = TypeVar("T")
 
 
@@ -220,10 +221,37 @@ class Site:
         assert isinstance(open_requests, int) and isinstance(pending_mail, int)
         return open_requests + pending_mail
 
+    def dead_ends(self) -> list[str]:
+        """Open requests that nothing will move on: no retry due, no mail left to send."""
+        found = [f"{ref} is {state} with no way forward" for ref, state in self.query(DEAD_ENDS)]
+        queued = self.query(
+            "SELECT r.reference, m.file_path FROM outgoing_mail m JOIN requests r"
+            " ON r.id = m.request_id WHERE m.state = 'pending' AND m.file_path IS NOT NULL"
+        )
+        found += [
+            f"{ref}: a queued export's file is gone"
+            for ref, path in queued
+            if not Path(str(path)).is_file()
+        ]
+        return found
+
     def delivered(self) -> int:
         [(count,)] = self.query("SELECT count(*) FROM requests WHERE state = 'delivered'")
         assert isinstance(count, int)
         return count
+
+
+DEAD_ENDS = """
+SELECT r.reference, r.state FROM requests r
+WHERE (r.state = 'received' AND r.next_attempt_at IS NULL)
+   OR (r.state = 'awaiting_confirmation' AND NOT EXISTS (
+        SELECT 1 FROM outgoing_mail m WHERE m.request_id = r.id AND m.kind = 'acknowledgement'))
+   OR (r.state = 'ready' AND NOT EXISTS (
+        SELECT 1 FROM outgoing_mail m
+        WHERE m.request_id = r.id AND m.kind = 'export' AND m.state = 'pending'))
+   OR r.state IN ('needs_review', 'rejected', 'failed', 'expired')
+   OR EXISTS (SELECT 1 FROM outgoing_mail m WHERE m.request_id = r.id AND m.state = 'failed')
+"""
 
 
 def sarbot_environment(crash_at: str | None) -> dict[str, str]:
@@ -425,7 +453,7 @@ class Findings:
     seconds: float = 0.0
     duplicate_acks: int = 0
     duplicate_exports: int = 0
-    losses: int = 0
+    lost: set[str] = field(default_factory=set)  # requesters whose request got no full answer
     killed_after: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
@@ -435,6 +463,10 @@ class Findings:
             f"{self.duplicate_acks} acks / {self.duplicate_exports} exports, "
             f"losses {self.losses}, time {self.seconds:.0f} s"
         )
+
+    @property
+    def losses(self) -> int:
+        return len(self.lost)
 
     def report(self) -> str:
         """The seed first, so that the run can be repeated, then what went wrong."""
@@ -474,21 +506,21 @@ def run_with_kills(
     daemon.start()
     traffic.start(spread=plan.kills * (STARTUP_SECONDS + plan.max_gap / 2))
     try:
-        while len(kills) < plan.kills:
-            if not daemon.wait_for("daemon.started", 60):
-                findings.failures.append(f"life {daemon.life.number} did not start{tail(daemon)}")
-                if daemon.running():
-                    break
-            else:
+        while len(kills) < plan.kills and len(findings.failures) < MAX_FAILURES:
+            started = daemon.wait_for("daemon.started", 60)
+            if started:
                 time.sleep(killer.uniform(0.0, plan.max_gap))
-            if daemon.running():
-                kills.append(daemon.kill())
-            else:
+            if not daemon.running():
                 daemon.wait_exit(5)
                 findings.failures.append(
                     f"life {daemon.life.number} exited by itself "
                     f"(status {daemon.life.returncode}){tail(daemon)}"
                 )
+            else:
+                kills.append(daemon.kill())
+                if not started:
+                    findings.failures.append(f"life {daemon.life.number} hung in start-up")
+                findings.failures.extend(f"after kill {len(kills)}: {p}" for p in site.dead_ends())
             say(f"kill {len(kills)}/{plan.kills}: {site.delivered()} of {plan.requests} delivered")
             daemon.start()
         _wait_answered(site, daemon, traffic, plan.requests, plan.answer_timeout, findings)
@@ -522,6 +554,7 @@ def run_armed(
         code = daemon.wait_exit(90)
         if code == -signal.SIGKILL and daemon.life.ended is not None:
             kills.append(daemon.life.ended)
+            findings.failures.extend(f"after the crash: {p}" for p in site.dead_ends())
             on_crash(site)
         else:
             findings.failures.append(f"armed at {crash_at}, the daemon did not crash{tail(daemon)}")
@@ -611,7 +644,7 @@ def check(
         if person.address not in traffic.sent:
             continue
         if not mine:
-            findings.losses += 1
+            findings.lost.add(person.address)
             fail(f"{mask_address(person.address)}: no request was opened for its mail")
             continue
         if len(mine) > 1:
@@ -619,11 +652,12 @@ def check(
         request = mine[0]
         window = Attribution(request.reference, lives, kills)
         if request.state is not RequestState.DELIVERED:
-            findings.losses += 1
             fail(_stuck(request, mails.get(request.id, [])) + window.excerpt())
         inbox = boxes[person.address]
-        _check_acks(request, mails.get(request.id, []), inbox, window, findings)
-        _check_exports(request, mails.get(request.id, []), inbox, window, findings)
+        acknowledged = _check_acks(request, mails.get(request.id, []), inbox, window, findings)
+        answered = _check_exports(request, mails.get(request.id, []), inbox, window, findings)
+        if not (acknowledged and answered and request.state is RequestState.DELIVERED):
+            findings.lost.add(person.address)
     leftovers = (
         sorted(p.name for p in site.export_dir.iterdir()) if site.export_dir.is_dir() else []
     )
@@ -662,11 +696,11 @@ def _check_acks(
     inbox: list[EmailMessage],
     window: Attribution,
     findings: Findings,
-) -> None:
+) -> bool:
+    """Check the acknowledgements a requester received; False if none did."""
     rows = {m.message_id: m for m in mails if m.kind is MailKind.ACKNOWLEDGEMENT}
     copies = Counter(_message_id(m) for m in inbox if subject_contains(ACK_SUBJECT)(m))
     if not copies:
-        findings.losses += 1
         findings.failures.append(f"{request.reference}: no acknowledgement arrived")
     if len(rows) != 1 or len(copies) > 1:
         findings.failures.append(
@@ -680,6 +714,7 @@ def _check_acks(
             findings.failures.append(f"{request.reference}: an acknowledgement the outbox lacks")
         elif count > 1 + window.kills(row):
             findings.failures.append(window.duplicate("acknowledgement", row, count))
+    return bool(copies)
 
 
 def _check_exports(
@@ -688,13 +723,16 @@ def _check_exports(
     inbox: list[EmailMessage],
     window: Attribution,
     findings: Findings,
-) -> None:
+) -> bool:
+    """Check the export messages a requester received; False if any part never came."""
     rows = {m.message_id: m for m in mails if m.kind is MailKind.EXPORT}
-    received = [m for m in inbox if subject_contains(EXPORT_SUBJECT)(m)]
-    copies = Counter(_message_id(m) for m in received)
+    received: dict[str, list[EmailMessage]] = {}
+    for message in inbox:
+        if subject_contains(EXPORT_SUBJECT)(message):
+            received.setdefault(_message_id(message), []).append(message)
+    copies = Counter({message_id: len(group) for message_id, group in received.items()})
     missing = [message_id for message_id in rows if message_id not in copies]
     if missing and request.state is RequestState.DELIVERED:
-        findings.losses += 1
         findings.failures.append(f"{request.reference}: {len(missing)} export message(s) lost")
     for message_id, count in copies.items():
         row = rows.get(message_id)
@@ -706,9 +744,11 @@ def _check_exports(
             )
         elif count > 1 + window.kills(row):
             findings.failures.append(window.duplicate("export", row, count))
-    firsts = {_message_id(m): m for m in received if _message_id(m) in rows}
-    attachments = [a for m in firsts.values() for a in _zips(m)]
+    if any(_zips(m) != _zips(group[0]) for group in received.values() for m in group):
+        findings.failures.append(f"{request.reference}: copies of one export message differ")
+    attachments = [a for i, g in received.items() if i in rows for a in _zips(g[0])]
     findings.failures.extend(f"{request.reference}: {p}" for p in export_problems(attachments))
+    return bool(rows) and not missing
 
 
 def _zips(message: EmailMessage) -> list[bytes]:

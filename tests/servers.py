@@ -136,6 +136,16 @@ class PostgresServer:
         """Stop the server: open sessions are ended, new connections refused."""
         self._pg_ctl("-m", "fast", "-w", "stop")
 
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The server is down inside the block, and running again however the block ends."""
+        self.stop()
+        try:
+            yield
+        finally:
+            if not self.running:
+                self.start()
+
     def _pg_ctl(self, *args: str, check: bool = True) -> None:
         argv = _as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args])
         if check:

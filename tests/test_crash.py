@@ -33,7 +33,8 @@ from tests.crashkit import (
     run_with_kills,
 )
 
-MIGRATIONS = len(list(ScriptDirectory(str(files("migrations"))).walk_revisions()))
+REVISIONS = [r.revision for r in ScriptDirectory(str(files("migrations"))).walk_revisions()][::-1]
+MIGRATIONS = len(REVISIONS)
 
 
 def one_person(*, big: bool = False) -> list[Requester]:
@@ -156,20 +157,40 @@ class TestCrashPoints:
         assert (findings.duplicate_acks, findings.duplicate_exports) == (0, 0)
 
 
+def revision(path: Path) -> str | None:
+    """The schema revision a database file records, or None."""
+    with sqlite3.connect(path) as connection:
+        tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        rows = (
+            connection.execute("SELECT version_num FROM alembic_version").fetchall()
+            if ("alembic_version",) in tables.fetchall()
+            else []
+        )
+        found = str(rows[0][0]) if rows else None
+    connection.close()
+    return found
+
+
+@pytest.fixture(scope="module")
+def clean_schema(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, list[str]]]:
+    """The schema of a database upgraded without a crash."""
+    return schema(Site(tmp_path_factory.mktemp("clean"), [], seed=0).state_db)
+
+
 class TestMigrationCrash:
     @pytest.mark.parametrize("after", range(1, MIGRATIONS + 1))
     def test_upgrade_killed_between_migrations_completes_on_rerun(
-        self, tmp_path: Path, after: int
+        self, tmp_path: Path, after: int, clean_schema: list[tuple[str, str, list[str]]]
     ) -> None:
-        """``db upgrade`` killed after any migration leaves a database the next upgrade finishes."""
-        clean = Site(tmp_path / "clean", [], seed=0)
-        site = Site(tmp_path / "crashed", [], seed=0, migrate=False)
+        """``db upgrade`` killed after any migration: the next upgrade gives the clean schema."""
+        site = Site(tmp_path, [], seed=0, migrate=False)
         killed = site.cli("db", "upgrade", crash_at=f"migration:{after}")
         assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        assert revision(site.state_db) in {None, *REVISIONS[:after]}
         rerun = site.cli("db", "upgrade")
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert rerun.stdout.strip() == f"database at revision {db.head_revision()}"
-        assert schema(site.state_db) == schema(clean.state_db)
+        assert schema(site.state_db) == clean_schema
         verified = site.cli("audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
 

@@ -1,0 +1,1 @@
+"""Long-running measurements of sarbot, run by hand (``python -m bench.<name>``)."""
