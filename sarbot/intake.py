@@ -96,6 +96,7 @@ class Mailbox:
     def new_headers(self, after_uid: int) -> list[HeaderInfo]:
         """Size and headers of the messages with a UID above ``after_uid``, oldest first."""
         client = self._client()
+        client.noop()  # the server shows mail that came since the last command only after one
         uids = sorted(
             uid for uid in client.search(["UID", f"{after_uid + 1}:*"]) if uid > after_uid
         )

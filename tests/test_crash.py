@@ -10,10 +10,13 @@ migrations.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
 import sqlite3
+import zipfile
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,14 +24,19 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from sarbot import db
+from sarbot.models import OutgoingMail
+from sarbot.package import pack
+from sarbot.states import MailKind, MailState
 from sarbot.testing import MailServer
 from tests.conftest import unique
 from tests.crashkit import (
     SEED_VARIABLE,
+    Attribution,
     Findings,
     Plan,
     Requester,
     Site,
+    export_problems,
     run_armed,
     run_with_kills,
 )
@@ -206,3 +214,52 @@ class TestRandomKills:
         print(findings.figures())
         assert findings.kills >= 20, findings.report()
         assert_sound(findings)
+
+
+class TestTheChecks:
+    def test_export_check_accepts_a_sound_export_and_names_damage(self) -> None:
+        """A whole multi-part export passes; a cut, missing or foreign part is named."""
+        when = datetime(2026, 1, 2, tzinfo=UTC)
+
+        def export(seed: int) -> list[bytes]:
+            data = random.Random(seed).randbytes(150_000).hex().encode()
+            files = {"index.html": b"<p>report</p>", "data.json": data}
+            return [
+                p.data for p in pack(files, reference="SAR-1", generated_at=when, limit=100_000)
+            ]
+
+        parts = export(1)
+        assert len(parts) > 2 and export_problems(parts) == []
+        cut = [parts[0], parts[1][: len(parts[1]) // 2], *parts[2:]]
+        assert export_problems(cut)[0].startswith("a zip does not open")
+        assert "data.json is missing from the zips" in export_problems(parts[:-1])
+        foreign = [parts[0], export(2)[1], *parts[2:]]
+        assert export_problems(foreign) == ["the parts do not carry one and the same manifest"]
+        assert export_problems([]) == ["no zip arrived"]
+
+    def test_export_check_names_a_file_unlike_its_manifest_entry(self) -> None:
+        """A zip whose member differs from the manifest's size and hash is named."""
+        [part] = pack(
+            {"data.json": b"[1]"}, reference="SAR-1", generated_at=datetime.now(UTC), limit=10**6
+        )
+        with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
+            manifest = archive.read("manifest.json")
+        forged = io.BytesIO()
+        with zipfile.ZipFile(forged, "w") as archive:
+            archive.writestr("data.json", b"[2]")
+            archive.writestr("manifest.json", manifest)
+        assert export_problems([forged.getvalue()]) == [
+            "data.json does not match its manifest entry"
+        ]
+
+    def test_a_copy_is_excused_only_by_a_kill_inside_its_send_window(self) -> None:
+        """Kills before the outbox row or after it was marked sent excuse no copy."""
+        queued = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
+        mail = OutgoingMail(
+            kind=MailKind.EXPORT,
+            state=MailState.SENT,
+            created_at=queued,
+            sent_at=queued + timedelta(seconds=5),
+        )
+        kills = [queued + timedelta(seconds=s) for s in (-3, 1, 4, 9)]
+        assert Attribution("SAR-1", [], kills).kills(mail) == 2
