@@ -46,6 +46,7 @@ from sarbot.db import make_engine, session_factory
 from sarbot.models import OutgoingMail, Request, utcnow
 from sarbot.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
+from sarbot.testing.config import write_config
 from tests.conftest import CA_FILE, unique
 
 SARBOT = [sys.executable, "-m", "sarbot"]
@@ -83,28 +84,7 @@ def make_requesters(count: int, rng: random.Random, *, big_share: float = 0.2) -
     return people
 
 
-CONFIG = """
-[controller]
-name = "Red Train IT Ltd"
-email = "{support}"
-[imap]
-host = "127.0.0.1"
-port = 10143
-security = "starttls"
-ca_file = "{ca}"
-username = "{support}"
-password = {{ file = "imap-password" }}
-poll_interval = 1
-timeout = 10
-[smtp]
-host = "127.0.0.1"
-port = 10025
-ca_file = "{ca}"
-timeout = 20
-retry_after = 2
-[storage]
-database_url = "sqlite:///{state}"
-export_dir = "exports"
+SETTINGS = """
 [requests]
 acks_per_domain_per_day = 1000000
 acks_per_hour = 1000000
@@ -112,8 +92,6 @@ acks_per_hour = 1000000
 retry_after = 2
 [export]
 max_attachment_bytes = {limit}
-[logging]
-format = "json"
 
 [[connectors]]
 name = "crm"
@@ -158,15 +136,13 @@ class Site:
         self.export_dir = root / "exports"
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        (root / "imap-password").write_text("test\n")
-        self.config.write_text(
-            CONFIG.format(
-                support=self.support,
-                ca=CA_FILE,
-                state=self.state_db,
-                store=self.store_db,
-                limit=limit,
-            )
+        write_config(
+            self.config,
+            self.support,
+            server=MailServer(ca_file=str(CA_FILE)),
+            database_url=f"sqlite:///{self.state_db}",
+            smtp={"timeout": 20, "retry_after": 2},
+            extra=SETTINGS.format(store=self.store_db, limit=limit),
         )
         self._fill_store(requesters, random.Random(f"{seed}/store"))
         upgraded = self.cli("db", "upgrade") if migrate else None

@@ -22,6 +22,7 @@ from sarbot.cli import cli
 from sarbot.lifecycle import audit
 from sarbot.models import utcnow
 from sarbot.testing import Correspondent, MailServer, subject_contains
+from sarbot.testing import config as testconfig
 from tests.conftest import CA_FILE, unique
 from tests.servers import free_port
 
@@ -29,34 +30,13 @@ SARBOT = [sys.executable, "-m", "sarbot"]
 
 
 def write_config(tmp_path: Path, support: str, *, imap_port: int = 10143) -> Path:
-    (tmp_path / "imap-password").write_text("test\n")
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[controller]
-name = "Red Train IT Ltd"
-email = "{support}"
-[imap]
-host = "127.0.0.1"
-port = {imap_port}
-security = "starttls"
-ca_file = "{CA_FILE}"
-username = "{support}"
-password = {{ file = "imap-password" }}
-poll_interval = 1
-timeout = 5
-[smtp]
-host = "127.0.0.1"
-port = 10025
-ca_file = "{CA_FILE}"
-[storage]
-database_url = "sqlite:///{tmp_path / "state.db"}"
-export_dir = "exports"
-[logging]
-format = "json"
-"""
+    return testconfig.write_config(
+        tmp_path / "config.toml",
+        support,
+        server=MailServer(ca_file=str(CA_FILE)),
+        database_url=f"sqlite:///{tmp_path / 'state.db'}",
+        imap={"port": imap_port, "timeout": 5},
     )
-    return path
 
 
 def invoke(config: Path, *args: str) -> tuple[int, str]:

@@ -41,6 +41,7 @@ from sqlalchemy import create_engine, text
 
 from sarbot.cli import DEFAULT_CONFIG
 from sarbot.testing import Correspondent, MailServer, subject_contains
+from sarbot.testing import config as testconfig
 from tests.conftest import CA_FILE, unique
 from tests.servers import ServerError, postgres_server
 
@@ -363,28 +364,7 @@ class TestSarbotInsideTheSandbox:
         assert (database.st_uid, database.st_mode & 0o777) == (pwd.getpwnam(USER).pw_uid, 0o600)
 
 
-CONFIG = """
-[controller]
-name = "Red Train IT Ltd"
-email = "{support}"
-[imap]
-host = "127.0.0.1"
-port = 10143
-security = "starttls"
-ca_file = "{ca}"
-username = "{support}"
-password = {{ file = "secrets/imap-password" }}
-poll_interval = 1
-timeout = 10
-[smtp]
-host = "127.0.0.1"
-port = 10025
-ca_file = "{ca}"
-[storage]
-database_url = "sqlite:///{state}/sarbot.db"
-export_dir = "{state}/exports"
-[logging]
-format = "json"
+CONNECTORS = """
 [[connectors]]
 name = "vault"
 type = "keepass"
@@ -414,10 +394,16 @@ def write_config(workdir: Path, support: str, alice: str, crm_url: str) -> Path:
             text("INSERT INTO customers VALUES (:email, 'sandbox-plan-gold')"), {"email": alice}
         )
     engine.dispose()
-    (etc / "secrets" / "imap-password").write_text("test\n")
     (etc / "secrets" / "vault-password").write_text("vault master password\n")
-    (etc / "config.toml").write_text(
-        CONFIG.format(support=support, ca=CA_FILE, state=workdir / "state", crm_url=crm_url)
+    state = workdir / "state"
+    testconfig.write_config(
+        etc / "config.toml",
+        support,
+        server=MailServer(ca_file=str(CA_FILE)),
+        database_url=f"sqlite:///{state / 'sarbot.db'}",
+        export_dir=state / "exports",
+        login_file="secrets/imap-password",
+        extra=CONNECTORS.format(crm_url=crm_url),
     )
     group = grp.getgrnam(GROUP).gr_gid
     for path in [etc / "vault.kdbx", etc / "config.toml", *(etc / "secrets").iterdir()]:
