@@ -16,12 +16,14 @@ from sqlalchemy.exc import OperationalError
 from structlog.typing import FilteringBoundLogger
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from sarbot.config import ImapSettings
 from sarbot.health import StatusServer
 from sarbot.intake import MAILBOX_ERRORS, MailboxThread
 from sarbot.pipeline import Pipeline
 
 CONNECT_ATTEMPTS = 3
 MAX_BACKOFF = 60.0
+WATCHDOG_SLACK = 5.0
 
 
 class Daemon:
@@ -138,15 +140,25 @@ class Daemon:
         await asyncio.to_thread(self.stop.wait, delay)
 
     async def _wait_for_mail(self) -> None:
-        box = self.mailbox.mailbox
+        box, imap = self.mailbox.mailbox, self.pipeline.settings.imap
         try:
             await self.mailbox.call(
-                box.wait_for_mail, self.pipeline.settings.imap.poll_interval, self.stop
+                box.wait_for_mail, imap.poll_interval, self.stop, watchdog=idle_watchdog(imap)
             )
         except MAILBOX_ERRORS as exc:
             self.metrics.mailbox_error(self.pipeline.clock())
             self.log.warning("mailbox.error", error_type=type(exc).__name__, during="wait")
             await self.mailbox.call(box.close)
+
+
+def idle_watchdog(imap: ImapSettings) -> float:
+    """How long one wait for mail may take: the poll interval, then DONE's answer, and slack.
+
+    The IDLE itself is ended and issued again every poll interval (at most 25
+    minutes, under the 29 that RFC 2177 allows), so a wait that outlives this
+    is stuck: the connection is shut down and sarbot reconnects.
+    """
+    return imap.poll_interval + 2 * imap.timeout + WATCHDOG_SLACK
 
 
 def _origin(exc: BaseException) -> str:

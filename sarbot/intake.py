@@ -29,6 +29,7 @@ from sarbot.errors import MailboxError
 HEADER_BYTES_CAP = 256 * 1024
 FETCH_BATCH = 100
 IDLE_CHECK_SECONDS = 1.0
+WATCHDOG_GRACE_SECONDS = 5.0
 T = TypeVar("T")
 
 MAILBOX_ERRORS: tuple[type[BaseException], ...] = (
@@ -83,6 +84,13 @@ class Mailbox:
         if client is not None:
             _quietly(client.logout)
             _quietly(client.shutdown)
+
+    def abort(self) -> None:
+        """From another thread: shut the socket down, so that a call blocked on it fails now."""
+        client = self.client
+        if client is not None:
+            # The plain socket's shutdown: the TLS layer stays as the blocked call knows it.
+            _quietly(lambda: socket.socket.shutdown(client.socket(), socket.SHUT_RDWR))
 
     @property
     def connected(self) -> bool:
@@ -195,6 +203,10 @@ def _quietly(call: Callable[[], object]) -> None:
         return
 
 
+class MailboxStalled(TimeoutError):
+    """A mailbox call outlived its watchdog; its connection was shut down."""
+
+
 class MailboxThread:
     """Runs every call on one Mailbox in one worker thread, awaitable from asyncio."""
 
@@ -202,9 +214,30 @@ class MailboxThread:
         self.mailbox = mailbox
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap")
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, watchdog: float | None = None) -> T:
+        """Run ``fn(*args)`` in the worker thread.
+
+        With ``watchdog``, a call still running after that many seconds is
+        stopped: the connection is shut down under it (``MailboxStalled``).  Read
+        timeouts catch a silent server in every call; the watchdog also catches
+        what they cannot, such as a read left without its timeout.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        running = loop.run_in_executor(self._executor, fn, *args)
+        if watchdog is None:
+            return await running
+        done, _ = await asyncio.wait({running}, timeout=watchdog)
+        if done:
+            return running.result()
+        self.mailbox.abort()
+        await asyncio.wait({running}, timeout=WATCHDOG_GRACE_SECONDS)
+        if running.done():
+            running.exception()  # it failed once its socket was gone: that was the point
+        else:  # blocked on something else: leave it behind, go on in a new thread
+            self._executor.shutdown(wait=False)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap")
+            self.mailbox.client = None
+        raise MailboxStalled(f"{getattr(fn, '__name__', 'call')} outlived {watchdog:g} s")
 
     def shutdown(self) -> None:
         self._executor.submit(self.mailbox.close)

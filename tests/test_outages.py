@@ -6,6 +6,7 @@ SQLite file) while sarbot works, and restores it in a ``finally``.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from structlog.testing import capture_logs
 from sarbot import db
 from sarbot.app import App
 from sarbot.daemon import MAX_BACKOFF
+from sarbot.intake import HeaderInfo, Mailbox, MailboxStalled, MailboxThread
 from sarbot.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
@@ -335,6 +337,66 @@ class TestImap:
             os.kill(session, signal.SIGCONT)
         stop_cleanly(daemon)
         assert count(alice, ACK) == 1
+
+
+def read_without_timeout(box: Mailbox) -> bytes:
+    """Wait for the server's next byte with no read timeout: a hang no timeout ends."""
+    client = box.client
+    assert client is not None
+    sock = client.socket()
+    sock.settimeout(None)
+    received: bytes = sock.recv(1)
+    return received
+
+
+class TestWatchdog:
+    def test_a_call_blocked_on_its_socket_is_freed(
+        self, tmp_path: Path, mailstack: MailServer
+    ) -> None:
+        """A read that would wait forever is ended by the watchdog; the mailbox works again."""
+        support = Correspondent(mailstack, unique("support", "redtrain.test"))
+        support.send(support.address, "already here")
+        config = write_config(tmp_path, support.address)
+        box = Mailbox(App.load(config).settings.imap)
+        worker = MailboxThread(box)
+
+        async def scenario() -> list[HeaderInfo]:
+            await worker.call(box.connect)
+            began = time.monotonic()
+            with pytest.raises(MailboxStalled):
+                await worker.call(read_without_timeout, box, watchdog=1.0)
+            assert 1.0 <= time.monotonic() - began < 3.0  # freed at once, not after the grace
+            await worker.call(box.close)
+            await worker.call(box.connect)
+            return await worker.call(box.new_headers, 0)
+
+        try:
+            assert len(asyncio.run(scenario())) == 1
+        finally:
+            worker.shutdown()
+
+    def test_a_call_blocked_elsewhere_is_left_behind(self, tmp_path: Path) -> None:
+        """A call stuck on something else: MailboxStalled, and later calls get a new thread."""
+        box = Mailbox(App.load(write_config(tmp_path, "support@redtrain.test")).settings.imap)
+        worker = MailboxThread(box)
+        release = threading.Event()
+        stuck_in: list[threading.Thread] = []
+
+        def stuck() -> None:
+            stuck_in.append(threading.current_thread())
+            release.wait()
+
+        async def scenario() -> threading.Thread:
+            with pytest.raises(MailboxStalled, match=r"stuck outlived 0\.5 s"):
+                await worker.call(stuck, watchdog=0.5)
+            return await worker.call(threading.current_thread)
+
+        try:
+            assert asyncio.run(scenario()) is not stuck_in[0]
+            assert not box.connected
+        finally:
+            release.set()
+            worker.shutdown()
 
 
 class TestSmtp:
