@@ -91,7 +91,7 @@ class Operations:
         if RequestState.REJECTED not in ALLOWED[request.state]:
             raise OperationError(f"{reference} is {request.state.value} and cannot be rejected")
         for mail in request_mail(session, request, MailKind.EXPORT, MailState.PENDING):
-            outbox.mark_failed(mail, "cancelled: the request was rejected")
+            outbox.cancel(mail, "cancelled: the request was rejected")
         transition(session, request, RequestState.REJECTED, at=now, reason=reason, actor=actor)
         self._letter(
             session,
@@ -111,7 +111,7 @@ class Operations:
         return self.acknowledger.open_manual(session, email, note, now=now, actor=actor)
 
     def retry(self, session: Session, reference: str, *, now: datetime, actor: str) -> str:
-        """Try a stuck step again at the next cycle: collection, or mail that failed or waits."""
+        """Try a stuck step again at the next cycle: collection, waiting mail, a failed export."""
         request = self.find(session, reference)
         done = []
         if request.state is RequestState.COLLECTING:
@@ -120,8 +120,10 @@ class Operations:
         for mail in request_mail(session, request, None, MailState.PENDING):
             mail.next_attempt_at = None
             done.append(f"{mail.kind.value} mail")
+        # A failed message keeps only its export file (the stored copy of a letter is
+        # cleared, as it may carry a challenge); a closed request's export never goes.
         for mail in request_mail(session, request, None, MailState.FAILED):
-            if mail.raw is not None or mail.file_path:
+            if mail.file_path and request.state.is_open:
                 mail.state, mail.next_attempt_at = MailState.PENDING, None
                 done.append(f"failed {mail.kind.value} mail")
         if not done:

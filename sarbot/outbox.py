@@ -8,6 +8,7 @@ lost message.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -94,3 +95,11 @@ def mark_failed(mail: OutgoingMail, error: str) -> None:
     mail.state = MailState.FAILED
     mail.raw = None
     mail.last_error = error
+
+
+def cancel(mail: OutgoingMail, reason: str) -> None:
+    """Withdraw a message for good: failed, with nothing left that could be sent again."""
+    mail.state, mail.raw, mail.last_error = MailState.FAILED, None, reason
+    if mail.file_path:
+        Path(mail.file_path).unlink(missing_ok=True)
+        mail.file_path = None

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +20,7 @@ from sarbot.models import AuditEvent, OutgoingMail, Request
 from sarbot.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory, unique
+from tests.test_outages import refusing
 
 pytestmark = pytest.mark.mailstack
 Person = Callable[[str, str], Correspondent]
@@ -136,6 +138,27 @@ class TestOperatorCommands:
         bot.support.wait_for(subject_contains("Re: [SAR-"))
         bot.run_once()
         assert not any(m.kind is MailKind.EXPORT for m in bot.outgoing())
+
+    def test_a_rejected_requests_export_is_withdrawn_and_retry_cannot_send_it(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """Rejecting withdraws a waiting export for good: its file goes, `retry` skips it."""
+        alice = requested(bot, person, confirm=True)
+        with refusing(alice.address, "450 4.7.1 try later"):
+            bot.run_once()  # the export is made; the mail server defers it
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert export.state is MailState.PENDING and export.file_path is not None
+        reference = bot.request().reference
+        command(bot, "requests", "reject", reference, "--reason", "Sent to us by mistake.")
+        assert not Path(export.file_path).exists()
+        assert "rejection mail" in command(bot, "requests", "retry", reference)
+        bot.offset = timedelta(days=1)
+        bot.run_once()
+        alice.wait_for(subject_contains("About your data request"))
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert (export.state, export.file_path) == (MailState.FAILED, None)
+        assert bot.request().state is RequestState.REJECTED
+        assert not [m for m in alice.messages() if EXPORT(m)]
 
     def test_create_runs_the_same_path_for_a_request_by_post(
         self, bot: Bot, mailstack: object
