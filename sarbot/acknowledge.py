@@ -184,7 +184,7 @@ class Acknowledger:
 
     def _respond(self, session: Session, request: Request, *, now: datetime) -> None:
         """Send the acknowledgement and move the request on, as the policy says."""
-        request.expires_at = now + timedelta(days=self.settings.requests.confirmation_expiry_days)
+        self._renew_expiry(request, now)
         mode = self.settings.verification.mode
         if request.review_reason is None and mode == "reply_or_dmarc" and request.authenticated:
             message_id = new_message_id(request.reference, self.domain)
@@ -278,11 +278,12 @@ class Acknowledger:
         if request.state is RequestState.AWAITING_CONFIRMATION and not self._cap(
             session, request.email, now
         ):
+            self._renew_expiry(request, now)  # before the letter, which names the date
             self.challenge(session, request, now=now)
-            request.expires_at = now + timedelta(
-                days=self.settings.requests.confirmation_expiry_days
-            )
         return Verdict(Outcome.JOINED, request)
+
+    def _renew_expiry(self, request: Request, now: datetime) -> None:
+        request.expires_at = now + timedelta(days=self.settings.requests.confirmation_expiry_days)
 
     def _cap(self, session: Session, sender: str, now: datetime) -> str:
         """The acknowledgement cap this sender is over now, or ''."""

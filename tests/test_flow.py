@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 import zipfile
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from hashlib import sha256
 from pathlib import Path
@@ -379,6 +379,29 @@ class TestNeverAnswered:
         bot.support.wait_for(lambda m: "Yes, this is me" in m.get_content())
         bot.run_once()
         assert bot.request().state is RequestState.DELIVERED
+
+    def test_a_joining_request_is_told_its_new_expiry_date(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """The fresh acknowledgement names the expiry the request now has, not the old one."""
+        bot = make_bot()
+        alice = person("alice", "example.test")
+        request_from(alice, bot, bot.support)
+        bot.run_once()
+        first_expiry = bot.request().expires_at
+        bot.offset = timedelta(days=3)
+        request_from(alice, bot, bot.support)
+        bot.run_once()
+        renewed = bot.request().expires_at
+        assert timedelta(days=3) <= renewed - first_expiry < timedelta(days=3, minutes=1)
+
+        def naming(when: datetime) -> Callable[[EmailMessage], bool]:
+            return lambda m: f"by {when:%-d %B %Y}," in " ".join(m.get_content().split())
+
+        alice.wait_for(naming(renewed))  # the second acknowledgement
+        letters = alice.messages()
+        assert [naming(first_expiry)(m) for m in letters] == [True, False]
+        assert [naming(renewed)(m) for m in letters] == [False, True]
 
 
 @pytest.fixture
