@@ -59,14 +59,7 @@ class Verifier:
             return self._unproven(session, sender, mail, found, now=now)
         if sender != request.email:
             return _from_another_address(session, request, now)
-        if request.state is RequestState.NEEDS_REVIEW and request.confirmed_at is None:
-            # The operator decides; the reply still proves the mailbox, for when they approve.
-            request.confirmed_at = now
-            start_the_clock(request, self.calendar)
-            request.add_to_thread(mail.message_id)
-            audit(session, request, "confirmation.recorded", at=now, reason=f"cites the {proof}")
-            return Verdict(Outcome.CONFIRMATION, request)
-        if request.state is not RequestState.AWAITING_CONFIRMATION:
+        if not _awaits_proof(request):
             audit(
                 session,
                 request,
@@ -75,7 +68,7 @@ class Verifier:
                 reason=f"reply while {request.state.value}",
             )
             return Verdict(Outcome.UNRELATED_REPLY, request, f"request is {request.state.value}")
-        if now >= request.expires_at:
+        if request.state is RequestState.AWAITING_CONFIRMATION and now >= request.expires_at:
             audit(
                 session, request, "confirmation.refused", at=now, reason="confirmation after expiry"
             )
@@ -88,6 +81,10 @@ class Verifier:
         request.confirmed_at = now
         start_the_clock(request, self.calendar)
         request.add_to_thread(mail.message_id)
+        if request.state is RequestState.NEEDS_REVIEW:
+            # The operator decides; the reply still proves the mailbox, for when they approve.
+            audit(session, request, "confirmation.recorded", at=now, reason=f"cites the {proof}")
+            return Verdict(Outcome.CONFIRMATION, request)
         reason = f"reply from the requester citing the {proof}"
         if self.settings.verification.mode == "manual":
             request.review_reason = "manual verification: an operator approves every request"
@@ -138,7 +135,7 @@ class Verifier:
         named = [cited.reference for cited in cited_tokens(mail.cited_ids, self.domain)]
         for reference in dict.fromkeys([*named, *found.references]):
             request = self._by_reference(session, reference)
-            if request is None or request.state is not RequestState.AWAITING_CONFIRMATION:
+            if request is None or not _awaits_proof(request):
                 continue
             if request.email == sender and (named or quoted_codes(mail.text)):
                 request.confirmation_failures += 1
@@ -182,3 +179,11 @@ def _from_another_address(session: Session, request: Request, now: datetime) -> 
     """A reply naming a request but sent from another address: refused, and recorded."""
     audit(session, request, "confirmation.refused", at=now, reason="reply from another address")
     return Verdict(Outcome.CONFIRMATION_REFUSED, request, "sender does not match")
+
+
+def _awaits_proof(request: Request) -> bool:
+    """Waiting for the requester's confirmation (also while an operator reviews it)."""
+    return request.confirmed_at is None and request.state in (
+        RequestState.AWAITING_CONFIRMATION,
+        RequestState.NEEDS_REVIEW,
+    )

@@ -276,13 +276,24 @@ class TestConfirmationAttacks:
             bob.address: RequestState.AWAITING_CONFIRMATION,
         }
 
-    def test_guessed_codes_are_limited_per_request(self, bot: Bot, person: Person) -> None:
-        """After five wrong codes even the right one is refused."""
+    @pytest.mark.parametrize(
+        ("body", "waiting"),
+        [
+            ("Please send me my data.", RequestState.AWAITING_CONFIRMATION),
+            ("Please send my data to m@evil.test instead.", RequestState.NEEDS_REVIEW),
+        ],
+        ids=["awaiting confirmation", "in review"],
+    )
+    def test_guessed_codes_are_limited_per_request(
+        self, bot: Bot, person: Person, body: str, waiting: RequestState
+    ) -> None:
+        """After five wrong codes even the right one is refused, also while in review."""
         alice = person("alice", "example.test")
-        deliver(bot, alice, request_mail(alice.address, bot.address))
+        deliver(bot, alice, request_mail(alice.address, bot.address, body))
         bot.run_once()
         ack = alice.wait_for(ACK)
         reference = bot.request().reference
+        assert bot.request().state is waiting
         for n in range(5):
             alice.send(bot.address, f"{reference} guess {n}", f"code {'ABCD'}-{'EFG' + 'HJKMN'[n]}")
         bot.support.wait_for(subject_contains("guess 4"))
@@ -291,7 +302,7 @@ class TestConfirmationAttacks:
         alice.reply(ack, "the real one")
         bot.support.wait_for(lambda m: "the real one" in m.get_content())
         bot.run_once()
-        assert bot.request().state is RequestState.AWAITING_CONFIRMATION
+        assert (bot.request().state, bot.request().confirmed_at) == (waiting, None)
         assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION_REFUSED
 
 
