@@ -24,7 +24,7 @@ typecheck: install
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/bootstrap
 	scripts/bootstrap
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
