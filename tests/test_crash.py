@@ -84,8 +84,8 @@ class TestCrashPoints:
             "intake.before_commit",
             on_crash=lambda site: seen.update(rows=site.query("SELECT count(*) FROM requests")),
         )
+        assert_sound(findings)  # first: it also says if the daemon never died there
         assert seen["rows"] == [(0,)]  # the kill rolled the request back
-        assert_sound(findings)
         assert (findings.duplicate_acks, findings.duplicate_exports) == (0, 0)
 
     def test_kill_before_the_confirmation_commits(
@@ -100,8 +100,8 @@ class TestCrashPoints:
             "intake.before_commit:2",
             on_crash=lambda site: seen.update(states=site.query("SELECT state FROM requests")),
         )
-        assert seen["states"] == [("awaiting_confirmation",)]
         assert_sound(findings)
+        assert seen["states"] == [("awaiting_confirmation",)]
         assert (findings.duplicate_acks, findings.duplicate_exports) == (0, 0)
 
     def test_kill_after_moving_handled_mail(self, tmp_path: Path, mailstack: MailServer) -> None:
@@ -116,8 +116,9 @@ class TestCrashPoints:
                 pending=site.query("SELECT count(*) FROM seen_messages WHERE move_pending")
             ),
         )
-        assert seen["pending"] == [(1,)]
         assert_sound(findings)
+        assert seen["pending"] == [(1,)]
+        assert (findings.duplicate_acks, findings.duplicate_exports) == (0, 0)
 
     def test_kill_after_smtp_accepted_the_acknowledgement(
         self, tmp_path: Path, mailstack: MailServer
@@ -157,11 +158,11 @@ class TestCrashPoints:
                 queued=site.query("SELECT count(*) FROM outgoing_mail WHERE kind = 'export'"),
             ),
         )
+        assert_sound(findings)
         left = seen["files"]
         assert isinstance(left, list)
         assert [name.endswith(".partial") for name in left] == [False, True], left
         assert seen["queued"] == [(0,)]
-        assert_sound(findings)
         assert (findings.duplicate_acks, findings.duplicate_exports) == (0, 0)
 
 

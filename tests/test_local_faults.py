@@ -21,6 +21,7 @@ import pytest
 from sarbot.states import MailKind, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from tests.conftest import CA_FILE, BotFactory, unique
+from tests.crashkit import SETTLE_SECONDS
 from tests.test_cli import write_config
 
 pytestmark = pytest.mark.mailstack
@@ -161,10 +162,9 @@ class TestSigterm:
             if daemon.poll() is None:
                 daemon.kill()
         subprocess.run([*sarbot, "run", "--once"], check=True, capture_output=True)
-        exports = [
-            m for m in alice.messages() if "A copy of your personal data" in str(m["Subject"])
-        ]
-        assert len(exports) == 1
+        alice.wait_for(EXPORT)
+        time.sleep(SETTLE_SECONDS)  # a second copy would be on its way by now
+        assert len([m for m in alice.messages() if EXPORT(m)]) == 1
         assert list((tmp_path / "exports").iterdir()) == []
         verified = subprocess.run([*sarbot, "audit", "verify"], capture_output=True, text=True)
         assert verified.returncode == 0, verified.stdout
