@@ -31,7 +31,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from sarbot.addresses import InvalidAddress, domain_of, normalize_address
 from sarbot.config import Section
-from sarbot.connector import OTHER_PERSON, Identifier, Identity, JSONValue, Record
+from sarbot.connector import (
+    OTHER_PERSON,
+    Identifier,
+    Identity,
+    JSONValue,
+    Record,
+    with_other_people_note,
+)
 from sarbot.errors import ConnectorError
 from sarbot.guards import LOOP_HEADER
 from sarbot.message import decode_header_value
@@ -44,7 +51,6 @@ SAR_REFERENCE_RE = re.compile(r"\[[A-Z]{2,10}-\d{4}-\d{4,9}\]")
 REQUEST_PHRASE = "gdpr data request"
 FETCH_BATCH = 100
 MAX_MIME_DEPTH = 30
-OTHER_PEOPLE_NOTE = "This message may mention other people."
 UNREADABLE_NOTE = (
     "A message in this mailbox that may concern you could not be read, so it is not "
     "included; ask us and we will look at it by hand."
@@ -250,8 +256,6 @@ class ImapMailboxConnector:
             )
         if headers.unreadable and PART_UNREADABLE_NOTE not in notes:
             notes.append(PART_UNREADABLE_NOTE)
-        if self._mentions_others(headers, wanted):
-            notes.append(OTHER_PEOPLE_NOTE)
         shown = self._shown_parties(headers, wanted)
         fields: dict[str, JSONValue] = {
             "Date": _date(message),
@@ -263,7 +267,8 @@ class ImapMailboxConnector:
             "Text": text,
             "Attachments": attachments,
         }
-        return Record(CATEGORY, fields, found_by, location=location, notes=tuple(notes), key=key)
+        record = Record(CATEGORY, fields, found_by, location=location, notes=tuple(notes), key=key)
+        return with_other_people_note(record)  # another's address was withheld above
 
     def _is_other(self, party: Party, wanted: Mapping[str, Identifier]) -> bool:
         """Anyone but the person and the company (an unreadable party counts as another)."""
@@ -279,14 +284,6 @@ class ImapMailboxConnector:
             name: [OTHER_PERSON if self._is_other(p, wanted) else p.shown for p in parties]
             for name, parties in headers.parties.items()
         }
-
-    def _mentions_others(self, headers: Headers, wanted: Mapping[str, Identifier]) -> bool:
-        """True if anyone but the person and the company is named in From, To or Cc."""
-        return any(
-            self._is_other(party, wanted)
-            for parties in headers.parties.values()
-            for party in parties
-        )
 
 
 def _select(client: IMAPClient, folder: str) -> int:

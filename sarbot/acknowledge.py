@@ -28,7 +28,7 @@ from structlog.typing import FilteringBoundLogger
 
 from sarbot import outbox
 from sarbot.addresses import InvalidAddress, mask_address, normalize_address, single_sender
-from sarbot.authentication import DnsFunc, Evidence, evaluate
+from sarbot.authentication import Evidence, evaluate, resolver
 from sarbot.challenge import challenge_message_id, digest, new_challenge
 from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
@@ -64,10 +64,10 @@ def asks_for_another_address(text: str, sender: str, own: str) -> bool:
 
 
 class Acknowledger:
-    def __init__(self, settings: Settings, composer: Composer, dnsfunc: DnsFunc | None = None):
+    def __init__(self, settings: Settings, composer: Composer):
         self.settings = settings
         self.composer = composer
-        self.dnsfunc = dnsfunc
+        self.dnsfunc = resolver(settings.verification.dns_server)  # one, for every request
         self.domain = settings.message_id_domain
         self.calendar = settings.deadlines.calendar()
 

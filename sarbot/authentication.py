@@ -12,9 +12,11 @@ header, sarbot can check DKIM signatures itself with dkimpy.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import authres
 import dkim
@@ -129,11 +131,16 @@ def _header_d(result: authres.AuthenticationResult) -> str:
     )
 
 
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SIGNATURE_FIELD = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
+
+
 def _own_check(
     raw: bytes, from_domain: str, settings: VerificationSettings, dnsfunc: DnsFunc
 ) -> Evidence:
     """Verify each DKIM signature with dkimpy; the first aligned pass counts."""
-    signatures = raw.split(b"\n\n", 1)[0].lower().count(b"dkim-signature:")
+    header = _HEADER_END.split(raw, maxsplit=1)[0]
+    signatures = len(_SIGNATURE_FIELD.findall(header))
     for index in range(min(signatures, 5)):
         checker = dkim.DKIM(raw)
         try:
@@ -151,16 +158,23 @@ def _own_check(
 
 
 def resolver(server: str | None) -> DnsFunc:
-    """A TXT lookup for dkimpy, through ``host:port`` or the system's resolver."""
-    res = dns.resolver.Resolver(configure=server is None)
-    if server is not None:
-        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-        res.nameservers = [host or server]
-        res.port = int(port) if port else 53
+    """A TXT lookup for dkimpy, through ``host:port`` or the system's resolver.
+
+    The resolver (and /etc/resolv.conf) is read at the first lookup, then kept.
+    """
+
+    @cache
+    def configured() -> dns.resolver.Resolver:
+        res = dns.resolver.Resolver(configure=server is None)
+        if server is not None:
+            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+            res.nameservers = [host or server]
+            res.port = int(port) if port else 53
+        return res
 
     def lookup(name: bytes, timeout: int = 5) -> bytes:
         try:
-            answer = res.resolve(name.decode("ascii").rstrip("."), "TXT", lifetime=timeout)
+            answer = configured().resolve(name.decode("ascii").rstrip("."), "TXT", lifetime=timeout)
         except Exception:  # no key, NXDOMAIN, timeout: dkimpy expects empty bytes
             return b""
         return b"".join(b"".join(r.strings) for r in answer)

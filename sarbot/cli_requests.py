@@ -15,9 +15,10 @@ from sqlalchemy import select
 from sarbot.cli_common import app_from, iso, operator, table
 from sarbot.collect import ConnectorOutcome
 from sarbot.errors import SarbotError
-from sarbot.lifecycle import audit, transition
+from sarbot.lifecycle import audit
 from sarbot.models import Request, utcnow
 from sarbot.operations import REGISTER_COLUMNS, Operations, register
+from sarbot.pipeline import begin_collection
 from sarbot.states import TERMINAL, RequestState
 
 LIST_COLUMNS = ["reference", "state", "email", "received_at", "due", "delivered_at"]
@@ -239,20 +240,15 @@ def requests_create(ctx: click.Context, email: str, note: str) -> None:
 def requests_collect(ctx: click.Context, reference: str) -> None:
     """Collect for a confirmed request now, showing each connector as it answers."""
     app = app_from(ctx)
-    pipeline = app.pipeline()
     with app.sessions.begin() as session:
         request = _find(Operations(app.settings), session, reference)
         if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
             raise click.ClickException(f"{reference} is {request.state.value}, not being collected")
-        if request.state is RequestState.CONFIRMED:
-            transition(
-                session,
-                request,
-                RequestState.COLLECTING,
-                at=utcnow(),
-                reason="collection started",
-                actor=operator(),
-            )
+        begin_collection(session, request, at=utcnow(), actor=operator())
+    try:
+        pipeline = app.pipeline()
+    except SarbotError as exc:
+        raise click.ClickException(str(exc)) from None
     types = {c.name: c.type for c in pipeline.connectors}
 
     def show(outcome: ConnectorOutcome) -> None:
@@ -263,9 +259,11 @@ def requests_collect(ctx: click.Context, reference: str) -> None:
             click.echo(f"  FAILED  {where}: {outcome.error_type} after {outcome.seconds:.2f} s")
 
     click.echo(f"{reference}: asking {len(pipeline.connectors)} connector(s)")
-    done = asyncio.run(pipeline._collect_one(request, [show]))
-    for configured in pipeline.connectors:
-        configured.connector.close()
+    try:
+        done = asyncio.run(pipeline.collect_one(request, [show]))
+    finally:
+        for configured in pipeline.connectors:
+            configured.connector.close()
     if not done:
         raise click.ClickException(f"{reference}: not complete; the daemon will retry")
     click.echo(f"{reference}: packaged; the daemon sends it")

@@ -52,11 +52,15 @@ class Deliverer:
             due = outbox.due(session, self.clock())
             for mail in due:
                 _ = mail.request  # load while the session is open
+        cleared = False
         for mail in due:
-            await self._send(mail)
+            cleared |= await self._send(mail)
+        if cleared:
+            forget_cleared(self.engine)  # a copy kept until sending may have carried a challenge
         return bool(due)
 
-    async def _send(self, mail: OutgoingMail) -> None:
+    async def _send(self, mail: OutgoingMail) -> bool:
+        """Send one message and record the outcome; True if its stored copy was cleared."""
         reference = mail.request.reference if mail.request is not None else None
         log = self.log.bind(reference=reference, kind=mail.kind.value)
         error: MailSendError | None = None
@@ -73,12 +77,11 @@ class Deliverer:
                 error = exc
         with self.sessions.begin() as session:
             self._record(session, session.get_one(OutgoingMail, mail.id), error, log)
-        if mail.raw is not None and not isinstance(error, TransientMailError):
-            forget_cleared(self.engine)  # the copy kept until sending may carry a challenge
         if error is None:
             log.info("mail.sent", recipient=mask_address(mail.recipient))
             if mail.file_path and self.settings.storage.keep_exports_days == 0:
                 Path(mail.file_path).unlink(missing_ok=True)
+        return mail.raw is not None and not isinstance(error, TransientMailError)
 
     def _record(
         self,

@@ -23,6 +23,9 @@ from sarbot.deadlines import days_left
 from sarbot.models import OutgoingMail, Request
 from sarbot.states import TERMINAL, MailKind, RequestState
 
+EXPORT_WRITE_FAILED = "cannot write the export"
+"""How a request's last error starts when the export folder failed (full, unwritable)."""
+
 HEADLINES = {
     MailKind.OPERATOR_REVIEW: "A request waits for a person",
     MailKind.OPERATOR_CONNECTOR: "Collecting or packaging keeps failing for a request",
@@ -182,4 +185,4 @@ class Notifier:
 
 def _cannot_write(request: Request) -> bool:
     """The export folder failed: a person must make room at once, not after a few tries."""
-    return (request.last_error or "").startswith("cannot write the export")
+    return (request.last_error or "").startswith(EXPORT_WRITE_FAILED)

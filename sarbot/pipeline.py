@@ -30,14 +30,15 @@ from sarbot.mailer import Mailer
 from sarbot.message import IncomingMail, parse_headers, parse_message
 from sarbot.metrics import Metrics
 from sarbot.models import Clock, MailboxPosition, Request, SeenMessage, utcnow
-from sarbot.notify import Notifier
+from sarbot.notify import EXPORT_WRITE_FAILED, Notifier
 from sarbot.prepare import Preparer
 from sarbot.registry import ConfiguredConnector
 from sarbot.render import Templates
 from sarbot.states import Outcome, RequestState
 from sarbot.verify import Verdict, Verifier
 
-EXPORT_WRITE_FAILED = "cannot write the export"
+MAINTENANCE_INTERVAL = timedelta(hours=1)
+"""How often a running daemon looks at retention and the export folder (it also does at start)."""
 MOVED_OUTCOMES = frozenset({Outcome.REQUEST, Outcome.CONFIRMATION, Outcome.JOINED})
 
 
@@ -64,6 +65,7 @@ class Pipeline:
         self.mailbox = mailbox
         self.log: FilteringBoundLogger = log or structlog.get_logger("sarbot")
         self.clock = clock
+        self._next_maintenance: datetime | None = None
         self.observers: list[Observer] = [
             lambda done: self.metrics.connector_call(done.name, done.seconds, ok=done.ok)
         ]
@@ -262,19 +264,12 @@ class Pipeline:
                 )
             )
             for request in due:
-                if request.state is RequestState.CONFIRMED:
-                    transition(
-                        session,
-                        request,
-                        RequestState.COLLECTING,
-                        at=now,
-                        reason="collection started",
-                    )
+                begin_collection(session, request, at=now)
         for request in due:
-            await self._collect_one(request)
+            await self.collect_one(request)
         return bool(due)
 
-    async def _collect_one(self, request: Request, observers: Sequence[Observer] = ()) -> bool:
+    async def collect_one(self, request: Request, observers: Sequence[Observer] = ()) -> bool:
         """Collect for one request and prepare its answer; False if it must wait and retry."""
         log = self.log.bind(reference=request.reference)
         collector = Collector(
@@ -334,8 +329,12 @@ class Pipeline:
     # -- deliver -------------------------------------------------------------------------
 
     async def maintain(self) -> None:
-        """Once a day: apply the retention settings to sarbot's own records and folder."""
+        """Hourly at most: clear the export folder; daily: apply the retention settings."""
         now = self.clock()
+        if self._next_maintenance is not None and now < self._next_maintenance:
+            return
+        self._next_maintenance = now + MAINTENANCE_INTERVAL
+        self.deliverer.sweep()
         with self.sessions.begin() as session:
             if not retention.due(session, now):
                 return
@@ -350,6 +349,13 @@ class Pipeline:
             self.log.info("retention.mail_deleted", messages=deleted)
 
     async def deliver(self) -> bool:
-        progressed = await self.deliverer.send_due()
-        self.deliverer.sweep()
-        return progressed
+        return await self.deliverer.send_due()
+
+
+def begin_collection(
+    session: Session, request: Request, *, at: datetime, actor: str = "daemon"
+) -> None:
+    """A confirmed request starts collecting (one already collecting goes on)."""
+    if request.state is RequestState.CONFIRMED:
+        started = "collection started"
+        transition(session, request, RequestState.COLLECTING, at=at, reason=started, actor=actor)

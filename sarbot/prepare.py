@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -108,8 +107,3 @@ def _encrypted(part: Part, key_armored: str) -> Part:
 
 def _file_name(reference: str, part: Part) -> str:
     return f"{reference}.part{part.number}of{part.count}.eml"
-
-
-def export_files(folder: Path, reference: str) -> list[Path]:
-    """Files of a request's answer in the export folder (complete or left by a crash)."""
-    return sorted(folder.glob(f"{reference}.part*.eml*")) if folder.is_dir() else []

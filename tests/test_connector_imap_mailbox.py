@@ -13,7 +13,6 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from connectors.imap_mailbox import (
-    OTHER_PEOPLE_NOTE,
     PART_UNREADABLE_NOTE,
     UNREADABLE_NOTE,
     ImapMailboxConnector,
@@ -21,7 +20,7 @@ from connectors.imap_mailbox import (
     imap_search_criteria,
 )
 from sarbot.config import validate
-from sarbot.connector import OTHER_PERSON, Identifier, Identity, Record
+from sarbot.connector import OTHER_PEOPLE_NOTE, OTHER_PERSON, Identifier, Identity, Record
 from sarbot.errors import ConfigError, ConnectorError
 from sarbot.guards import LOOP_HEADER
 from sarbot.testing import Correspondent, MailServer

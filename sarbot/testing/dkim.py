@@ -45,11 +45,6 @@ SIGNED_HEADERS: Final = (
 )
 
 
-def dns_server() -> tuple[str, int]:
-    """The (address, port) of the stack's DNS server."""
-    return DNS_SERVER
-
-
 def sign(raw: bytes, domain: str, *, selector: str = SELECTOR, keys_dir: Path) -> bytes:
     """``raw`` with a DKIM-Signature (d=``domain``, rsa-sha256, relaxed/simple) put on top.
 
