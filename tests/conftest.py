@@ -1,4 +1,11 @@
-"""Shared fixtures: the real mail stack, a configured sarbot, and the people who write to it."""
+"""Shared fixtures: the real mail stack, a configured sarbot, and the people who write to it.
+
+``pytest --at 2026-11-30T23:59:00Z`` runs the session at that wall-clock time (it ticks on from
+there): every ``datetime.now()`` and ``time.time()`` in the test process says so, through
+time-machine.  Tests marked ``clock`` (every test that builds a bot, and the tests of deadlines,
+digests, reminders, retention and expiry) are the ones worth running at several times;
+docs/reliability.md lists the times ``make test`` and ``make test-times`` use.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 from sqlalchemy import select
 
 from sarbot import db
@@ -22,6 +30,46 @@ from sarbot.testing import Correspondent, MailServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CA_FILE = ROOT / ".mailstack" / "ca.pem"
+CLOCK_FIXTURES = frozenset({"bot", "make_bot"})
+"""A test that builds a bot depends on the time of day through it (digests, deadlines, expiry)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--at",
+        metavar="INSTANT",
+        type=_instant,
+        default=None,
+        help="run at this wall-clock time, ISO 8601 with a zone (2026-11-30T23:59:00Z); "
+        "time ticks on from it",
+    )
+
+
+def _instant(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("give the zone too, e.g. 2026-11-30T23:59:00Z")
+    return moment
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    at: datetime | None = config.getoption("--at")
+    if at is not None:
+        # Before any test module is imported, so that nothing reads the real time first.
+        traveller = time_machine.travel(at, tick=True)
+        traveller.start()
+        config.add_cleanup(traveller.stop)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    at: datetime | None = config.getoption("--at")
+    return f"wall clock: {'pinned at ' + at.isoformat() if at else 'real time'}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLOCK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.clock)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ from sarbot.deadlines import (
     start_date,
 )
 
+pytestmark = pytest.mark.clock
+
 ENGLAND = Calendar()
 WALES = Calendar("GB", "WLS")
 SCOTLAND = Calendar("GB", "SCT")

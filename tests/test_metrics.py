@@ -30,6 +30,8 @@ from sarbot.models import Request
 from sarbot.states import MailKind, RequestState
 from tests.servers import free_port, postgres_server
 
+pytestmark = pytest.mark.clock
+
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
