@@ -1,6 +1,6 @@
 """Shared fixtures: the real mail stack, a configured sarbot, and the people who write to it.
 
-``pytest --at 2026-11-30T23:59:00Z`` runs the session at that wall-clock time (it ticks on from
+``pytest --at 2026-11-30T23:59:00Z`` starts every test at that wall-clock time (it ticks on from
 there): every ``datetime.now()`` and ``time.time()`` in the test process says so, through
 time-machine.  Tests marked ``clock`` (every test that builds a bot, and the tests of deadlines,
 digests, reminders, retention and expiry) are the ones worth running at several times;
@@ -52,18 +52,20 @@ def _instant(text: str) -> datetime:
     return moment
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    at: datetime | None = config.getoption("--at")
-    if at is not None:
-        # Before any test module is imported, so that nothing reads the real time first.
-        traveller = time_machine.travel(at, tick=True)
-        traveller.start()
-        config.add_cleanup(traveller.stop)
+@pytest.fixture(autouse=True)
+def pinned_wall_clock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With ``--at``, each test starts at that instant (before its other fixtures run)."""
+    at: datetime | None = request.config.getoption("--at")
+    if at is None:
+        yield
+        return
+    with time_machine.travel(at, tick=True):
+        yield
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     at: datetime | None = config.getoption("--at")
-    return f"wall clock: {'pinned at ' + at.isoformat() if at else 'real time'}"
+    return f"wall clock: {'each test starts at ' + at.isoformat() if at else 'real time'}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -140,6 +142,10 @@ class Bot:
 
     def now(self) -> datetime:
         return utcnow() + self.offset
+
+    def travel_to(self, moment: datetime) -> None:
+        """Move the bot's clock so that it reads ``moment`` now (it keeps ticking)."""
+        self.offset = moment - utcnow()
 
     def run_once(self) -> None:
         clean = asyncio.run(self.app.daemon(clock=self.now).run(once=True))

@@ -250,6 +250,8 @@ class TestNotifications:
             notifications={"operators": [dpo.address], "digest_hour": 0},
             verification={"mode": "manual"},
         )
+        # Mid-morning, so that the test's few seconds never cross midnight (a second digest).
+        bot.travel_to(bot.now().replace(hour=10, minute=0, second=0))
         alice = requested(bot, person, confirm=True)
         bot.run_once()  # confirmed: waits for an operator in manual mode
         assert bot.request().state is RequestState.NEEDS_REVIEW
