@@ -2,9 +2,12 @@
 
 Reads sshd/sudo auth logs, nginx/Apache combined logs and JSON-lines logs,
 plain or gzip-rotated, one line at a time.  A line matches when the user it
-names is one of the person's usernames, or holds one of their email addresses;
-in web logs an address in the query string matches as well.  Only the parsed
-fields leave the connector, never the raw line.
+names is one of the person's logins *in that log's namespace*
+(``access_log:NAME/LABEL``, which the admin maps into a realm: ``asmith`` in one
+log is not ``asmith`` in another), or holds one of their email addresses; in web
+logs an address in the query string matches as well.  Such a line was written by
+whoever followed the link, so its visitor's IP address, time and account are
+withheld.  Only the parsed fields leave the connector, never the raw line.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
+from sarbot.addresses import written_forms
 from sarbot.config import Section
-from sarbot.connector import Identifier, Identity, JSONValue, Record
+from sarbot.connector import EMAIL, Identifier, Identity, JSONValue, Record, Trust, split_account
 from sarbot.errors import ConnectorError
 from sarbot.secretref import base_dir
 
@@ -45,9 +49,9 @@ CATEGORY = "Access log entry"
 MAX_LINE_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 JSONL_KEYS = frozenset({"time_field", "user_field", "ip_field", "action_field", "status_field"})
-OTHER_ACCOUNT_WITHHELD = (
-    "This request was made while signed in to another account: "
-    "that account's name and the address it came from were withheld."
+VISITOR_WITHHELD = (
+    "Your email address was in the web address requested, which anyone with the link can "
+    "visit: who made the request, from where and when were withheld."
 )
 OTHER_ADDRESSES_WITHHELD = "Email addresses of other people in this entry were withheld."
 # Characters that may stand next to an address inside a longer one (a local part's).
@@ -124,6 +128,7 @@ class AccessLogConnector:
     """Streams every configured log once per round, exporting the lines that match."""
 
     Settings: ClassVar[type[BaseModel]] = AccessLogSettings
+    namespace_trust: ClassVar[Trust] = Trust.CONTROLLER
 
     def __init__(self, name: str, settings: AccessLogSettings) -> None:
         self.name = name
@@ -193,11 +198,15 @@ class AccessLogConnector:
                         yield record
         return unreadable
 
+    def namespace(self, source: LogSource) -> str:
+        """Where the user names of one log belong."""
+        return f"access_log:{self.name}/{source.label}"
+
     def _record(
         self, matcher: Matcher, source: LogSource, path: Path, number: int, entry: LogEntry
     ) -> Record | None:
-        found = matcher.user(entry.user)
-        user, ip, trusted = entry.user, entry.ip, entry.trusted
+        found = matcher.user(entry.user, self.namespace(source))
+        user, ip, trusted, timestamp = entry.user, entry.ip, entry.trusted, entry.timestamp
         notes = list(entry.notes)
         action = matcher.without_other_addresses(entry.action)
         if action != entry.action:
@@ -205,14 +214,14 @@ class AccessLogConnector:
         if found is None and entry.query:
             found, shown = matcher.query(entry.query)
             action, trusted = f"{action}?{shown}", False
-            if found is not None and entry.user is not None:
-                user, ip = None, None
-                notes.append(OTHER_ACCOUNT_WITHHELD)
+            if found is not None:
+                user, ip, timestamp = None, None, None
+                notes.append(VISITOR_WITHHELD)
         if found is None:
             return None
         fields: dict[str, JSONValue] = {
             "Log": source.label,
-            "Time": entry.timestamp,
+            "Time": timestamp,
             "Source IP": ip,
             "User": user,
             "Action": action,
@@ -221,7 +230,7 @@ class AccessLogConnector:
         yields: tuple[Identifier, ...] = ()
         if trusted and ip is not None and _is_ip(ip):
             origin = f"access log '{self.name}' ({source.label}): {path} line {number}, source IP"
-            yields = (Identifier("ip", ip, origin),)
+            yields = (Identifier("ip", ip, origin, "ip", Trust.CONTROLLER),)
         return Record(
             category=CATEGORY,
             fields={key: value for key, value in fields.items() if value is not None},
@@ -234,18 +243,22 @@ class AccessLogConnector:
 
 
 class Matcher:
-    """The person's usernames (compared whole) and addresses (found whole within a value).
+    """The person's logins (compared whole, in their namespace) and addresses (found whole
+    within a value).
 
-    Everything is compared case-folded, so that ``may_concern`` (a substring search
+    Values are compared in lower case, so that ``may_concern`` (a substring search
     for any of them) is true of every line that a parsed comparison could match.
     """
 
     def __init__(self, identity: Identity) -> None:
-        self.usernames = {i.value.casefold(): i for i in identity.of_kind("username") if i.value}
+        self.identity = identity
         self.addresses = [
-            (i, _address_pattern(i.value.casefold())) for i in identity.of_kind("email") if i.value
+            (i, form, _address_pattern(form.lower()))
+            for i in identity.of_kind(EMAIL)
+            for form in written_forms(i.value)
         ]
-        self.needles = {*self.usernames, *(i.value.casefold() for i, _ in self.addresses)}
+        names = [split_account(i.value)[0] for i in identity.of_kind("username")]
+        self.needles = {v.lower() for v in names + [form for _, form, _ in self.addresses] if v}
 
     def may_concern(self, line: str, log_format: str) -> bool:
         """False only for a line that cannot match: it holds none of the values sought."""
@@ -255,21 +268,22 @@ class Matcher:
             return True
         return log_format == "combined" and "%" in line and self._holds_needle(unquote_plus(line))
 
-    def user(self, user: str | None) -> Identifier | None:
+    def user(self, user: str | None, namespace: str) -> Identifier | None:
+        """The identifier the line's user is: a login valid in this log, or an address in it."""
         if not user:
             return None
-        folded = user.casefold()
-        if found := self.usernames.get(folded):
+        if found := self.identity.account(user, namespace):
             return found
-        return next((i for i, pattern in self.addresses if pattern.search(folded)), None)
+        lowered = user.lower()
+        return next((i for i, _, pattern in self.addresses if pattern.search(lowered)), None)
 
     def query(self, pairs: tuple[tuple[str, str], ...]) -> tuple[Identifier | None, str]:
         """The address found in the query, and only the parameters that hold it."""
-        for identifier, pattern in self.addresses:
+        for identifier, form, pattern in self.addresses:
             shown = [
-                _shown(name, value, identifier.value)
+                _shown(name, value, form)
                 for name, value in pairs
-                if pattern.search((value or name).casefold())
+                if pattern.search((value or name).lower())
             ]
             if shown:
                 return identifier, "&".join(shown)
@@ -278,12 +292,12 @@ class Matcher:
     def without_other_addresses(self, text: str) -> str:
         """The text with every address that is not one of the person's replaced."""
         return _ANY_ADDRESS.sub(
-            lambda m: m[0] if m[0].casefold() in self.needles else "(address withheld)", text
+            lambda m: m[0] if m[0].lower() in self.needles else "(address withheld)", text
         )
 
     def _holds_needle(self, text: str) -> bool:
-        folded = text.casefold()
-        return any(needle in folded for needle in self.needles)
+        lowered = text.lower()
+        return any(needle in lowered for needle in self.needles)
 
 
 def _address_pattern(address: str) -> re.Pattern[str]:
@@ -293,7 +307,7 @@ def _address_pattern(address: str) -> re.Pattern[str]:
 
 def _shown(name: str, value: str, address: str) -> str:
     text = value or name
-    if text.casefold() != address.casefold():
+    if text.lower() != address.lower():
         text = f"(a value containing {address})"
     return f"{name}={text}" if value else text
 

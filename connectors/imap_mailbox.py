@@ -70,6 +70,7 @@ class ImapMailboxSettings(Section):
     ca_file: ConfigPath | None = None
     folders: tuple[str, ...] = Field(min_length=1)
     exclude_from: tuple[str, ...] = ()
+    own_domains: tuple[str, ...] = ()
     max_messages: int = Field(default=500, gt=0)
     max_body_chars: int = Field(default=20_000, gt=0)
     timeout: float = Field(default=60.0, gt=0)
@@ -91,6 +92,14 @@ class ImapMailboxSettings(Section):
             return tuple(normalize_address(address) for address in addresses)
         except InvalidAddress as exc:
             raise ValueError(f"not a plain email address ({exc})") from None
+
+    @field_validator("own_domains")
+    @classmethod
+    def _normalised_domains(cls, domains: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(domain_of(normalize_address(f"x@{domain}")) for domain in domains)
+        except InvalidAddress:
+            raise ValueError("not a plain domain name") from None
 
 
 def imap_search_criteria(address: str) -> bytes:
@@ -132,8 +141,12 @@ class ImapMailboxConnector:
         self.name = name
         self.settings = settings
         self.excluded = frozenset(settings.exclude_from)
+        # The company's own addresses are shown; everyone else's are withheld.  Its domains
+        # are named by the admin, never derived: a mailbox at a shared provider (gmail.com)
+        # would otherwise make every other customer of that provider "the company".
         own = [settings.username, *settings.exclude_from]
-        self.company_domains = frozenset(a.rpartition("@")[2].casefold() for a in own if "@" in a)
+        self.own_addresses = frozenset(_normalized(a) for a in own) - {None}
+        self.own_domains = frozenset(settings.own_domains)
 
     def check(self) -> None:
         with self._session() as client:
@@ -272,9 +285,10 @@ class ImapMailboxConnector:
 
     def _is_other(self, party: Party, wanted: Mapping[str, Identifier]) -> bool:
         """Anyone but the person and the company (an unreadable party counts as another)."""
-        return party.address is None or (
-            party.address not in wanted and domain_of(party.address) not in self.company_domains
-        )
+        if party.address is None:
+            return True
+        mine = party.address in wanted or party.address in self.own_addresses
+        return not mine and domain_of(party.address) not in self.own_domains
 
     def _shown_parties(
         self, headers: Headers, wanted: Mapping[str, Identifier]
@@ -284,6 +298,13 @@ class ImapMailboxConnector:
             name: [OTHER_PERSON if self._is_other(p, wanted) else p.shown for p in parties]
             for name, parties in headers.parties.items()
         }
+
+
+def _normalized(address: str) -> str | None:
+    try:
+        return normalize_address(address)
+    except InvalidAddress:
+        return None
 
 
 def _select(client: IMAPClient, folder: str) -> int:

@@ -1,9 +1,16 @@
 """``keepass``: the entries of a KeePass (KDBX 3.1 or 4) vault that concern a person.
 
-An entry concerns the person when its title, user name, URL, notes or a custom
-field names one of their identifiers.  The database is opened afresh for every
-lookup (so a changed file is picked up) and dropped when the lookup ends, so the
-decrypted vault is never kept in memory between requests.
+An entry *belongs* to the person when a field that says whose account it is holds
+one of their identifiers exactly: its ``UserName`` (their email address, or their
+login within the entry's group and the realms the admin mapped it to), or one of
+the ``owner_fields`` the admin names (holding their email address).  Such an entry
+is exported whole, and its ``UserName`` is a further identifier of the person,
+recorded by the controller's staff.  An entry that only *mentions* them (their
+address in the title, the notes or any other field: "Approved by: alice@...")
+exports only the lines that mention them, and yields nothing: it may be another
+person's account.  The database is opened afresh for every lookup (so a changed
+file is picked up) and dropped when the lookup ends, so the decrypted vault is
+never kept in memory between requests.
 
 Secrets never reach a record: every ``String`` of an entry is classified by its
 name and its ``Protected`` flag before its value is looked at, and the value of
@@ -23,9 +30,18 @@ from pydantic import BaseModel
 from pykeepass import PyKeePass
 from pykeepass.exceptions import CredentialsError, HeaderChecksumError, PayloadChecksumError
 
-from sarbot.addresses import InvalidAddress, normalize_address
+from sarbot.addresses import InvalidAddress, normalize_address, written_forms
 from sarbot.config import Section
-from sarbot.connector import OTHER_PERSON, Identifier, Identity, JSONValue, Record
+from sarbot.connector import (
+    EMAIL,
+    OTHER_PERSON,
+    Identifier,
+    Identity,
+    JSONValue,
+    Record,
+    Trust,
+    split_account,
+)
 from sarbot.errors import ConnectorError
 from sarbot.secretref import ConfigPath, Secret
 
@@ -62,14 +78,20 @@ _URL_QUERY_SECRET = re.compile(
 )
 URL_WITHHELD = "[withheld]"
 MENTION_ONLY_NOTE = (
-    "This entry mentions you only in its notes or web address. Its other details may be "
-    "about other people and were withheld."
+    "This entry of our vault mentions you, but it is not your account: only the lines that "
+    "mention you are shown. Its other details may be about other people and were withheld."
 )
+MENTION_CATEGORY = "Vault entry mentioning you"
 # Characters that continue an address's local part or an account name: an identifier
 # preceded or followed by one of them is part of a longer, different one.  (Rarer
 # local-part characters such as = / ' are left out: in URLs and notes they delimit.)
 _ADDRESS_CHARS = r"[\w.+-]"
 _WORD_CHARS = r"[\w-]"
+_DOMAIN_BEFORE = re.compile(r"([\w.-]+)\\$")
+_DOMAIN_AFTER = re.compile(r"@([\w-]+(?:\.[\w-]+)*)")
+# An address as written in an entry's text; rarer local-part characters (= / ' ?) delimit
+# in URLs and notes, as in _ADDRESS_CHARS.
+_ANY_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _ZERO_UUID = base64.b64encode(bytes(16)).decode()
 
 
@@ -79,6 +101,7 @@ class KeepassSettings(Section):
     keyfile: ConfigPath | None = None
     include_attachments: bool = False
     custom_fields_secret: tuple[str, ...] = ()
+    owner_fields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -90,37 +113,53 @@ class _Strings:
 
 
 class KeepassConnector:
-    """Searches every live entry of the vault for the identity's e-mail addresses and usernames."""
+    """Finds the entries of the vault that belong to the person, and those that mention them."""
 
     Settings: ClassVar[type[BaseModel]] = KeepassSettings
+    namespace_trust: ClassVar[Trust] = Trust.CONTROLLER
 
     def __init__(self, name: str, settings: KeepassSettings) -> None:
         self.name = name
         self.settings = settings
         self._secret_names = {n.casefold() for n in settings.custom_fields_secret}
+        self._owner_names = {n.casefold() for n in settings.owner_fields}
 
     def collect(self, identity: Identity) -> list[Record]:
-        matchers = [(i, m) for i in identity.identifiers if (m := _matcher(i)) is not None]
-        if not matchers:
+        if not any(i.kind in (EMAIL, "username") for i in identity.identifiers):
             return []
         vault = self._open()
         binaries: list[bytes] | None = None
         records = []
         for entry in _live_entries(vault):
             strings = self._strings(entry)
-            found_by = _first_match(matchers, strings.shown.values())
-            if found_by is None:
+            namespace = self.namespace(entry)
+            owner = self._owner(identity, strings, namespace)
+            if owner is None:
+                mentions = _mentions(identity, namespace)
+                mention = self._mention(entry, strings, mentions, identity, namespace)
+                if mention is not None:
+                    records.append(mention)
                 continue
             if binaries is None and entry._element.find("Binary") is not None:
                 binaries = list(vault.binaries)
-            if _names_the_person(matchers, strings):
-                record = self._record(entry, strings, found_by, identity, binaries or [])
-            else:
-                # Named only in free text (notes, URL): the entry may be another person's
-                # account on which the person is merely mentioned, so only the mention goes.
-                record = self._mention(entry, strings, found_by, matchers)
-            records.append(record)
+            shown = _without_other_addresses(strings, identity, namespace)
+            records.append(self._record(entry, shown, owner, namespace, binaries or []))
         return records
+
+    def namespace(self, entry: Any) -> str:
+        """The entry's group, where the logins recorded in it belong."""
+        return "/".join([f"keepass:{self.name}", *_group_names(entry)])
+
+    def _owner(self, identity: Identity, strings: _Strings, namespace: str) -> Identifier | None:
+        """The identifier a field meaning "this account is theirs" holds exactly, if any."""
+        username = strings.shown.get("UserName", "")
+        found = identity.address(username) or identity.account(username, namespace)
+        if found is not None:
+            return found
+        for name, value in strings.shown.items():
+            if name.casefold() in self._owner_names and (found := identity.address(value)):
+                return found
+        return None
 
     def check(self) -> None:
         self._open()
@@ -181,7 +220,7 @@ class KeepassConnector:
         entry: Any,
         strings: _Strings,
         found_by: Identifier,
-        identity: Identity,
+        namespace: str,
         binaries: Sequence[bytes],
     ) -> Record:
         where = _entry_path(entry, strings)
@@ -205,7 +244,7 @@ class KeepassConnector:
             fields=fields,
             found_by=found_by,
             location=f"entry '{where}'",
-            yields=self._yields(strings, where, identity),
+            yields=self._yields(strings, entry, namespace, found_by),
             notes=(WITHHELD_NOTE,) if strings.held else (),
             key=f"entry:{entry.uuid}",
         )
@@ -214,25 +253,30 @@ class KeepassConnector:
         self,
         entry: Any,
         strings: _Strings,
-        found_by: Identifier,
-        matchers: Sequence[tuple[Identifier, re.Pattern[str]]],
-    ) -> Record:
-        fields: dict[str, JSONValue] = {
-            "Group": "/".join(_group_names(entry)),
-            "Title": strings.shown.get("Title", ""),
-        }
-        for key in sorted(FREE_TEXT_FIELDS):
-            text = strings.shown.get(key, "")
-            if any(pattern.search(text) for _, pattern in matchers):
-                fields[STANDARD_FIELDS[key]] = text
-        if strings.shown.get("UserName") or strings.held.get("UserName"):
-            fields["User name"] = OTHER_PERSON
+        mentions: Sequence[_Mention],
+        identity: Identity,
+        namespace: str,
+    ) -> Record | None:
+        """The lines of an entry that mention the person (other people's addresses in them
+        withheld), and nothing else of it."""
+        found_by: Identifier | None = None
+        fields: dict[str, JSONValue] = {"Group": "/".join(_group_names(entry))}
+        for name, text in strings.shown.items():
+            for mention in mentions:
+                lines = [line.strip() for line in text.splitlines() if mention.finds(line)]
+                if lines:
+                    found_by = found_by or mention.identifier
+                    shown = _other_addresses_withheld("\n".join(lines), identity, namespace)
+                    fields[STANDARD_FIELDS.get(name, name)] = shown
+                    break
+        if found_by is None:
+            return None
         fields.update(_times(entry))
         return Record(
-            category=CATEGORY,
+            category=MENTION_CATEGORY,
             fields=fields,
             found_by=found_by,
-            location=f"entry '{_entry_path(entry, strings)}'",
+            location=f"an entry in group '{fields['Group'] or '(top level)'}'",
             notes=(MENTION_ONLY_NOTE,),
             key=f"entry:{entry.uuid}",
         )
@@ -253,66 +297,112 @@ class KeepassConnector:
             attachments.append(item)
         return attachments
 
-    def _yields(self, strings: _Strings, where: str, identity: Identity) -> tuple[Identifier, ...]:
-        """The entry's user name as a further identifier of the person, unless already known."""
+    def _yields(
+        self, strings: _Strings, entry: Any, namespace: str, found_by: Identifier
+    ) -> tuple[Identifier, ...]:
+        """The entry's user name: a further identifier of the person, recorded by staff.
+
+        Its origin names the entry by group and UUID, not by title: the identity graph is
+        kept with the request and shown to operators, and a title is the entry's content.
+        """
         username = strings.shown.get("UserName", "").strip()
         if not username or any(ch.isspace() for ch in username):
             return ()
-        origin = f"keepass '{self.name}': entry '{where}', UserName field"
+        group = "/".join(_group_names(entry)) or "(top level)"
+        origin = f"keepass '{self.name}': UserName of entry {entry.uuid} in group '{group}'"
         try:
-            found = Identifier("email", normalize_address(username), origin)
+            found = Identifier(EMAIL, normalize_address(username), origin, EMAIL, Trust.CONTROLLER)
         except InvalidAddress:
-            found = Identifier("username", username, origin)
-        if found.key in {i.key for i in (*identity.identifiers, *identity.known)}:
+            found = Identifier("username", username, origin, namespace, Trust.CONTROLLER)
+        if (found.kind, found.value) == (found_by.kind, found_by.value):
             return ()
         return (found,)
 
 
-def _matcher(identifier: Identifier) -> re.Pattern[str] | None:
-    """How an identifier is recognised in text; None for kinds this connector does not search.
+def _without_other_addresses(strings: _Strings, identity: Identity, namespace: str) -> _Strings:
+    """An entry of the person's, with other people's addresses in its text withheld
+    ("Ask bob@... first"); the user name, which is the account itself, is kept."""
+    shown = {
+        name: text if name == "UserName" else _other_addresses_withheld(text, identity, namespace)
+        for name, text in strings.shown.items()
+    }
+    return _Strings(shown, strings.held)
 
-    An e-mail address must not be part of a longer address ("alice@x.test" is not
-    found in "malice@x.test"); a username must be a whole token ("asmith" is found
-    in "CORP\\asmith" and "asmith@corp.test", not in "basmithy" or "a.smith").
+
+def _other_addresses_withheld(text: str, identity: Identity, namespace: str) -> str:
+    """The text with every address withheld that is neither one of the person's nor their
+    login written ``user@domain`` (``asmith@corp.test`` where the realm's domain is that)."""
+    pool = Identity(identity.email, (), (*identity.identifiers, *identity.known))
+
+    def withhold(match: re.Match[str]) -> str:
+        theirs = pool.address(match[0], known=True) or pool.account(match[0], namespace, known=True)
+        return match[0] if theirs else OTHER_PERSON
+
+    return _ANY_ADDRESS.sub(withhold, text)
+
+
+class _Mention:
+    """How one identifier is recognised in an entry's text.
+
+    An address must be whole: not part of a longer one ("alice@x.test" is not found in
+    "malice@x.test" or "alice@x.test.evil.test").  A login must be a whole token
+    ("asmith" is found in "CORP\\asmith" and "asmith@corp.test", not in "basmithy" or
+    "a.smith"), and a domain written with it must be one the login is valid with
+    ("OTHERLTD\\asmith" is someone else).  Text is compared in lower case, never with
+    Unicode case-insensitive matching, which takes a dotless i (U+0131) for an i.
     """
-    value = re.escape(identifier.value.strip())
-    if not value:
-        return None
-    if identifier.kind == "email":
-        before = _ADDRESS_CHARS
-    elif identifier.kind == "username":
-        before = _WORD_CHARS
-    else:
-        return None
-    pattern = rf"(?<!{before})(?<!{_WORD_CHARS}\.){value}(?!{_WORD_CHARS})(?!\.{_WORD_CHARS})"
-    return re.compile(pattern, re.IGNORECASE)
+
+    def __init__(self, identifier: Identifier, namespace: str) -> None:
+        self.identifier = identifier
+        self.namespace = namespace
+        if identifier.kind == EMAIL:
+            values, before = written_forms(identifier.value), _ADDRESS_CHARS
+        else:
+            values, before = [split_account(identifier.value)[0]], _WORD_CHARS
+        self.name = values[0].lower()
+        self.patterns = [
+            re.compile(
+                rf"(?<!{before})(?<!{_WORD_CHARS}\.){re.escape(value.lower())}"
+                rf"(?!{_WORD_CHARS})(?!\.{_WORD_CHARS})"
+            )
+            for value in values
+            if value.strip()
+        ]
+
+    def finds(self, line: str) -> bool:
+        lowered = line.lower()
+        for pattern in self.patterns:
+            for match in pattern.finditer(lowered):
+                if self.identifier.kind == EMAIL:
+                    return True
+                before = _DOMAIN_BEFORE.search(lowered, 0, match.start())
+                after = _DOMAIN_AFTER.match(lowered, match.end())
+                if before:
+                    written = f"{before[1]}\\{self.name}"
+                elif after:
+                    written = f"{self.name}@{after[1]}"
+                else:
+                    written = self.name
+                if Identity("", (self.identifier,)).account(written, self.namespace):
+                    return True
+        return False
 
 
-def _first_match(
-    matchers: Sequence[tuple[Identifier, re.Pattern[str]]], texts: Iterable[str]
-) -> Identifier | None:
-    values = [t for t in texts if t]
-    for identifier, pattern in matchers:
-        if any(pattern.search(text) for text in values):
-            return identifier
-    return None
-
-
-FREE_TEXT_FIELDS = frozenset({"Notes", "URL"})
+def _mentions(identity: Identity, namespace: str) -> list[_Mention]:
+    """Addresses are looked for in every group; logins only in the groups they are valid in
+    (another client's ``asmith`` is someone else)."""
+    return [
+        _Mention(identifier, namespace)
+        for identifier in identity.identifiers
+        if identifier.kind == EMAIL
+        or (identifier.kind == "username" and identifier.covers(namespace))
+    ]
 
 
 def _without_url_secrets(text: str) -> str:
     """Text with passwords in URLs (``smb://u:pw@host``, ``?pin=1234``) withheld."""
     text = _URL_PASSWORD.sub(rf"\g<head>:{URL_WITHHELD}@", text)
     return _URL_QUERY_SECRET.sub(rf"\g<name>={URL_WITHHELD}", text)
-
-
-def _names_the_person(
-    matchers: Sequence[tuple[Identifier, re.Pattern[str]]], strings: _Strings
-) -> bool:
-    """Whether an identifier is in a field that names the entry's owner, not only in free text."""
-    values = [v for name, v in strings.shown.items() if name not in FREE_TEXT_FIELDS and v]
-    return any(pattern.search(v) for _, pattern in matchers for v in values)
 
 
 def _live_entries(vault: Any) -> Iterable[Any]:

@@ -2,24 +2,31 @@
 
 Each query consumes one identifier kind, bound as the named parameter of the
 same name (``:email``, ``:username``), and runs once per identifier of that
-kind.  Every row becomes a record.  A query may name columns whose values are
-further identifiers of the same person (``yields``), which sarbot follows
-when the kind is a strong one.  The database is opened read-only
-(see ``connectors.readonly``); give the connector a read-only account too.
+kind.  Databases compare loosely (MySQL's ``*_ci`` collations take ü for u and
+ß for ss), so every row is checked again in Python: its ``verify`` column must
+be the identifier exactly (an address once normalised; a login in this
+connector's namespace, ``sql:NAME``).  Every row that passes becomes a record.
+A query may name columns whose values are further identifiers of the same
+person (``yields``); the connector's ``trust`` says who wrote them (default:
+whoever typed them, so they are looked up in this database only).  The
+database is opened read-only (see ``connectors.readonly``); give the connector
+a read-only account too.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import RowMapping, text
 
 from connectors.readonly import read_only_engine
+from sarbot.addresses import same_address, written_forms
 from sarbot.config import Section
-from sarbot.connector import Identifier, Identity, Record, jsonable
+from sarbot.connector import EMAIL, Identifier, Identity, Record, Trust, fold, jsonable
+from sarbot.errors import ConnectorError
 from sarbot.secretref import MaybeSecretStr
 
 KIND = r"^[a-z][a-z0-9_]{0,30}$"
@@ -31,7 +38,7 @@ class Query(Section):
     sql: str
     consumes: str = Field(default="email", pattern=KIND)
     key: str | None = None
-    verify: str | None = None
+    verify: str = Field(min_length=1)
     yields: Mapping[str, str] = Field(default_factory=dict)
 
     @field_validator("sql")
@@ -64,6 +71,7 @@ class Query(Section):
 class SqlSettings(Section):
     url: MaybeSecretStr
     queries: tuple[Query, ...] = Field(min_length=1)
+    trust: Literal["controller", "self_asserted"] = "self_asserted"
 
 
 class SqlConnector:
@@ -75,15 +83,39 @@ class SqlConnector:
         self.name = name
         self.settings = settings
         self.engine = read_only_engine(settings.url)
+        self.namespace = f"sql:{name}"
+        self.namespace_trust = Trust(settings.trust)
 
     def collect(self, identity: Identity) -> Iterator[Record]:
         with self.engine.connect() as connection:
             for query in self.settings.queries:
                 for identifier in identity.of_kind(query.consumes):
-                    rows = connection.execute(text(query.sql), {query.consumes: identifier.value})
-                    for row in rows.mappings():
-                        if _verified(query, identifier, row):
-                            yield self._record(query, identifier, row)
+                    if identifier.kind != EMAIL and not identifier.covers(self.namespace):
+                        continue  # a login of another directory: not a name in this database
+                    forms = (
+                        written_forms(identifier.value)
+                        if identifier.kind == EMAIL
+                        else [identifier.value]
+                    )
+                    for value in forms:
+                        rows = connection.execute(text(query.sql), {query.consumes: value})
+                        for row in rows.mappings():
+                            if self._verified(query, identifier, row):
+                                yield self._record(query, identifier, row)
+
+    def _verified(self, query: Query, identifier: Identifier, row: RowMapping) -> bool:
+        """The row's ``verify`` column is the identifier, exactly, whatever the collation."""
+        if query.verify not in row:
+            raise ConnectorError(
+                f"sql '{self.name}': query '{query.name}' returns no column '{query.verify}' "
+                "(its verify setting) to check each row against"
+            )
+        value = row[query.verify]
+        if identifier.kind == EMAIL:
+            return same_address(value, identifier.value)
+        if identifier.kind == "username":
+            return Identity("", (identifier,)).account(value, self.namespace) is not None
+        return isinstance(value, str) and fold(value) == fold(identifier.value)
 
     def _record(self, query: Query, found_by: Identifier, row: RowMapping) -> Record:
         fields = {str(key): jsonable(value) for key, value in row.items()}
@@ -91,7 +123,11 @@ class SqlConnector:
         key = f"{query.name}:{item}" if item is not None else ""
         yields = tuple(
             Identifier(
-                kind, str(row[column]), f"{self.name}: query '{query.name}', column {column}"
+                kind,
+                str(row[column]),
+                f"{self.name}: query '{query.name}', column {column}",
+                EMAIL if kind == EMAIL else self.namespace,
+                self.namespace_trust,
             )
             for kind, column in query.yields.items()
             if row.get(column) not in (None, "")
@@ -105,11 +141,3 @@ class SqlConnector:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _verified(query: Query, identifier: Identifier, row: RowMapping) -> bool:
-    """Databases compare loosely (MySQL collations ignore accents); re-check exactly."""
-    if query.verify is None:
-        return True
-    value = row.get(query.verify)
-    return isinstance(value, str) and value.strip().casefold() == identifier.value.casefold()

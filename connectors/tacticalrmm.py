@@ -4,9 +4,14 @@ Tactical RMM keeps, for every monitored computer (an *agent*), the user logged i
 now (``logged_in_username``) and the last user who logged in
 (``last_logged_in_user``), written ``user``, ``DOMAIN\\user`` or ``user@domain``.
 A computer is linked to the person when one of those names is one of their
-usernames (the account part compared exactly, ignoring case; when both sides name
-a domain, the domains must agree too) or, written ``user@domain``, one of their
-e-mail addresses.
+logins *at the computer's client*: the admin maps a client (``tacticalrmm:NAME/
+CLIENT``) into a realm with the vault group and the Windows domains of the same
+organisation, and a login matches only within its realm, with the same domain
+(``Identity.account``).  ``asmith`` at one client is never ``asmith`` at another.
+A name written ``user@domain`` also links the computer when it is exactly one of
+the person's email addresses.  A computer linked only through its *last*
+logged-in user may be used by someone else now: its public IP address and the
+time it was last seen are withheld.
 
 Every linked computer becomes one record: its names and addresses, operating
 system, hardware and disk health, and the software installed on it.  Other people
@@ -32,7 +37,16 @@ from sqlalchemy import Connection, RowMapping, Select, column, func, or_, select
 
 from connectors.readonly import read_only_engine
 from sarbot.config import Section
-from sarbot.connector import Identifier, Identity, JSONValue, Record, jsonable
+from sarbot.connector import (
+    Identifier,
+    Identity,
+    JSONValue,
+    Record,
+    Trust,
+    fold,
+    jsonable,
+    split_account,
+)
 from sarbot.secretref import MaybeSecretStr
 
 CATEGORY = "Monitored computer"
@@ -40,6 +54,11 @@ WITHHELD_USER = "[another person: withheld]"
 WITHHELD_TEXT = "[withheld: it names another person]"
 WITHHELD_DEVICE = "[withheld: a network or personal path]"
 OTHERS_NOTE = "Information about other people who used this computer was withheld."
+NOW_WITHHELD = "[withheld: the computer may be used by someone else now]"
+LAST_USER_NOTE = (
+    "You were the last person to log in to this computer, not the one logged in now: "
+    "its current public IP address and the time it was last seen were withheld."
+)
 NOBODY = {"", "none"}  # the agent reports the text "None" when nobody is logged in
 USER_FIELDS = {"logged_in_username": "Logged-in user", "last_logged_in_user": "Last logged-in user"}
 SOFTWARE_KEYS = {
@@ -90,6 +109,7 @@ class TacticalRmmConnector:
     """Finds the agents a person was logged in to and exports each as one record."""
 
     Settings: ClassVar[type[BaseModel]] = TacticalRmmSettings
+    namespace_trust: ClassVar[Trust] = Trust.CONTROLLER
 
     def __init__(self, name: str, settings: TacticalRmmSettings) -> None:
         self.name = name
@@ -104,15 +124,15 @@ class TacticalRmmConnector:
                 connection.execute(select(*SOFTWARE.c).limit(0)).all()
 
     def collect(self, identity: Identity) -> Iterator[Record]:
-        subject = Subject.of(identity)
+        subject = Subject.of(identity, self.name)
         if not subject.needles:
             return
         with self._connect() as connection:
             for agent_pk in self._candidates(connection, subject):
                 row = connection.execute(DETAILS.where(AGENTS.c.id == agent_pk)).mappings().first()
-                found_by = subject.linked(row) if row is not None else None
-                if row is not None and found_by is not None:
-                    yield self._record(connection, row, subject, found_by)
+                link = subject.linked(row) if row is not None else None
+                if row is not None and link is not None:
+                    yield self._record(connection, row, subject, link)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -126,12 +146,20 @@ class TacticalRmmConnector:
     def _candidates(self, connection: Connection, subject: Subject) -> list[int]:
         """Agents whose user fields hold one of the subject's names, coarse in SQL, then exact."""
         users = [AGENTS.c[name] for name in USER_FIELDS]
-        query: Select[Any] = select(AGENTS.c.id, *users).where(
-            or_(
-                *(
-                    func.lower(user).like(like_pattern(needle), escape="/")
-                    for needle in sorted(subject.needles)
-                    for user in users
+        query: Select[Any] = (
+            select(AGENTS.c.id, *users, CLIENTS.c.name.label("client_name"))
+            .select_from(
+                AGENTS.outerjoin(SITES, SITES.c.id == AGENTS.c.site_id).outerjoin(
+                    CLIENTS, CLIENTS.c.id == SITES.c.client_id
+                )
+            )
+            .where(
+                or_(
+                    *(
+                        func.lower(user).like(like_pattern(needle), escape="/")
+                        for needle in sorted(subject.needles)
+                        for user in users
+                    )
                 )
             )
         )
@@ -148,21 +176,30 @@ class TacticalRmmConnector:
         connection: Connection,
         row: RowMapping,
         subject: Subject,
-        found_by: Identifier,
+        link: Link,
     ) -> Record:
         users = [row[name] for name in USER_FIELDS]
-        others = [user for user in users if subject.other(user)]
-        own = [user for user in users if subject.match(user)] + subject.names()
+        others = [user for user in users if subject.other(user, row)]
+        own = [user for user in users if subject.match(user, row)] + subject.names()
         withhold = Withholder(others, own)
         fields = {k: withhold.scrub(v) for k, v in self._machine(connection, row).items()}
         for name, label in USER_FIELDS.items():
             value = row[name]
-            shown = WITHHELD_USER if subject.other(value) else value
+            shown = WITHHELD_USER if subject.other(value, row) else value
             fields[label] = shown if is_user(value) else None
+        notes = [OTHERS_NOTE] if others else []
+        if not link.now:
+            fields["Public IP address"] = NOW_WITHHELD
+            fields["Last seen"] = NOW_WITHHELD
+            notes.append(LAST_USER_NOTE)
         hostname = fields["Hostname"]
         host = hostname if isinstance(hostname, str) and hostname != WITHHELD_TEXT else None
         where = f"tacticalrmm '{self.name}': agents_agent id {row['id']}"
-        yields = [Identifier("hostname", host, f"{where}, hostname")] if host else []
+        yields = (
+            [Identifier("hostname", host, f"{where}, hostname", "hostname", Trust.CONTROLLER)]
+            if host
+            else []
+        )
         addresses = [(fields["Public IP address"], "public_ip")]
         addresses += [
             (a, "wmi_detail, local IP addresses") for a in texts(fields["Local IP addresses"])
@@ -170,14 +207,16 @@ class TacticalRmmConnector:
         for value, source in addresses:
             ip = ip_of(value)
             if ip and all(y.value != str(ip) for y in yields):
-                yields.append(Identifier("ip", str(ip), f"{where}, {source}"))
+                yields.append(
+                    Identifier("ip", str(ip), f"{where}, {source}", "ip", Trust.CONTROLLER)
+                )
         return Record(
             category=CATEGORY,
             fields=fields,
-            found_by=found_by,
+            found_by=link.identifier,
             location=f"agents_agent id {row['id']} ({host or 'hostname withheld'})",
             yields=tuple(yields),
-            notes=(OTHERS_NOTE,) if others else (),
+            notes=tuple(notes),
             key=f"agent:{row['agent_id'] or row['id']}",
         )
 
@@ -211,92 +250,71 @@ class TacticalRmmConnector:
 
 
 @dataclass(frozen=True)
-class Account:
-    """A Windows or Unix user name: the account (case-folded) and its domain, if named."""
+class Link:
+    """How an agent is linked to the person: by which identifier, and through whom."""
 
-    name: str
-    domain: str | None
-
-    @classmethod
-    def parse(cls, value: str) -> Account:
-        name, domain = split_user(value)
-        domain = domain.casefold()
-        return cls(name.casefold(), None if domain in {"", "."} else domain)
-
-    def same(self, other: Account) -> bool:
-        if not self.name or self.name != other.name:
-            return False
-        if self.domain is None or other.domain is None:
-            return True
-        # A NetBIOS domain (CORP) agrees with the DNS domain it names (corp.example).
-        mine, theirs = self.domain, other.domain
-        return mine == theirs or mine.split(".")[0] == theirs or theirs.split(".")[0] == mine
+    identifier: Identifier
+    now: bool
+    """Through the user logged in now (not only the last one who logged in)."""
 
 
 @dataclass(frozen=True)
 class Subject:
-    """The identifiers of this round that can name a Tactical RMM user."""
+    """The identifiers of this round that can name a Tactical RMM user, and the person's own."""
 
-    usernames: tuple[tuple[Identifier, Account], ...]
-    emails: tuple[Identifier, ...]
+    identity: Identity
+    connector: str
     needles: frozenset[str]
-    known_accounts: tuple[Account, ...] = ()
-    known_emails: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, identity: Identity) -> Subject:
-        usernames = tuple(
-            (i, account)
-            for i in identity.of_kind("username")
-            if (account := Account.parse(i.value)).name
-        )
-        emails = tuple(i for i in identity.of_kind("email") if "@" in i.value)
+    def of(cls, identity: Identity, connector: str) -> Subject:
+        names = [split_account(i.value)[0] for i in identity.of_kind("username")]
+        emails = [i.value for i in identity.of_kind("email")]
         # SQL's lower() keeps the length of what it lowers; casefold() may not (ß: ss).
-        needles = {split_user(i.value)[0].lower() for i, _ in usernames}
-        needles |= {i.value.strip().lower() for i in emails}
-        # Names of the person found in earlier rounds are theirs too, never "another person".
-        known = [i for i in identity.known if i.kind == "username"]
-        accounts = tuple(a for i in known if (a := Account.parse(i.value)).name)
-        known_emails = frozenset(
-            i.value.strip().casefold() for i in identity.known if i.kind == "email"
-        )
-        return cls(usernames, emails, frozenset(needles), accounts, known_emails)
+        needles = {value.lower() for value in [*names, *emails] if value.strip()}
+        return cls(identity, connector, frozenset(needles))
 
-    def match(self, stored: Any) -> Identifier | None:
+    def namespace(self, row: RowMapping) -> str:
+        """Where an agent's user names belong: the agent's client."""
+        client = row["client_name"]
+        base = f"tacticalrmm:{self.connector}"
+        return f"{base}/{client}" if isinstance(client, str) and client else base
+
+    def match(self, stored: Any, row: RowMapping, *, known: bool = False) -> Identifier | None:
         if not is_user(stored):
             return None
-        account = Account.parse(stored)
-        for identifier, mine in self.usernames:
-            if mine.same(account):
-                return identifier
-        folded = stored.strip().casefold()
-        return next((i for i in self.emails if i.value.strip().casefold() == folded), None)
+        identity = self.identity
+        return identity.address(stored, known=known) or identity.account(
+            stored, self.namespace(row), known=known
+        )
 
-    def linked(self, row: RowMapping) -> Identifier | None:
-        """The identifier that links the agent to the subject, or None."""
-        return next((i for name in USER_FIELDS if (i := self.match(row[name]))), None)
+    def linked(self, row: RowMapping) -> Link | None:
+        """How the agent links to the subject, or None."""
+        if found := self.match(row["logged_in_username"], row):
+            return Link(found, now=True)
+        if found := self.match(row["last_logged_in_user"], row):
+            # The current user may be the person too, under a name found in an earlier round.
+            current = self.match(row["logged_in_username"], row, known=True)
+            return Link(found, now=current is not None)
+        return None
 
     def names(self) -> list[str]:
-        return [account.name for _, account in self.usernames] + [
-            a.name for a in self.known_accounts
-        ]
+        own = [*self.identity.of_kind("username"), *self.identity.known]
+        return [split_account(i.value)[0] for i in own if i.kind == "username"]
 
-    def other(self, stored: Any) -> bool:
+    def other(self, stored: Any, row: RowMapping) -> bool:
         """Whether a user field names somebody else than the person (in any round)."""
-        if not is_user(stored) or self.match(stored) is not None:
+        if not is_user(stored) or self.match(stored, row) is not None:
             return False
-        account = Account.parse(stored)
-        if any(mine.same(account) for mine in self.known_accounts):
-            return False
-        return stored.strip().casefold() not in self.known_emails
+        return self.match(stored, row, known=True) is None
 
 
 class Withholder:
     """Replaces any text that names one of the other people who used the computer."""
 
     def __init__(self, others: Iterable[str], own: Iterable[str]) -> None:
-        names = {Account.parse(other).name for other in others} - {""}
-        mine = {Account.parse(name).name for name in own}
+        names = {fold(split_account(other)[0]) for other in others} - {""}
+        mine = {fold(split_account(name)[0]) for name in own}
         # Short names are only matched as a whole word, so that "al" keeps "Visual" intact.
         # The subject's own names are taken out first when they contain another's
         # (alice's "basmith-pc" does not name a bob who is "asmith").
@@ -312,7 +330,7 @@ class Withholder:
 
     def names_other(self, text: str) -> bool:
         for pattern, containing in self.rules:
-            folded = text.casefold()
+            folded = fold(text)
             for name in containing:
                 folded = folded.replace(name, "\0")
             if pattern.search(folded):
@@ -327,16 +345,6 @@ class Withholder:
         if isinstance(value, dict):
             return {key: self.scrub(item) for key, item in value.items()}
         return value
-
-
-def split_user(value: str) -> tuple[str, str]:
-    """``DOMAIN\\user`` or ``user@domain`` or ``user``: the user and the domain, as written."""
-    text = value.strip()
-    if "\\" in text:
-        domain, _, name = text.rpartition("\\")
-    else:
-        name, _, domain = text.rpartition("@") if "@" in text else (text, "", "")
-    return name.strip(), domain.strip()
 
 
 def is_user(value: Any) -> bool:

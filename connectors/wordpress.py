@@ -6,6 +6,13 @@ account's login sessions (without their tokens).  Queries are SQLAlchemy Core
 with bound parameters; the validated table prefix is the only configured text
 that ever reaches SQL.  SQLite files are opened read-only; for MySQL/MariaDB,
 give the connector an account that may only SELECT.
+
+Everything on a WordPress site is typed by whoever signed up or commented: a
+login, a profile's email, a comment's author fields prove nothing about who
+someone is.  An account belongs to the person when its ``user_email`` is their
+address; what it yields (its login, its email) is self-asserted and is looked up
+on this website only.  Every match is checked again in Python, exactly, whatever
+the database's collation.
 """
 
 from __future__ import annotations
@@ -24,14 +31,15 @@ from sqlalchemy import (
     column,
     func,
     literal,
+    or_,
     select,
     table,
 )
 
 from connectors.readonly import read_only_engine
-from sarbot.addresses import InvalidAddress, normalize_address
+from sarbot.addresses import InvalidAddress, normalize_address, same_address, written_forms
 from sarbot.config import Section
-from sarbot.connector import Identifier, Identity, JSONValue, Record, jsonable
+from sarbot.connector import EMAIL, Identifier, Identity, JSONValue, Record, Trust, jsonable
 from sarbot.secretref import MaybeSecretStr
 
 AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
@@ -125,6 +133,7 @@ class WordpressConnector:
     """Finds a person's comments, account and sessions by email address or username."""
 
     Settings: ClassVar[type[BaseModel]] = WordpressSettings
+    namespace_trust: ClassVar[Trust] = Trust.SELF_ASSERTED
 
     def __init__(self, name: str, settings: WordpressSettings) -> None:
         self.name = name
@@ -132,6 +141,7 @@ class WordpressConnector:
         self.t = Tables(settings.table_prefix)
         self.site_url = settings.site_url.rstrip("/")
         self.engine = read_only_engine(settings.url)
+        self.namespace = f"wordpress:{name}"
 
     def check(self) -> None:
         with self.engine.connect() as connection:
@@ -142,7 +152,9 @@ class WordpressConnector:
 
     def collect(self, identity: Identity) -> Iterator[Record]:
         emails = [i for i in identity.of_kind("email") if i.value.strip()]
-        names = [i for i in identity.of_kind("username") if i.value.strip()]
+        names = [
+            i for i in identity.of_kind("username") if i.value.strip() and i.covers(self.namespace)
+        ]
         if not self.settings.match_usernames:
             names = []
         with self.engine.connect() as connection:
@@ -164,9 +176,15 @@ class WordpressConnector:
         lookups = [(i, users.user_email) for i in emails] + [(i, users.user_login) for i in names]
         found: dict[int, tuple[Identifier, AnyRow]] = {}
         for identifier, field in lookups:
-            query = select(self.t.users).where(_equal(field, identifier.value)).order_by(users.ID)
+            values = _forms(identifier)
+            query = select(self.t.users).where(_equal(field, values)).order_by(users.ID)
             for row in connection.execute(query):
-                if _same(row._mapping[field], identifier.value):
+                stored = row._mapping[field]
+                if identifier.kind == EMAIL:
+                    mine = same_address(stored, identifier.value)
+                else:
+                    mine = Identity("", (identifier,)).account(stored, self.namespace) is not None
+                if mine:
                     found.setdefault(int(row.ID), (identifier, row))
         return found
 
@@ -243,14 +261,21 @@ class WordpressConnector:
         return found
 
     def _account_yields(self, found_by: Identifier, user: AnyRow) -> tuple[Identifier, ...]:
+        """The account's login and email: chosen at sign-up, so self-asserted."""
         origin = f"wordpress '{self.name}': {self.t.prefix}users.%s of user ID {user.ID}"
         yields = []
         login = user.user_login
-        if isinstance(login, str) and login and found_by.key != ("username", login.casefold()):
-            yields.append(Identifier("username", login, origin % "user_login"))
+        if isinstance(login, str) and login.strip() and found_by.kind != "username":
+            yields.append(
+                Identifier(
+                    "username", login, origin % "user_login", self.namespace, Trust.SELF_ASSERTED
+                )
+            )
         email = _normalized(str(user.user_email))
-        if email and (found_by.kind != "email" or email != _normalized(found_by.value)):
-            yields.append(Identifier("email", email, origin % "user_email"))
+        if email and (found_by.kind != EMAIL or email != found_by.value):
+            yields.append(
+                Identifier(EMAIL, email, origin % "user_email", EMAIL, Trust.SELF_ASSERTED)
+            )
         return tuple(yields)
 
     # Comments
@@ -266,7 +291,10 @@ class WordpressConnector:
     ) -> Iterator[Record]:
         """Comments by one author address or one account, each exported once."""
         c, p = self.t.comments.c, self.t.posts.c
-        match = c.user_id == user_id if email is None else _equal(c.comment_author_email, email)
+        if email is None:
+            match = c.user_id == user_id
+        else:
+            match = _equal(c.comment_author_email, written_forms(email))
         query = (
             select(*c, p.post_title.label("post_title"), p.guid.label("post_guid"))
             .select_from(self.t.comments.outerjoin(self.t.posts, c.comment_post_ID == p.ID))
@@ -278,7 +306,7 @@ class WordpressConnector:
             query = query.where(c.comment_type.not_in(self.settings.skip_comment_types))
         for row in connection.execute(query):
             comment_id = int(row.comment_ID)
-            if comment_id in seen or (email and not _same(row.comment_author_email, email)):
+            if comment_id in seen or (email and not same_address(row.comment_author_email, email)):
                 continue
             seen.add(comment_id)
             yield self._comment_record(row, comment_id, found_by)
@@ -318,7 +346,7 @@ class WordpressConnector:
         return None
 
     def _ip(self, ip: str, where: str) -> Identifier:
-        return Identifier("ip", ip, f"wordpress '{self.name}': {where}")
+        return Identifier("ip", ip, f"wordpress '{self.name}': {where}", "ip", Trust.SELF_ASSERTED)
 
 
 # Values stored by PHP
@@ -396,14 +424,14 @@ def _gmt(value: object) -> JSONValue:
     return jsonable(value)
 
 
-def _equal(field: ColumnElement[Any], value: str) -> ColumnElement[bool]:
-    """Case-insensitive equality in SQL; a superset that ``_same`` then narrows."""
-    return func.lower(field) == func.lower(value.strip())
+def _equal(field: ColumnElement[Any], values: Iterable[str]) -> ColumnElement[bool]:
+    """Case-insensitive equality in SQL: a superset, narrowed again exactly in Python."""
+    return or_(*(func.lower(field) == func.lower(value.strip()) for value in values))
 
 
-def _same(stored: object, value: str) -> bool:
-    """Exact equality but for case, which MySQL's accent-insensitive collations do not give."""
-    return isinstance(stored, str) and stored.strip().casefold() == value.strip().casefold()
+def _forms(identifier: Identifier) -> list[str]:
+    """What to look a value up as: an address in each form it may be stored in."""
+    return written_forms(identifier.value) if identifier.kind == EMAIL else [identifier.value]
 
 
 def _normalized(address: str) -> str | None:

@@ -3,8 +3,11 @@
 Normalisation, applied to every address sarbot compares or stores:
 
 * surrounding white space is removed and the text is put in Unicode NFC form;
-* the domain is lower-cased and an internationalised domain is converted to its
-  ASCII (IDNA/punycode) form, so a look-alike domain stays a different domain;
+* the domain is processed as UTS #46 prescribes, non-transitionally (IDNA 2008):
+  mapped to lower case and to its ASCII (punycode) form.  The deviation
+  characters (ß, ς, ZWJ, ZWNJ) are kept, not mapped, so ``straße.de`` stays
+  ``xn--strae-oqa.de`` and never becomes ``strasse.de``, another domain; a
+  look-alike domain (a Cyrillic a, U+0430) stays a different domain too;
 * the local part is lower-cased: mail providers treat it case-insensitively
   in practice, and a request must not split on ``Alice@`` versus ``alice@``;
 * quoted local parts, comments, source routes and non-ASCII local parts are
@@ -17,6 +20,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from email.headerregistry import HeaderRegistry
+
+import idna
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
@@ -42,8 +47,8 @@ def normalize_address(text: str) -> str:
 def _normalize_domain(domain: str) -> str:
     domain = domain.rstrip(".")
     try:
-        ascii_domain = domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         raise InvalidAddress("invalid domain") from None
     labels = ascii_domain.split(".")
     if len(labels) < 2 or len(ascii_domain) > 253 or not all(_LABEL_RE.match(x) for x in labels):
@@ -74,6 +79,34 @@ def single_sender(header_value: str | None) -> str:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
+
+
+def written_forms(address: str) -> list[str]:
+    """The ways a normalised address may be stored: its ASCII form, and with an
+    internationalised domain, its Unicode form too (``alice@straße.de``).
+
+    A store is searched for each; what it finds is then checked with ``same_address``.
+    """
+    local, _, domain = address.rpartition("@")
+    try:
+        unicode_domain = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):
+        return [address]
+    return list(dict.fromkeys([address, f"{local}@{unicode_domain}"]))
+
+
+def same_address(stored: object, address: str) -> bool:
+    """Whether a stored value is this normalised address, compared exactly once normalised.
+
+    Databases compare loosely (MySQL's ``*_ci`` collations take ü for u and ß for ss;
+    ``casefold()`` maps ß to ss too): every match is checked again here.
+    """
+    if not isinstance(stored, str):
+        return False
+    try:
+        return normalize_address(stored) == address
+    except InvalidAddress:
+        return False
 
 
 def mask_address(address: str) -> str:

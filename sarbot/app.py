@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sarbot.config import Settings, load_settings
 from sarbot.daemon import Daemon
 from sarbot.db import make_engine, require_current_schema, session_factory
+from sarbot.errors import ConfigError
+from sarbot.graph import check_realms
 from sarbot.health import HealthCheck, StatusServer
 from sarbot.intake import Mailbox, MailboxThread
 from sarbot.mailer import Mailer
@@ -41,12 +43,20 @@ class App:
         return session_factory(self.engine)
 
     def build_connectors(self) -> list[ConfiguredConnector]:
-        return build_connectors(
+        """Every enabled connector, built; the realms are checked against them."""
+        built = build_connectors(
             self.settings.connectors,
             self.connector_types,
             base_dir=self.config_path.parent.resolve(),
             source=str(self.config_path),
         )
+        try:
+            check_realms(self.settings.realms, built)
+        except ConfigError as exc:
+            for configured in built:
+                configured.connector.close()
+            raise ConfigError(f"{self.config_path}: {exc}") from None
+        return built
 
     def pipeline(self, *, clock: Clock = utcnow, metrics: Metrics | None = None) -> Pipeline:
         """The pipeline, with every connector built (nothing connects until used)."""

@@ -22,6 +22,7 @@ from sarbot.pipeline import begin_collection
 from sarbot.states import TERMINAL, RequestState
 
 LIST_COLUMNS = ["reference", "state", "email", "received_at", "due", "delivered_at"]
+GRAPH_COLUMNS = ["kind", "value", "namespace", "realm", "trust", "scope", "reason", "origin"]
 
 
 @click.group("requests")
@@ -96,6 +97,7 @@ def requests_show(ctx: click.Context, reference: str, as_json: bool) -> None:
             "note": request.note,
             "attempts": request.attempts,
             "last_error": request.last_error,
+            "identity_graph": json.loads(request.identity_graph or "[]"),
             "audit": [
                 {
                     "at": iso(event.at),
@@ -112,8 +114,11 @@ def requests_show(ctx: click.Context, reference: str, as_json: bool) -> None:
         click.echo(json.dumps(detail, indent=2))
         return
     for key, value in detail.items():
-        if key != "audit" and value not in (None, ""):
+        if key not in ("audit", "identity_graph") and value not in (None, ""):
             click.echo(f"{key:>16}: {value}")
+    if detail["identity_graph"]:
+        click.echo("\nidentity graph (the last collection):")
+        table(detail["identity_graph"], GRAPH_COLUMNS)
     click.echo("\naudit trail:")
     table(detail["audit"], ["at", "event", "actor", "reason"])
 

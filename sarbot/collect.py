@@ -1,12 +1,10 @@
 """Asking every configured connector what it holds on the requester.
 
-Collection runs in rounds.  Round one asks about the verified address.  The
-records found may name further identifiers of the same person (a username in
-a vault entry, say); identifiers of a strong kind are followed in the next
-round, asking each connector about the new ones only, until nothing new turns
-up or the round limit is reached.  Weak kinds (IP addresses, names, host
-names) and generic account names are never followed: they would pull in other
-people's data.
+Collection runs in rounds.  Round one asks every connector about the verified
+address.  The records found may name further identifiers (a username in a
+vault entry, say); the identity graph (``sarbot.graph``) decides which of them
+are followed, and into which connectors, in the next round, until nothing new
+turns up or the round limit is reached.
 """
 
 from __future__ import annotations
@@ -23,15 +21,16 @@ from sarbot.config import CollectionSettings
 from sarbot.connector import Identifier, Identity, Record, with_other_people_note
 from sarbot.errors import ConnectorError
 from sarbot.export import SourceData
+from sarbot.graph import Graph, Link, Realms
 from sarbot.registry import ConfiguredConnector
 
 
 @dataclass
 class Collection:
-    """The data found, the identifiers followed, and the connectors that could not answer."""
+    """The data found, the identity graph, and the connectors that could not answer."""
 
     sources: list[SourceData]
-    identifiers: list[Identifier]
+    links: list[Link]
     failed: list[str] = field(default_factory=list)
 
     @property
@@ -67,61 +66,54 @@ class Collector:
         settings: CollectionSettings,
         log: FilteringBoundLogger,
         observers: Sequence[Observer] = (),
+        realms: Realms | None = None,
     ) -> None:
         self.connectors = connectors
         self.settings = settings
         self.log = log
         self.observers = observers
-        self._never = {value.casefold() for value in settings.never_follow}
-
-    def _generic(self, identifier: Identifier) -> bool:
-        """A shared account or mailbox name, also as ``DOMAIN\\admin`` or ``admin@host``."""
-        account = identifier.value.rpartition("\\")[2].partition("@")[0]
-        return identifier.value.casefold() in self._never or account.casefold() in self._never
+        self.realms = realms or Realms(())
 
     async def collect(self, email: str) -> Collection:
         """Collect in rounds for the verified address; never raises for a connector's failure."""
-        identity = Identity.verified(email)
-        known = {i.key: i for i in identity.identifiers}
+        graph = Graph(email, self.settings, self.realms)
+        asked = {c.name: Identity.verified(email) for c in self.connectors}
         found: dict[str, dict[str, Record]] = {c.name: {} for c in self.connectors}
         failed: list[str] = []
         for round_number in range(1, self.settings.max_rounds + 1):
-            results = await asyncio.gather(*(self._ask(c, identity) for c in self.connectors))
+            due = [c for c in self.connectors if c.name in asked]
+            results = await asyncio.gather(*(self._ask(c, asked[c.name]) for c in due))
             new: list[Identifier] = []
-            for configured, records in zip(self.connectors, results, strict=True):
+            for configured, records in zip(due, results, strict=True):
                 if records is None:
                     failed.append(configured.name)
                     continue
                 for record in map(with_other_people_note, records):
                     found[configured.name].setdefault(record.identity_key, record)
-                    new.extend(self._followable(record, known))
+                    new.extend(
+                        placed
+                        for identifier in record.yields
+                        if (placed := graph.add(identifier, configured)) is not None
+                    )
             self.log.info("collect.round", round=round_number, new_identifiers=len(new))
             if failed or not new:
                 break
             if round_number == self.settings.max_rounds:
                 self.log.warning("collect.rounds_exhausted", unfollowed=len(new))
+                graph.stop(new)
                 break
-            identity = Identity(email, tuple(new), tuple(known.values()))
+            known = graph.known()
+            asked = {
+                c.name: Identity(email, offered, known)
+                for c in self.connectors
+                if (offered := graph.offered(new, c.name))
+            }
         sources = [
             SourceData(c.name, c.description, c.facts, list(found[c.name].values()))
             for c in self.connectors
             if c.name not in failed
         ]
-        return Collection(sources, list(known.values()), sorted(set(failed)))
-
-    def _followable(
-        self, record: Record, known: dict[tuple[str, str], Identifier]
-    ) -> list[Identifier]:
-        """The identifiers a record yields that are strong, not generic, and new."""
-        new = []
-        for identifier in record.yields:
-            if identifier.kind not in self.settings.strong_identifiers:
-                continue
-            if identifier.key in known or self._generic(identifier):
-                continue
-            known[identifier.key] = identifier
-            new.append(identifier)
-        return new
+        return Collection(sources, graph.ordered(), sorted(set(failed)))
 
     async def _ask(
         self, configured: ConfiguredConnector, identity: Identity

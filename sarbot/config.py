@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from sarbot.addresses import normalize_address
+from sarbot.connector import covers
 from sarbot.deadlines import Calendar
 from sarbot.errors import ConfigError
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
@@ -147,6 +148,28 @@ class CollectionSettings(Section):
         weak = sorted(set(value) & WEAK_KINDS)
         if weak:
             raise ValueError(f"{', '.join(weak)} can identify several people and is never followed")
+        return value
+
+
+NAMESPACE = r"^(ad:[^\s\\/@]+|[a-z][a-z0-9_]{0,62}:[a-z][a-z0-9_-]{0,62}(/[^/\s][^/]*)*)$"
+"""``ad:DOMAIN`` or ``<connector type>:<connector name>[/<path>]`` (docs/identity.md)."""
+
+
+class RealmSettings(Section):
+    """One ``[[realms]]`` table: namespaces that are the same directory of people."""
+
+    label: str = Field(min_length=1, max_length=200)
+    same_as: tuple[Annotated[str, Field(pattern=NAMESPACE)], ...] = Field(min_length=2)
+
+    @field_validator("same_as")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a namespace is listed twice")
+        if any(member.startswith("ad:") and "/" in member for member in value):
+            raise ValueError("a Windows domain is written ad:NAME, without /")
+        if not any(not member.startswith("ad:") for member in value):
+            raise ValueError("a realm needs a connector's namespace, not only Windows domains")
         return value
 
 
@@ -279,6 +302,24 @@ class Settings(Section):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     connectors: tuple[ConnectorEntry, ...] = ()
+    realms: tuple[RealmSettings, ...] = ()
+
+    @field_validator("realms")
+    @classmethod
+    def _realms_apart(cls, value: tuple[RealmSettings, ...]) -> tuple[RealmSettings, ...]:
+        """A namespace in two realms would join them: each belongs to one at most."""
+        seen: dict[str, str] = {}
+        for realm in value:
+            for member in realm.same_as:
+                key = member.lower() if member.startswith("ad:") else member
+                other = next((o for m, o in seen.items() if covers(m, key) or covers(key, m)), None)
+                if other is not None:
+                    raise ValueError(f"'{member}' is in realm '{other}' too")
+                seen[key] = realm.label
+        labels = [realm.label for realm in value]
+        if len(set(labels)) != len(labels):
+            raise ValueError("realm labels must be unique")
+        return value
 
     @field_validator("connectors")
     @classmethod

@@ -16,21 +16,32 @@ A connector that cannot answer raises; ``sarbot.errors.ConnectorError`` with a
 message free of personal data tells the operator why (other exceptions are
 logged by their type only, since their text may quote the data).
 
-Identity expansion: a record may name further identifiers of the person it
-belongs to (``Record.yields``: a username in a vault entry, say).  sarbot
-follows the kinds the admin marks as strong in further rounds, calling each
-connector again with only the identifiers that are new.
+Identity expansion: a record may name further identifiers (``Record.yields``).
+Each says which directory its value belongs to (``namespace``) and who wrote it
+(``trust``).  A value is not a person: ``asmith`` on the website, ``asmith`` in
+the vault group of one client and ``asmith`` at another client are three
+people.  sarbot follows an identifier into other connectors only when the
+controller recorded it (``Trust.CONTROLLER``); one chosen by whoever typed it
+(``Trust.SELF_ASSERTED``: website logins, comment fields, form content) is
+looked up in its own source only.  A username matches a stored account only
+within the namespaces the admin declared the same (``[[realms]]``), and with
+the same domain: use ``Identity.account`` and ``Identity.address`` for every
+comparison, never string equality.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
+
+from sarbot.addresses import InvalidAddress, normalize_address
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 ENTRY_POINT_GROUP = "sarbot.connectors"
@@ -38,23 +49,98 @@ VERIFIED_ORIGIN = "the address the request came from, verified by a reply"
 OTHER_PERSON = "[withheld: about another person]"
 """Put in place of a value that is another person's; the export adds OTHER_PEOPLE_NOTE."""
 OTHER_PEOPLE_NOTE = "Information about other people was withheld."
+EMAIL = "email"
+"""The namespace of email addresses: the only one that is global."""
+AD = "ad:"
+"""A realm's Windows (Active Directory) domain: ``ad:ACME``, ``ad:acme.local``."""
+
+
+class Trust(StrEnum):
+    """Who wrote an identifier down, and so how far it may be followed."""
+
+    VERIFIED = "verified"
+    """The address the request came from, proven by the requester: it starts the search."""
+    CONTROLLER = "controller"
+    """Recorded by the controller's staff or systems (the vault, monitoring agents)."""
+    SELF_ASSERTED = "self_asserted"
+    """Typed by the person or by anyone (website logins, comment fields, form content)."""
+
+
+def fold(value: str) -> str:
+    """How account and domain names compare: NFC, lower case, outer space removed.
+
+    Never ``casefold()``: it maps ß to ss, and ``straße`` is not ``strasse``.
+    """
+    return unicodedata.normalize("NFC", value.strip()).lower()
+
+
+def split_account(value: str) -> tuple[str, str]:
+    """``DOMAIN\\user``, ``user@domain`` or ``user``: the user and the domain, as written."""
+    text = value.strip()
+    if "\\" in text:
+        domain, _, name = text.rpartition("\\")
+    elif "@" in text:
+        name, _, domain = text.rpartition("@")
+    else:
+        name, domain = text, ""
+    domain = domain.strip()
+    return name.strip(), "" if domain == "." else domain
+
+
+def covers(member: str, namespace: str) -> bool:
+    """Whether a namespace is ``member`` itself or lies inside it (``keepass:vault/Clients``
+    covers ``keepass:vault/Clients/Acme Ltd``)."""
+    return namespace == member or namespace.startswith(member + "/")
 
 
 @dataclass(frozen=True)
 class Identifier:
-    """One identifier of the person, and where it came from."""
+    """One identifier of the person: its value, its directory, who wrote it, where it was found.
+
+    A connector sets ``kind``, ``value``, ``origin``, ``namespace`` and ``trust``;
+    sarbot sets ``source`` (the connector that found it) and, from the admin's
+    ``[[realms]]``, ``realm`` (the realm's label) and ``aliases`` (every namespace
+    of the realm: the same directory under other names).  A username's value is
+    the account as recorded (``asmith`` or ``ACME\\asmith``).
+    """
 
     kind: str
     value: str
     origin: str
+    namespace: str = ""
+    trust: Trust = Trust.SELF_ASSERTED
+    source: str = ""
+    realm: str = ""
+    aliases: frozenset[str] = frozenset()
 
     @property
-    def key(self) -> tuple[str, str]:
-        """Identifiers of one kind compare without regard to case."""
-        return (self.kind, self.value.casefold())
+    def key(self) -> tuple[str, str, str]:
+        """The same identifier: the kind, the value compared as its kind compares, the realm."""
+        scope = min(self.aliases) if self.aliases else self.namespace
+        return (self.kind, self.value if self.kind == EMAIL else fold(self.value), scope)
+
+    def covers(self, namespace: str) -> bool:
+        """Whether the identifier is valid in that namespace (its own, or its realm's)."""
+        return any(covers(member, namespace) for member in {self.namespace, *self.aliases})
+
+    def domains(self) -> frozenset[str]:
+        """The Windows domains its realm declares, folded."""
+        return frozenset(fold(m.removeprefix(AD)) for m in self.aliases if m.startswith(AD))
 
     def describe(self) -> str:
-        return f"{self.kind} {self.value}"
+        """In words for the person: ``login asmith at Acme Ltd``."""
+        label = KIND_LABELS.get(self.kind, self.kind)
+        where = f" at {self.realm}" if self.realm else ""
+        return f"{label} {self.value}{where}"
+
+
+KIND_LABELS = {
+    EMAIL: "email address",
+    "username": "login",
+    "ip": "IP address",
+    "hostname": "computer name",
+    "name": "name",
+}
 
 
 @dataclass(frozen=True)
@@ -62,8 +148,9 @@ class Identity:
     """The identifiers a connector is asked about in one round of collection.
 
     ``identifiers`` are the ones new in this round: look these up.  ``known``
-    holds every identifier of the person found so far, this round's included,
-    so a connector can tell the person's own names from other people's.
+    holds every identifier of the person found so far that is followed
+    everywhere, this round's included, so a connector can tell the person's own
+    names from other people's.
     """
 
     email: str
@@ -73,7 +160,7 @@ class Identity:
     @classmethod
     def verified(cls, email: str) -> Identity:
         """The first round: only the verified address."""
-        first = (Identifier("email", email, VERIFIED_ORIGIN),)
+        first = (Identifier(EMAIL, email, VERIFIED_ORIGIN, EMAIL, Trust.VERIFIED),)
         return cls(email, first, first)
 
     def of_kind(self, kind: str) -> list[Identifier]:
@@ -81,6 +168,49 @@ class Identity:
 
     def values(self, kind: str) -> list[str]:
         return [i.value for i in self.of_kind(kind)]
+
+    def address(self, stored: object, *, known: bool = False) -> Identifier | None:
+        """The email identifier that a stored value is, compared exactly once normalised."""
+        if not isinstance(stored, str):
+            return None
+        try:
+            address = normalize_address(stored)
+        except InvalidAddress:
+            return None
+        pool = self.known if known else self.identifiers
+        return next((i for i in pool if i.kind == EMAIL and i.value == address), None)
+
+    def account(self, stored: object, namespace: str, *, known: bool = False) -> Identifier | None:
+        """The username identifier that a stored account name is, in the namespace it is in.
+
+        ``namespace`` is where the account was recorded (a vault group, an RMM client,
+        a log source).  It matches an identifier valid in that namespace with the same
+        user name (ignoring case) and the same domain: when both name a domain, the
+        same one (or two the realm declares the same); when only one does, it must be
+        a Windows domain of the realm.
+        """
+        if not isinstance(stored, str):
+            return None
+        name, domain = split_account(stored)
+        if not name:
+            return None
+        pool = self.known if known else self.identifiers
+        for identifier in pool:
+            if identifier.kind != "username" or not identifier.covers(namespace):
+                continue
+            mine, my_domain = split_account(identifier.value)
+            if fold(mine) != fold(name):
+                continue
+            if domain and my_domain:
+                both = {fold(domain), fold(my_domain)}
+                if len(both) == 1 or both <= identifier.domains():
+                    return identifier
+            elif domain or my_domain:
+                if fold(domain or my_domain) in identifier.domains():
+                    return identifier
+            else:
+                return identifier
+        return None
 
 
 @dataclass(frozen=True)
@@ -114,13 +244,24 @@ class Connector(Protocol):
         """Every record the store holds on these identifiers."""
         ...
 
+    def check(self) -> None:
+        """Prove the store can be reached and read; raise ConnectorError saying why not."""
+        ...
+
     def close(self) -> None:
         """Release connections; called once when the daemon stops."""
         ...
 
 
 class ConnectorType(Protocol):
-    """What an entry point in the ``sarbot.connectors`` group loads."""
+    """What an entry point in the ``sarbot.connectors`` group loads.
+
+    ``namespace_trust`` (a class or instance attribute, optional) says who records the
+    account names in the connector's namespaces: only a connector whose names the
+    controller records (``Trust.CONTROLLER``) can be part of a realm.  Without it, a
+    connector counts as holding self-asserted names, and everything it yields is
+    followed into itself only.
+    """
 
     Settings: type[BaseModel]
 
@@ -140,14 +281,6 @@ def jsonable(value: Any) -> JSONValue:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return str(value)
-
-
-def matches_any(text: str | None, needles: Iterable[str]) -> str | None:
-    """The first needle found in text, ignoring case; None if none is."""
-    if not text:
-        return None
-    folded = text.casefold()
-    return next((n for n in needles if n and n.casefold() in folded), None)
 
 
 def with_other_people_note(record: Record) -> Record:

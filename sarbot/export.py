@@ -16,10 +16,11 @@ from datetime import datetime
 from sarbot.config import ControllerSettings, SourceFacts
 from sarbot.connector import Identifier, Record
 from sarbot.csvexport import csv_files
+from sarbot.graph import Link, Scope
 from sarbot.render import DEFAULT, Templates
 
 FORMAT_NAME = "sarbot-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ExportContext:
     confirmed_at: datetime | None
     generated_at: datetime
     sources: Sequence[SourceData]
-    identifiers: Sequence[Identifier] = ()
+    links: Sequence[Link] = ()
     missing: Sequence[str] = ()
     partial_reason: str | None = None
     encryption_note: str = ""
@@ -65,7 +66,8 @@ class ExportContext:
             "confirmed_at": self.confirmed_at,
             "generated_at": self.generated_at,
             "sources": self.sources,
-            "identifiers": self.identifiers,
+            "searched": [link for link in self.links if link.scope is not Scope.NOT_FOLLOWED][1:],
+            "unfollowed": [link for link in self.links if link.scope is Scope.NOT_FOLLOWED],
             "missing": self.missing,
             "partial_reason": self.partial_reason,
             "encryption_note": self.encryption_note,
@@ -76,7 +78,14 @@ class ExportContext:
 
 
 def identifier_document(identifier: Identifier) -> dict[str, str]:
-    return {"kind": identifier.kind, "value": identifier.value, "origin": identifier.origin}
+    return {
+        "kind": identifier.kind,
+        "value": identifier.value,
+        "namespace": identifier.namespace,
+        "realm": identifier.realm,
+        "trust": identifier.trust.value,
+        "origin": identifier.origin,
+    }
 
 
 def record_document(record: Record) -> dict[str, object]:
@@ -103,7 +112,7 @@ def data_document(ctx: ExportContext) -> dict[str, object]:
             "generated_at": ctx.generated_at.isoformat(),
             "verification": ctx.verification,
         },
-        "identifiers": [identifier_document(i) for i in ctx.identifiers],
+        "identifiers": [link.document() for link in ctx.links],
         "complete": not ctx.missing,
         "missing_sources": list(ctx.missing),
         "partial_reason": ctx.partial_reason,

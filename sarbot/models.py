@@ -95,6 +95,8 @@ class Request(Base):
     due_on: Mapped[date | None] = mapped_column(Date, index=True)
     extended_due_on: Mapped[date | None] = mapped_column(Date)
     extension_reason: Mapped[str | None] = mapped_column(Text)
+    identity_graph: Mapped[str | None] = mapped_column(Text)
+    """The last collection's identity graph as JSON (``sarbot.graph``); personal data."""
 
     @property
     def deadline(self) -> date | None:

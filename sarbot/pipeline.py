@@ -7,6 +7,8 @@ any point resumes from the last committed step.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -24,6 +26,7 @@ from sarbot.compose import Composer
 from sarbot.config import Settings
 from sarbot.deliver import Deliverer
 from sarbot.encryption import EncryptionError
+from sarbot.graph import Link, Realms, Scope, graph_digest, graph_document
 from sarbot.intake import HeaderInfo, Mailbox, MailboxThread
 from sarbot.lifecycle import audit, transition
 from sarbot.mailer import Mailer
@@ -66,6 +69,7 @@ class Pipeline:
         self.log: FilteringBoundLogger = log or structlog.get_logger("sarbot")
         self.clock = clock
         self._next_maintenance: datetime | None = None
+        self.realms = Realms(settings.realms)
         self.observers: list[Observer] = [
             lambda done: self.metrics.connector_call(done.name, done.seconds, ok=done.ok)
         ]
@@ -273,13 +277,18 @@ class Pipeline:
         """Collect for one request and prepare its answer; False if it must wait and retry."""
         log = self.log.bind(reference=request.reference)
         collector = Collector(
-            self.connectors, self.settings.collection, log, [*self.observers, *observers]
+            self.connectors,
+            self.settings.collection,
+            log,
+            [*self.observers, *observers],
+            self.realms,
         )
         collection = await collector.collect(request.email)
         now = self.clock()
         with self.sessions.begin() as session:
             current = session.get_one(Request, request.id)
             current.attempts += 1
+            record_graph(session, current, collection.links, at=now)
             if not collection.complete and current.partial_reason is None:
                 wait = timedelta(seconds=self.settings.collection.retry_after)
                 current.next_attempt_at = now + wait
@@ -319,7 +328,7 @@ class Pipeline:
             "request.packaged",
             sources=len(collection.sources),
             records=collection.record_count,
-            identifiers=len(collection.identifiers),
+            identifiers=len(collection.links),
             missing=collection.failed,
             messages=messages,
             encrypted=bool(request.pgp_key),
@@ -350,6 +359,20 @@ class Pipeline:
 
     async def deliver(self) -> bool:
         return await self.deliverer.send_due()
+
+
+def record_graph(
+    session: Session, request: Request, links: Sequence[Link], *, at: datetime
+) -> None:
+    """Keep the identity graph with the request; the audit trail gets its digest and counts."""
+    request.identity_graph = json.dumps(graph_document(links), ensure_ascii=False)
+    scopes = Counter(link.scope for link in links)
+    summary = (
+        f"{len(links)} identifier(s): {scopes[Scope.EVERYWHERE]} followed everywhere, "
+        f"{scopes[Scope.OWN_SOURCE]} in their own source only, "
+        f"{scopes[Scope.NOT_FOLLOWED]} not followed; graph {graph_digest(links)}"
+    )
+    audit(session, request, "collect.graph", at=at, reason=summary)
 
 
 def begin_collection(

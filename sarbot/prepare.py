@@ -52,7 +52,7 @@ class Preparer:
             confirmed_at=request.confirmed_at,
             generated_at=now,
             sources=collection.sources,
-            identifiers=collection.identifiers,
+            links=collection.links,
             missing=[c.description or c.name for c in self.connectors if c.name in failed],
             partial_reason=request.partial_reason if failed else None,
             encryption_note=request.encryption_note or "",

@@ -8,7 +8,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from sarbot.config import ConnectorEntry, SourceFacts, validate
-from sarbot.connector import ENTRY_POINT_GROUP, Connector, ConnectorType, Identity
+from sarbot.connector import ENTRY_POINT_GROUP, Connector, ConnectorType, Identity, Trust
 from sarbot.errors import ConfigError
 
 
@@ -21,6 +21,12 @@ class ConfiguredConnector:
     description: str
     facts: SourceFacts
     connector: Connector
+
+    @property
+    def trust(self) -> Trust:
+        """Who records the account names this connector holds (docs/identity.md)."""
+        trust = getattr(self.connector, "namespace_trust", Trust.SELF_ASSERTED)
+        return trust if isinstance(trust, Trust) else Trust.SELF_ASSERTED
 
 
 TypeSource = ConnectorType | EntryPoint

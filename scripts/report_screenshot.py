@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
         from sarbot.app import App
         from sarbot.collect import Collector
         from sarbot.export import ExportContext, build_files
+        from sarbot.graph import Realms
         from tests.browser import BrowserError, render
 
         demo.write_demo_files()
@@ -51,7 +52,9 @@ def main(argv: list[str]) -> int:
         )
         try:
             collection = asyncio.run(
-                Collector(connectors, app.settings.collection, log).collect(demo.ALICE)
+                Collector(
+                    connectors, app.settings.collection, log, realms=Realms(app.settings.realms)
+                ).collect(demo.ALICE)
             )
         finally:
             for configured in connectors:
@@ -66,7 +69,7 @@ def main(argv: list[str]) -> int:
             confirmed_at=now + timedelta(minutes=17),
             generated_at=now + timedelta(minutes=18),
             sources=collection.sources,
-            identifiers=collection.identifiers,
+            links=collection.links,
         )
         html = build_files(ctx)["index.html"]
         if demo_data.VAULT_PASSWORD_OF_ALICE.encode() in html:

@@ -429,6 +429,7 @@ class Stores:
 
     tables: list[dict[str, Any]]
     right: dict[Path, str]
+    realms: list[dict[str, Any]]
 
     def mend(self) -> None:
         for path, secret in self.right.items():
@@ -474,6 +475,7 @@ def build_stores(
             "path": str(folder / "vault.kdbx"),
             "password": {"file": str(master_file)},
             "custom_fields_secret": ["Door code"],
+            "owner_fields": ["Email"],
         },
         {
             "name": "website",
@@ -515,6 +517,15 @@ def build_stores(
             "username": contact.address,
             "password": {"file": str(mailbox_password)},
             "folders": [CONTACT_FOLDER],
+            "own_domains": ["redtrain.test"],
         },
     ]
-    return Stores(tables, right)
+    # One organisation: its vault group, its monitored computers, its Windows domain, and
+    # the logs of the systems its staff log in to.
+    acme = [
+        "keepass:vault/Clients/Acme Ltd",
+        "tacticalrmm:monitoring/Acme Ltd",
+        "ad:CORP",
+        *(f"access_log:logs/{source['label']}" for source in sources),
+    ]
+    return Stores(tables, right, [{"label": "Acme Ltd", "same_as": acme}])

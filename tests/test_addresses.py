@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sarbot.addresses import InvalidAddress, mask_address, normalize_address, single_sender
+from sarbot.addresses import (
+    InvalidAddress,
+    mask_address,
+    normalize_address,
+    same_address,
+    single_sender,
+    written_forms,
+)
 
 
 class TestNormalize:
@@ -23,6 +30,37 @@ class TestNormalize:
     def test_normal_forms(self, given_: str, expected: str) -> None:
         """Case, spaces, a trailing dot and IDN domains normalise."""
         assert normalize_address(given_) == expected
+
+    @pytest.mark.parametrize(
+        ("given_", "expected"),
+        [
+            ("alice@straße.de", "alice@xn--strae-oqa.de"),
+            ("alice@STRASSE.de", "alice@strasse.de"),
+            ("alice@xn--strae-oqa.de", "alice@xn--strae-oqa.de"),
+            ("alice@faß.de", "alice@xn--fa-hia.de"),
+            ("alice@ς.gr", "alice@xn--3xa.gr"),
+            ("alice@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.test", "alice@example.test"),
+        ],
+    )
+    def test_idna_2008_keeps_deviation_characters(self, given_: str, expected: str) -> None:
+        """UTS #46 non-transitional: ß and ς stay themselves; full-width letters map to ASCII."""
+        assert normalize_address(given_) == expected
+
+    def test_sharp_s_and_double_s_are_two_domains(self) -> None:
+        """straße.de and strasse.de are registered separately: never the same address."""
+        assert normalize_address("alice@straße.de") != normalize_address("alice@strasse.de")
+        assert not same_address("alice@strasse.de", normalize_address("alice@straße.de"))
+        assert same_address("ALICE@Straße.de", normalize_address("alice@straße.de"))
+        assert not same_address(None, "alice@example.test")
+        assert not same_address("not an address", "alice@example.test")
+
+    def test_written_forms_of_an_idn_address(self) -> None:
+        """A store may hold the Unicode form: both are searched for; an ASCII one is one form."""
+        assert written_forms("alice@xn--strae-oqa.de") == [
+            "alice@xn--strae-oqa.de",
+            "alice@straße.de",
+        ]
+        assert written_forms("alice@example.test") == ["alice@example.test"]
 
     def test_lookalike_domains_stay_different(self) -> None:
         """A Cyrillic letter in the domain does not become the Latin one it looks like."""
@@ -41,6 +79,8 @@ class TestNormalize:
             "alice@localhost",
             "a..b@example.test",
             "alice@-x.test",
+            "alice@ex\u200dample.de",
+            "alice@ex_ample.test",
         ],
     )
     def test_unusual_addresses_are_refused(self, bad: str) -> None:

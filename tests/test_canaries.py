@@ -339,7 +339,7 @@ class TestNoSecretLeaves:
         stores = build_stores(store_dir, people, canaries, databases, contact, monkeypatch.setenv)
         types = {table["type"] for table in stores.tables}
         assert types == builtin_types(), "a built-in connector is left out"
-        bot = make_bot(connectors=stores.tables)
+        bot = make_bot(connectors=stores.tables, realms=stores.realms)
 
         capfd.readouterr()
         with everything_logged(tmp_path / "sarbot.log") as captured:

@@ -61,6 +61,30 @@ class TestCommands:
         code, output = invoke(config, "config", "check")
         assert code == 0 and "ok (0 connector(s))" in output
 
+    def test_config_check_refuses_a_realm_joining_website_logins(self, tmp_path: Path) -> None:
+        """A realm that would join logins anyone can choose to a client's directory is an
+        error naming the realm, the namespace and why."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        website = tmp_path / "wordpress.db"
+        sqlite3.connect(website).close()
+        config.write_text(
+            config.read_text()
+            + f"""
+[[connectors]]
+name = "website"
+type = "wordpress"
+url = "sqlite:///{website}"
+
+[[realms]]
+label = "Acme Ltd"
+same_as = ["wordpress:website", "ad:ACME"]
+"""
+        )
+        code, output = invoke(config, "config", "check")
+        assert code == 1
+        assert "realm 'Acme Ltd': 'wordpress:website'" in output
+        assert "chosen by whoever typed them" in output
+
     def test_broken_config_is_an_error_not_a_traceback(self, tmp_path: Path) -> None:
         """A bad key gives its path and a hint, exit status 1 and no traceback."""
         config = tmp_path / "config.toml"

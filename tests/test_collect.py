@@ -1,4 +1,4 @@
-"""Collection in rounds: identity expansion follows strong identifiers only."""
+"""Collection in rounds: the identity graph follows what the controller recorded, in its realm."""
 
 from __future__ import annotations
 
@@ -14,9 +14,17 @@ from pydantic import BaseModel
 
 from connectors.sql import SqlConnector, SqlSettings
 from sarbot.collect import Collection, Collector
-from sarbot.config import CollectionSettings, Section, SourceFacts, validate
-from sarbot.connector import Identifier, Identity, Record
+from sarbot.config import (
+    CollectionSettings,
+    RealmSettings,
+    Section,
+    Settings,
+    SourceFacts,
+    validate,
+)
+from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
+from sarbot.graph import Realms, Scope, check_realms
 from sarbot.registry import ConfiguredConnector
 
 
@@ -57,9 +65,11 @@ def stores(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def sql(name: str, url: str, *queries: dict[str, Any]) -> ConfiguredConnector:
+def sql(
+    name: str, url: str, *queries: dict[str, Any], trust: str = "controller"
+) -> ConfiguredConnector:
     settings = validate(
-        {"url": url, "queries": list(queries)},
+        {"url": url, "queries": list(queries), "trust": trust},
         SqlSettings,
         source="t",
         base_dir=Path("."),
@@ -69,7 +79,7 @@ def sql(name: str, url: str, *queries: dict[str, Any]) -> ConfiguredConnector:
     )
 
 
-def connectors(stores: Path) -> list[ConfiguredConnector]:
+def connectors(stores: Path, accounts_trust: str = "controller") -> list[ConfiguredConnector]:
     accounts = f"sqlite:///{stores / 'accounts.db'}"
     logins = f"sqlite:///{stores / 'logins.db'}"
     return [
@@ -80,9 +90,19 @@ def connectors(stores: Path) -> list[ConfiguredConnector]:
                 "name": "by_email",
                 "category": "Account",
                 "key": "id",
+                "verify": "email",
                 "yields": {"username": "login"},
                 "sql": "SELECT id, email, login FROM accounts WHERE email = :email",
             },
+            {
+                "name": "by_login",
+                "category": "Account",
+                "consumes": "username",
+                "key": "id",
+                "verify": "login",
+                "sql": "SELECT id, email, login FROM accounts WHERE login = :username",
+            },
+            trust=accounts_trust,
         ),
         sql(
             "logins",
@@ -92,6 +112,7 @@ def connectors(stores: Path) -> list[ConfiguredConnector]:
                 "category": "Login",
                 "consumes": "username",
                 "key": "id",
+                "verify": "username",
                 "yields": {"ip": "ip", "email": "alias"},
                 "sql": "SELECT id, username, ip, alias FROM logins WHERE username = :username",
             },
@@ -99,6 +120,7 @@ def connectors(stores: Path) -> list[ConfiguredConnector]:
                 "name": "mail",
                 "category": "Work mailbox",
                 "key": "id",
+                "verify": "address",
                 "sql": "SELECT id, address, note FROM corp_mail WHERE address = :email",
             },
             {
@@ -106,15 +128,34 @@ def connectors(stores: Path) -> list[ConfiguredConnector]:
                 "category": "Firewall",
                 "consumes": "ip",
                 "key": "id",
+                "verify": "ip",
                 "sql": "SELECT id, ip, what FROM firewall WHERE ip = :ip",
             },
         ),
     ]
 
 
-def run(conns: list[ConfiguredConnector], email: str, **settings: Any) -> Collection:
-    collector = Collector(conns, CollectionSettings(**settings), structlog.get_logger())
+SAME_DIRECTORY = RealmSettings(label="Acme Ltd", same_as=("sql:accounts", "sql:logins"))
+
+
+def run(
+    conns: list[ConfiguredConnector],
+    email: str,
+    realms: tuple[RealmSettings, ...] = (SAME_DIRECTORY,),
+    **settings: Any,
+) -> Collection:
+    check_realms(realms, conns)
+    collector = Collector(
+        conns, CollectionSettings(**settings), structlog.get_logger(), realms=Realms(realms)
+    )
     return asyncio.run(collector.collect(email))
+
+
+def graph(collection: Collection) -> dict[tuple[str, str], tuple[Scope, str]]:
+    return {
+        (link.identifier.kind, link.identifier.value): (link.scope, link.reason)
+        for link in collection.links
+    }
 
 
 def records(collection: Collection) -> dict[str, list[Record]]:
@@ -123,26 +164,60 @@ def records(collection: Collection) -> dict[str, list[Record]]:
 
 class TestExpansion:
     def test_follows_usernames_and_emails_found_along_the_way(self, stores: Path) -> None:
-        """email -> vault-like username -> logins -> a second email -> its mailbox."""
+        """email -> a login the controller recorded -> logins in the same realm -> a second
+        email -> its mailbox."""
         found = records(run(connectors(stores), "alice@example.test"))
-        assert [r.fields["login"] for r in found["accounts"]] == ["asmith"]
+        assert {r.fields["login"] for r in found["accounts"]} == {"asmith"}
         logins = [r for r in found["logins"] if r.category == "Login"]
         assert [r.fields["username"] for r in logins] == ["asmith"]
         assert logins[0].found_by.value == "asmith"
         assert logins[0].found_by.origin == "accounts: query 'by_email', column login"
+        assert logins[0].found_by.describe() == "login asmith at Acme Ltd"
         mail = [r for r in found["logins"] if r.category == "Work mailbox"]
         assert [r.fields["note"] for r in mail] == ["alice's work mailbox"]
         assert mail[0].found_by.origin == "logins: query 'by_username', column alias"
+
+    def test_without_a_realm_a_login_stays_in_its_own_directory(self, stores: Path) -> None:
+        """asmith in the accounts database is not asmith in the logins database unless the
+        admin says they are one directory: nothing is joined by string equality alone."""
+        collection = run(connectors(stores), "alice@example.test", realms=())
+        found = records(collection)
+        assert {r.fields["login"] for r in found["accounts"]} == {"asmith"}
+        assert found["logins"] == []
+        assert graph(collection)[("username", "asmith")] == (Scope.EVERYWHERE, "")
+
+    def test_a_self_asserted_login_is_looked_up_only_where_it_was_typed(self, stores: Path) -> None:
+        """A store whose logins anyone chooses: its login finds records in that store only."""
+        conns = connectors(stores, accounts_trust="self_asserted")
+        collection = run(conns, "alice@example.test", realms=())
+        found = records(collection)
+        assert found["logins"] == []
+        # Its own store was asked about it again: the account is found by the login too.
+        assert {(r.found_by.kind, r.fields["login"]) for r in found["accounts"]} == {
+            ("email", "asmith"),
+            ("username", "asmith"),
+        }
+        scope, reason = graph(collection)[("username", "asmith")]
+        assert scope is Scope.OWN_SOURCE and "looked up only in: Accounts" in reason
+        [link] = [link for link in collection.links if link.identifier.value == "asmith"]
+        assert link.identifier.trust is Trust.SELF_ASSERTED and link.identifier.source == "accounts"
+
+    def test_a_self_asserted_store_cannot_join_a_realm(self, stores: Path) -> None:
+        """The admin cannot map a directory of self-chosen names onto a controller's one."""
+        conns = connectors(stores, accounts_trust="self_asserted")
+        with pytest.raises(ConfigError, match="chosen by whoever typed them"):
+            run(conns, "alice@example.test")
 
     def test_a_shared_ip_never_pulls_in_another_person(self, stores: Path) -> None:
         """The IP alice shares with bob is yielded but not followed: bob's data stays out."""
         collection = run(connectors(stores), "alice@example.test")
         everything = repr(records(collection))
         assert "bjones" not in everything and "bob" not in everything
-        assert {(i.kind, i.value) for i in collection.identifiers} == {
-            ("email", "alice@example.test"),
-            ("username", "asmith"),
-            ("email", "alice.smith@corp.test"),
+        assert graph(collection) == {
+            ("email", "alice@example.test"): (Scope.START, ""),
+            ("username", "asmith"): (Scope.EVERYWHERE, ""),
+            ("email", "alice.smith@corp.test"): (Scope.EVERYWHERE, ""),
+            ("ip", "203.0.113.5"): (Scope.NOT_FOLLOWED, "it can belong to several people"),
         }
 
     def test_following_ip_addresses_is_refused_in_config(self) -> None:
@@ -157,19 +232,77 @@ class TestExpansion:
 
     def test_generic_account_names_are_not_followed(self, stores: Path) -> None:
         """A shared 'admin' login linked to an address does not pull in the admin's logins."""
-        found = records(run(connectors(stores), "shared@example.test"))
+        collection = run(connectors(stores), "shared@example.test")
+        found = records(collection)
         assert [r.fields["login"] for r in found["accounts"]] == ["admin"]
         assert found["logins"] == []
+        assert graph(collection)[("username", "admin")] == (
+            Scope.NOT_FOLLOWED,
+            "a shared account name",
+        )
 
     def test_rounds_are_limited(self, stores: Path) -> None:
-        """With one round only the verified address is looked up."""
+        """With one round only the verified address is looked up; what it found is kept as
+        not followed, saying why."""
         collection = run(connectors(stores), "alice@example.test", max_rounds=1)
         assert [s.name for s in collection.sources if s.records] == ["accounts"]
+        assert graph(collection)[("username", "asmith")] == (
+            Scope.NOT_FOLLOWED,
+            "found in the last round of the search",
+        )
 
     def test_unknown_address_finds_nothing(self, stores: Path) -> None:
         """No match anywhere is an empty but complete collection."""
         collection = run(connectors(stores), "nobody@example.test")
         assert collection.complete and collection.record_count == 0
+
+
+class TestRealmSettings:
+    def base(self) -> dict[str, Any]:
+        return {
+            "controller": {"name": "X", "email": "support@redtrain.test"},
+            "imap": {"host": "h", "username": "u", "password": {"env": "P"}},
+            "smtp": {"host": "h"},
+            "storage": {"database_url": "sqlite://", "export_dir": "exports"},
+        }
+
+    @pytest.mark.parametrize(
+        ("realms", "message"),
+        [
+            ([{"label": "A", "same_as": ["sql:a"]}], "at least 2 items"),
+            ([{"label": "A", "same_as": ["ad:ACME", "ad:acme.local"]}], "not only Windows"),
+            ([{"label": "A", "same_as": ["sql:a", "sql:a"]}], "listed twice"),
+            ([{"label": "A", "same_as": ["sql:a", "email"]}], "should match pattern"),
+            ([{"label": "A", "same_as": ["sql:a", "ad:a/b"]}], "without /"),
+            (
+                [
+                    {"label": "A", "same_as": ["keepass:v/Clients", "ad:ACME"]},
+                    {"label": "B", "same_as": ["keepass:v/Clients/Other", "sql:b"]},
+                ],
+                "'keepass:v/Clients/Other' is in realm 'A' too",
+            ),
+            (
+                [
+                    {"label": "A", "same_as": ["sql:a", "ad:ACME"]},
+                    {"label": "B", "same_as": ["sql:b", "ad:acme"]},
+                ],
+                "'ad:acme' is in realm 'A' too",
+            ),
+        ],
+    )
+    def test_bad_realms_are_refused_at_start_up(
+        self, realms: list[dict[str, Any]], message: str
+    ) -> None:
+        """A realm joins nothing by accident: each namespace in one realm at most."""
+        with pytest.raises(ConfigError, match=message):
+            validate({**self.base(), "realms": realms}, Settings, source="c", base_dir=Path("."))
+
+    def test_a_realm_must_name_configured_connectors(self, stores: Path) -> None:
+        """A member naming no connector, or one of another type, is refused."""
+        for member in ("sql:nothing", "keepass:accounts"):
+            realm = RealmSettings(label="X", same_as=("sql:accounts", member))
+            with pytest.raises(ConfigError, match="no enabled connector"):
+                check_realms((realm,), connectors(stores))
 
 
 class Repeating(Section):
@@ -180,6 +313,7 @@ class SeesEverythingTwice:
     """Returns the same item for every identifier it is asked about."""
 
     Settings: ClassVar[type[BaseModel]] = Repeating
+    namespace_trust = Trust.CONTROLLER
     calls = 0
 
     def __init__(self, name: str) -> None:
@@ -193,8 +327,11 @@ class SeesEverythingTwice:
                 {"id": 1},
                 identifier,
                 key="item:1",
-                yields=(Identifier("username", "asmith", "here"),),
+                yields=(Identifier("username", "asmith", "here", trust=Trust.CONTROLLER),),
             )
+
+    def check(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -208,6 +345,9 @@ class Broken:
         Broken.calls += 1
         raise ConnectionError("store down")
 
+    def check(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -216,7 +356,7 @@ class TestRoundsAndFailures:
     def test_a_record_found_again_is_exported_once(self) -> None:
         """The same item found by two identifiers appears once, with the first provenance."""
         conn = ConfiguredConnector("twice", "t", "", SourceFacts(), SeesEverythingTwice("twice"))
-        collection = run([conn], "alice@example.test")
+        collection = run([conn], "alice@example.test", realms=())
         [source] = collection.sources
         assert len(source.records) == 1
         assert source.records[0].found_by.kind == "email"
@@ -227,7 +367,7 @@ class TestRoundsAndFailures:
         Broken.calls = 0
         good = ConfiguredConnector("twice", "t", "", SourceFacts(), SeesEverythingTwice("twice"))
         bad = ConfiguredConnector("broken", "t", "", SourceFacts(), Broken())
-        collection = run([bad, good], "alice@example.test", attempts=2)
+        collection = run([bad, good], "alice@example.test", realms=(), attempts=2)
         assert collection.failed == ["broken"]
         assert not collection.complete
         assert Broken.calls == 2
@@ -246,17 +386,88 @@ class TestNeverFollow:
     )
     def test_generic_names_are_not_followed_in_any_form(self, kind: str, value: str) -> None:
         """A shared account stays unfollowed with a domain, as an address, or in capitals."""
-        yielded = Identifier(kind, value, "somewhere")
+        yielded = Identifier(kind, value, "somewhere", trust=Trust.CONTROLLER)
 
         class Yields:
             name = "yields"
+            namespace_trust = Trust.CONTROLLER
 
             def collect(self, identity: Identity) -> Iterable[Record]:
                 return [Record("Item", {}, identity.identifiers[0], yields=(yielded,))]
+
+            def check(self) -> None:
+                pass
 
             def close(self) -> None:
                 pass
 
         conn = ConfiguredConnector("yields", "t", "", SourceFacts(), Yields())
-        collection = run([conn], "alice@example.test")
-        assert [i.value for i in collection.identifiers] == ["alice@example.test"]
+        collection = run([conn], "alice@example.test", realms=())
+        assert [link.scope for link in collection.links] == [Scope.START, Scope.NOT_FOLLOWED]
+
+
+class Yielding:
+    """A connector of the given trust that yields the same identifiers for every lookup."""
+
+    def __init__(self, name: str, trust: Trust, *yielded: Identifier) -> None:
+        self.name = name
+        self.namespace_trust = trust
+        self.yielded = yielded
+        self.asked: list[tuple[str, ...]] = []
+
+    def collect(self, identity: Identity) -> Iterable[Record]:
+        self.asked.append(tuple(i.value for i in identity.identifiers))
+        return [Record("Item", {}, identity.identifiers[0], yields=self.yielded)]
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def configured(connector: Yielding) -> ConfiguredConnector:
+    return ConfiguredConnector(connector.name, "t", connector.name, SourceFacts(), connector)
+
+
+class TestGraph:
+    def test_yielded_addresses_are_normalised_and_non_addresses_not_followed(self) -> None:
+        """A connector's raw address is compared as the requester's is; text that is not an
+        address is kept in the graph, not followed, with the reason."""
+        yielding = Yielding(
+            "crm",
+            Trust.CONTROLLER,
+            Identifier("email", "Alice.Smith@Corp.TEST", "here", trust=Trust.CONTROLLER),
+            Identifier("email", "not an address", "there", trust=Trust.CONTROLLER),
+        )
+        collection = run([configured(yielding)], "alice@example.test", realms=())
+        assert graph(collection)[("email", "alice.smith@corp.test")] == (Scope.EVERYWHERE, "")
+        assert graph(collection)[("email", "not an address")] == (
+            Scope.NOT_FOLLOWED,
+            "not a plain email address",
+        )
+        assert yielding.asked == [("alice@example.test",), ("alice.smith@corp.test",)]
+
+    def test_a_connector_cannot_vouch_for_more_than_it_holds(self) -> None:
+        """An identifier marked controller by a connector of self-asserted names is
+        self-asserted: only that connector is asked about it."""
+        claims = Identifier("email", "alice.work@corp.test", "here", trust=Trust.CONTROLLER)
+        website = Yielding("website", Trust.SELF_ASSERTED, claims)
+        vault = Yielding("vault", Trust.CONTROLLER)
+        collection = run([configured(website), configured(vault)], "alice@example.test", realms=())
+        assert graph(collection)[("email", "alice.work@corp.test")][0] is Scope.OWN_SOURCE
+        assert website.asked == [("alice@example.test",), ("alice.work@corp.test",)]
+        assert vault.asked == [("alice@example.test",)]
+
+    def test_an_identifier_the_controller_recorded_too_is_followed_everywhere(self) -> None:
+        """Found as self-asserted by one source and recorded by the controller in another:
+        the controller's record decides, and every connector is asked."""
+        address = "alice.work@corp.test"
+        website = Yielding("website", Trust.SELF_ASSERTED, Identifier("email", address, "w"))
+        vault = Yielding(
+            "vault", Trust.CONTROLLER, Identifier("email", address, "v", trust=Trust.CONTROLLER)
+        )
+        collection = run([configured(website), configured(vault)], "alice@example.test", realms=())
+        [link] = [link for link in collection.links if link.identifier.value == address]
+        assert (link.scope, link.identifier.source) == (Scope.EVERYWHERE, "vault")
+        assert website.asked[1] == (address,) and vault.asked[1] == (address,)

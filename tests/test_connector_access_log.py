@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -9,25 +10,37 @@ import tracemalloc
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from connectors.access_log import (
-    OTHER_ACCOUNT_WITHHELD,
     OTHER_ADDRESSES_WITHHELD,
+    VISITOR_WITHHELD,
     AccessLogConnector,
     AccessLogSettings,
 )
 from connectors.logformats import COMMAND_WITHHELD
 from sarbot.config import validate
-from sarbot.connector import ENTRY_POINT_GROUP, VERIFIED_ORIGIN, Identifier, Identity, Record
+from sarbot.connector import ENTRY_POINT_GROUP, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError, ConnectorError
+from sarbot.testing.identity import address, asked, login
 
 CANARY = "CANARY-hunter2-7f3a"
-EMAIL = Identifier("email", "alice@example.test", VERIFIED_ORIGIN)
-USERNAME = Identifier("username", "asmith", "keepass 'vault': entry 'Staff/alice', UserName field")
-ALICE = Identity("alice@example.test", (EMAIL, USERNAME))
+EMAIL = Identity.verified("alice@example.test").identifiers[0]
+# Alice's login, recorded in the vault; the admin's realm says the three logs name the same
+# people as the vault's Staff group.
+USERNAME = dataclasses.replace(
+    login(
+        "asmith",
+        "keepass:vault/Staff",
+        "access_log:logs/SSH logins on gw1",
+        "access_log:logs/Portal",
+        "access_log:logs/VPN",
+    ),
+    origin="keepass 'vault': entry 'Staff/alice', UserName field",
+)
+ALICE = asked(EMAIL, USERNAME)
 BOB_IP = "198.51.100.20"
 
 AUTH_LOG = [
@@ -148,16 +161,20 @@ JSON_SOURCE = {
 }
 
 
-def collect(base: Path, sources: list[dict[str, Any]], **extra: Any) -> list[Record]:
+def collect(
+    base: Path, sources: list[dict[str, Any]], identity: Identity = ALICE, **extra: Any
+) -> list[Record]:
     found = connector(base, sources, **extra)
     try:
-        return list(found.collect(ALICE))
+        return list(found.collect(identity))
     finally:
         found.close()
 
 
 def ip(value: str, label: str, path: Path, line: int) -> Identifier:
-    return Identifier("ip", value, f"access log 'logs' ({label}): {path} line {line}, source IP")
+    """A source IP address the log's own system recorded: the controller's record."""
+    origin = f"access log 'logs' ({label}): {path} line {line}, source IP"
+    return Identifier("ip", value, origin, "ip", Trust.CONTROLLER)
 
 
 def as_tuple(record: Record) -> tuple[Any, ...]:
@@ -243,7 +260,8 @@ class TestAuthLog:
 
 class TestCombinedLog:
     def test_exact_records_for_user_and_query(self, logs: Path) -> None:
-        """remote_user and ?email= match; queries, other accounts and addresses are withheld."""
+        """remote_user and ?email= match; queries and other people's addresses are withheld, and
+        so are the visitor's IP address, time and account on a line found only by ?email=."""
         records = collect(logs, [WEB_SOURCE])
         web = logs / "logs" / "access.log"
         common = {"Log": "Portal"}
@@ -254,14 +272,12 @@ class TestCombinedLog:
                 USERNAME, f"{web} line 1", (ip("192.0.2.10", "Portal", web, 1),), (),
             ),
             (
-                common | {"Time": "2026-03-01T10:02:00+01:00", "Source IP": "203.0.113.7",
-                          "Action": "GET /api/lookup?email=alice@example.test", "Status": 200},
-                EMAIL, f"{web} line 3", (), (),
+                common | {"Action": "GET /api/lookup?email=alice@example.test", "Status": 200},
+                EMAIL, f"{web} line 3", (), (VISITOR_WITHHELD,),
             ),
             (
-                common | {"Time": "2026-03-01T10:03:00+01:00",
-                          "Action": "GET /api/lookup?email=Alice@Example.test", "Status": 200},
-                EMAIL, f"{web} line 4", (), (OTHER_ACCOUNT_WITHHELD,),
+                common | {"Action": "GET /api/lookup?email=Alice@Example.test", "Status": 200},
+                EMAIL, f"{web} line 4", (), (VISITOR_WITHHELD,),
             ),
             (
                 common | {"Time": "2026-03-01T10:05:00+01:00", "Source IP": "192.0.2.10",
@@ -304,6 +320,151 @@ class TestCombinedLog:
             ("4", "GET /x?q=(a value containing alice@example.test)"),
             ("5", "GET /x?email=ALICE@example.test"),
         ]
+
+
+def dumped(records: list[Record]) -> str:
+    return json.dumps(
+        [[r.fields, r.location, r.notes, [(y.kind, y.value) for y in r.yields]] for r in records]
+    )
+
+
+def line_numbers(records: list[Record], path: Path) -> list[int]:
+    """The lines of one file the records come from; a record of any other file fails."""
+    assert all(r.location.startswith(f"{path} line ") for r in records), [
+        r.location for r in records
+    ]
+    return [int(r.location.rsplit(" ", 1)[1]) for r in records]
+
+
+class TestTwoPeopleOneName:
+    GW1: ClassVar[list[str]] = [
+        "Mar  1 09:00:01 gw1 sshd[1]: Accepted publickey for asmith from 192.0.2.10 port 1 ssh2",
+        "Mar  1 09:00:02 gw1 sshd[2]: Accepted password for asmith@ACME from 192.0.2.13 port 2"
+        " ssh2",
+        "Mar  1 09:00:03 gw1 sshd[3]: Accepted password for asmith@otherltd from 198.51.100.50"
+        " port 3 ssh2",
+        "Mar  1 09:00:04 gw1 sshd[4]: Failed password for ASMITH from 192.0.2.14 port 4 ssh2",
+    ]
+    JUMP: ClassVar[list[str]] = [
+        "Mar  1 10:00:01 jump sshd[7]: Accepted publickey for asmith from 198.51.100.60 port 5"
+        " ssh2",
+        "Mar  1 10:00:01 jump sshd[7]: pam_unix(sshd:session): session opened for user"
+        " asmith(uid=1001) by (uid=0)",
+        "Mar  1 10:00:09 jump sshd[8]: Accepted password for OTHERLTD\\asmith from 198.51.100.61"
+        " port 6 ssh2",
+    ]
+    SOURCES: ClassVar[list[dict[str, Any]]] = [
+        {"paths": ["gw1.log"], "format": "auth", "label": "SSH logins on gw1"},
+        {"paths": ["jump.log"], "format": "auth", "label": "Other Ltd jump host"},
+    ]
+    # Two people called asmith: Acme's (the vault's Acme group, Windows domain ACME, gw1's log)
+    # and Other Ltd's (its own vault group, domain OTHERLTD and its jump host's log).
+    ACME = asked(
+        login(
+            "asmith",
+            "keepass:vault/Clients/Acme Ltd",
+            "ad:ACME",
+            "access_log:logs/SSH logins on gw1",
+        )
+    )
+    OTHER = asked(
+        login(
+            "asmith",
+            "keepass:vault/Clients/Other Ltd",
+            "ad:OTHERLTD",
+            "access_log:logs/Other Ltd jump host",
+        )
+    )
+
+    def test_the_same_name_in_two_logs_is_two_people(self, tmp_path: Path) -> None:
+        """Each asmith gets every line of their own log, in any case and with their own domain,
+        and no line of the other's, nor a line naming a domain outside their realm."""
+        gw1 = write_lines(tmp_path / "gw1.log", self.GW1, when="2026-03-02T00:00:00")
+        jump = write_lines(tmp_path / "jump.log", self.JUMP, when="2026-03-02T00:00:00")
+        acme = collect(tmp_path, self.SOURCES, self.ACME)
+        other = collect(tmp_path, self.SOURCES, self.OTHER)
+        assert line_numbers(acme, gw1) == [1, 2, 4]
+        assert [r.fields["User"] for r in acme] == ["asmith", "asmith@ACME", "ASMITH"]
+        assert all(r.found_by is self.ACME.identifiers[0] for r in acme)
+        assert line_numbers(other, jump) == [1, 2, 3]
+        assert all(r.found_by is self.OTHER.identifiers[0] for r in other)
+        text = dumped(acme)
+        assert "198.51.100" not in text and "otherltd" not in text.casefold()
+        assert "192.0.2" not in dumped(other)
+
+    def test_a_login_outside_every_realm_of_the_log_finds_nothing(self, tmp_path: Path) -> None:
+        """A website login ``asmith`` (its own namespace only) is nobody in the system logs."""
+        write_lines(tmp_path / "gw1.log", self.GW1, when="2026-03-02T00:00:00")
+        write_lines(tmp_path / "jump.log", self.JUMP, when="2026-03-02T00:00:00")
+        website = asked(login("asmith", "wordpress:blog", trust=Trust.SELF_ASSERTED))
+        assert collect(tmp_path, self.SOURCES, website) == []
+
+
+class TestVisitors:
+    PORTAL: ClassVar[list[str]] = [
+        f'{BOB_IP} - basmith [01/Mar/2026:10:00:00 +0100] "GET /api/lookup?email=alice%40example.'
+        'test HTTP/1.1" 200 42 "-" "x"',
+        '192.0.2.10 - asmith [01/Mar/2026:10:01:00 +0100] "GET /profile?email=alice%40example.test'
+        ' HTTP/1.1" 200 42 "-" "x"',
+        '203.0.113.30 - - [01/Mar/2026:10:02:00 +0100] "GET /unsubscribe?email=alice%40example.org'
+        ' HTTP/1.1" 200 42 "-" "x"',
+        '203.0.113.31 - - [01/Mar/2026:10:03:00 +0100] "GET /unsubscribe?email=alice%40example.test'
+        '&list=news HTTP/1.1" 200 42 "-" "x"',
+    ]
+    SOURCE: ClassVar[dict[str, Any]] = {
+        "paths": ["access.log"],
+        "format": "combined",
+        "label": "Portal",
+    }
+    BOB = asked(
+        address("bob@example.test"),
+        login("basmith", "keepass:vault/Staff", "access_log:logs/Portal"),
+    )
+    ALICE_ORG = asked(address("alice@example.org"))
+
+    def test_a_match_only_in_the_query_withholds_who_visited(self, tmp_path: Path) -> None:
+        """A link with alice's address may be followed by anyone: she gets the request without
+        the visitor's IP address, time or account; bob, who made one, gets his own request
+        without her address; alice@example.org gets only the line with hers."""
+        web = write_lines(tmp_path / "access.log", self.PORTAL)
+        alice = collect(tmp_path, [self.SOURCE], ALICE)
+        assert line_numbers(alice, web) == [1, 2, 4]
+        withheld = {"Log": "Portal", "Status": 200}
+        assert [as_tuple(r) for r in alice] == [
+            (
+                withheld | {"Action": "GET /api/lookup?email=alice@example.test"},
+                EMAIL, f"{web} line 1", (), (VISITOR_WITHHELD,),
+            ),
+            (
+                {"Log": "Portal", "Time": "2026-03-01T10:01:00+01:00", "Source IP": "192.0.2.10",
+                 "User": "asmith", "Action": "GET /profile", "Status": 200},
+                USERNAME, f"{web} line 2", (ip("192.0.2.10", "Portal", web, 2),), (),
+            ),
+            (
+                withheld | {"Action": "GET /unsubscribe?email=alice@example.test"},
+                EMAIL, f"{web} line 4", (), (VISITOR_WITHHELD,),
+            ),
+        ]  # fmt: skip
+        text = dumped(alice)
+        for other in ("basmith", BOB_IP, "203.0.113.3", "10:00:00", "10:03:00", "example.org"):
+            assert other not in text
+
+        bob = collect(tmp_path, [self.SOURCE], self.BOB)
+        assert [as_tuple(r) for r in bob] == [
+            (
+                {"Log": "Portal", "Time": "2026-03-01T10:00:00+01:00", "Source IP": BOB_IP,
+                 "User": "basmith", "Action": "GET /api/lookup", "Status": 200},
+                self.BOB.identifiers[1], f"{web} line 1", (ip(BOB_IP, "Portal", web, 1),), (),
+            ),
+        ]  # fmt: skip
+
+        lookalike = collect(tmp_path, [self.SOURCE], self.ALICE_ORG)
+        assert [as_tuple(r) for r in lookalike] == [
+            (
+                withheld | {"Action": "GET /unsubscribe?email=alice@example.org"},
+                self.ALICE_ORG.identifiers[0], f"{web} line 3", (), (VISITOR_WITHHELD,),
+            ),
+        ]  # fmt: skip
 
 
 class TestJsonLines:

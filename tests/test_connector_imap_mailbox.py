@@ -20,7 +20,7 @@ from connectors.imap_mailbox import (
     imap_search_criteria,
 )
 from sarbot.config import validate
-from sarbot.connector import OTHER_PEOPLE_NOTE, OTHER_PERSON, Identifier, Identity, Record
+from sarbot.connector import OTHER_PEOPLE_NOTE, OTHER_PERSON, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError, ConnectorError
 from sarbot.guards import LOOP_HEADER
 from sarbot.testing import Correspondent, MailServer
@@ -177,7 +177,8 @@ class TestMatching:
         put(contact, mail(other, contact.address, "in contact form"))
         put(contact, mail(contact.address, other, "in inbox"), folder="INBOX")
         put(contact, mail(alice, contact.address, "verified address only"))
-        found_by = Identifier("email", other, "keepass 'vault': entry 'Clients/Alice', Email")
+        origin = "keepass 'vault': UserName of entry 1 in group 'Clients'"
+        found_by = Identifier("email", other, origin, "email", Trust.CONTROLLER)
         identity = Identity(alice, (found_by,))
         records = list(connector(tmp_path, contact, folders=[FOLDER, "INBOX"]).collect(identity))
         assert subjects(records) == ["in contact form", "in inbox"]
@@ -267,11 +268,25 @@ class TestContent:
         assert "More than 2 messages" in records[1].notes[-1]
 
     def test_other_people_note(self, tmp_path: Path, contact: Correspondent, alice: str) -> None:
-        """Only mail naming someone besides the person and the company gets the note."""
+        """Only mail naming someone besides the person and the company gets the note; the
+        company's addresses are those at the domains the admin names in own_domains."""
         put(contact, mail(alice, contact.address, "just us", cc="sales@redtrain.test"))
         put(contact, mail(alice, contact.address, "with bob", cc="bob@example.test"))
-        records = collect(tmp_path, contact, alice)
+        records = collect(tmp_path, contact, alice, own_domains=["RedTrain.test"])
         assert [r.notes for r in records] == [(), (OTHER_PEOPLE_NOTE,)]
+        assert records[0].fields["Cc"] == ["sales@redtrain.test"]
+        assert records[1].fields["Cc"] == [OTHER_PERSON]
+
+    def test_the_company_domain_is_never_guessed(
+        self, tmp_path: Path, contact: Correspondent, alice: str
+    ) -> None:
+        """Without own_domains, only the mailbox's own address (and exclude_from's) is the
+        company's: a colleague at the mailbox's domain is withheld like anyone else."""
+        put(contact, mail(alice, contact.address, "just us", cc="sales@redtrain.test"))
+        [record] = collect(tmp_path, contact, alice)
+        assert record.fields["To"] == [contact.address]
+        assert record.fields["Cc"] == [OTHER_PERSON]
+        assert record.notes == (OTHER_PEOPLE_NOTE,)
 
     def test_other_peoples_addresses_are_withheld(
         self, tmp_path: Path, contact: Correspondent, alice: str
@@ -284,6 +299,37 @@ class TestContent:
         assert record.fields["Cc"] == [OTHER_PERSON, alice]
         assert record.fields["To"] == [contact.address]
         assert "bob@" not in repr(record.fields)
+
+
+class TestSharedProvider:
+    def test_customers_of_the_mailboxs_provider_are_other_people(
+        self, tmp_path: Path, mailstack: MailServer
+    ) -> None:
+        """A company mailbox at a shared provider (here example.test, as gmail.com would be):
+        two customers there, alice and another alice, each see their own mail with the other's
+        address withheld, never each other's mail; the mailbox's own address and the excluded
+        sarbot address are shown."""
+        box = Correspondent(mailstack, unique("redtrain.contact", "example.test"))
+        with imap_as(mailstack, box.address) as client:
+            client.create_folder(FOLDER)
+        alice, other = unique("alice", "example.test"), unique("alice", "example.test")
+        sarbot = unique("redtrain.sar", "example.test")
+        put(box, mail(alice, box.address, "both of us", cc=f"Alice B <{other}>"))
+        put(box, mail(other, box.address, "only the other alice", cc=sarbot))
+        put(box, mail(alice, box.address, "only alice", cc=sarbot))
+        mine = collect(tmp_path, box, alice, exclude_from=[sarbot])
+        theirs = collect(tmp_path, box, other, exclude_from=[sarbot])
+        assert subjects(mine) == ["both of us", "only alice"]
+        assert subjects(theirs) == ["both of us", "only the other alice"]
+        assert mine[0].fields["From"] == alice
+        assert mine[0].fields["To"] == [box.address]
+        assert mine[0].fields["Cc"] == [OTHER_PERSON]
+        assert mine[0].notes == (OTHER_PEOPLE_NOTE,)
+        assert theirs[0].fields["From"] == OTHER_PERSON
+        assert theirs[0].fields["Cc"] == [f"Alice B <{other}>"]
+        assert mine[1].fields["Cc"] == [sarbot] and mine[1].notes == ()
+        assert other not in repr([r.fields for r in mine])
+        assert alice not in repr([r.fields for r in theirs])
 
 
 class TestMalformed:
@@ -378,6 +424,25 @@ class TestSettings:
         assert isinstance(settings, ImapMailboxSettings)
         assert (settings.port, settings.security, settings.exclude_from) == (993, "tls", ())
         assert (settings.max_messages, settings.max_body_chars) == (500, 20_000)
+        assert settings.own_domains == ()
+
+    def test_own_domains_are_normalised(self, tmp_path: Path) -> None:
+        """Own domains compare as addresses do: lower case, internationalised ones as IDNA 2008
+        (straße.test stays itself, never strasse.test)."""
+        settings = validate(
+            {
+                "host": "mail",
+                "username": "u",
+                "password": {"env": "PATH"},
+                "folders": ["INBOX"],
+                "own_domains": ["RedTrain.TEST", "straße.test"],
+            },
+            ImapMailboxSettings,
+            source="test",
+            base_dir=tmp_path,
+        )
+        assert isinstance(settings, ImapMailboxSettings)
+        assert settings.own_domains == ("redtrain.test", "xn--strae-oqa.test")
 
     @pytest.mark.parametrize(
         ("change", "message"),
@@ -387,6 +452,8 @@ class TestSettings:
             ({"folders": ["INBOX", "INBOX"]}, "listed twice"),
             ({"folders": ["a\r\nb"]}, "control characters"),
             ({"exclude_from": ["not an address"]}, "exclude_from"),
+            ({"own_domains": ["not a domain"]}, "own_domains"),
+            ({"own_domains": ["@redtrain.test"]}, "own_domains"),
             ({"max_messages": 0}, "max_messages"),
         ],
     )

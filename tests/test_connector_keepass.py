@@ -20,6 +20,8 @@ from pykeepass.kdbx_parsing import KDBX
 from pykeepass.pykeepass import BLANK_DATABASE_LOCATION, BLANK_DATABASE_PASSWORD
 
 from connectors.keepass import (
+    CATEGORY,
+    MENTION_CATEGORY,
     MENTION_ONLY_NOTE,
     OTP_HELD,
     PASSWORD_HELD,
@@ -28,8 +30,9 @@ from connectors.keepass import (
     KeepassSettings,
 )
 from sarbot.config import ConnectorEntry, validate
-from sarbot.connector import ENTRY_POINT_GROUP, OTHER_PERSON, Identifier, Identity, Record
+from sarbot.connector import ENTRY_POINT_GROUP, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError, ConnectorError
+from sarbot.testing.identity import asked, login
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = "alice@example.test"
@@ -201,41 +204,106 @@ def connector(path: Path, **extra: Any) -> KeepassConnector:
 
 
 def by_title(records: list[Record]) -> dict[str, Record]:
-    return {str(r.fields["Title"]): r for r in records}
+    """The entries that are the person's own, by title (mentions have no title)."""
+    return {str(r.fields["Title"]): r for r in records if r.category == CATEGORY}
 
 
-ROUND_TWO = Identity(ALICE, (Identifier("username", "asmith", "sql 'crm': column login"),))
+def yield_origin(record: Record, group: str) -> str:
+    """Where a yielded user name was found: the entry by group and UUID, never by its title
+    (the identity graph is shown to operators; a title is the entry's content)."""
+    origin = f"keepass 'vault': UserName of entry {record.key.removeprefix('entry:')} in group "
+    assert str(record.fields["Title"]) not in origin
+    return origin + f"'{group}'"
+
+
+def times(record: Record) -> dict[str, Any]:
+    """An entry's times, which every record of it carries."""
+    found = {key: record.fields[key] for key in ("Created", "Modified", "Expires", "Expiry time")}
+    assert datetime.fromisoformat(str(found["Modified"])).tzinfo is not None
+    return found
+
+
+def mentions(records: list[Record]) -> list[Record]:
+    """The records of entries that only mention the person, checked for what they must be."""
+    found = [r for r in records if r.category != CATEGORY]
+    for record in found:
+        assert record.category == MENTION_CATEGORY
+        assert record.notes == (MENTION_ONLY_NOTE,) and record.yields == ()
+        group = record.fields["Group"] or "(top level)"
+        assert record.location == f"an entry in group '{group}'"
+    return found
+
+
+# Fields that, in these vaults, say whose the entry is.
+OWNERS = {"owner_fields": ["Holder", "owner"]}
+# Alice's Windows login, as the vault's Acme group records it; the admin's realm maps the
+# group to the CORP domain (written CORP or corp.test).
+ALICE_LOGIN = login("asmith", "keepass:vault/Clients/Acme", "ad:CORP", "ad:corp.test")
+ROUND_TWO = asked(ALICE_LOGIN)
 
 
 # ----- the tests -------------------------------------------------------------------------
 
-EVERYONE = Identity(ALICE, (*Identity.verified(ALICE).identifiers, *ROUND_TWO.identifiers))
+EVERYONE = asked(*Identity.verified(ALICE).identifiers, ALICE_LOGIN)
 
 
 class TestMatching:
-    def test_entries_found_by_email_in_every_searched_field(self, vault: Vault) -> None:
-        """The address is found in user name, URL, notes and custom fields, in any case."""
+    def test_entries_found_by_email_in_the_fields_that_name_the_owner(self, vault: Vault) -> None:
+        """The address as the user name, or in an owner field (in any case), makes the entry
+        hers; found anywhere else (URL, notes, other custom fields) it is only a mention."""
         identity = Identity.verified(ALICE)
-        records = by_title(connector(vault.path).collect(identity))
-        assert sorted(records) == ["Alice mail", "Portal", "Router", "VPN"]
-        assert all(r.found_by is identity.identifiers[0] for r in records.values())
-        mail = records["Alice mail"]
+        records = connector(vault.path, **OWNERS).collect(identity)
+        owned = by_title(records)
+        assert sorted(owned) == ["Alice mail", "Router", "VPN"]
+        assert all(r.found_by is identity.identifiers[0] for r in records)
+        mail = owned["Alice mail"]
         assert mail.location == "entry 'Clients/Acme/Alice mail'"
         assert mail.key.startswith("entry:") and len(mail.key) == len("entry:") + 36
-        assert records["Router"].location == "entry 'Router'"
-        assert records["Router"].fields["Group"] == ""
+        assert owned["Router"].location == "entry 'Router'"
+        assert owned["Router"].fields["Group"] == ""
+        [portal] = mentions(records)
+        assert portal.location == "an entry in group 'Clients/Acme'"
+        assert portal.key.startswith("entry:") and portal.key not in {r.key for r in owned.values()}
+
+    def test_without_owner_fields_only_the_user_name_makes_an_entry_hers(
+        self, vault: Vault
+    ) -> None:
+        """The same vault without owner_fields: the VPN, router and portal entries only
+        mention her; each mention carries just the lines with her address, under their field."""
+        records = connector(vault.path).collect(Identity.verified(ALICE))
+        assert sorted(by_title(records)) == ["Alice mail"]
+        found = {str(r.fields["Group"]): r for r in mentions(records)}
+        assert sorted(found) == ["", "Clients", "Clients/Acme"] and len(records) == 4
+        assert {k: v for k, v in found["Clients"].fields.items() if k != "Group"} == {
+            "Notes": f"Issued to {ALICE} in May.",
+            "Holder": ALICE,
+            **times(found["Clients"]),
+        }
+        assert {k: v for k, v in found[""].fields.items() if k != "Group"} == {
+            "Owner": "Alice@Example.test",
+            **times(found[""]),
+        }
+        assert {k: v for k, v in found["Clients/Acme"].fields.items() if k != "Group"} == {
+            "URL": f"https://portal.acme.test/login?user={ALICE.upper()}",
+            "Contact": ALICE,
+            **times(found["Clients/Acme"]),
+        }
+        text = repr(records)
+        for other in ("alice.vpn", "Alice.Work", "VPN", "Portal", "Router"):
+            assert other not in text
 
     def test_entries_found_by_username(self, vault: Vault) -> None:
-        """A username identifier finds the entry that holds it as a token (CORP\\asmith)."""
+        """A login finds the entry whose user name it is, with a domain of its realm
+        (CORP\\asmith)."""
         records = connector(vault.path).collect(ROUND_TWO)
         assert [r.fields["Title"] for r in records] == ["AD account"]
         assert records[0].found_by is ROUND_TWO.identifiers[0]
 
     def test_other_people_deleted_and_historic_entries_never_appear(self, vault: Vault) -> None:
         """Bob's entry, a trashed entry, an old version and a password match are not found."""
-        found = connector(vault.path).collect(EVERYONE)
-        titles = {r.fields["Title"] for r in found}
-        assert titles == {"Alice mail", "Portal", "Router", "VPN", "AD account"}
+        found = connector(vault.path, **OWNERS).collect(EVERYONE)
+        assert set(by_title(found)) == {"Alice mail", "Router", "VPN", "AD account"}
+        assert len(mentions(found)) == 1
         assert not connector(vault.path).collect(Identity.verified("lice@example.test"))
         (carol,) = connector(vault.path).collect(Identity.verified("carol@example.test"))
         assert carol.fields["Title"] == "Shared mailbox"
@@ -265,20 +333,33 @@ class TestMatchingRules:
         for text in self.EMAIL_TEXTS:
             editor.add_entry(editor.root_group, text, "", "", notes=text)
         editor.save()
-        records = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        records = mentions(connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE)))
         assert {r.fields["Notes"] for r in records} == {
             t for t, hit in self.EMAIL_TEXTS.items() if hit
         }
 
     def test_usernames_match_only_as_whole_tokens(self, editor: Any, tmp_path: Path) -> None:
-        """'asmith' finds CORP\\asmith and asmith@corp.test, not basmithy or asmith.old."""
-        for text in self.USERNAME_TEXTS:
-            editor.add_entry(editor.root_group, text, "", "", url=text)
-        editor.save()
-        records = connector(tmp_path / "v.kdbx").collect(ROUND_TWO)
-        assert {r.fields["URL"] for r in records} == {
-            t for t, hit in self.USERNAME_TEXTS.items() if hit
+        """'asmith' finds CORP\\asmith and asmith@corp.test, not basmithy or asmith.old, in the
+        groups where the login is valid (its own and those below it); elsewhere it is another
+        person's name and finds nothing."""
+        clients = editor.add_group(editor.root_group, "Clients")
+        groups = {
+            "Clients/Acme": editor.add_group(clients, "Acme"),
+            "Clients/Acme/Laptops": None,
+            "Clients/Other": editor.add_group(clients, "Other"),
+            "": editor.root_group,
         }
+        groups["Clients/Acme/Laptops"] = editor.add_group(groups["Clients/Acme"], "Laptops")
+        for group in groups.values():
+            for text in self.USERNAME_TEXTS:
+                editor.add_entry(group, text, "", "", url=text)
+        editor.save()
+        records = mentions(connector(tmp_path / "v.kdbx").collect(ROUND_TWO))
+        hits = {t for t, hit in self.USERNAME_TEXTS.items() if hit}
+        for group in ("Clients/Acme", "Clients/Acme/Laptops"):
+            assert {r.fields["URL"] for r in records if r.fields["Group"] == group} == hits
+        assert {r.fields["Group"] for r in records} == {"Clients/Acme", "Clients/Acme/Laptops"}
+        assert all(r.found_by is ALICE_LOGIN for r in records)
 
     def test_weak_identifier_kinds_are_not_searched(self, vault: Vault) -> None:
         """A name or an IP address is not looked for: only e-mail addresses and usernames."""
@@ -314,7 +395,7 @@ class TestExport:
 
     def test_an_entry_that_does_not_expire_says_so(self, vault: Vault) -> None:
         """Expires is false and no expiry time is given when the entry never expires."""
-        vpn = by_title(connector(vault.path).collect(Identity.verified(ALICE)))["VPN"]
+        vpn = by_title(connector(vault.path, **OWNERS).collect(Identity.verified(ALICE)))["VPN"]
         assert vpn.fields["Expires"] is False and vpn.fields["Expiry time"] is None
 
     def test_attachment_names_and_sizes_without_content(self, vault: Vault) -> None:
@@ -327,7 +408,7 @@ class TestExport:
 
     def test_attachment_content_when_asked_for(self, vault: Vault) -> None:
         """With include_attachments the content of each attachment comes as base64."""
-        keepass = connector(vault.path, include_attachments=True)
+        keepass = connector(vault.path, include_attachments=True, **OWNERS)
         records = by_title(keepass.collect(Identity.verified(ALICE)))
         attachments = records["Alice mail"].fields["Attachments"]
         assert isinstance(attachments, list)
@@ -344,10 +425,10 @@ class TestWithheld:
     def test_no_secret_reaches_any_record(self, vault: Vault) -> None:
         """No canary (master, passwords, OTP, protected or named fields) is in any record."""
         keepass = connector(
-            vault.path, include_attachments=True, custom_fields_secret=["door CODE"]
+            vault.path, include_attachments=True, custom_fields_secret=["door CODE"], **OWNERS
         )
         records = keepass.collect(EVERYONE)
-        assert len(records) == 5
+        assert len(records) == 5 and len(mentions(records)) == 1
         dumped = "\n".join(
             json.dumps([r.fields, r.notes, r.location, r.key, [repr(y) for y in r.yields]])
             + repr(r)
@@ -359,7 +440,7 @@ class TestWithheld:
 
     def test_withheld_values_are_stated(self, vault: Vault) -> None:
         """Each secret that is held is replaced by a statement; empty ones are not claimed."""
-        keepass = connector(vault.path, custom_fields_secret=["Door Code"])
+        keepass = connector(vault.path, custom_fields_secret=["Door Code"], **OWNERS)
         records = by_title(keepass.collect(Identity.verified(ALICE)))
         mail = records["Alice mail"]
         assert mail.fields["Password"] == PASSWORD_HELD
@@ -395,34 +476,54 @@ class TestWithheld:
         hidden = canary()
         entry._set_string_field("UserName", hidden, protected=True)
         editor.save()
-        (record,) = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        keepass = connector(tmp_path / "v.kdbx", owner_fields=["Email"])
+        (record,) = keepass.collect(Identity.verified(ALICE))
+        assert record.category == CATEGORY
         assert record.fields["User name"] == SECRET_HELD
         assert record.yields == () and hidden not in repr(record)
 
 
 class TestYields:
     def test_username_is_yielded_with_its_origin(self, vault: Vault) -> None:
-        """The user name of a matched entry is a further identifier, saying where it was."""
-        records = by_title(connector(vault.path).collect(Identity.verified(ALICE)))
-        origin = "keepass 'vault': entry 'Clients/VPN', UserName field"
-        assert records["VPN"].yields == (Identifier("username", "alice.vpn", origin),)
+        """The user name of an entry that is hers is a further identifier, saying where it was:
+        a login of the entry's group, recorded by the controller's staff."""
+        records = by_title(connector(vault.path, **OWNERS).collect(Identity.verified(ALICE)))
+        vpn = records["VPN"]
+        assert vpn.yields == (
+            Identifier(
+                "username",
+                "alice.vpn",
+                yield_origin(vpn, "Clients"),
+                "keepass:vault/Clients",
+                Trust.CONTROLLER,
+            ),
+        )
 
     def test_an_address_in_the_username_is_yielded_as_email(self, vault: Vault) -> None:
         """A user name that is an address is yielded, normalised, as an e-mail identifier."""
-        portal = by_title(connector(vault.path).collect(Identity.verified(ALICE)))["Portal"]
-        assert [(y.kind, y.value) for y in portal.yields] == [("email", "alice.work@example.test")]
+        keepass = connector(vault.path, owner_fields=["Contact"])
+        portal = by_title(keepass.collect(Identity.verified(ALICE)))["Portal"]
+        origin = yield_origin(portal, "Clients/Acme")
+        assert portal.yields == (
+            Identifier("email", "alice.work@example.test", origin, "email", Trust.CONTROLLER),
+        )
 
     def test_the_identifier_that_found_the_entry_is_not_yielded_again(self, vault: Vault) -> None:
         """An entry found by its own user name yields nothing new; nor does an empty one."""
-        records = by_title(connector(vault.path).collect(Identity.verified(ALICE)))
+        records = by_title(connector(vault.path, **OWNERS).collect(Identity.verified(ALICE)))
         assert records["Alice mail"].yields == ()
         assert records["Router"].yields == ()
         (account,) = connector(vault.path).collect(ROUND_TWO)
-        assert [(y.kind, y.value) for y in account.yields] == [("username", "CORP\\asmith")]
+        assert [(y.kind, y.value, y.namespace) for y in account.yields] == [
+            ("username", "CORP\\asmith", "keepass:vault/Clients/Acme")
+        ]
+        again = asked(login("CORP\\asmith", "keepass:vault/Clients/Acme", "ad:CORP"))
+        (same,) = connector(vault.path).collect(again)
+        assert same.key == account.key and same.yields == ()
 
     def test_a_mention_in_free_text_exports_only_the_mention(self, tmp_path: Path) -> None:
         """An entry naming the person only in notes or URL may be someone else's: only the
-        mention is exported, the user name is withheld, nothing is followed."""
+        lines that mention her are exported (no title, no user name), nothing is followed."""
         editor = new_vault(4, tmp_path / "v.kdbx", "master", None)
         router = editor.add_entry(editor.root_group, "Router", "bjones", "x", notes=f"Ask {ALICE}")
         router.set_custom_property("Serial", "BOB-CANARY-SERIAL")
@@ -430,15 +531,17 @@ class TestYields:
             editor.root_group, "Wiki", "wikibot", "x", url=f"https://w.test/?u={ALICE}"
         )
         editor.save()
-        records = by_title(connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE)))
-        assert sorted(records) == ["Router", "Wiki"]
-        assert records["Router"].fields["Notes"] == f"Ask {ALICE}"
-        assert records["Router"].fields["User name"] == OTHER_PERSON
-        assert "URL" not in records["Router"].fields
-        assert records["Wiki"].fields["URL"] == f"https://w.test/?u={ALICE}"
-        assert all(r.yields == () and r.notes == (MENTION_ONLY_NOTE,) for r in records.values())
+        records = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        assert by_title(records) == {}
+        found = sorted(mentions(records), key=lambda r: "URL" in r.fields)
+        assert [{k: v for k, v in r.fields.items() if k != "Group"} for r in found] == [
+            {"Notes": f"Ask {ALICE}", **times(found[0])},
+            {"URL": f"https://w.test/?u={ALICE}", **times(found[1])},
+        ]
+        assert [r.fields["Group"] for r in found] == ["", ""]
         dumped = repr(records)
-        assert "bjones" not in dumped and "BOB-CANARY-SERIAL" not in dumped
+        for other in ("bjones", "wikibot", "BOB-CANARY-SERIAL", "Router", "Wiki"):
+            assert other not in dumped
 
     def test_passwords_in_web_addresses_are_withheld(self, tmp_path: Path) -> None:
         """A password in a URL's user part or query never leaves; the rest of the URL does."""
@@ -455,6 +558,176 @@ class TestYields:
         portal = "Portal: https://p.test/login?user=alice&pin=[withheld]&lang=en"
         assert record.fields["Notes"] == portal
         assert "SECRET-" not in repr(record)
+
+
+ALICE_ORG = "alice@example.org"  # another person, whose address looks like alice's
+
+
+def fields_without_group(record: Record) -> dict[str, Any]:
+    return {key: value for key, value in record.fields.items() if key != "Group"}
+
+
+class TestTwoPeople:
+    def test_owner_fields_give_each_person_their_own_entry(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """An owner field holding exactly one person's address makes the entry theirs, whole;
+        the look-alike gets only their own; without the setting it is a mention only."""
+        staff = editor.add_group(editor.root_group, "Staff")
+        first = editor.add_entry(staff, "Laptop 1", "la-admin", canary(), notes="Charger: drawer")
+        first.set_custom_property("Assigned to", ALICE)
+        second = editor.add_entry(staff, "Laptop 2", "lb-admin", canary(), notes="Dock at home")
+        second.set_custom_property("Assigned to", ALICE_ORG)
+        editor.save()
+        keepass = connector(tmp_path / "v.kdbx", owner_fields=["assigned TO"])
+        alice = keepass.collect(Identity.verified(ALICE))
+        other = keepass.collect(Identity.verified(ALICE_ORG))
+        assert list(by_title(alice)) == ["Laptop 1"] and mentions(alice) == []
+        assert list(by_title(other)) == ["Laptop 2"] and mentions(other) == []
+        mine = alice[0]
+        assert mine.fields["Notes"] == "Charger: drawer"
+        assert mine.fields["Custom fields"] == {"Assigned to": ALICE}
+        assert mine.yields == (
+            Identifier(
+                "username",
+                "la-admin",
+                yield_origin(mine, "Staff"),
+                "keepass:vault/Staff",
+                Trust.CONTROLLER,
+            ),
+        )
+        assert other[0].fields["Custom fields"] == {"Assigned to": ALICE_ORG}
+        assert "lb-admin" not in repr(alice) and "la-admin" not in repr(other)
+        assert ALICE_ORG not in repr(alice) and ALICE not in repr(other)
+
+        plain = connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE))
+        [mention] = mentions(plain)
+        assert fields_without_group(mention) == {"Assigned to": ALICE, **times(mention)}
+        assert "la-admin" not in repr(plain) and "drawer" not in repr(plain)
+
+    def test_another_persons_entry_that_mentions_alice_shows_only_those_lines(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """Bob's entry, approved by alice, gives her the lines with her address and nothing
+        else: no title, no user name, no other line, nothing to follow.  Bob gets his entry
+        without her address; the look-alike alice@example.org gets nothing."""
+        clients = editor.add_group(editor.root_group, "Clients")
+        acme = editor.add_group(clients, "Acme Ltd")
+        bob = editor.add_entry(
+            acme,
+            "Bob Jones HR portal",
+            "bob@example.test",
+            canary(),
+            url="https://hr.acme.test",
+            notes=f"HR portal of Bob Jones.\nApproved by {ALICE} on 3 March.\nReset every 90 days.",
+        )
+        bob.set_custom_property("Approval", f"Approved by: {ALICE}")
+        bob.set_custom_property("Cost centre", "CANARY-BOB-CC")
+        editor.add_entry(acme, "Alice mail", ALICE, canary(), notes="Her own mailbox.")
+        editor.save()
+        keepass = connector(tmp_path / "v.kdbx")
+
+        verified = Identity.verified(ALICE)
+        alice = keepass.collect(verified)
+        assert list(by_title(alice)) == ["Alice mail"]
+        [mention] = mentions(alice)
+        assert mention.found_by is verified.identifiers[0]
+        assert mention.fields["Group"] == "Clients/Acme Ltd"
+        assert fields_without_group(mention) == {
+            "Notes": f"Approved by {ALICE} on 3 March.",
+            "Approval": f"Approved by: {ALICE}",
+            **times(mention),
+        }
+        text = repr(alice)
+        for other in ("Bob", "bob@", "HR portal", "hr.acme", "CANARY-BOB-CC", "Reset every"):
+            assert other not in text
+
+        [bobs] = keepass.collect(Identity.verified("bob@example.test"))
+        assert bobs.category == CATEGORY and bobs.fields["Title"] == "Bob Jones HR portal"
+        assert bobs.fields["User name"] == "bob@example.test"
+        assert "CANARY-BOB-CC" in repr(bobs.fields) and "Her own mailbox" not in repr(bobs)
+        assert ALICE not in repr(bobs.fields)
+
+        assert keepass.collect(Identity.verified(ALICE_ORG)) == []
+
+    def test_a_login_is_theirs_only_in_their_own_realm(self, editor: Any, tmp_path: Path) -> None:
+        """Acme's asmith and Other Ltd's asmith: each gets the entries of their own group (and
+        its subgroups) with a bare name or their own domain, and the mentions there; neither
+        gets the other's, and a website login asmith gets nothing."""
+        clients = editor.add_group(editor.root_group, "Clients")
+        acme = editor.add_group(clients, "Acme Ltd")
+        laptops = editor.add_group(acme, "Laptops")
+        other_ltd = editor.add_group(clients, "Other Ltd")
+        editor.add_entry(acme, "Acme PC", "ACME\\asmith", canary())
+        editor.add_entry(laptops, "Acme laptop", "asmith", canary())
+        editor.add_entry(acme, "Acme wiki", "wiki-bot", canary(), notes="Backups: ask asmith.")
+        editor.add_entry(other_ltd, "Other PC", "OTHERLTD\\asmith", canary())
+        editor.add_entry(other_ltd, "Other VPN", "asmith", canary())
+        editor.add_entry(other_ltd, "Other wiki", "wiki", canary(), notes="asmith: on call.")
+        editor.save()
+        keepass = connector(tmp_path / "v.kdbx")
+        alice_login = login(
+            "asmith", "keepass:vault/Clients/Acme Ltd", "ad:ACME", "tacticalrmm:rmm/Acme Ltd"
+        )
+        other_login = login(
+            "asmith", "keepass:vault/Clients/Other Ltd", "ad:OTHERLTD", "tacticalrmm:rmm/Other Ltd"
+        )
+        alice = keepass.collect(asked(alice_login))
+        other = keepass.collect(asked(other_login))
+        assert sorted(by_title(alice)) == ["Acme PC", "Acme laptop"]
+        assert [fields_without_group(r)["Notes"] for r in mentions(alice)] == [
+            "Backups: ask asmith."
+        ]
+        assert sorted(by_title(other)) == ["Other PC", "Other VPN"]
+        assert [fields_without_group(r)["Notes"] for r in mentions(other)] == ["asmith: on call."]
+        assert all(r.found_by is alice_login for r in alice)
+        assert all(r.found_by is other_login for r in other)
+        assert "Other" not in repr([r.fields for r in alice]) and "OTHERLTD" not in repr(alice)
+        assert "Acme" not in repr([r.fields for r in other]) and "ACME" not in repr(other)
+        owned = by_title(alice)
+        assert [(y.value, y.namespace) for y in owned["Acme PC"].yields] == [
+            ("ACME\\asmith", "keepass:vault/Clients/Acme Ltd")
+        ]
+        assert owned["Acme laptop"].yields == ()
+        website = asked(login("asmith", "wordpress:blog", trust=Trust.SELF_ASSERTED))
+        assert keepass.collect(website) == []
+
+    def test_a_login_with_another_domain_in_her_group_does_not_mention_her(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """OTHERLTD\\asmith, a consultant's account kept in Acme's group, is not Acme's asmith."""
+        clients = editor.add_group(editor.root_group, "Clients")
+        acme = editor.add_group(clients, "Acme Ltd")
+        editor.add_entry(
+            acme, "Consultant", "OTHERLTD\\asmith", canary(), notes="Contractor: OTHERLTD\\asmith"
+        )
+        editor.save()
+        alice_login = login("asmith", "keepass:vault/Clients/Acme Ltd", "ad:ACME")
+        assert connector(tmp_path / "v.kdbx").collect(asked(alice_login)) == []
+
+    def test_a_mention_line_withholds_other_peoples_addresses(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """The line that mentions alice may name bob too: his address does not go to her."""
+        editor.add_entry(
+            editor.root_group,
+            "HR portal",
+            "bjones",
+            canary(),
+            notes=f"Approved by {ALICE} for bob.jones@example.test",
+        )
+        editor.save()
+        [mention] = mentions(connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE)))
+        notes = str(mention.fields["Notes"])
+        assert ALICE in notes and "bob.jones@example.test" not in notes
+
+    def test_a_lookalike_letter_is_not_a_mention(self, editor: Any, tmp_path: Path) -> None:
+        """Text is compared as addresses are: lower case, not Unicode case folding."""
+        editor.add_entry(
+            editor.root_group, "Other", "x", "", notes="Contact al\u0131ce@example.test"
+        )
+        editor.save()
+        assert connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE)) == []
 
 
 class TestOpening:

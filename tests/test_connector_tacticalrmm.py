@@ -14,6 +14,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from connectors.tacticalrmm import (
+    LAST_USER_NOTE,
+    NOW_WITHHELD,
     OTHERS_NOTE,
     WITHHELD_DEVICE,
     WITHHELD_TEXT,
@@ -23,13 +25,18 @@ from connectors.tacticalrmm import (
     like_pattern,
 )
 from sarbot.config import validate
-from sarbot.connector import Identifier, Identity, Record
+from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
+from sarbot.testing.identity import address, asked, login
 from sarbot.testing.stores import tacticalrmm_statements
 from tests.servers import ServerError, postgres_server
 
 JSON_COLUMNS = {"disks", "wmi_detail", "software"}
 ORIGIN = "keepass 'vault': entry 'Staff/Alice', UserName field"
+# The admin's realm: the vault's Staff group, the Windows domain (NetBIOS CORP, DNS corp.test)
+# and the RMM client Acme Ltd name the same people.
+ACME_REALM = ("keepass:vault/Staff", "ad:CORP", "ad:corp.test", "tacticalrmm:rmm/Acme Ltd")
+OTHER_CO_REALM = ("tacticalrmm:rmm/Other Co", "ad:OTHERCO")
 # Strings that only other people's data and free text hold: none may reach a record.
 CANARIES = ("basmith", "canary", "karen", "bob's")
 
@@ -118,7 +125,7 @@ AGENTS: list[dict[str, Any]] = [
         "boot_time": boot(7),
         "total_ram": 32,
         "logged_in_username": "None",
-        "last_logged_in_user": "asmith@corp.test",
+        "last_logged_in_user": "ASmith@Corp.Test",
         "disks": [
             {
                 "device": "/dev/nvme0n1p2",
@@ -290,11 +297,12 @@ ALICE_LAPTOP: dict[str, Any] = {
     "Site": "Branch",
     "Agent ID": "AgEnTaLiCeLaPtOp00002",
     "Operating system": "Ubuntu 24.04 x86_64 6.8.0-45-generic",
-    "Public IP address": "198.51.100.7",
+    # Nobody is logged in now: alice was the last, so where it is now is not hers to see.
+    "Public IP address": NOW_WITHHELD,
     "Local IP addresses": ["10.0.0.15"],
-    "Last seen": "2026-03-02T17:05:00+00:00",
+    "Last seen": NOW_WITHHELD,
     "Logged-in user": None,
-    "Last logged-in user": "asmith@corp.test",
+    "Last logged-in user": "ASmith@Corp.Test",
     "Last boot": "2026-02-28T07:00:00+00:00",
     "Make and model": "LENOVO ThinkPad T14s",
     "Serial number": "PF3ABCDE",
@@ -326,9 +334,10 @@ SHARED_PC: dict[str, Any] = {
     "Site": "HQ",
     "Agent ID": "AgEnTsHaReDpC00000004",
     "Operating system": "Microsoft Windows 10 Pro, 64bit (build 19045)",
-    "Public IP address": "203.0.113.10",
+    # Bob is logged in now; alice was only the last before him.
+    "Public IP address": NOW_WITHHELD,
     "Local IP addresses": ["192.168.1.44"],
-    "Last seen": "2026-03-03T12:00:00+00:00",
+    "Last seen": NOW_WITHHELD,
     "Logged-in user": WITHHELD_USER,
     "Last logged-in user": "asmith",
     "Last boot": None,
@@ -378,7 +387,16 @@ OTHER_CO: dict[str, Any] = {
 # ----- building the databases -------------------------------------------------------------
 
 
-def load(url: str) -> None:
+Rows = list[dict[str, Any]]
+
+
+def load(
+    url: str,
+    clients: Rows = CLIENTS,
+    sites: Rows = SITES,
+    agents: Rows = AGENTS,
+    software: Rows = SOFTWARE,
+) -> None:
     """Create the schema and the test data; JSON goes in as jsonb or, on SQLite, as text."""
     postgres = url.startswith("postgresql")
     engine = create_engine(url)
@@ -386,10 +404,10 @@ def load(url: str) -> None:
         for statement in tacticalrmm_statements(sqlite=not postgres):
             connection.exec_driver_sql(statement)
         for table, rows in (
-            ("clients_client", CLIENTS),
-            ("clients_site", SITES),
-            ("agents_agent", AGENTS),
-            ("software_installedsoftware", SOFTWARE),
+            ("clients_client", clients),
+            ("clients_site", sites),
+            ("agents_agent", agents),
+            ("software_installedsoftware", software),
         ):
             for row in rows:
                 names = list(row)
@@ -438,8 +456,17 @@ def collect(url: str, identity: Identity, **options: Any) -> list[Record]:
         rmm.close()
 
 
+def acme(value: str) -> Identifier:
+    """A login the vault's Staff group records, valid in the realm of the Acme Ltd client."""
+    return dataclasses.replace(login(value, *ACME_REALM), origin=ORIGIN)
+
+
 def usernames(*values: str) -> Identity:
-    return Identity("alice@corp.test", tuple(Identifier("username", v, ORIGIN) for v in values))
+    return asked(*(acme(v) for v in values))
+
+
+# Other Co's asmith: another person, in another realm.
+OTHER_ASMITH = asked(login("asmith", *OTHER_CO_REALM))
 
 
 def keys(records: list[Record]) -> list[str]:
@@ -447,25 +474,27 @@ def keys(records: list[Record]) -> list[str]:
 
 
 def serialized(records: list[Record]) -> str:
-    return json.dumps([dataclasses.asdict(r) for r in records], ensure_ascii=False)
+    """Everything the records carry (a realm's namespaces, a set, in order)."""
+    return json.dumps([dataclasses.asdict(r) for r in records], ensure_ascii=False, default=sorted)
 
 
 ALICE_KEYS = [
     "agent:AgEnTaLiCeDeSkToP0001",
     "agent:AgEnTaLiCeLaPtOp00002",
     "agent:AgEnTsHaReDpC00000004",
-    "agent:AgEnToThErCo00000005",
 ]
 
 
 class TestFinding:
     def test_username_finds_every_computer_it_used(self, postgres_url: str) -> None:
-        """``asmith`` finds the agents it is or was logged in to, in any of the three forms."""
+        """``asmith`` finds the agents of its client it is or was logged in to, in any of the
+        three forms; Other Co's ``OTHERCO\\asmith`` is another person."""
         identity = usernames("asmith")
         records = collect(postgres_url, identity)
         assert keys(records) == ALICE_KEYS
         assert all(r.found_by is identity.identifiers[0] for r in records)
         assert {r.category for r in records} == {"Monitored computer"}
+        assert keys(collect(postgres_url, OTHER_ASMITH)) == ["agent:AgEnToThErCo00000005"]
 
     def test_a_longer_account_name_does_not_match(self, postgres_url: str) -> None:
         """``smith`` finds nothing; bob's ``basmith`` finds only bob's agents, not alice's."""
@@ -488,13 +517,16 @@ class TestFinding:
             assert collect(url, usernames("jurgen.strasser")) == []
 
     def test_named_domains_must_agree(self, postgres_url: str) -> None:
-        """``asmith@corp.test`` matches CORP\\asmith, asmith@corp.test and a bare asmith only."""
-        assert keys(collect(postgres_url, usernames("asmith@corp.test"))) == ALICE_KEYS[:3]
-        assert keys(collect(postgres_url, usernames("OTHERCO\\asmith"))) == ALICE_KEYS[2:]
+        """When both sides name a domain it is the same one, or two the realm declares the same
+        (CORP and corp.test here); when one side does, it is a domain of the realm."""
+        assert keys(collect(postgres_url, usernames("asmith@corp.test"))) == ALICE_KEYS
+        assert keys(collect(postgres_url, usernames("CORP\\asmith"))) == ALICE_KEYS
+        assert collect(postgres_url, usernames("OTHERCO\\asmith")) == []
 
     def test_email_matches_only_the_recorded_user_at_domain(self, postgres_url: str) -> None:
-        """An address finds the agent that recorded exactly that address as its user."""
-        identity = Identity.verified("ASmith@Corp.Test")
+        """An address finds the agent that recorded exactly that address (in any case) as its
+        user, at any client: an address is global."""
+        identity = Identity.verified("asmith@corp.test")
         records = collect(postgres_url, identity)
         assert keys(records) == ["agent:AgEnTaLiCeLaPtOp00002"]
         assert records[0].found_by is identity.identifiers[0]
@@ -502,12 +534,9 @@ class TestFinding:
 
     def test_other_identifier_kinds_are_not_searched(self, postgres_url: str) -> None:
         """Weak identifiers (an IP address, a hostname) never select a computer."""
-        identity = Identity(
-            "alice@corp.test",
-            (
-                Identifier("ip", "203.0.113.10", ORIGIN),
-                Identifier("hostname", "ACME-WS-01", ORIGIN),
-            ),
+        identity = asked(
+            Identifier("ip", "203.0.113.10", ORIGIN, "ip"),
+            Identifier("hostname", "ACME-WS-01", ORIGIN, "hostname"),
         )
         assert collect(postgres_url, identity) == []
 
@@ -517,21 +546,31 @@ class TestFinding:
 
     def test_clients_setting_limits_the_search(self, postgres_url: str) -> None:
         """With ``clients``, agents of other clients are not searched."""
-        records = collect(postgres_url, usernames("asmith"), clients=["Acme Ltd"])
-        assert keys(records) == ALICE_KEYS[:3]
+        assert keys(collect(postgres_url, usernames("asmith"), clients=["Acme Ltd"])) == ALICE_KEYS
+        assert collect(postgres_url, usernames("asmith"), clients=["Other Co"]) == []
+        assert collect(postgres_url, OTHER_ASMITH, clients=["Acme Ltd"]) == []
+        assert len(collect(postgres_url, OTHER_ASMITH, clients=["Other Co"])) == 1
 
 
 class TestExport:
     def test_computer_is_exported_in_full(self, postgres_url: str) -> None:
         """Names, addresses, users, hardware, disks and software, as recorded."""
-        [desktop, laptop, _, other] = collect(postgres_url, usernames("asmith"))
+        [desktop, laptop, _] = collect(postgres_url, usernames("asmith"))
         assert dict(desktop.fields) == ALICE_DESKTOP
         assert desktop.location == "agents_agent id 1 (ACME-WS-01)"
         assert desktop.notes == ()
         assert dict(laptop.fields) == ALICE_LAPTOP
+        assert laptop.notes == (LAST_USER_NOTE,)
+        [other] = collect(postgres_url, OTHER_ASMITH)
         assert dict(other.fields) == OTHER_CO
         assert other.yields == (
-            Identifier("hostname", "OTHER-01", "tacticalrmm 'rmm': agents_agent id 5, hostname"),
+            Identifier(
+                "hostname",
+                "OTHER-01",
+                "tacticalrmm 'rmm': agents_agent id 5, hostname",
+                "hostname",
+                Trust.CONTROLLER,
+            ),
         )
 
     def test_addresses_and_hostname_are_yielded_with_their_origin(self, postgres_url: str) -> None:
@@ -539,16 +578,28 @@ class TestExport:
         [desktop, laptop, *_] = collect(postgres_url, usernames("asmith"))
         where = "tacticalrmm 'rmm': agents_agent id 1"
         assert desktop.yields == (
-            Identifier("hostname", "ACME-WS-01", f"{where}, hostname"),
-            Identifier("ip", "203.0.113.10", f"{where}, public_ip"),
-            Identifier("ip", "192.168.1.20", f"{where}, wmi_detail, local IP addresses"),
             Identifier(
-                "ip", "fe80::1c2b:3d4e:5f60:7a8b", f"{where}, wmi_detail, local IP addresses"
+                "hostname", "ACME-WS-01", f"{where}, hostname", "hostname", Trust.CONTROLLER
+            ),
+            Identifier("ip", "203.0.113.10", f"{where}, public_ip", "ip", Trust.CONTROLLER),
+            Identifier(
+                "ip",
+                "192.168.1.20",
+                f"{where}, wmi_detail, local IP addresses",
+                "ip",
+                Trust.CONTROLLER,
+            ),
+            Identifier(
+                "ip",
+                "fe80::1c2b:3d4e:5f60:7a8b",
+                f"{where}, wmi_detail, local IP addresses",
+                "ip",
+                Trust.CONTROLLER,
             ),
         )
+        # The public address is withheld (alice was only the last user), so not yielded.
         assert [(y.kind, y.value) for y in laptop.yields] == [
             ("hostname", "acme-lt-07"),
-            ("ip", "198.51.100.7"),
             ("ip", "10.0.0.15"),
         ]
 
@@ -565,52 +616,186 @@ class TestOtherPeople:
         """On the computer bob is logged in to, bob's name and text naming him are withheld."""
         shared = collect(postgres_url, usernames("asmith"))[2]
         assert dict(shared.fields) == SHARED_PC
-        assert shared.notes == (OTHERS_NOTE,)
+        assert shared.notes == (OTHERS_NOTE, LAST_USER_NOTE)
         assert shared.location == "agents_agent id 4 (hostname withheld)"
         where = "tacticalrmm 'rmm': agents_agent id 4"
         assert shared.yields == (
-            Identifier("ip", "203.0.113.10", f"{where}, public_ip"),
-            Identifier("ip", "192.168.1.44", f"{where}, wmi_detail, local IP addresses"),
+            Identifier(
+                "ip",
+                "192.168.1.44",
+                f"{where}, wmi_detail, local IP addresses",
+                "ip",
+                Trust.CONTROLLER,
+            ),
         )
 
     def test_the_subject_is_not_withheld_from_their_own_record(self, postgres_url: str) -> None:
-        """Bob's own request shows bob and withholds alice instead."""
+        """Bob's own request shows bob and withholds alice instead; he is logged in now, so
+        where the computer is now is his to see."""
         [_, shared] = collect(postgres_url, usernames("basmith"))
         assert shared.fields["Logged-in user"] == "CORP\\basmith"
         assert shared.fields["Last logged-in user"] == WITHHELD_USER
         assert shared.fields["Hostname"] == "BASMITH-PC"
+        assert shared.fields["Public IP address"] == "203.0.113.10"
+        assert shared.fields["Last seen"] == "2026-03-03T12:00:00+00:00"
         assert shared.notes == (OTHERS_NOTE,)
 
     def test_names_found_in_earlier_rounds_are_the_persons_own(self, postgres_url: str) -> None:
         """A name the person was found under earlier is theirs: it is not withheld as another's."""
-        basmith = Identifier("username", "basmith", ORIGIN)
-        alias = Identifier("username", "asmith", "an earlier round")
-        identity = Identity("bob@corp.test", (basmith,), (basmith, alias))
+        basmith = acme("basmith")
+        alias = dataclasses.replace(acme("asmith"), origin="an earlier round")
+        identity = asked(basmith, known=(alias,))
         [_, shared] = collect(postgres_url, identity)
         assert shared.fields["Logged-in user"] == "CORP\\basmith"
-        assert shared.fields["Last logged-in user"] != WITHHELD_USER
+        assert shared.fields["Last logged-in user"] == "asmith"
+        assert shared.fields["Hostname"] == "BASMITH-PC"
         assert shared.notes == ()
 
     def test_no_other_persons_data_reaches_any_record(self, postgres_url: str) -> None:
         """Bob's name, the description, owner and install paths are in no record of alice's."""
         records = collect(postgres_url, usernames("asmith", "CORP\\asmith", "asmith@corp.test"))
         records += collect(postgres_url, Identity.verified("asmith@corp.test"))
-        assert len(records) == 5
+        assert len(records) == 4
+        text_of_records = serialized(records).casefold()
+        assert "otherco" not in text_of_records and "other-01" not in text_of_records
         text_of_records = serialized(records).casefold()
         assert [c for c in CANARIES if c in text_of_records] == []
+
+
+# ----- two clients, each with an asmith ----------------------------------------------------
+
+TWIN_CLIENTS: Rows = [{"id": 1, "name": "Acme Ltd"}, {"id": 2, "name": "Other Ltd"}]
+TWIN_SITES: Rows = [
+    {"id": 1, "client_id": 1, "name": "HQ"},
+    {"id": 2, "client_id": 2, "name": "Main"},
+]
+
+
+def twin(number: int, hostname: str, site: int, now: str, last: str, ip: str) -> dict[str, Any]:
+    return {
+        "id": number,
+        "agent_id": f"AgEnTtWiN{number:012d}",
+        "hostname": hostname,
+        "site_id": site,
+        "public_ip": ip,
+        "last_seen": f"2026-03-0{number % 9} 12:00:00",
+        "logged_in_username": now,
+        "last_logged_in_user": last,
+        "description": f"CANARY-TWIN-{number}",
+    }
+
+
+TWIN_AGENTS: Rows = [
+    twin(11, "ACME-PC-11", 1, "ACME\\asmith", "ACME\\asmith", "203.0.113.11"),
+    twin(12, "OTHER-PC-12", 2, "asmith", "asmith", "198.51.100.12"),
+    twin(13, "OTHER-PC-13", 2, "OTHERLTD\\asmith", "OTHERLTD\\asmith", "198.51.100.13"),
+    twin(14, "ACME-PC-14", 1, "OTHERLTD\\asmith", "ACME\\asmith", "203.0.113.14"),
+    twin(15, "ACME-PC-15", 1, "ACME\\bjones", "asmith", "203.0.113.15"),
+    twin(16, "ACME-PC-16", 1, "OTHERLTD\\asmith", "OTHERLTD\\asmith", "203.0.113.16"),
+    twin(17, "WEIß-NB", 1, "ACME\\Weiß", "ACME\\bjones", "203.0.113.17"),
+]
+TWIN_ALICE = asked(
+    login("asmith", "keepass:vault/Clients/Acme Ltd", "ad:ACME", "tacticalrmm:rmm/Acme Ltd")
+)
+TWIN_OTHER = asked(
+    login("asmith", "keepass:vault/Clients/Other Ltd", "ad:OTHERLTD", "tacticalrmm:rmm/Other Ltd")
+)
+TWIN_BJONES = asked(
+    login("bjones", "keepass:vault/Clients/Acme Ltd", "ad:ACME", "tacticalrmm:rmm/Acme Ltd")
+)
+
+
+@pytest.fixture(scope="module")
+def twins_url(postgres_url: str) -> str:
+    """A second database on the same PostgreSQL server: two clients, each with an asmith."""
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql("CREATE DATABASE twins")
+    engine.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/twins"
+    load(url, TWIN_CLIENTS, TWIN_SITES, TWIN_AGENTS, [])
+    return url
+
+
+def by_agent(records: list[Record]) -> dict[int, Record]:
+    return {int(r.location.split()[2]): r for r in records}
+
+
+class TestTwoAsmiths:
+    def test_each_asmith_gets_the_computers_of_their_own_client(self, twins_url: str) -> None:
+        """Acme's asmith and Other Ltd's: a bare asmith or OTHERLTD\\asmith at Other Ltd is not
+        Acme's, ACME\\asmith is not Other Ltd's, and OTHERLTD\\asmith at Acme is neither's."""
+        alice = by_agent(collect(twins_url, TWIN_ALICE))
+        other = by_agent(collect(twins_url, TWIN_OTHER))
+        assert sorted(alice) == [11, 14, 15]
+        assert sorted(other) == [12, 13]
+        assert all(r.found_by is TWIN_ALICE.identifiers[0] for r in alice.values())
+        assert all(r.found_by is TWIN_OTHER.identifiers[0] for r in other.values())
+        for number in (12, 13):
+            record = other[number]
+            assert record.fields["Logged-in user"] == record.fields["Last logged-in user"]
+            assert record.fields["Public IP address"] == f"198.51.100.{number}"
+            assert record.notes == ()
+        mine = serialized(list(alice.values()))
+        for absent in ("OTHER-PC", "198.51.100", "OTHERLTD", "bjones", "203.0.113.16", "CANARY"):
+            assert absent not in mine
+        theirs = serialized(list(other.values()))
+        for absent in ("ACME-PC", "203.0.113", "ACME\\\\", "CANARY"):
+            assert absent not in theirs
+
+    def test_a_computer_linked_only_by_its_last_user_hides_where_it_is_now(
+        self, twins_url: str
+    ) -> None:
+        """Alice was the last to log in to ACME-PC-14 and ACME-PC-15, where someone else is
+        logged in now: their current IP address and last-seen time, and the current user,
+        are withheld from her.  Bjones, logged in now, sees them and not alice."""
+        alice = by_agent(collect(twins_url, TWIN_ALICE))
+        assert alice[11].fields["Public IP address"] == "203.0.113.11"
+        assert alice[11].fields["Last seen"] == "2026-03-02T12:00:00+00:00"
+        assert alice[11].notes == ()
+        assert [(y.kind, y.value) for y in alice[11].yields] == [
+            ("hostname", "ACME-PC-11"),
+            ("ip", "203.0.113.11"),
+        ]
+        for number, last in ((14, "ACME\\asmith"), (15, "asmith")):
+            record = alice[number]
+            assert record.fields["Public IP address"] == NOW_WITHHELD
+            assert record.fields["Last seen"] == NOW_WITHHELD
+            assert record.fields["Logged-in user"] == WITHHELD_USER
+            assert record.fields["Last logged-in user"] == last
+            assert record.notes == (OTHERS_NOTE, LAST_USER_NOTE)
+            assert [(y.kind, y.value) for y in record.yields] == [("hostname", f"ACME-PC-{number}")]
+        bjones = by_agent(collect(twins_url, TWIN_BJONES))
+        assert sorted(bjones) == [15, 17]
+        his = bjones[15]
+        assert his.fields["Logged-in user"] == "ACME\\bjones"
+        assert his.fields["Last logged-in user"] == WITHHELD_USER
+        assert his.fields["Public IP address"] == "203.0.113.15"
+        assert his.fields["Last seen"] == "2026-03-06T12:00:00+00:00"
+        assert his.notes == (OTHERS_NOTE,)
+        assert "asmith" not in serialized([his]).casefold()
+
+    def test_an_address_finds_no_login(self, twins_url: str) -> None:
+        """asmith's address is not the account asmith at any client."""
+        assert collect(twins_url, asked(address("asmith@acme.test"))) == []
+
+    def test_a_name_with_sharp_s_is_withheld_too(self, twins_url: str) -> None:
+        """The computer named after Weiß, who is logged in now, does not show her name."""
+        record = by_agent(collect(twins_url, TWIN_BJONES))[17]
+        assert record.fields["Logged-in user"] == WITHHELD_USER
+        assert record.fields["Hostname"] == WITHHELD_TEXT
+        assert "weiß" not in serialized([record]).lower()
 
 
 class TestSqlite:
     def test_sqlite_gives_the_same_records(self, sqlite_url: str, postgres_url: str) -> None:
         """The demo's SQLite database, JSON held as text, exports exactly what PostgreSQL does."""
         records = collect(sqlite_url, usernames("asmith"))
-        assert [dict(r.fields) for r in records] == [
-            ALICE_DESKTOP,
-            ALICE_LAPTOP,
-            SHARED_PC,
-            OTHER_CO,
-        ]
+        assert [dict(r.fields) for r in records] == [ALICE_DESKTOP, ALICE_LAPTOP, SHARED_PC]
         assert serialized(records) == serialized(collect(postgres_url, usernames("asmith")))
+        other = collect(sqlite_url, OTHER_ASMITH)
+        assert [dict(r.fields) for r in other] == [OTHER_CO]
+        assert serialized(other) == serialized(collect(postgres_url, OTHER_ASMITH))
 
 
 class TestReadOnly:
@@ -620,7 +805,7 @@ class TestReadOnly:
         with rmm._connect() as connection, pytest.raises(Exception, match="read-only transaction"):
             connection.exec_driver_sql("DELETE FROM software_installedsoftware")
         rmm.close()
-        assert len(collect(postgres_url, usernames("asmith"))) == 4
+        assert len(collect(postgres_url, usernames("asmith"))) == 3
 
     def test_sqlite_is_opened_read_only(self, sqlite_url: str) -> None:
         """The connector cannot change the SQLite database it reads."""
@@ -628,7 +813,7 @@ class TestReadOnly:
         with rmm.engine.connect() as connection, pytest.raises(Exception, match="readonly"):
             connection.exec_driver_sql("DELETE FROM agents_agent")
         rmm.close()
-        assert len(collect(sqlite_url, usernames("asmith"))) == 4
+        assert len(collect(sqlite_url, usernames("asmith"))) == 3
 
 
 # The column grants docs/connectors/tacticalrmm.md recommends for the connector's account.
@@ -664,8 +849,8 @@ class TestCheck:
             ALICE_DESKTOP,
             ALICE_LAPTOP,
             SHARED_PC,
-            OTHER_CO,
         ]
+        assert [dict(r.fields) for r in collect(reader, OTHER_ASMITH)] == [OTHER_CO]
 
     def test_check_passes_on_a_tactical_rmm_database(
         self, postgres_url: str, sqlite_url: str

@@ -11,7 +11,7 @@ from typing import Any
 
 import phpserialize
 import pytest
-from sqlalchemy import Engine, column, create_engine, func, select, table
+from sqlalchemy import Engine, column, create_engine, func, select, table, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from connectors.wordpress import (
@@ -21,8 +21,9 @@ from connectors.wordpress import (
     WordpressSettings,
 )
 from sarbot.config import validate
-from sarbot.connector import Connector, Identifier, Identity, Record
+from sarbot.connector import Connector, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
+from sarbot.testing.identity import address, asked, login
 from sarbot.testing.stores import create_wordpress_tables
 from tests.servers import ServerError, mariadb_server
 
@@ -202,6 +203,42 @@ OTHER_SITE: dict[str, list[dict[str, Any]]] = {
     "comments": [comment(11, ALICE, "WPX comment")],
 }
 
+# Mallory signed up with alice's address as his login; a website visitor chose the login asmith,
+# which is also alice's Windows login at Acme.  Neither is alice.
+LOOKALIKE_ACCOUNTS: dict[str, list[dict[str, Any]]] = {
+    "users": [
+        {"ID": 3, "user_login": "alice_w", "user_email": "Alice@Example.test"},
+        {"ID": 6, "user_login": ALICE, "user_email": "mallory@evil.test"},
+        {"ID": 7, "user_login": "asmith", "user_email": "asmith.home@example.net"},
+    ],
+    "usermeta": [{"user_id": 6, "meta_key": "first_name", "meta_value": "CANARY-MALLORY-NAME"}],
+    "posts": [{"ID": 1, "post_title": "Hello", "guid": "https://wpa.example.test/?p=1"}],
+    "comments": [
+        comment(11, ALICE, "Alice, logged in", user_id=3),
+        comment(12, "mallory@evil.test", "CANARY-MALLORY", author="alice", user_id=6),
+        comment(13, "asmith.home@example.net", "CANARY-WEB-ASMITH", author="asmith", user_id=7),
+        comment(14, ALICE, "Alice, as a guest"),
+    ],
+}
+# Four customers MariaDB's utf8mb4_unicode_520_ci cannot tell apart two by two: ß is ss there,
+# ü is u.  The straße and müller addresses are stored one in Unicode, one in ASCII (IDNA).
+COLLATION_SITE: dict[str, list[dict[str, Any]]] = {
+    "users": [
+        {"ID": 1, "user_login": "strasse", "user_email": "anna@strasse.test"},
+        {"ID": 2, "user_login": "straße", "user_email": "anna@straße.test"},
+        {"ID": 3, "user_login": "muller", "user_email": "carl@muller.test"},
+        {"ID": 4, "user_login": "müller", "user_email": "carl@xn--mller-kva.test"},
+    ],
+    "usermeta": [],
+    "posts": [{"ID": 1, "post_title": "Hello", "guid": "https://wpc.example.test/?p=1"}],
+    "comments": [
+        comment(1, "anna@strasse.test", "by the strasse anna", author="Anna"),
+        comment(2, "anna@xn--strae-oqa.test", "by the straße anna", author="Anna"),
+        comment(3, "carl@muller.test", "by the muller carl", author="Carl"),
+        comment(4, "carl@müller.test", "by the müller carl", author="Carl"),
+    ],
+}
+
 
 def insert_site(engine: Engine, prefix: str, site: dict[str, list[dict[str, Any]]]) -> None:
     with engine.begin() as connection:
@@ -223,11 +260,14 @@ def build_site(url: str, prefix: str, site: dict[str, list[dict[str, Any]]]) -> 
 
 @pytest.fixture(scope="module")
 def mariadb() -> Iterator[str]:
-    """One MariaDB server for the module, holding a 'wp_' site and a 'wpx_' site."""
+    """One MariaDB server for the module, holding the 'wp_' and 'wpx_' sites, and the
+    look-alike sites 'wpa_' (accounts) and 'wpc_' (collation)."""
     try:
         with mariadb_server() as url:
             build_site(url, "wp_", WORDPRESS)
             build_site(url, "wpx_", OTHER_SITE)
+            build_site(url, "wpa_", LOOKALIKE_ACCOUNTS)
+            build_site(url, "wpc_", COLLATION_SITE)
             yield url
     except ServerError as exc:
         pytest.fail(f"MariaDB could not be started: {exc}", pytrace=False)
@@ -255,8 +295,16 @@ def make(tmp_path: Path) -> Iterator[Make]:
         connector.close()
 
 
+WEBSITE = "wordpress:blog"
+
+
+def website_login(value: str) -> Identifier:
+    """A login this website yielded: chosen by whoever signed up, valid on this site only."""
+    return login(value, WEBSITE, trust=Trust.SELF_ASSERTED)
+
+
 def by_username(value: str) -> Identity:
-    return Identity("someone@example.test", (Identifier("username", value, "keepass 'vault'"),))
+    return asked(website_login(value))
 
 
 def by_key(records: Iterable[Record]) -> dict[str, Record]:
@@ -319,7 +367,13 @@ class TestComments:
         }
         assert comment.location == "table wp_comments, comment_ID 11"
         assert comment.yields == (
-            Identifier("ip", "203.0.113.7", "wordpress 'blog': table wp_comments, comment_ID 11"),
+            Identifier(
+                "ip",
+                "203.0.113.7",
+                "wordpress 'blog': table wp_comments, comment_ID 11",
+                "ip",
+                Trust.SELF_ASSERTED,
+            ),
         )
         orphan = records["comment:20"].fields
         assert (orphan["Post title"], orphan["Post link"], orphan["Date (GMT)"]) == (
@@ -420,16 +474,18 @@ class TestAccount:
             assert secret not in text
 
     def test_username_is_yielded_and_email_only_when_new(self, mariadb: str, make: Make) -> None:
-        """Login and address are yielded, except the identifier that found the account."""
+        """Login and address are yielded, except the identifier that found the account; both
+        were typed by whoever signed up, so they are self-asserted, the login this site's."""
         connector = make(mariadb)
         by_email = by_key(connector.collect(Identity.verified(ALICE)))["user:3"]
         by_name = by_key(connector.collect(by_username("alice_w")))["user:3"]
-        login = Identifier(
-            "username", "alice_w", "wordpress 'blog': wp_users.user_login of user ID 3"
+        origin = "wordpress 'blog': wp_users.%s of user ID 3"
+        user_login = Identifier(
+            "username", "alice_w", origin % "user_login", WEBSITE, Trust.SELF_ASSERTED
         )
-        assert by_email.yields == (login,)
+        assert by_email.yields == (user_login,)
         assert by_name.yields == (
-            Identifier("email", ALICE, "wordpress 'blog': wp_users.user_email of user ID 3"),
+            Identifier("email", ALICE, origin % "user_email", "email", Trust.SELF_ASSERTED),
         )
 
 
@@ -455,7 +511,9 @@ class TestSessions:
         where = "table wp_usermeta, user_id 3, meta_key session_tokens"
         assert sessions[0].location == where
         assert sessions[0].yields == (
-            Identifier("ip", "198.51.100.23", f"wordpress 'blog': {where}"),
+            Identifier(
+                "ip", "198.51.100.23", f"wordpress 'blog': {where}", "ip", Trust.SELF_ASSERTED
+            ),
         )
         text = dump(sessions)
         assert not any(token in text or token[:16] in text for token in TOKEN_CANARIES)
@@ -498,10 +556,8 @@ class TestHostileInput:
     def test_injection_shaped_identifiers_find_nothing(self, mariadb: str, make: Make) -> None:
         """SQL-shaped and wildcard values are plain values: they match and change nothing."""
         connector = make(mariadb)
-        identifiers = tuple(
-            Identifier(kind, v, "test") for v in HOSTILE for kind in ("email", "username")
-        )
-        assert list(connector.collect(Identity(ALICE, identifiers))) == []
+        identifiers = tuple(i for v in HOSTILE for i in (address(v), website_login(v)))
+        assert list(connector.collect(asked(*identifiers))) == []
         assert len(comment_keys(connector.collect(Identity.verified(ALICE)))) == 7
         engine = create_engine(mariadb)
         with engine.connect() as connection:
@@ -512,19 +568,111 @@ class TestHostileInput:
     def test_collation_lookalikes_find_nothing(self, mariadb: str, make: Make) -> None:
         """Values MySQL's accent-insensitive collation calls equal to Alice's are not Alice's."""
         lookalikes = (
-            Identifier("email", "älice@example.test", "test"),
-            Identifier("email", "alice@example.test\u00ad", "test"),
-            Identifier("username", "ALİCE_W", "test"),
-            Identifier("username", "alicé_w", "test"),
+            address("älice@example.test"),
+            address("alice@example.test\u00ad"),
+            website_login("ALİCE_W"),
+            website_login("alicé_w"),
         )
-        assert list(make(mariadb).collect(Identity(ALICE, lookalikes))) == []
+        assert list(make(mariadb).collect(asked(*lookalikes))) == []
 
     def test_blank_identifiers_find_nothing(self, mariadb: str, make: Make) -> None:
         """An empty value does not match comments that have no author email (pingbacks)."""
-        blank = tuple(
-            Identifier(kind, v, "test") for v in ("", "  ") for kind in ("email", "username")
+        blank = tuple(i for v in ("", "  ") for i in (address(v), website_login(v)))
+        assert list(make(mariadb).collect(asked(*blank))) == []
+
+
+class TestLookalikes:
+    ACME_LOGIN = login(
+        "asmith", "keepass:vault/Clients/Acme Ltd", "ad:ACME", "tacticalrmm:rmm/Acme Ltd"
+    )
+
+    def test_a_vault_login_is_not_a_website_login(self, mariadb: str, make: Make) -> None:
+        """Alice's Windows login asmith is not the website's asmith: her search finds her own
+        account and comments only; the website's asmith, by address or by the login the site
+        yielded, finds theirs only."""
+        connector = make(mariadb, table_prefix="wpa_")
+        alice = by_key(connector.collect(asked(address(ALICE), self.ACME_LOGIN)))
+        assert set(alice) == {"user:3", "comment:11", "comment:14"}
+        assert "asmith" not in dump(alice.values())
+        visitor = by_key(connector.collect(asked(address("asmith.home@example.net"))))
+        assert set(visitor) == {"user:7", "comment:13"}
+        assert visitor["user:7"].yields == (
+            Identifier(
+                "username",
+                "asmith",
+                "wordpress 'blog': wpa_users.user_login of user ID 7",
+                WEBSITE,
+                Trust.SELF_ASSERTED,
+            ),
         )
-        assert list(make(mariadb).collect(Identity(ALICE, blank))) == []
+        again = by_key(connector.collect(by_username("asmith")))
+        assert set(again) == {"user:7", "comment:13"}
+        assert "Alice" not in dump([*visitor.values(), *again.values()])
+
+    def test_an_address_as_a_login_is_not_that_address(self, mariadb: str, make: Make) -> None:
+        """Mallory's login is alice's address: alice's search does not find his account, his
+        search yields it as a login (never as an address), and that login finds only his."""
+        connector = make(mariadb, table_prefix="wpa_")
+        alice = by_key(connector.collect(Identity.verified(ALICE)))
+        assert set(alice) == {"user:3", "comment:11", "comment:14"}
+        assert "CANARY-MALLORY" not in dump(alice.values())
+        mallory = by_key(connector.collect(Identity.verified("mallory@evil.test")))
+        assert set(mallory) == {"user:6", "comment:12"}
+        assert [(y.kind, y.value, y.namespace) for y in mallory["user:6"].yields] == [
+            ("username", ALICE, WEBSITE)
+        ]
+        again = by_key(connector.collect(by_username(ALICE)))
+        assert set(again) == {"user:6", "comment:12"}
+        assert "Alice, " not in dump(again.values())
+
+    def test_the_collation_alone_would_mix_them_up(self, mariadb: str) -> None:
+        """The premise: MariaDB itself answers strasse with straße, muller with müller, and
+        anna@strasse.test with anna@straße.test."""
+        engine = create_engine(mariadb)
+        try:
+            with engine.connect() as connection:
+
+                def ids(sql: str, value: str) -> set[int]:
+                    return {int(row[0]) for row in connection.execute(text(sql), {"v": value})}
+
+                users = "SELECT ID FROM wpc_users WHERE user_login = :v"
+                assert ids(users, "strasse") == {1, 2}
+                assert ids(users, "muller") == {3, 4}
+                emails = "SELECT ID FROM wpc_users WHERE user_email = :v"
+                assert ids(emails, "anna@strasse.test") == {1, 2}
+                comments = "SELECT comment_ID FROM wpc_comments WHERE comment_author_email = :v"
+                assert ids(comments, "carl@muller.test") == {3, 4}
+        finally:
+            engine.dispose()
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("anna@strasse.test", {"user:1", "comment:1"}),
+            ("anna@xn--strae-oqa.test", {"user:2", "comment:2"}),  # anna@straße.test
+            ("carl@muller.test", {"user:3", "comment:3"}),
+            ("carl@xn--mller-kva.test", {"user:4", "comment:4"}),  # carl@müller.test
+        ],
+    )
+    def test_collation_twins_by_address(
+        self, mariadb: str, make: Make, value: str, expected: set[str]
+    ) -> None:
+        """Each look-alike address finds its own account and comment, however it is stored
+        (Unicode or ASCII domain), and never the twin's."""
+        assert set(by_key(make(mariadb, table_prefix="wpc_").collect(asked(address(value))))) == (
+            expected
+        )
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("strasse", "user:1"), ("STRAßE", "user:2"), ("Muller", "user:3"), ("MÜLLER", "user:4")],
+    )
+    def test_collation_twins_by_login(
+        self, mariadb: str, make: Make, value: str, expected: str
+    ) -> None:
+        """Each look-alike login, in any case, finds its own account only."""
+        found = by_key(make(mariadb, table_prefix="wpc_").collect(by_username(value)))
+        assert set(found) == {expected}
 
 
 class TestSettingsAndPrefix:

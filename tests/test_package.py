@@ -20,14 +20,23 @@ from sarbot.connector import (
     OTHER_PERSON,
     Identifier,
     Record,
+    Trust,
     with_other_people_note,
 )
 from sarbot.export import ExportContext, SourceData, build_files
 from sarbot.package import Part, pack, write_private_file
 from sarbot.render import Templates
+from sarbot.testing.identity import login
 
 WHEN = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
-EMAIL = Identifier("email", "alice@example.test", "the request <i>")
+EMAIL = Identifier("email", "alice@example.test", "the request <i>", "email", Trust.VERIFIED)
+VAULT_LOGIN = login(
+    "asmith",
+    "keepass:vault/Clients/Acme Ltd",
+    "ad:ACME",
+    "tacticalrmm:rmm/Acme Ltd",
+    label="Acme Ltd",
+)
 HOSTILE = Record(
     category="Comment <b>bold</b>",
     fields={
@@ -95,7 +104,7 @@ class TestZip:
         data = json.loads(
             one_zip(context(SourceData("web", "Website", FACTS, [HOSTILE])))["data.json"]
         )
-        assert (data["format"], data["version"]) == ("sarbot-export", 1)
+        assert (data["format"], data["version"]) == ("sarbot-export", 2)
         [source] = data["sources"]
         assert source["name"] == "web" and source["record_count"] == 1
         assert source["records"][0] == {
@@ -104,12 +113,32 @@ class TestZip:
             "found_by": {
                 "kind": "email",
                 "value": "alice@example.test",
+                "namespace": "email",
+                "realm": "",
+                "trust": "verified",
                 "origin": "the request <i>",
             },
             "location": "table <t>",
             "notes": ["Information about <other> people was withheld."],
         }
         assert source["facts"]["purposes"] == "Spam <detection>"
+
+    def test_provenance_names_the_namespace_realm_and_trust(self) -> None:
+        """A login's provenance in data.json and the report: its directory, realm and trust."""
+        record = Record("Vault entry", {"Title": "AD account"}, VAULT_LOGIN, "entry 'x'")
+        found = one_zip(context(SourceData("vault", "Vault", FACTS, [record])))
+        [source] = json.loads(found["data.json"])["sources"]
+        assert source["records"][0]["found_by"] == {
+            "kind": "username",
+            "value": "asmith",
+            "namespace": "keepass:vault/Clients/Acme Ltd",
+            "realm": "Acme Ltd",
+            "trust": "controller",
+            "origin": "test",
+        }
+        html = found["index.html"].decode()
+        assert "How we found this: by your login asmith at Acme Ltd (test), in entry" in html
+        assert "How we found this: by your email address" not in html
 
     def test_html_escapes_everything(self) -> None:
         """Markup in data shows as text; the report has no scripts and no external resources."""
@@ -174,7 +203,12 @@ class TestCsv:
         assert header[:5] == ["content", "n", "none", "tags", "nested"]
         assert header[5:] == ["found by", "found by: where that came from", "location", "notes"]
         assert row[1:4] == ["3", "", '["a", "<b>"]']
-        assert row[5:7] == ["email alice@example.test", "the request <i>"]
+        assert row[5:7] == ["email address alice@example.test", "the request <i>"]
+
+    def test_a_login_is_described_with_its_realm(self) -> None:
+        """A record found by a login says whose directory the login is in, not a bare string."""
+        _, row = self.rows(Record("Vault entry", {"Title": "AD account"}, VAULT_LOGIN))
+        assert row[1:3] == ["login asmith at Acme Ltd", "test"]
 
     def test_formulas_cannot_run_in_a_spreadsheet(self) -> None:
         """Values a spreadsheet would evaluate are prefixed with an apostrophe."""

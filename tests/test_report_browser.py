@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from sarbot.config import ControllerSettings, SourceFacts
-from sarbot.connector import Identifier, Record
+from sarbot.connector import Identifier, Record, Trust
 from sarbot.export import ExportContext, SourceData, build_files
+from sarbot.graph import Link, Scope
 from tests.browser import (
     BrowserError,
     Dom,
@@ -30,9 +31,33 @@ from tests.browser import (
     render,
 )
 
-EMAIL = Identifier("email", "alice@example.test", "the address the request was verified from")
+EMAIL = Identifier(
+    "email", "alice@example.test", "the address the request was verified from", "email",
+    Trust.VERIFIED,
+)  # fmt: skip
 USERNAME = Identifier(
-    "username", "asmith", "keepass 'vault': entry 'Clients/Acme Ltd/Alice Smith', UserName field"
+    "username",
+    "asmith",
+    "keepass 'vault': entry 'Clients/Acme Ltd/Alice Smith', UserName field",
+    "keepass:vault/Clients/Acme Ltd",
+    Trust.CONTROLLER,
+    source="vault",
+    realm="Acme Ltd",
+)
+WEBSITE_LOGIN = Identifier(
+    "username",
+    "alice_s",
+    "wordpress 'website': wp_users.user_login of user ID 2",
+    "wordpress:website",
+    Trust.SELF_ASSERTED,
+    source="website",
+)
+OFFICE_IP = Identifier("ip", "203.0.113.24", "wordpress 'website': a comment", "ip")
+LINKS = (
+    Link(EMAIL, Scope.START),
+    Link(USERNAME, Scope.EVERYWHERE),
+    Link(WEBSITE_LOGIN, Scope.OWN_SOURCE, "chosen by whoever typed it, so looked up only in: x"),
+    Link(OFFICE_IP, Scope.NOT_FOLLOWED, "it can belong to several people"),
 )
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=http://evil.test/x>"
@@ -148,7 +173,7 @@ CONTEXT = ExportContext(
     confirmed_at=datetime(2026, 3, 2, 9, 41, tzinfo=UTC),
     generated_at=datetime(2026, 3, 2, 9, 45, tzinfo=UTC),
     sources=SOURCES,
-    identifiers=(EMAIL, USERNAME),
+    links=LINKS,
     missing=("Backups of the website",),
     partial_reason=PARTIAL_REASON,
 )
@@ -281,12 +306,17 @@ class TestSections:
             assert heading in headings
 
     def test_summary_and_identifiers(self, views: Views) -> None:
-        """The summary counts each source's records; each identifier is shown with its origin."""
+        """The summary counts each source's records; each identifier is shown with its realm,
+        its origin and how far it was followed, and why."""
         rows = views.report.dom.rows
         for source in SOURCES:
             assert [source.description, str(len(source.records))] in rows
-        assert [f"email: {EMAIL.value}", EMAIL.origin] in rows
-        assert [f"username: {USERNAME.value}", USERNAME.origin] in rows
+        assert ["login asmith at Acme Ltd", f"found in {USERNAME.origin}"] in rows
+        assert [
+            "login alice_s",
+            f"found in {WEBSITE_LOGIN.origin}; chosen by whoever typed it, so looked up only in: x",
+        ] in rows
+        assert ["IP address 203.0.113.24", "it can belong to several people"] in rows
 
     def test_facts_rows(self, views: Views) -> None:
         """Each source's facts are shown as rows, only those given, plus automated decisions."""
@@ -309,7 +339,10 @@ class TestSections:
         assert ["Empty", ""] in dom.rows
         text = dom.text
         assert "The entry's password and protected fields were withheld." in text
-        assert f"How we found this: by username asmith ({USERNAME.origin}), in agent 14." in text
+        assert (
+            f"How we found this: by your login asmith at Acme Ltd ({USERNAME.origin}), in agent 14."
+            in text
+        )
         assert "Backups of the website" in text and PARTIAL_REASON in text
         assert "privacy@redtrain.test" in text
 
@@ -322,9 +355,10 @@ class TestSections:
         assert ["Newsletter", "yes"] in dom.rows
 
     def test_every_table_is_whole(self, views: Views) -> None:
-        """Summary, identifiers, each facts table and one table per record: none broken up."""
+        """Summary, identifiers searched and not followed, each facts table and one table per
+        record: none broken up."""
         records = sum(len(source.records) for source in SOURCES)
-        assert views.report.dom.tags["table"] == 2 + len(SOURCES) + records + MAPPINGS
+        assert views.report.dom.tags["table"] == 3 + len(SOURCES) + records + MAPPINGS
 
 
 class TestHostileValues:
