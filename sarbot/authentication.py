@@ -6,8 +6,10 @@ receiving MTA's own is worth reading.  Two headers with a trusted id mean one
 of them is forged, and the message is treated as suspicious.  DKIM counts
 only when the signing domain (``header.d``) aligns with the From domain, as
 DMARC defines it: equal (strict), or within the same organisational domain
-(relaxed).  SPF never authenticates the From address.  Without a trusted
-header, sarbot can check DKIM signatures itself with dkimpy.
+(relaxed), which the Public Suffix List shipped in the ``publicsuffixlist``
+package decides (nothing is downloaded at run time).  SPF never authenticates
+the From address.  Without a trusted header, sarbot can check DKIM signatures
+itself with dkimpy.
 """
 
 from __future__ import annotations
@@ -21,40 +23,10 @@ from functools import cache
 import authres
 import dkim
 import dns.resolver
+from publicsuffixlist import PublicSuffixList
 
 from sarbot.config import VerificationSettings
 from sarbot.message import IncomingMail
-
-# Public suffixes with two labels, for relaxed alignment without a download of
-# the Public Suffix List: enough that "co.uk" is never taken for an organisation.
-TWO_LABEL_SUFFIXES = frozenset(
-    {
-        "co.uk",
-        "org.uk",
-        "ac.uk",
-        "gov.uk",
-        "ltd.uk",
-        "plc.uk",
-        "me.uk",
-        "net.uk",
-        "sch.uk",
-        "nhs.uk",
-        "police.uk",
-        "com.au",
-        "net.au",
-        "org.au",
-        "co.nz",
-        "co.za",
-        "com.br",
-        "co.jp",
-        "co.in",
-        "com.cn",
-        "com.mx",
-        "co.kr",
-        "com.tr",
-        "com.sg",
-    }
-)
 
 DnsFunc = Callable[..., bytes]
 
@@ -68,17 +40,42 @@ class Evidence:
     suspicious: str = ""
 
 
-def organisational_domain(domain: str) -> str:
-    labels = domain.lower().rstrip(".").split(".")
-    keep = 3 if ".".join(labels[-2:]) in TWO_LABEL_SUFFIXES else 2
-    return ".".join(labels[-keep:])
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List shipped with the ``publicsuffixlist`` package (read once)."""
+    return PublicSuffixList()
+
+
+def organisational_domain(domain: str) -> str | None:
+    """The organisational domain (RFC 7489 section 3.2), or None for a public suffix.
+
+    The longest matching rule of the Public Suffix List, both its ICANN and its
+    private sections, plus one label.  A top-level domain the list does not
+    name falls under its default rule ``*``: the TLD alone is the public
+    suffix, so ``mail.example.test`` belongs to ``example.test``.
+    """
+    name = domain.lower().rstrip(".")
+    if not name:
+        return None
+    return _public_suffixes().privatesuffix(name)
 
 
 def aligned(signing_domain: str, from_domain: str, mode: str) -> bool:
+    """Whether a DKIM signing domain aligns with the From domain (RFC 7489 section 3.1.1).
+
+    Strict: the domains are equal.  Relaxed: equal, or both under the same
+    organisational domain; a public suffix (``co.uk``) has none, so it aligns
+    only with itself.
+    """
     signing, sender = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    if not signing or not sender:
+        return False
+    if signing == sender:
+        return True
     if mode == "strict":
-        return signing == sender
-    return organisational_domain(signing) == organisational_domain(sender)
+        return False
+    organisation = organisational_domain(sender)
+    return organisation is not None and organisational_domain(signing) == organisation
 
 
 def evaluate(
