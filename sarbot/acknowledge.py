@@ -36,7 +36,7 @@ from sarbot.encryption import KeyChoice, find_key
 from sarbot.lifecycle import audit, start_the_clock, transition
 from sarbot.message import IncomingMail
 from sarbot.models import OutgoingMail, Request
-from sarbot.reference import next_reference
+from sarbot.reference import new_reference
 from sarbot.states import TERMINAL, MailKind, Outcome, RequestState
 from sarbot.verify import Verdict
 
@@ -154,7 +154,7 @@ class Acknowledger:
                 else ""
             )
         request = Request(
-            reference=next_reference(session, limits.reference_prefix, now.year),
+            reference=new_reference(session, limits.reference_prefix, now.year),
             email=sender,
             state=RequestState.RECEIVED,
             attempts=0,

@@ -77,7 +77,7 @@ class TestRequestSubjects:
 class TestReplies:
     def test_reply_citing_our_message_id_is_a_reply(self) -> None:
         """In-Reply-To naming sarbot's domain makes a reply, whatever the subject."""
-        raw = mail("anything", "In-Reply-To: <SAR-2026-0001.abc@redtrain.test>")
+        raw = mail("anything", "In-Reply-To: <SAR-2026-48213907.abc@redtrain.test>")
         assert kind(raw) is Kind.REPLY
 
     def test_reference_in_subject_is_a_reply_even_with_the_phrase(self) -> None:

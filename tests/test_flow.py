@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import sqlite3
 import zipfile
@@ -91,6 +92,7 @@ class TestWholeFlow:
         ack = alice.wait_for(ACK)
         request = bot.request()
         assert request.state is RequestState.AWAITING_CONFIRMATION
+        assert re.fullmatch(rf"SAR-{request.received_at.year}-\d{{8}}", request.reference)
         assert request.reference in str(ack["Subject"])
         assert ack["In-Reply-To"] == request_id
         assert ack["Auto-Submitted"] == "auto-replied"
