@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sarbot import outbox
-from sarbot.addresses import InvalidAddress, single_sender
 from sarbot.challenge import (
     cited_tokens,
     matches,
@@ -50,10 +49,9 @@ class Verifier:
         self, session: Session, mail: IncomingMail, found: Classification, *, now: datetime
     ) -> Verdict:
         """Decide what a reply to sarbot's mail does: confirm a request, or nothing."""
-        try:
-            sender = single_sender(mail.header("from"))
-        except InvalidAddress as exc:
-            return Verdict(Outcome.INVALID_SENDER, reason=str(exc))
+        sender = mail.sender
+        if sender is None:
+            return Verdict(Outcome.INVALID_SENDER, reason=mail.sender_problem)
         request, proof = self._proven_request(session, mail, found)
         if request is None:
             return self._unproven(session, sender, mail, found, now=now)

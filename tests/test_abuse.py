@@ -7,6 +7,7 @@ after verification.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,6 +15,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
+import structlog
 
 from sarbot.states import MailKind, Outcome, RequestState
 from sarbot.testing import Correspondent, subject_contains
@@ -41,6 +43,33 @@ def request_mail(
         message[name.replace("_", "-")] = value
     message.set_content(body)
     return message.as_bytes()
+
+
+def written_mail(from_fields: list[str], to: str, *extra: str) -> bytes:
+    """A request mail written out byte for byte, its From fields exactly as given."""
+    lines = [
+        *(f"From: {value}" for value in from_fields),
+        f"To: {to}",
+        "Subject: GDPR DATA REQUEST",
+        f"Message-ID: {make_msgid(domain='evil.test')}",
+        "Date: Thu, 26 Nov 2026 10:00:00 +0000",
+        *extra,
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        "Please send me my data.",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+def q_encoded(text: str) -> str:
+    """``text`` as one RFC 2047 Q encoded word, every character but letters and digits escaped."""
+    return "=?utf-8?q?" + "".join(c if c.isalnum() else f"={ord(c):02X}" for c in text) + "?="
+
+
+def b_encoded(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
 
 
 def deliver(
@@ -121,6 +150,96 @@ class TestSpoofedSender:
         request = bot.request()
         assert request.state is RequestState.NEEDS_REVIEW
         assert "more than one Authentication-Results" in (request.review_reason or "")
+
+    def test_an_unreadable_trusted_result_makes_the_request_wait_for_review(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """A header with the trusted id that cannot be parsed is not skipped: review, saying why."""
+        bot = make_bot(verification={"mode": "reply_or_dmarc", **TRUSTED})
+        alice = person("alice", "example.test")
+        raw = request_mail(alice.address, bot.address)
+        unreadable = (
+            b"Authentication-Results: mail.redtrain.test; dkim=pass header.d=example.test;;\r\n"
+        )
+        bot.support.append(unreadable + raw)  # as if it reached the mailbox another way
+        bot.run_once()
+        request = bot.request()
+        assert request.state is RequestState.NEEDS_REVIEW
+        assert not request.authenticated
+        assert request.review_reason == (
+            "an Authentication-Results header with a trusted authserv-id could not be read"
+        )
+        assert alice.wait_for(ACK)  # the challenge goes out: the reply is still needed
+
+    def test_an_encoded_authserv_id_is_not_the_trusted_verifier(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """``=?utf-8?q?mail.redtrain.test?=`` passes OpenDKIM untouched and is still not trusted."""
+        bot = make_bot(verification={"mode": "reply_or_dmarc", **TRUSTED})
+        alice = person("alice", "example.test")
+        forged = f"{q_encoded('mail.redtrain.test')}; dkim=pass header.d=example.test"
+        deliver(
+            bot,
+            alice,
+            written_mail([alice.address], bot.address, f"Authentication-Results: {forged}"),
+        )
+        [arrived] = bot.support.messages()
+        written = [v for k, v in arrived.raw_items() if k.lower() == "authentication-results"]
+        assert forged in [" ".join(value.split()) for value in written]  # OpenDKIM kept it
+        bot.run_once()
+        alice.wait_for(ACK)
+        request = bot.request()
+        assert (request.state, request.review_reason) == (RequestState.AWAITING_CONFIRMATION, None)
+        assert not request.authenticated
+        assert "(mail.redtrain.test: dkim=none" in (request.authentication or "")
+
+
+class TestTheFromFieldAsWritten:
+    @pytest.mark.parametrize("encode", [q_encoded, b_encoded], ids=["q", "b"])
+    def test_an_encoded_display_name_naming_the_victim_is_not_the_sender(
+        self, bot: Bot, person: Person, encode: Callable[[str], str]
+    ) -> None:
+        """``From: =?utf-8?q?alice=40...?= <mallory@...>`` is mallory's request; alice gets none."""
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        raw = written_mail([f"{encode(alice.address)} <{mallory.address}>"], bot.address)
+        deliver(bot, mallory, raw)
+        bot.run_once()
+        mallory.wait_for(ACK)
+        assert [(r.email, r.state) for r in bot.requests()] == [
+            (mallory.address, RequestState.AWAITING_CONFIRMATION)
+        ]
+        assert {m.recipient for m in bot.outgoing() if not m.kind.to_operators} == {mallory.address}
+        assert alice.messages() == []
+
+    @pytest.mark.parametrize(
+        ("fields", "reason"),
+        [
+            (lambda alice, mallory: [alice, mallory], "more than one From header"),
+            (lambda alice, mallory: [mallory, alice], "more than one From header"),
+            (lambda alice, mallory: [alice, alice], "more than one From header"),
+            (lambda alice, mallory: [f"{alice} <{mallory}>"], "malformed From header"),
+        ],
+        ids=["victim first", "victim second", "twice the same", "unquoted address as name"],
+    )
+    def test_a_second_or_malformed_from_field_is_left_for_a_person(
+        self, bot: Bot, person: Person, fields: Callable[[str, str], list[str]], reason: str
+    ) -> None:
+        """Postfix takes it; sarbot refuses it (invalid sender), logs why and leaves it unread."""
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        raw = written_mail(fields(alice.address, mallory.address), bot.address)
+        deliver(bot, mallory, raw)
+        with structlog.testing.capture_logs() as logs:
+            bot.run_once()
+        assert bot.requests() == []
+        assert [m for m in bot.outgoing() if not m.kind.to_operators] == []
+        [seen] = bot.seen()
+        assert seen.outcome is Outcome.INVALID_SENDER
+        [refused] = [e for e in logs if e["event"] == "mail.refused"]
+        assert refused["outcome"] == "invalid_sender"
+        assert refused["reason"] == reason
+        assert alice.address not in str(logs) and mallory.address not in str(logs)
+        assert [flags for _, flags in bot.support.flags("INBOX")] == [()]  # still unread
+        assert alice.messages() == [] and mallory.messages() == []
 
 
 class TestDkimPolicy:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from sarbot.authentication import aligned, organisational_domain
+from sarbot.authentication import UNREADABLE_RESULTS, aligned, evaluate, organisational_domain
+from sarbot.config import VerificationSettings
+from sarbot.message import IncomingMail, parse_headers
 
 
 class TestOrganisationalDomain:
@@ -80,3 +82,65 @@ class TestAlignment:
         """An empty or missing signing domain is no alignment."""
         assert not aligned("", "example.test", "relaxed")
         assert not aligned(".", "example.test", "relaxed")
+
+
+TRUSTING = VerificationSettings(trusted_authserv_ids=("mail.redtrain.test",))
+
+
+def headed(*results: str) -> IncomingMail:
+    """A request mail from alice@example.test carrying these Authentication-Results fields."""
+    head = "".join(f"Authentication-Results: {value}\r\n" for value in results)
+    return parse_headers(
+        f"{head}From: alice@example.test\r\nSubject: GDPR DATA REQUEST\r\n\r\nhi\r\n".encode()
+    )
+
+
+class TestTrustedResults:
+    def test_the_trusted_verifiers_aligned_pass_authenticates(self) -> None:
+        """The one header with the trusted id, dkim=pass for the From domain: authenticated."""
+        evidence = evaluate(
+            headed("(ours) mail.redtrain.test 1;\r\n dkim=pass header.d=example.test"),
+            "alice@example.test",
+            TRUSTING,
+        )
+        assert (evidence.aligned_dkim, evidence.suspicious) == (True, "")
+
+    @pytest.mark.parametrize(
+        "authserv_id", ["=?utf-8?q?mail.redtrain.test?=", "=?utf-8?b?bWFpbC5yZWR0cmFpbi50ZXN0?="]
+    )
+    def test_an_encoded_authserv_id_is_not_the_trusted_one(self, authserv_id: str) -> None:
+        """Trust is decided on the id as written: an encoded word is somebody else's header."""
+        mail = headed(f"{authserv_id}; dkim=pass header.d=example.test")
+        evidence = evaluate(mail, "alice@example.test", TRUSTING)
+        assert (evidence.aligned_dkim, evidence.suspicious) == (False, "")
+        assert evidence.summary == "no trusted authentication results"
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "mail.redtrain.test; dkim",
+            "mail.redtrain.test; dkim=pass header.d=example.test;;",
+            '"mail.redtrain.test"; dkim=pass header.d=example.test',
+            "mail.redtrain.test",
+        ],
+        ids=["no result", "empty resinfo", "quoted id", "nothing after the id"],
+    )
+    def test_an_unreadable_trusted_header_is_suspicious(self, value: str) -> None:
+        """A trusted verifier's header that cannot be parsed is not skipped: a person looks."""
+        evidence = evaluate(headed(value), "alice@example.test", TRUSTING)
+        assert not evidence.aligned_dkim
+        assert evidence.suspicious == UNREADABLE_RESULTS
+
+    def test_an_unreadable_header_of_another_id_is_ignored(self) -> None:
+        """Anyone can write a broken header under their own id: it counts for nothing."""
+        mail = headed("evil.test; dkim", "mail.redtrain.test; dkim=none")
+        evidence = evaluate(mail, "alice@example.test", TRUSTING)
+        assert (evidence.aligned_dkim, evidence.suspicious) == (False, "")
+        assert evidence.summary == "no aligned DKIM pass (mail.redtrain.test: dkim=none)"
+
+    def test_a_readable_and_an_unreadable_trusted_header_are_two(self) -> None:
+        """Two headers with the trusted id, one of them broken: one is forged."""
+        mail = headed("mail.redtrain.test; dkim=pass header.d=example.test", "mail.redtrain.test")
+        evidence = evaluate(mail, "alice@example.test", TRUSTING)
+        assert not evidence.aligned_dkim
+        assert evidence.suspicious.startswith("more than one Authentication-Results header")
