@@ -45,19 +45,25 @@ def request_mail(
     return message.as_bytes()
 
 
-def written_mail(from_fields: list[str], to: str, *extra: str) -> bytes:
-    """A request mail written out byte for byte, its From fields exactly as given."""
+def written_mail(
+    from_fields: list[str],
+    to: str,
+    *extra: str,
+    subject: str = "GDPR DATA REQUEST",
+    body: str = "Please send me my data.",
+) -> bytes:
+    """A mail written out byte for byte, its From fields exactly as given."""
     lines = [
         *(f"From: {value}" for value in from_fields),
         f"To: {to}",
-        "Subject: GDPR DATA REQUEST",
+        f"Subject: {subject}",
         f"Message-ID: {make_msgid(domain='evil.test')}",
         "Date: Thu, 26 Nov 2026 10:00:00 +0000",
         *extra,
         "MIME-Version: 1.0",
         "Content-Type: text/plain; charset=utf-8",
         "",
-        "Please send me my data.",
+        body,
         "",
     ]
     return "\r\n".join(lines).encode()
@@ -79,6 +85,14 @@ def deliver(
     sender.send_raw(raw, bot.address, envelope_from=envelope_from)
     marker = raw.split(b"Message-ID: ", 1)[1].split(b"\n", 1)[0].strip().decode()
     bot.support.wait_for(lambda m: m["Message-ID"] == marker)
+
+
+def code_in(ack: EmailMessage) -> str:
+    """The confirmation code an acknowledgement prints (the one indented line)."""
+    body = ack.get_body(preferencelist=("plain",))
+    assert body is not None
+    text: str = body.get_content()
+    return next(line.strip() for line in text.splitlines() if line.startswith("    "))
 
 
 def confirm(bot: Bot, alice: Correspondent) -> None:
@@ -210,6 +224,31 @@ class TestTheFromFieldAsWritten:
         ]
         assert {m.recipient for m in bot.outgoing() if not m.kind.to_operators} == {mallory.address}
         assert alice.messages() == []
+
+    def test_wrong_codes_under_an_encoded_display_name_are_not_the_requesters(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """mallory's wrong codes, his From dressed as alice's, count against no one."""
+        bot = make_bot(requests={"max_confirmation_attempts": 2})
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        deliver(bot, alice, request_mail(alice.address, bot.address))
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        reference = bot.request().reference
+        dressed = f"{q_encoded(alice.address)} <{mallory.address}>"
+        for n in range(3):
+            raw = written_mail(
+                [dressed], bot.address, subject=f"{reference} {n}", body=f"ABCD-EFG{'HJK'[n]}"
+            )
+            deliver(bot, mallory, raw)
+        bot.run_once()
+        assert bot.request().confirmation_failures == 0
+        assert [s.outcome for s in bot.seen()][1:] == [Outcome.CONFIRMATION_REFUSED] * 3
+        alice.send(bot.address, f"{reference} the code", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("the code"))
+        bot.run_once()
+        assert bot.request().confirmed_at is not None
+        assert mallory.messages() == []
 
     @pytest.mark.parametrize(
         ("fields", "reason"),
@@ -406,7 +445,8 @@ class TestConfirmationAttacks:
     def test_guessed_codes_are_limited_per_request(
         self, bot: Bot, person: Person, body: str, waiting: RequestState
     ) -> None:
-        """After five wrong codes even the right one is refused, also while in review."""
+        """After five wrong codes even the right code is refused, also while in review;
+        the reply citing the token still confirms."""
         alice = person("alice", "example.test")
         deliver(bot, alice, request_mail(alice.address, bot.address, body))
         bot.run_once()
@@ -418,11 +458,91 @@ class TestConfirmationAttacks:
         bot.support.wait_for(subject_contains("guess 4"))
         bot.run_once()
         assert bot.request().confirmation_failures == 5
-        alice.reply(ack, "the real one")
-        bot.support.wait_for(lambda m: "the real one" in m.get_content())
+        alice.send(bot.address, f"{reference} the real code", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("the real code"))
         bot.run_once()
         assert (bot.request().state, bot.request().confirmed_at) == (waiting, None)
         assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION_REFUSED
+        alice.reply(ack, "the real reply")
+        bot.support.wait_for(lambda m: "the real reply" in m.get_content())
+        bot.run_once()
+        assert bot.request().confirmed_at is not None
+        assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION
+
+    def test_wrong_codes_are_limited_per_address_a_day(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """Over the address's daily limit the right code is refused too; a day later it works."""
+        bot = make_bot(
+            requests={"max_confirmation_attempts": 5, "max_confirmation_attempts_per_sender": 2}
+        )
+        alice = person("alice", "example.test")
+        deliver(bot, alice, request_mail(alice.address, bot.address))
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        reference = bot.request().reference
+        for n in range(2):
+            alice.send(bot.address, f"{reference} guess {n}", f"code ABCD-EFG{'HJ'[n]}")
+        bot.support.wait_for(subject_contains("guess 1"))
+        bot.run_once()
+        alice.send(bot.address, f"{reference} the real code", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("the real code"))
+        bot.run_once()
+        assert bot.request().confirmed_at is None
+        bot.offset = timedelta(days=1, minutes=1)
+        alice.send(bot.address, f"{reference} once more", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("once more"))
+        bot.run_once()
+        assert bot.request().confirmed_at is not None
+
+    def test_forged_failures_never_lock_out_the_genuine_reply(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """mallory, as ``From: alice``, sends wrong codes and tokens past every limit; alice's
+        reply to the acknowledgement still confirms, she gets her data, mallory nothing."""
+        bot = make_bot(
+            requests={"max_confirmation_attempts": 2, "max_confirmation_attempts_per_sender": 3}
+        )
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        deliver(bot, alice, request_mail(alice.address, bot.address))
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        reference = bot.request().reference
+        guessed = f"<{reference}.{'A' * 32}@{bot.address.partition('@')[2]}>"
+        for n in range(4):
+            mallory.send(
+                bot.address,
+                f"{reference} forged {n}",
+                f"code ABCD-EFG{'HJKM'[n]}",
+                from_header=alice.address,
+            )
+        for n in range(2):
+            mallory.send(
+                bot.address,
+                f"Re: {ack['Subject']} forged token {n}",
+                "yes",
+                from_header=alice.address,
+                headers={"In-Reply-To": guessed, "References": guessed},
+            )
+        bot.support.wait_for(subject_contains("forged token 1"))
+        bot.run_once()
+        request = bot.request()
+        assert (request.state, request.confirmation_failures) == (
+            RequestState.AWAITING_CONFIRMATION,
+            4,
+        )
+        events = [e.event for e in bot.audit()]
+        assert (events.count("confirmation.failed"), events.count("confirmation.wrong_token")) == (
+            4,
+            2,
+        )
+        alice.reply(ack, "it is me")
+        bot.support.wait_for(lambda m: "it is me" in m.get_content())
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        assert bot.request().state is RequestState.DELIVERED
+        assert {m.recipient for m in bot.outgoing() if not m.kind.to_operators} == {alice.address}
+        assert mallory.messages() == []
 
 
 class TestFloods:

@@ -246,7 +246,10 @@ class TestConfirmation:
         bot.run_once()
         request = bot.request()
         assert request.state is RequestState.AWAITING_CONFIRMATION
-        assert request.confirmation_failures == 1
+        assert request.confirmation_failures == 0  # a wrong token is recorded, never counted
+        assert [e.reason for e in bot.audit() if e.event == "confirmation.wrong_token"] == [
+            "wrong token"
+        ]
         assert mallory.messages() == []
 
     def test_code_quoted_with_the_reference_confirms(self, bot: Bot, person: Person) -> None:
