@@ -11,7 +11,9 @@ policy (``[verification] mode``):
 * ``manual``: the challenge reply is required, and then an operator approves.
 
 A request that asks for the data to go to another address, or whose
-authentication results look forged, waits for an operator (``needs_review``).
+authentication results look forged or cannot be read, waits for an operator
+(``needs_review``).  The sender is the one ``IncomingMail`` parsed from the
+From field as written; a mail without one is refused (``invalid_sender``).
 Acknowledgements are capped per address and per domain a day and overall an
 hour; a request over a cap waits and is acknowledged when the cap allows.
 A second request mail from an address with an open request joins that one.
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
 from sarbot import outbox
-from sarbot.addresses import InvalidAddress, mask_address, normalize_address, single_sender
+from sarbot.addresses import InvalidAddress, mask_address, normalize_address
 from sarbot.authentication import Evidence, evaluate, resolver
 from sarbot.challenge import challenge_message_id, digest, new_challenge
 from sarbot.compose import Composer, as_bytes, new_message_id
@@ -36,7 +38,7 @@ from sarbot.encryption import KeyChoice, find_key
 from sarbot.lifecycle import audit, start_the_clock, transition
 from sarbot.message import IncomingMail
 from sarbot.models import OutgoingMail, Request
-from sarbot.reference import next_reference
+from sarbot.reference import new_reference
 from sarbot.states import TERMINAL, MailKind, Outcome, RequestState
 from sarbot.verify import Verdict
 
@@ -75,10 +77,9 @@ class Acknowledger:
         self, session: Session, mail: IncomingMail, *, now: datetime, log: FilteringBoundLogger
     ) -> Verdict:
         """A request for this mail: a new one, or the sender's open one."""
-        try:
-            sender = single_sender(mail.header("from"))
-        except InvalidAddress as exc:
-            return Verdict(Outcome.INVALID_SENDER, reason=str(exc))
+        sender = mail.sender
+        if sender is None:
+            return Verdict(Outcome.INVALID_SENDER, reason=mail.sender_problem)
         existing = self._open_request_of(session, sender)
         if existing is not None:
             return self._join(session, existing, now=now, log=log)
@@ -154,7 +155,7 @@ class Acknowledger:
                 else ""
             )
         request = Request(
-            reference=next_reference(session, limits.reference_prefix, now.year),
+            reference=new_reference(session, limits.reference_prefix, now.year),
             email=sender,
             state=RequestState.RECEIVED,
             attempts=0,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
+from email.errors import InvalidHeaderDefect
 from email.headerregistry import HeaderRegistry
 
 import idna
@@ -27,6 +29,7 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _HEADERS = HeaderRegistry()
+_FOLDING_RE = re.compile(r"\r?\n(?=[ \t])")
 
 
 class InvalidAddress(ValueError):
@@ -57,24 +60,42 @@ def _normalize_domain(domain: str) -> str:
 
 
 def single_sender(header_value: str | None) -> str:
-    """The one normalised mailbox of a From header, or raise InvalidAddress.
+    """The one normalised mailbox of a From header as written, or raise InvalidAddress.
 
-    The display name is ignored entirely: only the addr-spec counts, so
-    ``"alice@example.test" <mallory@evil.test>`` is mallory.
+    ``header_value`` is the field as it arrived, before any RFC 2047 decoding:
+    an encoded word can only ever be a display name, and a display name is
+    ignored entirely, so ``"alice@example.test" <mallory@evil.test>`` and
+    ``=?utf-8?q?alice=40example.test?= <mallory@evil.test>`` are both mallory.
+    A field the parser finds malformed is refused rather than guessed at:
+    ``alice@example.test <mallory@evil.test>`` names no one.
     """
-    if not header_value:
+    if not header_value or not header_value.strip():
         raise InvalidAddress("no From header")
     try:
-        header = _HEADERS("from", header_value)
+        header = _HEADERS("from", _FOLDING_RE.sub("", header_value))
         addresses = header.addresses  # type: ignore[attr-defined]
+        defects = header.defects
     except Exception:  # the stdlib parser raises assorted errors on hostile input
         raise InvalidAddress("unparsable From header") from None
+    if any(isinstance(defect, InvalidHeaderDefect) for defect in defects):
+        raise InvalidAddress("malformed From header")
     if len(addresses) != 1:
         raise InvalidAddress("From must name exactly one mailbox")
     addr = addresses[0]
     if not addr.username or not addr.domain:
         raise InvalidAddress("From has no usable address")
     return normalize_address(f"{addr.username}@{addr.domain}")
+
+
+def sender_of(from_fields: Sequence[str]) -> str:
+    """The sender named by a message's From fields (each as written), or raise InvalidAddress.
+
+    A message has exactly one From field (RFC 5322 section 3.6): a second one
+    is refused, whichever of the two a mail client would show.
+    """
+    if len(from_fields) > 1:
+        raise InvalidAddress("more than one From header")
+    return single_sender(from_fields[0] if from_fields else None)
 
 
 def domain_of(address: str) -> str:

@@ -2,12 +2,17 @@
 
 Only ``Authentication-Results`` headers whose authserv-id the admin trusts
 count (RFC 8601 section 7.1): anyone can write such a header, and only the
-receiving MTA's own is worth reading.  Two headers with a trusted id mean one
-of them is forged, and the message is treated as suspicious.  DKIM counts
+receiving MTA's own is worth reading.  Whether a header is trusted is decided
+from its authserv-id as written, before the rest is parsed (and before any
+RFC 2047 decoding).  Two headers with a trusted id mean one of them is
+forged, and one with a trusted id that cannot be parsed cannot be judged:
+either way the message is treated as suspicious, and a person looks.  DKIM counts
 only when the signing domain (``header.d``) aligns with the From domain, as
 DMARC defines it: equal (strict), or within the same organisational domain
-(relaxed).  SPF never authenticates the From address.  Without a trusted
-header, sarbot can check DKIM signatures itself with dkimpy.
+(relaxed), which the Public Suffix List shipped in the ``publicsuffixlist``
+package decides (nothing is downloaded at run time).  SPF never authenticates
+the From address.  Without a trusted header, sarbot can check DKIM signatures
+itself with dkimpy.
 """
 
 from __future__ import annotations
@@ -21,42 +26,16 @@ from functools import cache
 import authres
 import dkim
 import dns.resolver
+from publicsuffixlist import PublicSuffixList
 
 from sarbot.config import VerificationSettings
 from sarbot.message import IncomingMail
 
-# Public suffixes with two labels, for relaxed alignment without a download of
-# the Public Suffix List: enough that "co.uk" is never taken for an organisation.
-TWO_LABEL_SUFFIXES = frozenset(
-    {
-        "co.uk",
-        "org.uk",
-        "ac.uk",
-        "gov.uk",
-        "ltd.uk",
-        "plc.uk",
-        "me.uk",
-        "net.uk",
-        "sch.uk",
-        "nhs.uk",
-        "police.uk",
-        "com.au",
-        "net.au",
-        "org.au",
-        "co.nz",
-        "co.za",
-        "com.br",
-        "co.jp",
-        "co.in",
-        "com.cn",
-        "com.mx",
-        "co.kr",
-        "com.tr",
-        "com.sg",
-    }
-)
-
 DnsFunc = Callable[..., bytes]
+UNREADABLE_RESULTS = "an Authentication-Results header with a trusted authserv-id could not be read"
+_AUTHSERV_ID_RE = re.compile(
+    r'[ \t]*(?:\([^()]*\)[ \t]*)*(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<token>[^\s;()"]+))'
+)
 
 
 @dataclass(frozen=True)
@@ -68,17 +47,42 @@ class Evidence:
     suspicious: str = ""
 
 
-def organisational_domain(domain: str) -> str:
-    labels = domain.lower().rstrip(".").split(".")
-    keep = 3 if ".".join(labels[-2:]) in TWO_LABEL_SUFFIXES else 2
-    return ".".join(labels[-keep:])
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List shipped with the ``publicsuffixlist`` package (read once)."""
+    return PublicSuffixList()
+
+
+def organisational_domain(domain: str) -> str | None:
+    """The organisational domain (RFC 7489 section 3.2), or None for a public suffix.
+
+    The longest matching rule of the Public Suffix List, both its ICANN and its
+    private sections, plus one label.  A top-level domain the list does not
+    name falls under its default rule ``*``: the TLD alone is the public
+    suffix, so ``mail.example.test`` belongs to ``example.test``.
+    """
+    name = domain.lower().rstrip(".")
+    if not name:
+        return None
+    return _public_suffixes().privatesuffix(name)
 
 
 def aligned(signing_domain: str, from_domain: str, mode: str) -> bool:
+    """Whether a DKIM signing domain aligns with the From domain (RFC 7489 section 3.1.1).
+
+    Strict: the domains are equal.  Relaxed: equal, or both under the same
+    organisational domain; a public suffix (``co.uk``) has none, so it aligns
+    only with itself.
+    """
     signing, sender = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    if not signing or not sender:
+        return False
+    if signing == sender:
+        return True
     if mode == "strict":
-        return signing == sender
-    return organisational_domain(signing) == organisational_domain(sender)
+        return False
+    organisation = organisational_domain(sender)
+    return organisation is not None and organisational_domain(signing) == organisation
 
 
 def evaluate(
@@ -86,12 +90,19 @@ def evaluate(
 ) -> Evidence:
     """Read the trusted results (or check DKIM ourselves) for this sender."""
     from_domain = sender.rpartition("@")[2]
-    trusted = _trusted_headers(mail, settings)
-    if len(trusted) > 1:
+    trusted, unreadable = _trusted_headers(mail, settings)
+    if len(trusted) + unreadable > 1:
+        count = len(trusted) + unreadable
         return Evidence(
             False,
-            f"{len(trusted)} Authentication-Results headers carry a trusted id; one is forged",
+            f"{count} Authentication-Results headers carry a trusted id; one is forged",
             suspicious="more than one Authentication-Results header with a trusted authserv-id",
+        )
+    if unreadable:
+        return Evidence(
+            False,
+            "an Authentication-Results header with a trusted id could not be read",
+            suspicious=UNREADABLE_RESULTS,
         )
     if trusted:
         header = trusted[0]
@@ -110,19 +121,41 @@ def evaluate(
     return Evidence(False, "no trusted authentication results")
 
 
+def authserv_id(value: str) -> str:
+    """The authserv-id of an Authentication-Results field as written, or "".
+
+    Read before, and apart from, parsing the rest: the first token (or quoted
+    string) after any comments.  An RFC 2047 encoded word is taken as it is
+    written, so ``=?utf-8?q?mail.example?=`` is never ``mail.example``.
+    """
+    match = _AUTHSERV_ID_RE.match(value)
+    if match is None:
+        return ""
+    if match["quoted"] is not None:
+        return re.sub(r"\\(.)", r"\1", match["quoted"])
+    return match["token"] or ""
+
+
 def _trusted_headers(
     mail: IncomingMail, settings: VerificationSettings
-) -> list[authres.AuthenticationResultsHeader]:
+) -> tuple[list[authres.AuthenticationResultsHeader], int]:
+    """The parsed headers whose authserv-id is trusted, and how many such could not be read."""
     ids = {i.casefold() for i in settings.trusted_authserv_ids}
-    found = []
-    for value in mail.headers.get("authentication-results", ()):
+    found, unreadable = [], 0
+    for value in mail.authentication_results:
+        written_id = authserv_id(value).casefold()
+        if written_id not in ids:
+            continue  # anyone can write one: only the trusted verifier's count
         try:
             header = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
-        except Exception:  # a malformed header is no evidence at all  # noqa: S112
+        except Exception:  # a trusted verifier's header that cannot be read: a person looks
+            unreadable += 1
             continue
-        if str(header.authserv_id).casefold() in ids:
-            found.append(header)
-    return found
+        if str(header.authserv_id).casefold() != written_id:
+            unreadable += 1  # the parser read another id than the one written
+            continue
+        found.append(header)
+    return found, unreadable
 
 
 def _header_d(result: authres.AuthenticationResult) -> str:

@@ -1,7 +1,7 @@
 """Proof that the requester controls the address: challenge tokens and codes.
 
 The acknowledgement's Message-ID embeds a 192-bit random token:
-``<SAR-2026-0001.TOKEN@domain>``.  A reply cites it in In-Reply-To or
+``<SAR-2026-48213907.TOKEN@domain>``.  A reply cites it in In-Reply-To or
 References.  Mail clients that drop those headers are served by a short code
 printed in the acknowledgement, quoted together with the reference.  Only
 hashes are stored; comparisons are constant-time.

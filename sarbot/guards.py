@@ -6,7 +6,6 @@ mail loops or let a machine confirm a request on a person's behalf.
 
 from __future__ import annotations
 
-from sarbot.addresses import InvalidAddress, single_sender
 from sarbot.message import IncomingMail
 
 LOOP_HEADER = "X-Sarbot-Loop"
@@ -30,10 +29,7 @@ def refusal(mail: IncomingMail, own_address: str) -> str | None:
     return_path = mail.header("return-path")
     if return_path is not None and return_path.strip() in {"<>", ""}:
         return "null_sender"
-    try:
-        sender = single_sender(mail.header("from"))
-    except InvalidAddress:
-        sender = None
+    sender = mail.sender  # parsed from the From field as written, not a decoded display name
     if sender == own_address:
         return "own_mail"
     if sender is not None and sender.partition("@")[0] in _SYSTEM_LOCAL_PARTS:

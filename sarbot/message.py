@@ -2,6 +2,13 @@
 
 Parsing never raises: a message that cannot be read in part gives empty
 fields, and the classification of an empty field is always "leave alone".
+
+``headers`` holds every field with its RFC 2047 encoded words decoded, for
+reading (the subject, say).  What decides who sent a message is read from the
+fields as written instead, before any decoding, where an encoded word cannot
+pass for an address or an authserv-id: the sender (``sender``, or why there
+is none in ``sender_problem``), parsed once here, and the
+``Authentication-Results`` fields (``authentication_results``).
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from email.policy import compat32
 
 import mailparser
 
+from sarbot.addresses import InvalidAddress, sender_of
+
 _MSGID_RE = re.compile(r"<([^<>\s]{1,994})>")
 _SPACE_RE = re.compile(r"\s+")
+_FOLDING_RE = re.compile(r"\r?\n(?=[ \t])")
 _TAG_RE = re.compile(r"<[^>]*>")
 MAX_TEXT_CHARS = 200_000
 
@@ -34,6 +44,12 @@ class IncomingMail:
     text: str = ""
     header_digest: str = field(default="", repr=False)
     raw: bytes = field(default=b"", repr=False)
+    sender: str | None = field(default=None, repr=False)
+    """The normalised address of the one From field as written; None if there is none."""
+    sender_problem: str = "no From header"
+    """Why ``sender`` is None (e.g. "more than one From header"); "" when there is a sender."""
+    authentication_results: tuple[str, ...] = field(default=(), repr=False)
+    """Every Authentication-Results field as written (unfolded, not decoded), top first."""
 
     def header(self, name: str) -> str | None:
         """The first value of a header, or None."""
@@ -63,8 +79,17 @@ def parse_message(raw: bytes) -> IncomingMail:
 
 def _from_message(message: Message, raw: bytes, text: str, *, whole: bool) -> IncomingMail:
     headers: dict[str, list[str]] = {}
+    written: dict[str, list[str]] = {"from": [], "authentication-results": []}
     for name, value in message.items():
         headers.setdefault(name.lower(), []).append(decode_header_value(value))
+    for name, value in message.raw_items():
+        if name.lower() in written:
+            written[name.lower()].append(as_written(value))
+    try:
+        sender: str | None = sender_of(written["from"])
+        problem = ""
+    except InvalidAddress as exc:
+        sender, problem = None, str(exc)
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     first = {name: values[0] for name, values in headers.items()}
     cited = _message_ids(first.get("in-reply-to", "")) + _message_ids(first.get("references", ""))
@@ -77,7 +102,17 @@ def _from_message(message: Message, raw: bytes, text: str, *, whole: bool) -> In
         text=text[:MAX_TEXT_CHARS],
         header_digest=hashlib.sha256(head).hexdigest(),
         raw=raw if whole else b"",
+        sender=sender,
+        sender_problem=problem,
+        authentication_results=tuple(written["authentication-results"]),
     )
+
+
+def as_written(value: object) -> str:
+    """A header field's value as it arrived: unfolded, its bytes read as UTF-8, not decoded."""
+    text = value if isinstance(value, str) else str(value)
+    unfolded = _FOLDING_RE.sub("", text)
+    return unfolded.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def decode_header_value(value: object) -> str:

@@ -2,22 +2,34 @@
 
 The identity of a request is the normalised From address of the request mail;
 sarbot writes only to that address.  A confirmation must come from the same
-address and prove it read the acknowledgement: it cites the challenge token,
-or it quotes the reference together with the confirmation code.  Wrong
-tokens and codes are limited per request and per address.  (Opening a request
-and sending the challenge is ``sarbot.acknowledge``'s job.)
+address and prove it read the acknowledgement, through one of two channels:
+
+* the **token** channel: the reply cites the acknowledgement's Message-ID, which
+  carries a 192-bit random token, in In-Reply-To or References.  Nobody can
+  guess it, so it is never rate limited: while the request waits for proof
+  and has not expired, the right token confirms whatever failed before.
+  Wrong tokens are recorded (``confirmation.wrong_token``) and count for
+  nothing, so mail forged in the requester's name cannot lock them out.
+* the **code** channel: the reply quotes the reference with the 8-character
+  code printed in the acknowledgement, for mail clients that drop the
+  threading headers.  A code is short enough to be worth guessing, so wrong
+  codes are limited per request (``max_confirmation_attempts``) and per
+  address a day (``max_confirmation_attempts_per_sender``); over a limit, even
+  the right code is refused, and only the token still confirms.
+
+(Opening a request and sending the challenge is ``sarbot.acknowledge``'s job.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sarbot import outbox
-from sarbot.addresses import InvalidAddress, single_sender
 from sarbot.challenge import (
     cited_tokens,
     matches,
@@ -30,6 +42,19 @@ from sarbot.lifecycle import audit, start_the_clock, transition
 from sarbot.message import IncomingMail
 from sarbot.models import AuditEvent, Request
 from sarbot.states import MailKind, Outcome, RequestState
+
+WRONG_CODE_EVENT = "confirmation.failed"
+"""Audit event of a wrong code: these count towards the code channel's limits."""
+WRONG_TOKEN_EVENT = "confirmation.wrong_token"  # noqa: S105 (an event name, not a secret)
+"""Audit event of a wrong token: recorded, and never counted."""
+
+
+class Proof(StrEnum):
+    """The channel a reply proved itself through."""
+
+    NONE = "nothing"
+    TOKEN = "challenge token"  # noqa: S105 (a name, not a secret)
+    CODE = "confirmation code"
 
 
 @dataclass(frozen=True)
@@ -50,10 +75,9 @@ class Verifier:
         self, session: Session, mail: IncomingMail, found: Classification, *, now: datetime
     ) -> Verdict:
         """Decide what a reply to sarbot's mail does: confirm a request, or nothing."""
-        try:
-            sender = single_sender(mail.header("from"))
-        except InvalidAddress as exc:
-            return Verdict(Outcome.INVALID_SENDER, reason=str(exc))
+        sender = mail.sender
+        if sender is None:
+            return Verdict(Outcome.INVALID_SENDER, reason=mail.sender_problem)
         request, proof = self._proven_request(session, mail, found)
         if request is None:
             return self._unproven(session, sender, mail, found, now=now)
@@ -73,19 +97,25 @@ class Verifier:
                 session, request, "confirmation.refused", at=now, reason="confirmation after expiry"
             )
             return Verdict(Outcome.CONFIRMATION_REFUSED, request, "request expired")
-        if self._too_many_failures(session, request, now):
+        if proof is Proof.CODE and self._code_locked(session, request, now):
             audit(
-                session, request, "confirmation.refused", at=now, reason="too many failed attempts"
+                session,
+                request,
+                "confirmation.refused",
+                at=now,
+                reason="too many wrong codes: only the token confirms now",
             )
-            return Verdict(Outcome.CONFIRMATION_REFUSED, request, "too many failed attempts")
+            return Verdict(Outcome.CONFIRMATION_REFUSED, request, "too many wrong codes")
         request.confirmed_at = now
         start_the_clock(request, self.calendar)
         request.add_to_thread(mail.message_id)
         if request.state is RequestState.NEEDS_REVIEW:
             # The operator decides; the reply still proves the mailbox, for when they approve.
-            audit(session, request, "confirmation.recorded", at=now, reason=f"cites the {proof}")
+            audit(
+                session, request, "confirmation.recorded", at=now, reason=f"cites the {proof.value}"
+            )
             return Verdict(Outcome.CONFIRMATION, request)
-        reason = f"reply from the requester citing the {proof}"
+        reason = f"reply from the requester citing the {proof.value}"
         if self.settings.verification.mode == "manual":
             request.review_reason = "manual verification: an operator approves every request"
             transition(session, request, RequestState.NEEDS_REVIEW, at=now, reason=reason)
@@ -93,8 +123,8 @@ class Verifier:
             transition(session, request, RequestState.CONFIRMED, at=now, reason=reason)
         return Verdict(Outcome.CONFIRMATION, request)
 
-    def _too_many_failures(self, session: Session, request: Request, now: datetime) -> bool:
-        """Wrong tokens or codes: a few per request, and a few more per address a day."""
+    def _code_locked(self, session: Session, request: Request, now: datetime) -> bool:
+        """Wrong codes: a few per request, and a few more per address a day (tokens never count)."""
         limits = self.settings.requests
         if request.confirmation_failures >= limits.max_confirmation_attempts:
             return True
@@ -103,24 +133,25 @@ class Verifier:
             .select_from(AuditEvent)
             .join(Request, AuditEvent.request_id == Request.id)
             .where(Request.email == request.email)
-            .where(AuditEvent.event == "confirmation.failed")
+            .where(AuditEvent.event == WRONG_CODE_EVENT)
             .where(AuditEvent.at > now - timedelta(days=1))
         )
         return int(failures_today or 0) >= limits.max_confirmation_attempts_per_sender
 
     def _proven_request(
         self, session: Session, mail: IncomingMail, found: Classification
-    ) -> tuple[Request | None, str]:
+    ) -> tuple[Request | None, Proof]:
+        """The request this reply proves it read the acknowledgement of, and by which channel."""
         for cited in cited_tokens(mail.cited_ids, self.domain):
             request = self._by_reference(session, cited.reference)
             if request is not None and matches(cited.token, request.token_hash):
-                return request, "challenge token"
+                return request, Proof.TOKEN
         codes = quoted_codes(mail.text)
         for reference in found.references:
             request = self._by_reference(session, reference)
             if request is not None and any(matches(code, request.code_hash) for code in codes):
-                return request, "confirmation code"
-        return None, ""
+                return request, Proof.CODE
+        return None, Proof.NONE
 
     def _unproven(
         self,
@@ -131,18 +162,26 @@ class Verifier:
         *,
         now: datetime,
     ) -> Verdict:
-        """A reply that proves nothing: count a failed attempt if it tried to."""
+        """A reply that proves nothing: record a failed attempt if it tried to.
+
+        Wrong codes count towards the code channel's limits; wrong tokens are
+        only recorded, since no one can guess a token and anyone can forge a From.
+        """
         named = [cited.reference for cited in cited_tokens(mail.cited_ids, self.domain)]
+        coded = list(found.references) if quoted_codes(mail.text) else []
         for reference in dict.fromkeys([*named, *found.references]):
             request = self._by_reference(session, reference)
             if request is None or not _awaits_proof(request):
                 continue
-            if request.email == sender and (named or quoted_codes(mail.text)):
-                request.confirmation_failures += 1
-                audit(session, request, "confirmation.failed", at=now, reason="wrong token or code")
-                return Verdict(Outcome.CONFIRMATION_REFUSED, request, "wrong token or code")
             if request.email != sender:
                 return _from_another_address(session, request, now)
+            if reference in coded:
+                request.confirmation_failures += 1
+                audit(session, request, WRONG_CODE_EVENT, at=now, reason="wrong code")
+                return Verdict(Outcome.CONFIRMATION_REFUSED, request, "wrong code")
+            if reference in named:
+                audit(session, request, WRONG_TOKEN_EVENT, at=now, reason="wrong token")
+                return Verdict(Outcome.CONFIRMATION_REFUSED, request, "wrong token")
         return Verdict(Outcome.UNRELATED_REPLY, reason="no request proven")
 
     def expire_due(self, session: Session, *, now: datetime) -> list[Request]:

@@ -162,6 +162,7 @@ def main() -> int:
     step("alice reads the acknowledgement and replies to it")
     ack = alice.wait_for(subject_contains("Please confirm"))
     print(f"Subject: {ack['Subject']}")
+    reference = str(ack["Subject"]).partition("[")[2].partition("]")[0]
     alice.reply(ack)
     support.wait_for(subject_contains("Re: [SAR-"))
 
@@ -197,6 +198,7 @@ def main() -> int:
     config = DEMO / "config.toml"
     shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
     print(f"  .venv/bin/sarbot --config {shown} requests list")
+    print(f"  .venv/bin/sarbot --config {shown} requests show {reference}")
     return 0
 
 

@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
         # The demo's stores were made a moment ago; the request follows them.
         now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
         ctx = ExportContext(
-            reference=f"SAR-{now.year}-0001",
+            reference=f"SAR-{now.year}-48213907",
             email=demo.ALICE,
             controller=app.settings.controller,
             received_at=now,

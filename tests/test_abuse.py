@@ -7,6 +7,7 @@ after verification.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,6 +15,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
+import structlog
 
 from sarbot.states import MailKind, Outcome, RequestState
 from sarbot.testing import Correspondent, subject_contains
@@ -43,6 +45,39 @@ def request_mail(
     return message.as_bytes()
 
 
+def written_mail(
+    from_fields: list[str],
+    to: str,
+    *extra: str,
+    subject: str = "GDPR DATA REQUEST",
+    body: str = "Please send me my data.",
+) -> bytes:
+    """A mail written out byte for byte, its From fields exactly as given."""
+    lines = [
+        *(f"From: {value}" for value in from_fields),
+        f"To: {to}",
+        f"Subject: {subject}",
+        f"Message-ID: {make_msgid(domain='evil.test')}",
+        "Date: Thu, 26 Nov 2026 10:00:00 +0000",
+        *extra,
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        body,
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+def q_encoded(text: str) -> str:
+    """``text`` as one RFC 2047 Q encoded word, every character but letters and digits escaped."""
+    return "=?utf-8?q?" + "".join(c if c.isalnum() else f"={ord(c):02X}" for c in text) + "?="
+
+
+def b_encoded(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+
 def deliver(
     bot: Bot, sender: Correspondent, raw: bytes, *, envelope_from: str | None = None
 ) -> None:
@@ -50,6 +85,14 @@ def deliver(
     sender.send_raw(raw, bot.address, envelope_from=envelope_from)
     marker = raw.split(b"Message-ID: ", 1)[1].split(b"\n", 1)[0].strip().decode()
     bot.support.wait_for(lambda m: m["Message-ID"] == marker)
+
+
+def code_in(ack: EmailMessage) -> str:
+    """The confirmation code an acknowledgement prints (the one indented line)."""
+    body = ack.get_body(preferencelist=("plain",))
+    assert body is not None
+    text: str = body.get_content()
+    return next(line.strip() for line in text.splitlines() if line.startswith("    "))
 
 
 def confirm(bot: Bot, alice: Correspondent) -> None:
@@ -121,6 +164,121 @@ class TestSpoofedSender:
         request = bot.request()
         assert request.state is RequestState.NEEDS_REVIEW
         assert "more than one Authentication-Results" in (request.review_reason or "")
+
+    def test_an_unreadable_trusted_result_makes_the_request_wait_for_review(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """A header with the trusted id that cannot be parsed is not skipped: review, saying why."""
+        bot = make_bot(verification={"mode": "reply_or_dmarc", **TRUSTED})
+        alice = person("alice", "example.test")
+        raw = request_mail(alice.address, bot.address)
+        unreadable = (
+            b"Authentication-Results: mail.redtrain.test; dkim=pass header.d=example.test;;\r\n"
+        )
+        bot.support.append(unreadable + raw)  # as if it reached the mailbox another way
+        bot.run_once()
+        request = bot.request()
+        assert request.state is RequestState.NEEDS_REVIEW
+        assert not request.authenticated
+        assert request.review_reason == (
+            "an Authentication-Results header with a trusted authserv-id could not be read"
+        )
+        assert alice.wait_for(ACK)  # the challenge goes out: the reply is still needed
+
+    def test_an_encoded_authserv_id_is_not_the_trusted_verifier(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """``=?utf-8?q?mail.redtrain.test?=`` passes OpenDKIM untouched and is still not trusted."""
+        bot = make_bot(verification={"mode": "reply_or_dmarc", **TRUSTED})
+        alice = person("alice", "example.test")
+        forged = f"{q_encoded('mail.redtrain.test')}; dkim=pass header.d=example.test"
+        deliver(
+            bot,
+            alice,
+            written_mail([alice.address], bot.address, f"Authentication-Results: {forged}"),
+        )
+        [arrived] = bot.support.messages()
+        written = [v for k, v in arrived.raw_items() if k.lower() == "authentication-results"]
+        assert forged in [" ".join(value.split()) for value in written]  # OpenDKIM kept it
+        bot.run_once()
+        alice.wait_for(ACK)
+        request = bot.request()
+        assert (request.state, request.review_reason) == (RequestState.AWAITING_CONFIRMATION, None)
+        assert not request.authenticated
+        assert "(mail.redtrain.test: dkim=none" in (request.authentication or "")
+
+
+class TestTheFromFieldAsWritten:
+    @pytest.mark.parametrize("encode", [q_encoded, b_encoded], ids=["q", "b"])
+    def test_an_encoded_display_name_naming_the_victim_is_not_the_sender(
+        self, bot: Bot, person: Person, encode: Callable[[str], str]
+    ) -> None:
+        """``From: =?utf-8?q?alice=40...?= <mallory@...>`` is mallory's request; alice gets none."""
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        raw = written_mail([f"{encode(alice.address)} <{mallory.address}>"], bot.address)
+        deliver(bot, mallory, raw)
+        bot.run_once()
+        mallory.wait_for(ACK)
+        assert [(r.email, r.state) for r in bot.requests()] == [
+            (mallory.address, RequestState.AWAITING_CONFIRMATION)
+        ]
+        assert {m.recipient for m in bot.outgoing() if not m.kind.to_operators} == {mallory.address}
+        assert alice.messages() == []
+
+    def test_wrong_codes_under_an_encoded_display_name_are_not_the_requesters(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """mallory's wrong codes, his From dressed as alice's, count against no one."""
+        bot = make_bot(requests={"max_confirmation_attempts": 2})
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        deliver(bot, alice, request_mail(alice.address, bot.address))
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        reference = bot.request().reference
+        dressed = f"{q_encoded(alice.address)} <{mallory.address}>"
+        for n in range(3):
+            raw = written_mail(
+                [dressed], bot.address, subject=f"{reference} {n}", body=f"ABCD-EFG{'HJK'[n]}"
+            )
+            deliver(bot, mallory, raw)
+        bot.run_once()
+        assert bot.request().confirmation_failures == 0
+        assert [s.outcome for s in bot.seen()][1:] == [Outcome.CONFIRMATION_REFUSED] * 3
+        alice.send(bot.address, f"{reference} the code", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("the code"))
+        bot.run_once()
+        assert bot.request().confirmed_at is not None
+        assert mallory.messages() == []
+
+    @pytest.mark.parametrize(
+        ("fields", "reason"),
+        [
+            (lambda alice, mallory: [alice, mallory], "more than one From header"),
+            (lambda alice, mallory: [mallory, alice], "more than one From header"),
+            (lambda alice, mallory: [alice, alice], "more than one From header"),
+            (lambda alice, mallory: [f"{alice} <{mallory}>"], "malformed From header"),
+        ],
+        ids=["victim first", "victim second", "twice the same", "unquoted address as name"],
+    )
+    def test_a_second_or_malformed_from_field_is_left_for_a_person(
+        self, bot: Bot, person: Person, fields: Callable[[str, str], list[str]], reason: str
+    ) -> None:
+        """Postfix takes it; sarbot refuses it (invalid sender), logs why and leaves it unread."""
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        raw = written_mail(fields(alice.address, mallory.address), bot.address)
+        deliver(bot, mallory, raw)
+        with structlog.testing.capture_logs() as logs:
+            bot.run_once()
+        assert bot.requests() == []
+        assert [m for m in bot.outgoing() if not m.kind.to_operators] == []
+        [seen] = bot.seen()
+        assert seen.outcome is Outcome.INVALID_SENDER
+        [refused] = [e for e in logs if e["event"] == "mail.refused"]
+        assert refused["outcome"] == "invalid_sender"
+        assert refused["reason"] == reason
+        assert alice.address not in str(logs) and mallory.address not in str(logs)
+        assert [flags for _, flags in bot.support.flags("INBOX")] == [()]  # still unread
+        assert alice.messages() == [] and mallory.messages() == []
 
 
 class TestDkimPolicy:
@@ -287,7 +445,8 @@ class TestConfirmationAttacks:
     def test_guessed_codes_are_limited_per_request(
         self, bot: Bot, person: Person, body: str, waiting: RequestState
     ) -> None:
-        """After five wrong codes even the right one is refused, also while in review."""
+        """After five wrong codes even the right code is refused, also while in review;
+        the reply citing the token still confirms."""
         alice = person("alice", "example.test")
         deliver(bot, alice, request_mail(alice.address, bot.address, body))
         bot.run_once()
@@ -299,11 +458,91 @@ class TestConfirmationAttacks:
         bot.support.wait_for(subject_contains("guess 4"))
         bot.run_once()
         assert bot.request().confirmation_failures == 5
-        alice.reply(ack, "the real one")
-        bot.support.wait_for(lambda m: "the real one" in m.get_content())
+        alice.send(bot.address, f"{reference} the real code", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("the real code"))
         bot.run_once()
         assert (bot.request().state, bot.request().confirmed_at) == (waiting, None)
         assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION_REFUSED
+        alice.reply(ack, "the real reply")
+        bot.support.wait_for(lambda m: "the real reply" in m.get_content())
+        bot.run_once()
+        assert bot.request().confirmed_at is not None
+        assert [s.outcome for s in bot.seen()][-1] is Outcome.CONFIRMATION
+
+    def test_wrong_codes_are_limited_per_address_a_day(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """Over the address's daily limit the right code is refused too; a day later it works."""
+        bot = make_bot(
+            requests={"max_confirmation_attempts": 5, "max_confirmation_attempts_per_sender": 2}
+        )
+        alice = person("alice", "example.test")
+        deliver(bot, alice, request_mail(alice.address, bot.address))
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        reference = bot.request().reference
+        for n in range(2):
+            alice.send(bot.address, f"{reference} guess {n}", f"code ABCD-EFG{'HJ'[n]}")
+        bot.support.wait_for(subject_contains("guess 1"))
+        bot.run_once()
+        alice.send(bot.address, f"{reference} the real code", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("the real code"))
+        bot.run_once()
+        assert bot.request().confirmed_at is None
+        bot.offset = timedelta(days=1, minutes=1)
+        alice.send(bot.address, f"{reference} once more", f"code {code_in(ack)}")
+        bot.support.wait_for(subject_contains("once more"))
+        bot.run_once()
+        assert bot.request().confirmed_at is not None
+
+    def test_forged_failures_never_lock_out_the_genuine_reply(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """mallory, as ``From: alice``, sends wrong codes and tokens past every limit; alice's
+        reply to the acknowledgement still confirms, she gets her data, mallory nothing."""
+        bot = make_bot(
+            requests={"max_confirmation_attempts": 2, "max_confirmation_attempts_per_sender": 3}
+        )
+        alice, mallory = person("alice", "example.test"), person("mallory", "evil.test")
+        deliver(bot, alice, request_mail(alice.address, bot.address))
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        reference = bot.request().reference
+        guessed = f"<{reference}.{'A' * 32}@{bot.address.partition('@')[2]}>"
+        for n in range(4):
+            mallory.send(
+                bot.address,
+                f"{reference} forged {n}",
+                f"code ABCD-EFG{'HJKM'[n]}",
+                from_header=alice.address,
+            )
+        for n in range(2):
+            mallory.send(
+                bot.address,
+                f"Re: {ack['Subject']} forged token {n}",
+                "yes",
+                from_header=alice.address,
+                headers={"In-Reply-To": guessed, "References": guessed},
+            )
+        bot.support.wait_for(subject_contains("forged token 1"))
+        bot.run_once()
+        request = bot.request()
+        assert (request.state, request.confirmation_failures) == (
+            RequestState.AWAITING_CONFIRMATION,
+            4,
+        )
+        events = [e.event for e in bot.audit()]
+        assert (events.count("confirmation.failed"), events.count("confirmation.wrong_token")) == (
+            4,
+            2,
+        )
+        alice.reply(ack, "it is me")
+        bot.support.wait_for(lambda m: "it is me" in m.get_content())
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        assert bot.request().state is RequestState.DELIVERED
+        assert {m.recipient for m in bot.outgoing() if not m.kind.to_operators} == {alice.address}
+        assert mallory.messages() == []
 
 
 class TestFloods:

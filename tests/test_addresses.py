@@ -11,6 +11,7 @@ from sarbot.addresses import (
     mask_address,
     normalize_address,
     same_address,
+    sender_of,
     single_sender,
     written_forms,
 )
@@ -97,6 +98,46 @@ class TestSingleSender:
     def test_encoded_display_name(self) -> None:
         """An encoded display name does not affect the address."""
         assert single_sender("=?utf-8?q?Al=C3=AFce?= <Alice@Example.test>") == "alice@example.test"
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "=?utf-8?q?alice=40example.test?= <mallory@evil.test>",
+            "=?utf-8?b?YWxpY2VAZXhhbXBsZS50ZXN0?= <mallory@evil.test>",
+            "=?utf-8?q?alice=40example.test_=3Calice=40example.test=3E?= <mallory@evil.test>",
+        ],
+    )
+    def test_an_encoded_word_is_only_ever_a_display_name(self, header: str) -> None:
+        """The field as written names mallory; decoding first would have named alice."""
+        assert single_sender(header) == "mallory@evil.test"
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "alice@example.test <mallory@evil.test>",
+            "=?utf-8?q?alice?=@example.test",
+            "Alice <alice@example.test",
+            "Alice <alice@example.test> mallory@evil.test",
+        ],
+        ids=["unquoted address as name", "encoded local part", "open angle", "trailing address"],
+    )
+    def test_a_malformed_field_is_refused_not_guessed_at(self, header: str) -> None:
+        """What the parser has to repair names no one."""
+        with pytest.raises(InvalidAddress, match="malformed From header"):
+            single_sender(header)
+
+    def test_a_folded_field_is_unfolded(self) -> None:
+        """A display name folded onto two lines is still one mailbox."""
+        assert single_sender("Alice Liddell\r\n <Alice@Example.test>") == "alice@example.test"
+
+    def test_a_second_from_field_is_refused(self) -> None:
+        """Two From fields are refused, even when both name the same address."""
+        assert sender_of(["alice@example.test"]) == "alice@example.test"
+        for fields in (["alice@example.test", "mallory@evil.test"], ["a@example.test"] * 2):
+            with pytest.raises(InvalidAddress, match="more than one From header"):
+                sender_of(fields)
+        with pytest.raises(InvalidAddress, match="no From header"):
+            sender_of([])
 
     @pytest.mark.parametrize(
         "header", [None, "", "a@example.test, b@example.test", "undisclosed-recipients:;", "nobody"]

@@ -43,14 +43,14 @@ class TestCitations:
     def test_token_is_read_back_from_the_message_id(self) -> None:
         """A cited acknowledgement Message-ID gives back its reference and token."""
         challenge = new_challenge()
-        message_id = challenge_message_id("SAR-2026-0001", challenge.token, "redtrain.test")
+        message_id = challenge_message_id("SAR-2026-48213907", challenge.token, "redtrain.test")
         [cited] = cited_tokens((message_id.strip("<>"),), "redtrain.test")
-        assert (cited.reference, cited.token) == ("SAR-2026-0001", challenge.token)
+        assert (cited.reference, cited.token) == ("SAR-2026-48213907", challenge.token)
 
     def test_other_domains_are_ignored(self) -> None:
         """A token-shaped id on another domain is not ours."""
         challenge = new_challenge()
-        message_id = challenge_message_id("SAR-2026-0001", challenge.token, "evil.test")
+        message_id = challenge_message_id("SAR-2026-48213907", challenge.token, "evil.test")
         assert cited_tokens((message_id.strip("<>"),), "redtrain.test") == []
 
     def test_quoted_codes_are_limited(self) -> None:

@@ -77,7 +77,7 @@ class TestRequestSubjects:
 class TestReplies:
     def test_reply_citing_our_message_id_is_a_reply(self) -> None:
         """In-Reply-To naming sarbot's domain makes a reply, whatever the subject."""
-        raw = mail("anything", "In-Reply-To: <SAR-2026-0001.abc@redtrain.test>")
+        raw = mail("anything", "In-Reply-To: <SAR-2026-48213907.abc@redtrain.test>")
         assert kind(raw) is Kind.REPLY
 
     def test_reference_in_subject_is_a_reply_even_with_the_phrase(self) -> None:
@@ -127,6 +127,20 @@ class TestGuards:
         found = CLASSIFIER.classify(parse_headers(mail("GDPR DATA REQUEST", sender=sender)))
         assert (found.kind, found.reason) == (Kind.GUARDED, reason)
 
+    @pytest.mark.parametrize(
+        "sender",
+        [
+            "=?utf-8?q?MAILER-DAEMON=40example.test?= <alice@example.test>",
+            "=?utf-8?b?c3VwcG9ydEByZWR0cmFpbi50ZXN0?= <alice@example.test>",
+        ],
+        ids=["system sender", "own address"],
+    )
+    def test_an_encoded_display_name_is_not_the_sender(self, sender: str) -> None:
+        """The guards judge the From address as written, not a decoded display name."""
+        parsed = parse_headers(mail("GDPR DATA REQUEST", sender=sender))
+        assert parsed.sender == "alice@example.test"
+        assert CLASSIFIER.classify(parsed).kind is Kind.REQUEST
+
     def test_auto_submitted_no_is_a_person(self) -> None:
         """``Auto-Submitted: no`` is how a person's mail may say it is not automatic."""
         assert kind(mail("GDPR DATA REQUEST", "Auto-Submitted: no")) is Kind.REQUEST
@@ -144,3 +158,44 @@ class TestRobustness:
         """Arbitrary subject text, encoded words included, classifies."""
         raw = mail(subject.replace("\r", " ").replace("\n", " "))
         assert kind(raw) in set(Kind)
+
+
+class TestTheSenderAsWritten:
+    def test_the_sender_is_parsed_with_the_message(self) -> None:
+        """Both parses carry the sender, read from the From field before any decoding."""
+        raw = mail("GDPR DATA REQUEST", sender="=?utf-8?q?alice=40example.test?= <m@evil.test>")
+        for parsed in (parse_headers(raw), parse_message(raw)):
+            assert (parsed.sender, parsed.sender_problem) == ("m@evil.test", "")
+            assert parsed.header("from") == "alice@example.test <m@evil.test>"  # decoded: a trap
+
+    @pytest.mark.parametrize(
+        ("extra", "problem"),
+        [
+            (("From: mallory@evil.test",), "more than one From header"),
+            (("From: alice@example.test",), "more than one From header"),
+        ],
+        ids=["another address", "the same address"],
+    )
+    def test_a_second_from_field_leaves_no_sender(self, extra: tuple[str], problem: str) -> None:
+        """A second From field, whatever it says, means there is no sender."""
+        parsed = parse_message(mail("GDPR DATA REQUEST", *extra))
+        assert (parsed.sender, parsed.sender_problem) == (None, problem)
+
+    def test_no_from_field_no_sender(self) -> None:
+        """Without a From field there is no sender, and the reason says so."""
+        parsed = parse_headers(b"Subject: GDPR DATA REQUEST\r\n\r\nhi\r\n")
+        assert (parsed.sender, parsed.sender_problem) == (None, "no From header")
+
+    def test_authentication_results_are_kept_as_written(self) -> None:
+        """Unfolded, in order, encoded words left as they are."""
+        parsed = parse_headers(
+            mail(
+                "GDPR DATA REQUEST",
+                "Authentication-Results: mail.redtrain.test;\r\n\tdkim=none",
+                "Authentication-Results: =?utf-8?q?mail.redtrain.test?=; dkim=pass",
+            )
+        )
+        assert parsed.authentication_results == (
+            "mail.redtrain.test;\tdkim=none",
+            "=?utf-8?q?mail.redtrain.test?=; dkim=pass",
+        )

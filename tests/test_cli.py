@@ -109,8 +109,8 @@ same_as = ["wordpress:website", "ad:ACME"]
         """``requests show`` of a reference that does not exist is a clear error."""
         config = write_config(tmp_path, "support@redtrain.test")
         invoke(config, "db", "upgrade")
-        code, output = invoke(config, "requests", "show", "SAR-2026-9999")
-        assert code == 1 and "no request SAR-2026-9999" in output
+        code, output = invoke(config, "requests", "show", "SAR-2026-99999999")
+        assert code == 1 and "no request SAR-2026-99999999" in output
 
     def test_run_refuses_an_unmigrated_database(self, tmp_path: Path) -> None:
         """``run`` says to upgrade first instead of creating tables on its own."""

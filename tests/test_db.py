@@ -39,7 +39,7 @@ def round_trip(engine: Engine) -> None:
     with db.session_factory(engine).begin() as session:
         session.add(
             Request(
-                reference="SAR-2026-0001",
+                reference="SAR-2026-48213907",
                 email="alice@example.test",
                 state=RequestState.RECEIVED,
                 attempts=0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,4 @@ def test_demo_answers_alice_from_all_three_sources(tmp_path: Path, mailstack: Ma
     assert "alice's vault password appears nowhere in what she received." in out
     assert "bjones" not in out and "Bob" not in out
     assert (tmp_path / "demo" / "config.toml").is_file()
+    assert re.search(r"requests show SAR-\d{4}-\d{8}\n", out)  # the random reference of hers

@@ -43,7 +43,7 @@ with warnings.catch_warnings():
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
-EXPORT_NAME = "personal-data-SAR-2026-0001.zip"
+EXPORT_NAME = "personal-data-SAR-2026-48213907.zip"
 ZIP_BYTES = b"PK\x03\x04" + bytes(range(256)) * 64
 SIGN = {KeyFlags.Sign, KeyFlags.Certify}
 ENCRYPT = {KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import sqlite3
 import zipfile
@@ -91,6 +92,7 @@ class TestWholeFlow:
         ack = alice.wait_for(ACK)
         request = bot.request()
         assert request.state is RequestState.AWAITING_CONFIRMATION
+        assert re.fullmatch(rf"SAR-{request.received_at.year}-\d{{8}}", request.reference)
         assert request.reference in str(ack["Subject"])
         assert ack["In-Reply-To"] == request_id
         assert ack["Auto-Submitted"] == "auto-replied"
@@ -244,7 +246,10 @@ class TestConfirmation:
         bot.run_once()
         request = bot.request()
         assert request.state is RequestState.AWAITING_CONFIRMATION
-        assert request.confirmation_failures == 1
+        assert request.confirmation_failures == 0  # a wrong token is recorded, never counted
+        assert [e.reason for e in bot.audit() if e.event == "confirmation.wrong_token"] == [
+            "wrong token"
+        ]
         assert mallory.messages() == []
 
     def test_code_quoted_with_the_reference_confirms(self, bot: Bot, person: Person) -> None:
