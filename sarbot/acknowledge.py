@@ -216,10 +216,23 @@ class Acknowledger:
             )
 
     def challenge(
-        self, session: Session, request: Request, *, now: datetime, reminder: bool = False
+        self,
+        session: Session,
+        request: Request,
+        *,
+        now: datetime,
+        reminder: bool = False,
+        revoke: bool = False,
     ) -> None:
-        """A fresh challenge (any earlier one stops working) in a new acknowledgement."""
+        """A fresh challenge in a new acknowledgement.
+
+        The earlier ones keep working (the last few): every acknowledgement went to the
+        requester's own mailbox, and a request mail forged in their name, which makes a
+        new one, must not void the one they are answering.  ``revoke`` (an operator's
+        resend) makes the new challenge the only one.
+        """
         challenge = new_challenge()
+        request.keep_challenge(revoke=revoke)
         request.token_hash, request.code_hash = challenge.token_hash, challenge.code_hash
         message_id = challenge_message_id(request.reference, challenge.token, self.domain)
         ack = self.composer.acknowledgement(

@@ -60,6 +60,10 @@ def _enum(enum: type[RequestState | MailState | MailKind | Outcome], name: str) 
     )
 
 
+EARLIER_CHALLENGES = 4
+"""How many earlier challenges of a request keep working beside the newest."""
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -74,6 +78,8 @@ class Request(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     token_hash: Mapped[str] = mapped_column(String(64))
     code_hash: Mapped[str] = mapped_column(String(64))
+    earlier_challenges: Mapped[str] = mapped_column(Text, default="")
+    """Digests of the last few earlier challenges, ``token:code`` pairs, newest first."""
     confirmation_failures: Mapped[int] = mapped_column(Integer, default=0)
     request_message_id: Mapped[str | None] = mapped_column(String(998))
     thread: Mapped[str] = mapped_column(Text, default="")
@@ -106,6 +112,19 @@ class Request(Base):
     audit: Mapped[list[AuditEvent]] = relationship(
         back_populates="request", order_by="AuditEvent.id", cascade="all, delete-orphan"
     )
+
+    def keep_challenge(self, *, revoke: bool) -> None:
+        """Before a new challenge: keep the current one valid too, or (``revoke``) none."""
+        if revoke:
+            self.earlier_challenges = ""
+        elif self.token_hash:
+            kept = [f"{self.token_hash}:{self.code_hash}", *self.earlier_challenges.split()]
+            self.earlier_challenges = " ".join(kept[:EARLIER_CHALLENGES])
+
+    def challenges(self) -> list[tuple[str, str]]:
+        """Every challenge that still confirms: (token digest, code digest), newest first."""
+        earlier = [tuple(pair.split(":", 1)) for pair in (self.earlier_challenges or "").split()]
+        return [(self.token_hash, self.code_hash), *((t, c) for t, c in earlier)]
 
     def thread_ids(self) -> list[str]:
         return self.thread.split()

@@ -139,7 +139,7 @@ class Operations:
                 f"{reference} is {request.state.value}; only an acknowledgement waiting for "
                 "confirmation can be sent again (use 'retry' for mail that failed)"
             )
-        self.acknowledger.challenge(session, request, now=now)
+        self.acknowledger.challenge(session, request, now=now, revoke=True)
         audit(session, request, "request.resent", at=now, reason="acknowledgement", actor=actor)
         return "acknowledgement with a new challenge"
 

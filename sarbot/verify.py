@@ -144,12 +144,19 @@ class Verifier:
         """The request this reply proves it read the acknowledgement of, and by which channel."""
         for cited in cited_tokens(mail.cited_ids, self.domain):
             request = self._by_reference(session, cited.reference)
-            if request is not None and matches(cited.token, request.token_hash):
+            if request is not None and any(
+                matches(cited.token, token) for token, _ in request.challenges() if token
+            ):
                 return request, Proof.TOKEN
         codes = quoted_codes(mail.text)
         for reference in found.references:
             request = self._by_reference(session, reference)
-            if request is not None and any(matches(code, request.code_hash) for code in codes):
+            if request is not None and any(
+                matches(code, stored)
+                for code in codes
+                for _, stored in request.challenges()
+                if stored
+            ):
                 return request, Proof.CODE
         return None, Proof.NONE
 

@@ -102,6 +102,7 @@ url = "sqlite:///{store}"
 name = "customer"
 category = "Customer record"
 sql = "SELECT email, name, phone, since FROM customers WHERE email = :email"
+verify = "email"
 
 [[connectors]]
 name = "helpdesk"
@@ -111,8 +112,9 @@ url = "sqlite:///{store}"
 [[connectors.queries]]
 name = "tickets"
 category = "Support ticket"
-sql = "SELECT id, subject, body FROM tickets WHERE email = :email ORDER BY id"
+sql = "SELECT id, email, subject, body FROM tickets WHERE email = :email ORDER BY id"
 key = "id"
+verify = "email"
 """
 
 

@@ -498,8 +498,9 @@ class TestConfirmationAttacks:
     def test_forged_failures_never_lock_out_the_genuine_reply(
         self, make_bot: BotFactory, person: Person
     ) -> None:
-        """mallory, as ``From: alice``, sends wrong codes and tokens past every limit; alice's
-        reply to the acknowledgement still confirms, she gets her data, mallory nothing."""
+        """mallory, as ``From: alice``, sends wrong codes and tokens past every limit, and a
+        request mail that makes a new acknowledgement; alice's reply to the first one still
+        confirms, she gets her data, mallory nothing."""
         bot = make_bot(
             requests={"max_confirmation_attempts": 2, "max_confirmation_attempts_per_sender": 3}
         )
@@ -524,8 +525,15 @@ class TestConfirmationAttacks:
                 from_header=alice.address,
                 headers={"In-Reply-To": guessed, "References": guessed},
             )
+        mallory.send(bot.address, "GDPR DATA REQUEST again", from_header=alice.address)
         bot.support.wait_for(subject_contains("forged token 1"))
+        bot.support.wait_for(subject_contains("request again"))
         bot.run_once()
+        assert [s.outcome for s in bot.seen()].count(Outcome.JOINED) == 1
+        assert [m.kind for m in bot.outgoing() if m.kind is MailKind.ACKNOWLEDGEMENT] == [
+            MailKind.ACKNOWLEDGEMENT,
+            MailKind.ACKNOWLEDGEMENT,
+        ]  # the forged request mail made a new challenge
         request = bot.request()
         assert (request.state, request.confirmation_failures) == (
             RequestState.AWAITING_CONFIRMATION,

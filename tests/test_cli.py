@@ -207,8 +207,8 @@ class TestConnectorCommands:
             config.write_text(
                 config.read_text()
                 + f'\n[[connectors]]\nname = "{name}"\ntype = "sql"\nurl = "sqlite:///{path}"\n'
-                '[[connectors.queries]]\nname = "q"\ncategory = "c"\n'
-                'sql = "SELECT 1 WHERE :email IS NOT NULL"\n'
+                '[[connectors.queries]]\nname = "q"\ncategory = "c"\nverify = "email"\n'
+                'sql = "SELECT 1 AS email WHERE :email IS NOT NULL"\n'
             )
         code, output = invoke(config, "connectors", "check")
         lines = output.splitlines()

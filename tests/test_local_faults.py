@@ -78,7 +78,8 @@ def events_connector(url: str) -> dict[str, object]:
                 "name": "events",
                 "category": "Event",
                 "key": "id",
-                "sql": "SELECT id, detail FROM events WHERE email = :email",
+                "sql": "SELECT id, email, detail FROM events WHERE email = :email",
+                "verify": "email",
             }
         ],
     }
@@ -136,12 +137,12 @@ class TestSigterm:
         config = write_config(tmp_path, support)
         alice = Correspondent(MailServer(ca_file=str(CA_FILE)), unique("alice", "example.test"))
         store = bulky_store(tmp_path / "store.db", alice.address, rows=20000, width=200)
-        query = "SELECT id, detail FROM events WHERE email = :email"
+        query = "SELECT id, email, detail FROM events WHERE email = :email"
         with config.open("a") as out:
             out.write(
                 '\n[[connectors]]\nname = "events"\ntype = "sql"\n'
                 f'url = "{store}"\n[[connectors.queries]]\nname = "events"\ncategory = "Event"\n'
-                f'key = "id"\nsql = "{query}"\n'
+                f'key = "id"\nverify = "email"\nsql = "{query}"\n'
             )
         sarbot = [sys.executable, "-m", "sarbot", "--config", str(config)]
         subprocess.run([*sarbot, "db", "upgrade"], check=True, capture_output=True)

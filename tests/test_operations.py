@@ -90,7 +90,12 @@ class TestDeadlines:
                     "type": "sql",
                     "url": "sqlite:///nowhere.db",
                     "queries": [
-                        {"name": "q", "category": "c", "sql": "SELECT 1 WHERE :email = ''"}
+                        {
+                            "name": "q",
+                            "category": "c",
+                            "sql": "SELECT 1 AS email WHERE :email = ''",
+                            "verify": "email",
+                        }
                     ],
                 }
             ]
@@ -212,7 +217,12 @@ class TestOperatorCommands:
                     "type": "sql",
                     "url": "sqlite:///nowhere.db",
                     "queries": [
-                        {"name": "q", "category": "c", "sql": "SELECT 1 WHERE :email = ''"}
+                        {
+                            "name": "q",
+                            "category": "c",
+                            "sql": "SELECT 1 AS email WHERE :email = ''",
+                            "verify": "email",
+                        }
                     ],
                 }
             ]

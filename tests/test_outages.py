@@ -46,7 +46,7 @@ SARBOT = [sys.executable, "-m", "sarbot"]
 ACK = subject_contains("Please confirm")
 EXPORT = subject_contains("A copy of your personal data")
 REVIEW = subject_contains("A request waits for a person")
-CUSTOMER_QUERY = "SELECT plan FROM customers WHERE email = :email"
+CUSTOMER_QUERY = "SELECT email, plan FROM customers WHERE email = :email"
 DOVECOT_OUTAGE = 60.0  # seconds
 
 
@@ -528,7 +528,12 @@ class TestConnectorDatabase:
                 {"email": alice.address},
             )
         crm.dispose()
-        query = {"name": "customers", "category": "Customer", "sql": CUSTOMER_QUERY}
+        query = {
+            "name": "customers",
+            "category": "Customer",
+            "sql": CUSTOMER_QUERY,
+            "verify": "email",
+        }
         bot = make_bot(
             connectors=[{"name": "crm", "type": "sql", "url": postgres.url, "queries": [query]}]
         )

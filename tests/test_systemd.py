@@ -378,6 +378,7 @@ url = "{crm_url}"
 name = "customers"
 category = "Customer"
 sql = "SELECT email, plan FROM customers WHERE lower(email) = :email"
+verify = "email"
 """
 
 
