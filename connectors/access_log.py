@@ -17,6 +17,7 @@ import gzip
 import ipaddress
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
@@ -41,7 +42,16 @@ from connectors.logformats import (
 )
 from sarbot.addresses import written_forms
 from sarbot.config import Section
-from sarbot.connector import EMAIL, Identifier, Identity, JSONValue, Record, Trust, split_account
+from sarbot.connector import (
+    EMAIL,
+    Identifier,
+    Identity,
+    JSONValue,
+    Record,
+    Trust,
+    fold,
+    split_account,
+)
 from sarbot.errors import ConnectorError
 from sarbot.secretref import base_dir
 
@@ -49,6 +59,8 @@ CATEGORY = "Access log entry"
 MAX_LINE_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 JSONL_KEYS = frozenset({"time_field", "user_field", "ip_field", "action_field", "status_field"})
+OWN = "log entries"
+VISIT = "visits to web addresses carrying your email address"
 VISITOR_WITHHELD = (
     "Your email address was in the web address requested, which anyone with the link can "
     "visit: who made the request, from where and when were withheld."
@@ -145,22 +157,14 @@ class AccessLogConnector:
         matcher = Matcher(identity)
         if not matcher.needles:
             return
-        limit = self.settings.max_records
         notes: list[str] = []
         # One record is held back so that notes about the whole search can go on the last one.
         held: Record | None = None
-        count = 0
         with closing(self._matches(matcher, notes)) as matches:
             for record in matches:
-                if held is not None and count == limit:
-                    notes.append(
-                        f"More log entries match than the {limit} shown here; "
-                        "the search stopped at that limit."
-                    )
-                    break
                 if held is not None:
                     yield held
-                held, count = record, count + 1
+                held = record
         if held is not None:
             yield _with_notes(held, notes)
 
@@ -168,21 +172,36 @@ class AccessLogConnector:
         """Nothing is held open between collections."""
 
     def _matches(self, matcher: Matcher, notes: list[str]) -> Generator[Record, None, None]:
-        """Every matching line of every file; a note for each file with unreadable lines."""
+        """The matching lines of every source, at most ``max_records`` of each source's own
+        lines and as many of its visits to links carrying the address: each source is read
+        whatever the others hold, and visits anyone can make cannot crowd out the person's
+        own entries."""
+        limit = self.settings.max_records
         for source in self.settings.sources:
+            shown = {OWN: 0, VISIT: 0}
             for path in _files_of(source):
-                unreadable = yield from self._scan(matcher, source, path)
+                if min(shown.values()) > limit:
+                    break
+                unreadable = yield from self._scan(matcher, source, path, shown)
                 if unreadable:
                     notes.append(
                         f"{unreadable} line(s) of {path} that could concern you could not be "
                         f"read as {source.format} log lines and were not searched."
                     )
+            for kind, count in shown.items():
+                if count > limit:
+                    notes.append(
+                        f"More {kind} in {source.label} match than the {limit} shown here; "
+                        "the search of them stopped at that limit."
+                    )
 
     def _scan(
-        self, matcher: Matcher, source: LogSource, path: Path
+        self, matcher: Matcher, source: LogSource, path: Path, shown: dict[str, int]
     ) -> Generator[Record, None, int]:
-        """The records of one file; returns how many lines that might match could not be read."""
+        """The records of one file, each kind up to the limit (``shown`` counts one past it);
+        returns how many lines that might match could not be read."""
         unreadable = 0
+        limit = self.settings.max_records
         with open_log(path) as stream:
             parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
             for number, line in read_lines(stream, path):
@@ -194,8 +213,15 @@ class AccessLogConnector:
                     unreadable += 1
                 elif isinstance(entry, LogEntry):
                     record = self._record(matcher, source, path, number, entry)
-                    if record is not None:
+                    if record is None:
+                        continue
+                    kind = VISIT if VISITOR_WITHHELD in record.notes else OWN
+                    if shown[kind] <= limit:
+                        shown[kind] += 1
+                    if shown[kind] <= limit:
                         yield record
+                    elif min(shown.values()) > limit:
+                        break
         return unreadable
 
     def namespace(self, source: LogSource) -> str:
@@ -257,7 +283,7 @@ class Matcher:
             for i in identity.of_kind(EMAIL)
             for form in written_forms(i.value)
         ]
-        names = [split_account(i.value)[0] for i in identity.of_kind("username")]
+        names = [fold(split_account(i.value)[0]) for i in identity.of_kind("username")]
         self.needles = {v.lower() for v in names + [form for _, form, _ in self.addresses] if v}
 
     def may_concern(self, line: str, log_format: str) -> bool:
@@ -296,6 +322,8 @@ class Matcher:
         )
 
     def _holds_needle(self, text: str) -> bool:
+        if not text.isascii():  # as fold() compares: composed (NFC), then lower case
+            text = unicodedata.normalize("NFC", text)
         lowered = text.lower()
         return any(needle in lowered for needle in self.needles)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,7 @@ from sarbot.connector import (
     JSONValue,
     Record,
     Trust,
+    fold,
     split_account,
 )
 from sarbot.errors import ConnectorError
@@ -311,7 +313,10 @@ class KeepassConnector:
         group = "/".join(_group_names(entry)) or "(top level)"
         origin = f"keepass '{self.name}': UserName of entry {entry.uuid} in group '{group}'"
         try:
-            found = Identifier(EMAIL, normalize_address(username), origin, EMAIL, Trust.CONTROLLER)
+            # An address, or a login at a private domain (asmith@corp.local): the graph tells
+            # which, and keeps a login in the group it was recorded in.
+            address = normalize_address(username)
+            found = Identifier(EMAIL, address, origin, namespace, Trust.CONTROLLER)
         except InvalidAddress:
             found = Identifier("username", username, origin, namespace, Trust.CONTROLLER)
         if (found.kind, found.value) == (found_by.kind, found_by.value):
@@ -359,10 +364,10 @@ class _Mention:
             values, before = written_forms(identifier.value), _ADDRESS_CHARS
         else:
             values, before = [split_account(identifier.value)[0]], _WORD_CHARS
-        self.name = values[0].lower()
+        self.name = fold(values[0])
         self.patterns = [
             re.compile(
-                rf"(?<!{before})(?<!{_WORD_CHARS}\.){re.escape(value.lower())}"
+                rf"(?<!{before})(?<!{_WORD_CHARS}\.){re.escape(fold(value))}"
                 rf"(?!{_WORD_CHARS})(?!\.{_WORD_CHARS})"
             )
             for value in values
@@ -370,7 +375,7 @@ class _Mention:
         ]
 
     def finds(self, line: str) -> bool:
-        lowered = line.lower()
+        lowered = unicodedata.normalize("NFC", line).lower()
         for pattern in self.patterns:
             for match in pattern.finditer(lowered):
                 if self.identifier.kind == EMAIL:

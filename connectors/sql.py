@@ -8,7 +8,7 @@ be the identifier exactly (an address once normalised; a login in this
 connector's namespace, ``sql:NAME``).  Every row that passes becomes a record.
 A query may name columns whose values are further identifiers of the same
 person (``yields``); the connector's ``trust`` says who wrote them (default:
-whoever typed them, so they are looked up in this database only).  The
+whoever typed them, so they are not followed).  The
 database is opened read-only (see ``connectors.readonly``); give the connector
 a read-only account too.
 """

@@ -357,8 +357,12 @@ def like_pattern(needle: str) -> str:
     for char in needle.lower():
         if char in "%_/":
             out.append("/" + char)
-        else:  # lower() of non-ASCII letters differs between databases: match any character
-            out.append(char if char.isascii() else "_")
+        elif char.isascii():
+            out.append(char)
+        elif not out or out[-1] != "%":
+            # Databases lower non-ASCII letters differently, to more or fewer characters
+            # (İ, ß, a decomposed é): any run of them matches anything; Python decides.
+            out.append("%")
     return "%" + "".join(out) + "%"
 
 

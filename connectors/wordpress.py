@@ -11,7 +11,7 @@ Everything on a WordPress site is typed by whoever signed up or commented: a
 login, a profile's email, a comment's author fields prove nothing about who
 someone is.  An account belongs to the person when its ``user_email`` is their
 address; what it yields (its login, its email) is self-asserted and is looked up
-on this website only.  Every match is checked again in Python, exactly, whatever
+nowhere, not even here.  Every match is checked again in Python, exactly, whatever
 the database's collation.
 """
 

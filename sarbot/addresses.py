@@ -42,7 +42,7 @@ def normalize_address(text: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise InvalidAddress("not an address")
-    if len(local) > 64 or not _LOCAL_RE.match(local):
+    if len(local) > 64 or not _LOCAL_RE.fullmatch(local):
         raise InvalidAddress("unsupported local part")
     return f"{local.lower()}@{_normalize_domain(domain)}"
 
@@ -100,6 +100,27 @@ def sender_of(from_fields: Sequence[str]) -> str:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
+
+
+PRIVATE_SUFFIXES = (
+    "local",  # RFC 6762: multicast DNS, and many an Active Directory domain
+    "localdomain",
+    "localhost",
+    "internal",  # reserved by ICANN for private use (2024)
+    "home.arpa",  # RFC 8375
+    "lan",
+    "home",
+    "corp",
+    "intranet",
+    "private",
+)
+"""Suffixes of domains that name no mailbox on the internet but a private network's
+directory: ``asmith@corp.local`` is a Windows login, and two clients may both have one."""
+
+
+def is_private_domain(domain: str) -> bool:
+    """Whether an (ASCII, lower-case) domain is a private network's, not a mail domain."""
+    return any(domain == s or domain.endswith("." + s) for s in PRIVATE_SUFFIXES)
 
 
 def written_forms(address: str) -> list[str]:

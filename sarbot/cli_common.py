@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from datetime import date, datetime
 from typing import Any
 
@@ -42,11 +43,20 @@ def iso(value: datetime | date | None) -> str | None:
     return value.isoformat()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value: Any) -> str:
+    """A cell as one line of plain text: stored values (a yielded identifier, a reason) may
+    hold what a terminal would obey, such as escape sequences."""
+    return "" if value is None else _CONTROL.sub("?", str(value))
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         click.echo("(none)")
         return
-    cells = [[("" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    cells = [[_printable(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:

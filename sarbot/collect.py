@@ -88,26 +88,31 @@ class Collector:
                 if records is None:
                     failed.append(configured.name)
                     continue
+                kept = found[configured.name]
                 for record in map(with_other_people_note, records):
-                    found[configured.name].setdefault(record.identity_key, record)
+                    earlier = kept.get(record.identity_key)
+                    # A later round knows more of the person (a login that makes a mentioned
+                    # entry theirs, a name on a computer that is not another's): what it
+                    # found wins; found again alike, the first provenance stays.
+                    if earlier is None or _changed(earlier, record):
+                        kept[record.identity_key] = record
                     new.extend(
                         placed
                         for identifier in record.yields
                         if (placed := graph.add(identifier, configured)) is not None
                     )
             self.log.info("collect.round", round=round_number, new_identifiers=len(new))
-            if failed or not new:
+            if failed:
+                graph.stop(new, "not looked up: a source could not be searched")
+                break
+            following = graph.next_round(new)
+            if not following:
                 break
             if round_number == self.settings.max_rounds:
-                self.log.warning("collect.rounds_exhausted", unfollowed=len(new))
-                graph.stop(new)
+                self.log.warning("collect.rounds_exhausted", unfollowed=len(following))
+                graph.stop(following, "found in the last round of the search")
                 break
-            known = graph.known()
-            asked = {
-                c.name: Identity(email, offered, known)
-                for c in self.connectors
-                if (offered := graph.offered(new, c.name))
-            }
+            asked = {c.name: Identity(email, following, graph.known()) for c in self.connectors}
         sources = [
             SourceData(c.name, c.description, c.facts, list(found[c.name].values()))
             for c in self.connectors
@@ -154,3 +159,11 @@ class Collector:
             with attempt:
                 return list(configured.connector.collect(identity))
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def _changed(earlier: Record, later: Record) -> bool:
+    return (earlier.category, earlier.fields, earlier.notes) != (
+        later.category,
+        later.fields,
+        later.notes,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -132,6 +133,20 @@ DEFAULT_NEVER_FOLLOW = (
     "webmaster",
     "postmaster",
     "nobody",
+    "office",
+    "reception",
+    "contact",
+    "hello",
+    "sales",
+    "billing",
+    "accounts",
+    "finance",
+    "enquiries",
+    "helpdesk",
+    "hr",
+    "it",
+    "noreply",
+    "no-reply",
 )
 
 
@@ -311,7 +326,9 @@ class Settings(Section):
         seen: dict[str, str] = {}
         for realm in value:
             for member in realm.same_as:
-                key = member.lower() if member.startswith("ad:") else member
+                if member.startswith("ad:"):
+                    continue  # a domain name may be in several realms: it joins nothing
+                key = unicodedata.normalize("NFC", member)
                 other = next((o for m, o in seen.items() if covers(m, key) or covers(key, m)), None)
                 if other is not None:
                     raise ValueError(f"'{member}' is in realm '{other}' too")

@@ -23,7 +23,7 @@ the vault group of one client and ``asmith`` at another client are three
 people.  sarbot follows an identifier into other connectors only when the
 controller recorded it (``Trust.CONTROLLER``); one chosen by whoever typed it
 (``Trust.SELF_ASSERTED``: website logins, comment fields, form content) is
-looked up in its own source only.  A username matches a stored account only
+never followed.  A username matches a stored account only
 within the namespaces the admin declared the same (``[[realms]]``), and with
 the same domain: use ``Identity.account`` and ``Identity.address`` for every
 comparison, never string equality.
@@ -83,13 +83,14 @@ def split_account(value: str) -> tuple[str, str]:
         name, _, domain = text.rpartition("@")
     else:
         name, domain = text, ""
-    domain = domain.strip()
-    return name.strip(), "" if domain == "." else domain
+    domain = domain.strip().rstrip(".")  # a trailing dot is the root: ACME. is ACME
+    return name.strip(), domain
 
 
 def covers(member: str, namespace: str) -> bool:
     """Whether a namespace is ``member`` itself or lies inside it (``keepass:vault/Clients``
     covers ``keepass:vault/Clients/Acme Ltd``)."""
+    namespace, member = (unicodedata.normalize("NFC", n) for n in (namespace, member))
     return namespace == member or namespace.startswith(member + "/")
 
 
@@ -120,8 +121,13 @@ class Identifier:
         return (self.kind, self.value if self.kind == EMAIL else fold(self.value), scope)
 
     def covers(self, namespace: str) -> bool:
-        """Whether the identifier is valid in that namespace (its own, or its realm's)."""
-        return any(covers(member, namespace) for member in {self.namespace, *self.aliases})
+        """Whether the identifier is valid in that namespace: its own exactly (a login in a
+        parent group or at a vault's top level is not valid in every group below it), or
+        one in its realm (a realm's member covers what lies inside it, as the admin said)."""
+        own = unicodedata.normalize("NFC", self.namespace)
+        return unicodedata.normalize("NFC", namespace) == own or any(
+            covers(m, namespace) for m in self.aliases
+        )
 
     def domains(self) -> frozenset[str]:
         """The Windows domains its realm declares, folded."""

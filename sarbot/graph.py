@@ -7,8 +7,10 @@ belongs to) and judged, here and nowhere else:
 * a kind that can name several people (``ip``, ``hostname``, ``name``; any kind
   not in ``[collection] strong_identifiers``) is not followed;
 * a generic account name (``[collection] never_follow``) is not followed;
-* an identifier chosen by whoever typed it (``Trust.SELF_ASSERTED``) is looked
-  up again in the connector that found it, and nowhere else;
+* an identifier chosen by whoever typed it (``Trust.SELF_ASSERTED``) is not
+  followed at all, not even in the store it came from: a value typed into a
+  form (an order's "copy invoice to" address) can name anyone, and looking it
+  up again would fetch that person's records;
 * one the controller recorded is offered to every connector, each of which
   matches it only within its namespace and the realm's (``Identity.account``).
 
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from sarbot.addresses import InvalidAddress, normalize_address
+from sarbot.addresses import InvalidAddress, domain_of, is_private_domain, normalize_address
 from sarbot.config import CollectionSettings, RealmSettings
 from sarbot.connector import (
     AD,
@@ -47,8 +50,6 @@ class Scope(StrEnum):
     """The verified address: every connector was asked about it."""
     EVERYWHERE = "everywhere"
     """Recorded by the controller: every connector was asked, within its realm."""
-    OWN_SOURCE = "own_source"
-    """Self-asserted: only the connector that found it was asked about it."""
     NOT_FOLLOWED = "not_followed"
     """Kept as part of a record; no connector was asked about it."""
 
@@ -107,6 +108,13 @@ class Realms:
         self.realms = [
             Realm(r.label, frozenset(_canonical(m) for m in r.same_as)) for r in settings
         ]
+        self.domains = frozenset(
+            m.removeprefix(AD) for realm in self.realms for m in realm.members if m.startswith(AD)
+        )
+
+    def is_login_domain(self, domain: str) -> bool:
+        """A domain of Windows logins, not of mailboxes: a realm's, or a private network's."""
+        return is_private_domain(domain) or domain in self.domains
 
     def of(self, namespace: str) -> Realm | None:
         return next((realm for realm in self.realms if realm.holds(namespace)), None)
@@ -122,8 +130,10 @@ class Realms:
 
 
 def _canonical(namespace: str) -> str:
-    """Windows domain names ignore case; every other namespace is compared as written."""
-    return AD + fold(namespace.removeprefix(AD)) if namespace.startswith(AD) else namespace
+    """Windows domain names ignore case; every other namespace is compared as written (NFC)."""
+    if namespace.startswith(AD):
+        return AD + fold(namespace.removeprefix(AD))
+    return unicodedata.normalize("NFC", namespace)
 
 
 class Source(Protocol):
@@ -179,50 +189,52 @@ class Graph:
 
     def add(self, found: Identifier, source: Source) -> Identifier | None:
         """Place and judge a yielded identifier; it is returned if it is to be looked up."""
-        identifier = self._placed(found, source)
-        if identifier.kind == EMAIL:
+        if found.kind == EMAIL:
             try:
-                identifier = replace(identifier, value=normalize_address(identifier.value))
+                address = normalize_address(found.value)
             except InvalidAddress:
+                placed = self._placed(found, source)
                 self.links.setdefault(
-                    identifier.key,
-                    Link(identifier, Scope.NOT_FOLLOWED, "not a plain email address"),
+                    placed.key, Link(placed, Scope.NOT_FOLLOWED, "not a plain email address")
                 )
                 return None
+            if self.realms.is_login_domain(domain_of(address)):
+                # asmith@corp.local names a login in a private directory, not a mailbox:
+                # two clients may both have one.  It stays where it was recorded.
+                found = replace(found, kind="username", value=address)
+            else:
+                found = replace(found, value=address)
+        identifier = self._placed(found, source)
         link = self._judge(identifier, source)
         existing = self.links.get(identifier.key)
-        if existing is not None and not _wider(link.scope, existing.scope):
+        if existing is not None and not _wider(link, existing):
             return None
         self.links[identifier.key] = link
         return identifier if link.followed else None
 
-    def stop(self, pending: Iterable[Identifier]) -> None:
-        """The rounds ran out: these were found but not looked up."""
+    def stop(self, pending: Iterable[Identifier], reason: str) -> None:
+        """The search ended before these were looked up."""
         for identifier in pending:
-            self.links[identifier.key] = Link(
-                identifier, Scope.NOT_FOLLOWED, "found in the last round of the search"
-            )
+            self.links[identifier.key] = Link(identifier, Scope.NOT_FOLLOWED, reason)
 
-    def offered(self, new: Sequence[Identifier], source: str) -> tuple[Identifier, ...]:
-        """What a connector is asked about next: what is followed everywhere, and its own."""
+    def next_round(self, new: Sequence[Identifier]) -> tuple[Identifier, ...]:
+        """What every connector is asked about next: the new ones followed everywhere."""
         latest = [self.links[key].identifier for key in dict.fromkeys(i.key for i in new)]
-        return tuple(
-            i
-            for i in latest
-            if self.links[i.key].scope is Scope.EVERYWHERE
-            or (self.links[i.key].scope is Scope.OWN_SOURCE and i.source == source)
-        )
+        return tuple(i for i in latest if self.links[i.key].scope is Scope.EVERYWHERE)
 
     def ordered(self) -> list[Link]:
         """The start, then what was followed, then what was not."""
-        order = {Scope.START: 0, Scope.EVERYWHERE: 1, Scope.OWN_SOURCE: 2, Scope.NOT_FOLLOWED: 3}
+        order = {Scope.START: 0, Scope.EVERYWHERE: 1, Scope.NOT_FOLLOWED: 2}
         return sorted(self.links.values(), key=lambda link: order[link.scope])
 
     def _placed(self, found: Identifier, source: Source) -> Identifier:
         if found.kind == EMAIL:
             namespace = EMAIL
         elif found.kind == "username":
-            namespace = _canonical(found.namespace or f"{source.type}:{source.name}")
+            own = f"{source.type}:{source.name}"
+            namespace = _canonical(found.namespace or own)
+            if not (covers(own, namespace) or namespace.startswith(AD)):
+                namespace = own  # a connector names logins of its own directories only
         else:  # an IP address or a computer name is the same value wherever it was seen
             namespace = found.namespace or found.kind
         if source.trust is not Trust.CONTROLLER:
@@ -248,11 +260,8 @@ class Graph:
         if self._generic(identifier):
             return Link(identifier, Scope.NOT_FOLLOWED, "a shared account name")
         if identifier.trust is Trust.SELF_ASSERTED:
-            where = source.description or source.name
             return Link(
-                identifier,
-                Scope.OWN_SOURCE,
-                f"chosen by whoever typed it, so looked up only in: {where}",
+                identifier, Scope.NOT_FOLLOWED, "chosen by whoever typed it, so it proves nothing"
             )
         return Link(identifier, Scope.EVERYWHERE)
 
@@ -262,6 +271,10 @@ class Graph:
         return fold(identifier.value) in self._never or fold(name) in self._never
 
 
-def _wider(new: Scope, old: Scope) -> bool:
-    """A controller's record of an identifier found self-asserted first widens its scope."""
-    return old is Scope.OWN_SOURCE and new is Scope.EVERYWHERE
+def _wider(new: Link, old: Link) -> bool:
+    """A controller's record of an identifier found self-asserted first makes it followed."""
+    return (
+        old.scope is Scope.NOT_FOLLOWED
+        and old.identifier.trust is Trust.SELF_ASSERTED
+        and new.scope is Scope.EVERYWHERE
+    )

@@ -368,8 +368,7 @@ def record_graph(
     request.identity_graph = json.dumps(graph_document(links), ensure_ascii=False)
     scopes = Counter(link.scope for link in links)
     summary = (
-        f"{len(links)} identifier(s): {scopes[Scope.EVERYWHERE]} followed everywhere, "
-        f"{scopes[Scope.OWN_SOURCE]} in their own source only, "
+        f"{len(links)} identifier(s): {scopes[Scope.EVERYWHERE]} followed, "
         f"{scopes[Scope.NOT_FOLLOWED]} not followed; graph {graph_digest(links)}"
     )
     audit(session, request, "collect.graph", at=at, reason=summary)

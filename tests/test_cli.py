@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from sarbot import db
 from sarbot.app import App
 from sarbot.cli import cli
+from sarbot.cli_common import table
 from sarbot.lifecycle import audit
 from sarbot.models import utcnow
 from sarbot.testing import Correspondent, MailServer, subject_contains
@@ -240,3 +241,11 @@ class TestAuditCommand:
         code, output = invoke(config, "audit", "verify")
         assert code == 1
         assert output.startswith("audit trail BROKEN at event 2: its content was changed")
+
+
+def test_tables_print_no_terminal_controls(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stored value (a yielded login, say) with an escape sequence is shown inert."""
+    table([{"value": "asmith\x1b[2J\x1b]0;pwned\x07", "n": None}], ["value", "n"])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "asmith?[2J?]0;pwned?" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ import structlog
 from pydantic import BaseModel
 
 from connectors.sql import SqlConnector, SqlSettings
+from sarbot.addresses import is_private_domain
 from sarbot.collect import Collection, Collector
 from sarbot.config import (
     CollectionSettings,
@@ -24,7 +26,7 @@ from sarbot.config import (
 )
 from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
-from sarbot.graph import Realms, Scope, check_realms
+from sarbot.graph import Graph, Realms, Scope, check_realms
 from sarbot.registry import ConfiguredConnector
 
 
@@ -186,21 +188,51 @@ class TestExpansion:
         assert found["logins"] == []
         assert graph(collection)[("username", "asmith")] == (Scope.EVERYWHERE, "")
 
-    def test_a_self_asserted_login_is_looked_up_only_where_it_was_typed(self, stores: Path) -> None:
-        """A store whose logins anyone chooses: its login finds records in that store only."""
+    def test_a_self_asserted_login_is_not_looked_up_anywhere(self, stores: Path) -> None:
+        """A store whose logins anyone chooses: its login proves nothing, and is not looked up
+        in any store, its own included."""
         conns = connectors(stores, accounts_trust="self_asserted")
         collection = run(conns, "alice@example.test", realms=())
         found = records(collection)
         assert found["logins"] == []
-        # Its own store was asked about it again: the account is found by the login too.
         assert {(r.found_by.kind, r.fields["login"]) for r in found["accounts"]} == {
-            ("email", "asmith"),
-            ("username", "asmith"),
+            ("email", "asmith")
         }
-        scope, reason = graph(collection)[("username", "asmith")]
-        assert scope is Scope.OWN_SOURCE and "looked up only in: Accounts" in reason
+        assert graph(collection)[("username", "asmith")] == (
+            Scope.NOT_FOLLOWED,
+            "chosen by whoever typed it, so it proves nothing",
+        )
         [link] = [link for link in collection.links if link.identifier.value == "asmith"]
         assert link.identifier.trust is Trust.SELF_ASSERTED and link.identifier.source == "accounts"
+
+    def test_a_value_typed_into_a_form_fetches_nobody_elses_records(self, tmp_path: Path) -> None:
+        """mallory's order names alice as its invoice copy: that address is not looked up,
+        not even in the shop, so alice's orders stay out of mallory's export."""
+        with sqlite3.connect(tmp_path / "shop.db") as db:
+            db.execute("CREATE TABLE orders (id INTEGER, email TEXT, invoice_cc TEXT, item TEXT)")
+            db.executemany(
+                "INSERT INTO orders VALUES (?, ?, ?, ?)",
+                [
+                    (1, "mallory@evil.test", "alice@example.test", "mallory's order"),
+                    (2, "alice@example.test", None, "alice's order, to her home address"),
+                ],
+            )
+        shop = sql(
+            "shop",
+            f"sqlite:///{tmp_path / 'shop.db'}",
+            {
+                "name": "orders",
+                "category": "Order",
+                "key": "id",
+                "verify": "email",
+                "yields": {"email": "invoice_cc"},
+                "sql": "SELECT id, email, invoice_cc, item FROM orders WHERE email = :email",
+            },
+            trust="self_asserted",
+        )
+        collection = run([shop], "mallory@evil.test", realms=())
+        assert [r.fields["item"] for r in records(collection)["shop"]] == ["mallory's order"]
+        assert graph(collection)[("email", "alice@example.test")][0] is Scope.NOT_FOLLOWED
 
     def test_a_self_asserted_store_cannot_join_a_realm(self, stores: Path) -> None:
         """The admin cannot map a directory of self-chosen names onto a controller's one."""
@@ -281,13 +313,6 @@ class TestRealmSettings:
                 ],
                 "'keepass:v/Clients/Other' is in realm 'A' too",
             ),
-            (
-                [
-                    {"label": "A", "same_as": ["sql:a", "ad:ACME"]},
-                    {"label": "B", "same_as": ["sql:b", "ad:acme"]},
-                ],
-                "'ad:acme' is in realm 'A' too",
-            ),
         ],
     )
     def test_bad_realms_are_refused_at_start_up(
@@ -296,6 +321,24 @@ class TestRealmSettings:
         """A realm joins nothing by accident: each namespace in one realm at most."""
         with pytest.raises(ConfigError, match=message):
             validate({**self.base(), "realms": realms}, Settings, source="c", base_dir=Path("."))
+
+    def test_two_realms_may_share_a_windows_domain_name(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Many small clients call their domain CORP or corp.local: a domain name qualifies a
+        realm's logins and joins nothing, so two realms may both name it."""
+        realms = [
+            {"label": "A", "same_as": ["sql:a", "ad:corp.local"]},
+            {"label": "B", "same_as": ["sql:b", "ad:CORP.local"]},
+        ]
+        monkeypatch.setenv("P", "x")
+        settings = validate(
+            {**self.base(), "realms": realms},
+            Settings,
+            source="c",
+            base_dir=Path("."),
+        )
+        assert [r.label for r in settings.realms] == ["A", "B"]
 
     def test_a_realm_must_name_configured_connectors(self, stores: Path) -> None:
         """A member naming no connector, or one of another type, is refused."""
@@ -450,14 +493,14 @@ class TestGraph:
 
     def test_a_connector_cannot_vouch_for_more_than_it_holds(self) -> None:
         """An identifier marked controller by a connector of self-asserted names is
-        self-asserted: only that connector is asked about it."""
+        self-asserted: no connector is asked about it."""
         claims = Identifier("email", "alice.work@corp.test", "here", trust=Trust.CONTROLLER)
         website = Yielding("website", Trust.SELF_ASSERTED, claims)
         vault = Yielding("vault", Trust.CONTROLLER)
         collection = run([configured(website), configured(vault)], "alice@example.test", realms=())
-        assert graph(collection)[("email", "alice.work@corp.test")][0] is Scope.OWN_SOURCE
-        assert website.asked == [("alice@example.test",), ("alice.work@corp.test",)]
-        assert vault.asked == [("alice@example.test",)]
+        [link] = [link for link in collection.links if link.identifier.value == claims.value]
+        assert (link.scope, link.identifier.trust) == (Scope.NOT_FOLLOWED, Trust.SELF_ASSERTED)
+        assert website.asked == vault.asked == [("alice@example.test",)]
 
     def test_an_identifier_the_controller_recorded_too_is_followed_everywhere(self) -> None:
         """Found as self-asserted by one source and recorded by the controller in another:
@@ -471,3 +514,102 @@ class TestGraph:
         [link] = [link for link in collection.links if link.identifier.value == address]
         assert (link.scope, link.identifier.source) == (Scope.EVERYWHERE, "vault")
         assert website.asked[1] == (address,) and vault.asked[1] == (address,)
+
+    def test_a_record_found_again_knowing_more_replaces_the_first(self) -> None:
+        """Round one sees an item only as a mention; round two, knowing the person's login,
+        sees it is theirs: the export has what round two found, once."""
+
+        class Vault:
+            name = "vault"
+            namespace_trust = Trust.CONTROLLER
+
+            def collect(self, identity: Identity) -> Iterable[Record]:
+                login = Identifier("username", "asmith", "v", trust=Trust.CONTROLLER)
+                if identity.identifiers[0].kind == "email":
+                    return [Record("Mention", {"line": "asmith"}, identity.identifiers[0],
+                                   yields=(login,), key="entry:1")]  # fmt: skip
+                return [Record("Entry", {"all": "of it"}, identity.identifiers[0], key="entry:1")]
+
+            def check(self) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+        collection = run([configured(Vault())], "alice@example.test", realms=())  # type: ignore[arg-type]
+        [record] = records(collection)["vault"]
+        assert (record.category, dict(record.fields)) == ("Entry", {"all": "of it"})
+
+    def test_what_a_failed_round_found_is_not_claimed_as_searched(self) -> None:
+        """A source failed: the identifiers that round found were never looked up, and the
+        graph (and so the letter) says so."""
+        Broken.calls = 0
+        found = Identifier("email", "alice.work@corp.test", "v", trust=Trust.CONTROLLER)
+        vault = Yielding("vault", Trust.CONTROLLER, found)
+        broken = ConfiguredConnector("broken", "t", "", SourceFacts(), Broken())
+        collection = run([configured(vault), broken], "alice@example.test", realms=(), attempts=1)
+        assert collection.failed == ["broken"]
+        assert graph(collection)[("email", "alice.work@corp.test")] == (
+            Scope.NOT_FOLLOWED,
+            "not looked up: a source could not be searched",
+        )
+
+
+class TestNamespaces:
+    def test_a_login_is_valid_in_its_own_namespace_exactly(self) -> None:
+        """A login recorded at a vault's top level or in a parent group is not valid in the
+        groups below it: those may be other clients."""
+        top = Identifier("username", "asmith", "v", "keepass:vault", Trust.CONTROLLER)
+        assert top.covers("keepass:vault")
+        assert not top.covers("keepass:vault/Clients/Other Ltd")
+
+    def test_a_realm_covers_what_lies_inside_its_members(self) -> None:
+        """The admin's realm member covers its subgroups; a longer name is not inside it."""
+        acme = Identifier(
+            "username",
+            "asmith",
+            "v",
+            "keepass:vault/Clients/Acme Ltd",
+            Trust.CONTROLLER,
+            aliases=frozenset({"keepass:vault/Clients/Acme Ltd", "tacticalrmm:rmm/Acme Ltd"}),
+        )
+        assert acme.covers("keepass:vault/Clients/Acme Ltd/Laptops")
+        assert acme.covers("tacticalrmm:rmm/Acme Ltd")
+        assert not acme.covers("keepass:vault/Clients/Acme Ltd Holdings")
+        assert not acme.covers("keepass:vault/Clients")
+
+
+class TestLoginsThatLookLikeAddresses:
+    def test_a_login_at_a_private_domain_stays_in_the_group_it_was_recorded_in(self) -> None:
+        """asmith@corp.local in a vault entry is a Windows login, not a mailbox, and two clients
+        may both have it: it stays in its group's realm instead of becoming a global address."""
+        realms = Realms(
+            [
+                RealmSettings(label="Acme Ltd", same_as=("keepass:vault/Acme", "ad:corp.local")),
+                RealmSettings(label="Other Ltd", same_as=("keepass:vault/Other", "ad:corp.local")),
+            ]
+        )
+        graph_ = Graph("alice@example.test", CollectionSettings(), realms)
+        vault = configured(Yielding("vault", Trust.CONTROLLER))
+        found = Identifier(
+            "email", "ASmith@Corp.Local", "v", "keepass:vault/Acme", Trust.CONTROLLER
+        )
+        placed = graph_.add(found, replace(vault, type="keepass"))
+        assert placed is not None
+        assert (placed.kind, placed.value, placed.realm) == (
+            "username",
+            "asmith@corp.local",
+            "Acme Ltd",
+        )
+        assert not placed.covers("keepass:vault/Other")
+        mailbox = Identifier(
+            "email", "a.smith@acme.example", "v", "keepass:vault/Acme", Trust.CONTROLLER
+        )
+        kept = graph_.add(mailbox, replace(vault, type="keepass"))
+        assert kept is not None and (kept.kind, kept.namespace) == ("email", "email")
+
+    @pytest.mark.parametrize("domain", ["corp.local", "ad.internal", "office.lan", "x.home.arpa"])
+    def test_private_network_domains_are_not_mail_domains(self, domain: str) -> None:
+        """The suffixes of private networks' directories are logins' domains."""
+        assert is_private_domain(domain)
+        assert not is_private_domain("example.test") and not is_private_domain("local.example")

@@ -494,13 +494,40 @@ class TestJsonLines:
 
 class TestLimits:
     def test_max_records_stops_with_a_note(self, logs: Path) -> None:
-        """The search stops at max_records and says that more entries match."""
+        """A source shows at most max_records of the person's entries and says that more
+        match; the rest of it is still read for what may concern them."""
         records = collect(logs, [AUTH_SOURCE], max_records=3)
         assert [r.location.rsplit(" ", 1)[1] for r in records] == ["1", "2", "3"]
-        assert records[-1].notes == (
-            COMMAND_WITHHELD,
-            "More log entries match than the 3 shown here; the search stopped at that limit.",
+        assert records[-1].notes[0] == COMMAND_WITHHELD
+        assert records[-1].notes[-1] == (
+            "More log entries in SSH logins on gw1 match than the 3 shown here; the search of "
+            "them stopped at that limit."
         )
+
+    def test_visits_anyone_can_make_crowd_out_no_source(self, tmp_path: Path) -> None:
+        """mallory opens a link carrying alice's address ten times: those visits are capped
+        on their own, and alice's own entries, in that log and in the next, are all found."""
+        web = '{ip} - {user} [01/Mar/2026:10:00:{n:02d} +0000] "GET {path} HTTP/1.1" 200 1 "-" "x"'
+        visits = [
+            web.format(ip="203.0.113.66", user="-", n=n, path=f"/?x={EMAIL.value}")
+            for n in range(10)
+        ]
+        own = [web.format(ip="192.0.2.10", user="asmith", n=50 + n, path="/wiki") for n in range(2)]
+        (tmp_path / "logs").mkdir()
+        (tmp_path / "logs" / "access.log").write_text("\n".join(visits + own) + "\n")
+        vpn = [{"time": f"2026-03-01T11:0{n}:00Z", "user": "asmith", "ip": "192.0.2.10",
+                "action": "vpn.connect", "status": "ok"} for n in range(3)]  # fmt: skip
+        (tmp_path / "logs" / "vpn.jsonl").write_text("".join(json.dumps(v) + "\n" for v in vpn))
+        vpn_source = {"paths": ["logs/vpn.jsonl"], "format": "jsonl", "label": "VPN"}
+        records = collect(tmp_path, [WEB_SOURCE, vpn_source], max_records=3)
+        by_log: dict[str, list[Record]] = {}
+        for record in records:
+            by_log.setdefault(str(record.fields["Log"]), []).append(record)
+        portal = by_log["Portal"]
+        assert [r.fields.get("User") for r in portal] == [None, None, None, "asmith", "asmith"]
+        assert len(by_log["VPN"]) == 3
+        assert any("More visits to web addresses carrying your email address in Portal" in n
+                   for n in records[-1].notes)  # fmt: skip
 
     def test_large_gzip_log_is_streamed(self, tmp_path: Path) -> None:
         """A 200,000-line gzip log is read to its end in far less memory than its size."""

@@ -500,12 +500,19 @@ class TestYields:
         )
 
     def test_an_address_in_the_username_is_yielded_as_email(self, vault: Vault) -> None:
-        """A user name that is an address is yielded, normalised, as an e-mail identifier."""
+        """A user name that is an address is yielded, normalised, as an e-mail identifier,
+        with the group it was recorded in (the graph keeps one at a private domain there)."""
         keepass = connector(vault.path, owner_fields=["Contact"])
         portal = by_title(keepass.collect(Identity.verified(ALICE)))["Portal"]
         origin = yield_origin(portal, "Clients/Acme")
         assert portal.yields == (
-            Identifier("email", "alice.work@example.test", origin, "email", Trust.CONTROLLER),
+            Identifier(
+                "email",
+                "alice.work@example.test",
+                origin,
+                "keepass:vault/Clients/Acme",
+                Trust.CONTROLLER,
+            ),
         )
 
     def test_the_identifier_that_found_the_entry_is_not_yielded_again(self, vault: Vault) -> None:

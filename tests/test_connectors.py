@@ -367,6 +367,6 @@ class TestSqlOnMariaDB:
         [yielded] = record.yields
         graph = Graph("x@example.test", CollectionSettings(), Realms(()))
         source = ConfiguredConnector("crm", "sql", "", SourceFacts(), connector)
-        placed = graph.add(yielded, source)
-        assert placed is not None
-        assert (placed.kind, placed.value) == ("email", "carl@xn--mller-kva.test")
+        graph.add(yielded, source)  # self-asserted here: kept in the graph, not followed
+        [link] = [link for link in graph.ordered() if link.identifier.source == "crm"]
+        assert (link.identifier.kind, link.identifier.value) == ("email", "carl@xn--mller-kva.test")

@@ -38,7 +38,7 @@ def test_demo_answers_alice_from_all_three_sources(tmp_path: Path, mailstack: Ma
     assert "- The monitoring agents on computers we support: 2 records\n" in out
     # Her machines are reached through the realm that maps the vault group to the RMM client.
     assert "login asmith at Acme Ltd [everywhere] from keepass 'vault': UserName of entry" in out
-    assert "login alice_s [own_source] from wordpress 'website'" in out
+    assert "login alice_s [not_followed] from wordpress 'website'" in out
     assert "alice's vault password appears nowhere in what she received." in out
     assert "bjones" not in out and "Bob" not in out
     assert (tmp_path / "demo" / "config.toml").is_file()

@@ -422,14 +422,15 @@ class TestSelfChosenNames:
         assert theirs.records("vault") == [] and theirs.records("monitoring") == []
         shown = {(g["kind"], g["value"]): g for g in graph_shown(bot, theirs.reference)}
         chosen = shown[("username", login)]
-        assert (chosen["trust"], chosen["scope"]) == ("self_asserted", "own_source")
-        assert "looked up only in: Our website" in chosen["reason"]
+        assert (chosen["trust"], chosen["scope"]) == ("self_asserted", "not_followed")
+        assert chosen["reason"] == "chosen by whoever typed it, so it proves nothing"
         # The letter says what was not followed, and why.
-        assert f"- login {login} (from wordpress 'website': " in theirs.everything
-        assert "chosen by whoever typed it, so looked up only in: Our website" in theirs.everything
+        assert f"- login {login}: chosen by whoever typed it, so it proves nothing" in (
+            theirs.everything
+        )
         # The audit trail holds the graph's digest and counts, not the identifiers.
         [event] = [e for e in bot.audit() if e.event == "collect.graph"]
-        assert "1 in their own source only" in event.reason and "graph sha256:" in event.reason
+        assert " not followed; graph sha256:" in event.reason
         assert login not in event.reason
         shown_text = (
             CliRunner()
@@ -441,7 +442,7 @@ class TestSelfChosenNames:
             .output
         )
         assert "identity graph (the last collection):" in shown_text
-        assert "self_asserted  own_source" in shown_text
+        assert "self_asserted  not_followed" in shown_text
 
         hers = ask(bot, alice)
         owns(hers, marks, "alice", "mallory")
@@ -581,6 +582,72 @@ class TestTwoClients:
         assert "VISITOR-" not in his.everything
         assert [r["fields"]["Source IP"] for r in his.records("logs")] == ["198.51.100.12"]
         assert his.graph()["login OTHERLTD\\asmith at Other Ltd"]["scope"] == "everywhere"
+
+    def test_a_login_written_like_an_address_at_a_private_domain_is_two_people(
+        self, make_bot: BotFactory, person: Person, stores: Stores
+    ) -> None:
+        """Both clients' domains are corp.local: asmith@corp.local at Acme is alice, at Other
+        Ltd someone else. Neither gets the other's vault entry or computer."""
+        marks = Marks()
+        alice, andrew = person("alice", "example.test"), person("andrew", "example.test")
+        stores.vault(
+            {
+                "Clients/Acme Ltd": [
+                    {"title": marks("alice", "vault"), "username": "asmith@corp.local",
+                     "fields": {"Email": alice.address}},
+                ],
+                "Clients/Other Ltd": [
+                    {"title": marks("andrew", "vault"), "username": "asmith@corp.local",
+                     "fields": {"Email": andrew.address}},
+                ],
+            }
+        )  # fmt: skip
+        stores.rmm(
+            {
+                "Acme Ltd": [(marks("alice", "pc"), "asmith@corp.local", "asmith@corp.local")],
+                "Other Ltd": [(marks("andrew", "pc"), "asmith@corp.local", "asmith@corp.local")],
+            }
+        )
+        stores.realm(
+            "Acme Ltd",
+            "keepass:vault/Clients/Acme Ltd",
+            "tacticalrmm:monitoring/Acme Ltd",
+            "ad:corp.local",
+        )
+        stores.realm(
+            "Other Ltd",
+            "keepass:vault/Clients/Other Ltd",
+            "tacticalrmm:monitoring/Other Ltd",
+            "ad:corp.local",
+        )
+        bot = make_bot(connectors=stores.tables, realms=stores.realms)
+        hers = ask(bot, alice)
+        owns(hers, marks, "alice", "andrew")
+        assert hers.graph()["login asmith@corp.local at Acme Ltd"]["scope"] == "everywhere"
+        owns(ask(bot, andrew), marks, "andrew", "alice")
+
+    def test_a_login_at_the_top_of_the_vault_is_not_valid_in_every_group(
+        self, make_bot: BotFactory, person: Person, stores: Stores
+    ) -> None:
+        """alice's entry sits at the vault's top level: her login asmith does not make another
+        client's asmith entry hers."""
+        marks = Marks()
+        alice, andrew = person("alice", "example.test"), person("andrew", "example.test")
+        stores.vault(
+            {
+                "Staff": [],
+                "Clients/Other Ltd": [
+                    {"title": marks("andrew", "vault"), "username": "asmith",
+                     "fields": {"Email": andrew.address}},
+                ],
+            }
+        )  # fmt: skip
+        vault = PyKeePass(str(stores.folder / "vault.kdbx"), VAULT_MASTER)
+        top = vault.add_entry(vault.root_group, marks("alice", "vault"), "asmith", "x")
+        top.set_custom_property("Email", alice.address)
+        vault.save()
+        bot = make_bot(connectors=stores.tables)
+        owns(ask(bot, alice), marks, "alice", "andrew")
 
 
 class TestInternationalAddresses:
