@@ -40,7 +40,6 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
-from sarbot.addresses import written_forms
 from sarbot.config import Section
 from sarbot.connector import (
     EMAIL,
@@ -53,6 +52,7 @@ from sarbot.connector import (
     split_account,
 )
 from sarbot.errors import ConnectorError
+from sarbot.mail.addresses import written_forms
 from sarbot.secretref import base_dir
 
 CATEGORY = "Access log entry"

@@ -29,7 +29,6 @@ from typing import ClassVar, Literal
 from imapclient import IMAPClient
 from pydantic import BaseModel, Field, field_validator
 
-from sarbot.addresses import InvalidAddress, domain_of, normalize_address
 from sarbot.config import Section
 from sarbot.connector import (
     OTHER_PERSON,
@@ -40,8 +39,9 @@ from sarbot.connector import (
     with_other_people_note,
 )
 from sarbot.errors import ConnectorError
-from sarbot.guards import LOOP_HEADER
-from sarbot.message import decode_header_value
+from sarbot.mail.addresses import InvalidAddress, domain_of, normalize_address
+from sarbot.mail.guards import LOOP_HEADER
+from sarbot.mail.message import decode_header_value
 from sarbot.secretref import ConfigPath, Secret
 
 CATEGORY = "Email"

@@ -31,7 +31,6 @@ from pydantic import BaseModel
 from pykeepass import PyKeePass
 from pykeepass.exceptions import CredentialsError, HeaderChecksumError, PayloadChecksumError
 
-from sarbot.addresses import InvalidAddress, normalize_address, written_forms
 from sarbot.config import Section
 from sarbot.connector import (
     EMAIL,
@@ -45,6 +44,7 @@ from sarbot.connector import (
     split_account,
 )
 from sarbot.errors import ConnectorError
+from sarbot.mail.addresses import InvalidAddress, normalize_address, written_forms
 from sarbot.secretref import ConfigPath, Secret
 
 CATEGORY = "Vault entry"

@@ -37,9 +37,9 @@ from sqlalchemy import (
 )
 
 from connectors.readonly import read_only_engine
-from sarbot.addresses import InvalidAddress, normalize_address, same_address, written_forms
 from sarbot.config import Section
 from sarbot.connector import EMAIL, Identifier, Identity, JSONValue, Record, Trust, jsonable
+from sarbot.mail.addresses import InvalidAddress, normalize_address, same_address, written_forms
 from sarbot.secretref import MaybeSecretStr
 
 AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"

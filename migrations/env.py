@@ -1,4 +1,4 @@
-"""Alembic environment: the engine is handed over by ``sarbot.db.upgrade``."""
+"""Alembic environment: the engine is handed over by ``sarbot.store.db.upgrade``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Engine
 
 from sarbot import faults
-from sarbot.models import Base
+from sarbot.store.models import Base
 
 engine = context.config.attributes.get("engine")
 if not isinstance(engine, Engine):

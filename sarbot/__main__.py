@@ -1,3 +1,3 @@
-from sarbot.cli import main
+from sarbot.ops.cli import main
 
 main()

@@ -12,16 +12,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sarbot.config import Settings, load_settings
 from sarbot.daemon import Daemon
-from sarbot.db import make_engine, require_current_schema, session_factory
 from sarbot.errors import ConfigError
 from sarbot.graph import check_realms
-from sarbot.health import HealthCheck, StatusServer
-from sarbot.intake import Mailbox, MailboxThread
-from sarbot.mailer import Mailer
-from sarbot.metrics import Metrics, StateQueries
-from sarbot.models import Clock, utcnow
+from sarbot.mail.mailbox import Mailbox, MailboxThread
+from sarbot.mail.mailer import Mailer
+from sarbot.ops.health import HealthCheck, StatusServer
+from sarbot.ops.metrics import Metrics, StateQueries
 from sarbot.pipeline import Pipeline
 from sarbot.registry import ConfiguredConnector, TypeSource, build_connectors, discover_types
+from sarbot.store.db import make_engine, require_current_schema, session_factory
+from sarbot.store.models import Clock, utcnow
 
 
 @dataclass

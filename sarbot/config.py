@@ -21,11 +21,11 @@ from pydantic import (
     model_validator,
 )
 
-from sarbot.addresses import normalize_address
 from sarbot.connector import covers
-from sarbot.deadlines import Calendar
 from sarbot.errors import ConfigError
+from sarbot.mail.addresses import normalize_address
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
+from sarbot.store.deadlines import Calendar
 
 M = TypeVar("M", bound=BaseModel)
 

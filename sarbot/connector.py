@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from sarbot.addresses import InvalidAddress, normalize_address
+from sarbot.mail.addresses import InvalidAddress, normalize_address
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 ENTRY_POINT_GROUP = "sarbot.connectors"

@@ -17,8 +17,8 @@ from structlog.typing import FilteringBoundLogger
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from sarbot.config import ImapSettings
-from sarbot.health import StatusServer
-from sarbot.intake import MAILBOX_ERRORS, MailboxThread
+from sarbot.mail.mailbox import MAILBOX_ERRORS, MailboxThread
+from sarbot.ops.health import StatusServer
 from sarbot.pipeline import Pipeline
 
 CONNECT_ATTEMPTS = 3

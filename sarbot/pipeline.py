@@ -17,28 +17,29 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import faults, retention
-from sarbot.acknowledge import Acknowledger
-from sarbot.addresses import mask_address
-from sarbot.classify import Classification, Classifier, Kind
-from sarbot.collect import Collector, Observer
-from sarbot.compose import Composer
+from sarbot import faults
 from sarbot.config import Settings
-from sarbot.deliver import Deliverer
-from sarbot.encryption import EncryptionError
+from sarbot.export.encryption import EncryptionError
 from sarbot.graph import Link, Realms, Scope, graph_digest, graph_document
-from sarbot.intake import HeaderInfo, Mailbox, MailboxThread
-from sarbot.lifecycle import audit, transition
-from sarbot.mailer import Mailer
-from sarbot.message import IncomingMail, parse_headers, parse_message
-from sarbot.metrics import Metrics
-from sarbot.models import Clock, MailboxPosition, Request, SeenMessage, utcnow
-from sarbot.notify import EXPORT_WRITE_FAILED, Notifier
-from sarbot.prepare import Preparer
+from sarbot.mail.addresses import mask_address
+from sarbot.mail.letters import Composer
+from sarbot.mail.mailbox import HeaderInfo, Mailbox, MailboxThread
+from sarbot.mail.mailer import Mailer
+from sarbot.mail.message import IncomingMail, parse_headers, parse_message
+from sarbot.mail.templates import Templates
+from sarbot.ops import retention
+from sarbot.ops.metrics import Metrics
+from sarbot.ops.notify import EXPORT_WRITE_FAILED, Notifier
 from sarbot.registry import ConfiguredConnector
-from sarbot.render import Templates
-from sarbot.states import Outcome, RequestState
-from sarbot.verify import Verdict, Verifier
+from sarbot.steps.acknowledge import Acknowledger
+from sarbot.steps.classify import Classification, Classifier, Kind
+from sarbot.steps.collect import Collector, Observer
+from sarbot.steps.deliver import Deliverer
+from sarbot.steps.package import Preparer
+from sarbot.steps.verify import Verdict, Verifier
+from sarbot.store.lifecycle import audit, transition
+from sarbot.store.models import Clock, MailboxPosition, Request, SeenMessage, utcnow
+from sarbot.store.states import Outcome, RequestState
 
 MAINTENANCE_INTERVAL = timedelta(hours=1)
 """How often a running daemon looks at retention and the export folder (it also does at start)."""

@@ -57,7 +57,7 @@ security = "starttls"
 ca_file = "{ca}"
 
 [storage]
-database_url = "sqlite:///{demo}/sarbot.db"
+database_url = "sqlite:///{demo}/sarbot.store.db"
 export_dir = "{demo}/exports"
 
 [logging]

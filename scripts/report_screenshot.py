@@ -38,9 +38,9 @@ def main(argv: list[str]) -> int:
         import demo_data
 
         from sarbot.app import App
-        from sarbot.collect import Collector
-        from sarbot.export import ExportContext, build_files
+        from sarbot.export.files import ExportContext, build_files
         from sarbot.graph import Realms
+        from sarbot.steps.collect import Collector
         from tests.browser import BrowserError, render
 
         demo.write_demo_files()

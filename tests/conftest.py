@@ -21,11 +21,11 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from sarbot import db
 from sarbot.app import App
 from sarbot.config import Settings, validate
-from sarbot.models import AuditEvent, OutgoingMail, Request, SeenMessage, utcnow
 from sarbot.registry import TypeSource
+from sarbot.store import db
+from sarbot.store.models import AuditEvent, OutgoingMail, Request, SeenMessage, utcnow
 from sarbot.testing import Correspondent, MailServer
 
 ROOT = Path(__file__).resolve().parent.parent

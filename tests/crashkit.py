@@ -40,11 +40,11 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from sarbot import faults
-from sarbot.addresses import mask_address
-from sarbot.challenge import digest
-from sarbot.db import make_engine, session_factory
-from sarbot.models import OutgoingMail, Request, utcnow
-from sarbot.states import MailKind, MailState, RequestState
+from sarbot.mail.addresses import mask_address
+from sarbot.mail.challenge import digest
+from sarbot.store.db import make_engine, session_factory
+from sarbot.store.models import OutgoingMail, Request, utcnow
+from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing.config import write_config
 from tests.conftest import CA_FILE, unique

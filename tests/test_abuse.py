@@ -17,7 +17,7 @@ from email.utils import make_msgid
 import pytest
 import structlog
 
-from sarbot.states import MailKind, Outcome, RequestState
+from sarbot.store.states import MailKind, Outcome, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from sarbot.testing.dkim import sign
 from tests.conftest import ROOT, Bot, BotFactory, unique
@@ -386,7 +386,7 @@ class TestDkimPolicy:
 def approve(bot: Bot) -> None:
     from click.testing import CliRunner
 
-    from sarbot.cli import cli
+    from sarbot.ops.cli import cli
 
     result = CliRunner().invoke(
         cli,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sarbot.addresses import (
+from sarbot.mail.addresses import (
     InvalidAddress,
     mask_address,
     normalize_address,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from sarbot.authentication import UNREADABLE_RESULTS, aligned, evaluate, organisational_domain
 from sarbot.config import VerificationSettings
-from sarbot.message import IncomingMail, parse_headers
+from sarbot.mail.authentication import UNREADABLE_RESULTS, aligned, evaluate, organisational_domain
+from sarbot.mail.message import IncomingMail, parse_headers
 
 
 class TestOrganisationalDomain:

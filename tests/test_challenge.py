@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sarbot.challenge import (
+from sarbot.mail.challenge import (
     CODE_ALPHABET,
     challenge_message_id,
     cited_tokens,

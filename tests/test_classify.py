@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sarbot.classify import Classifier, Kind, strip_prefixes
-from sarbot.message import parse_headers, parse_message
+from sarbot.mail.message import parse_headers, parse_message
+from sarbot.steps.classify import Classifier, Kind, strip_prefixes
 
 CLASSIFIER = Classifier(
     own_address="support@redtrain.test",

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sarbot import db
 from sarbot.app import App
-from sarbot.cli import cli
-from sarbot.cli_common import table
-from sarbot.lifecycle import audit
-from sarbot.models import utcnow
+from sarbot.ops.cli import cli
+from sarbot.ops.cli_common import table
+from sarbot.store import db
+from sarbot.store.lifecycle import audit
+from sarbot.store.models import utcnow
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
 from tests.conftest import CA_FILE, unique

@@ -14,8 +14,6 @@ import structlog
 from pydantic import BaseModel
 
 from connectors.sql import SqlConnector, SqlSettings
-from sarbot.addresses import is_private_domain
-from sarbot.collect import Collection, Collector
 from sarbot.config import (
     CollectionSettings,
     RealmSettings,
@@ -27,7 +25,9 @@ from sarbot.config import (
 from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
 from sarbot.graph import Graph, Realms, Scope, check_realms
+from sarbot.mail.addresses import is_private_domain
 from sarbot.registry import ConfiguredConnector
+from sarbot.steps.collect import Collection, Collector
 
 
 @pytest.fixture

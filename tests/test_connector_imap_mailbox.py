@@ -22,7 +22,7 @@ from connectors.imap_mailbox import (
 from sarbot.config import validate
 from sarbot.connector import OTHER_PEOPLE_NOTE, OTHER_PERSON, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError, ConnectorError
-from sarbot.guards import LOOP_HEADER
+from sarbot.mail.guards import LOOP_HEADER
 from sarbot.testing import Correspondent, MailServer
 from tests.conftest import CA_FILE, unique
 

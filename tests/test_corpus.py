@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sarbot.states import MailState, Outcome, RequestState
+from sarbot.store.states import MailState, Outcome, RequestState
 from tests.conftest import Bot
 
 pytestmark = pytest.mark.mailstack

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from sarbot import db
-from sarbot.models import OutgoingMail
-from sarbot.package import pack
-from sarbot.states import MailKind, MailState
+from sarbot.export.archive import pack
+from sarbot.store import db
+from sarbot.store.models import OutgoingMail
+from sarbot.store.states import MailKind, MailState
 from sarbot.testing import MailServer
 from tests.conftest import unique
 from tests.crashkit import (

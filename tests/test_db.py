@@ -11,12 +11,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, select, text
 
-from sarbot import db
-from sarbot.audit import verify
 from sarbot.errors import ConfigError
-from sarbot.lifecycle import audit
-from sarbot.models import Base, Request
-from sarbot.states import RequestState
+from sarbot.store import db
+from sarbot.store.audit import verify
+from sarbot.store.lifecycle import audit
+from sarbot.store.models import Base, Request
+from sarbot.store.states import RequestState
 from tests.servers import postgres_server
 
 

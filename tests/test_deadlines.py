@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sarbot.deadlines import (
+from sarbot.store.deadlines import (
     Calendar,
     can_extend,
     corresponding_date,

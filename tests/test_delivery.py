@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from connectors.sql import SqlConnector
-from sarbot.cli import cli
 from sarbot.config import Section
 from sarbot.connector import Identity, Record
-from sarbot.states import MailKind, MailState, RequestState
+from sarbot.ops.cli import cli
+from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory
 from tests.servers import free_port

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sarbot.encryption import (
+from sarbot.errors import SarbotError
+from sarbot.export.encryption import (
     MAX_CANDIDATES,
     PRIVATE_KEY_REASON,
     EncryptionError,
@@ -29,7 +30,6 @@ from sarbot.encryption import (
     encrypt,
     find_key,
 )
-from sarbot.errors import SarbotError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sarbot.states import MailKind, MailState, Outcome, RequestState
+from sarbot.store.states import MailKind, MailState, Outcome, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory
 
@@ -155,7 +155,7 @@ class TestWholeFlow:
         support.wait_for(subject_contains("GDPR"))
         bot.run_once()
         with bot.app.sessions.begin() as session:
-            from sarbot.models import MailboxPosition
+            from sarbot.store.models import MailboxPosition
 
             for position in session.query(MailboxPosition):
                 position.last_uid = 0

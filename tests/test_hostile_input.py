@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sarbot.acknowledge import asks_for_another_address
-from sarbot.authentication import evaluate
-from sarbot.challenge import cited_tokens, quoted_codes
-from sarbot.classify import Classifier, Kind
 from sarbot.config import VerificationSettings
-from sarbot.encryption import find_key
-from sarbot.message import parse_headers, parse_message
-from sarbot.states import MailKind, Outcome, RequestState
+from sarbot.export.encryption import find_key
+from sarbot.mail.authentication import evaluate
+from sarbot.mail.challenge import cited_tokens, quoted_codes
+from sarbot.mail.message import parse_headers, parse_message
+from sarbot.steps.acknowledge import asks_for_another_address
+from sarbot.steps.classify import Classifier, Kind
+from sarbot.store.states import MailKind, Outcome, RequestState
 from tests.conftest import Bot, BotFactory
 from tests.test_corpus import MAILS
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sarbot.states import MailKind, RequestState
+from sarbot.store.states import MailKind, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from tests.conftest import CA_FILE, BotFactory, unique
 from tests.crashkit import SETTLE_SECONDS

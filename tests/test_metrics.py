@@ -16,18 +16,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy import Engine
 
-from sarbot import db, outbox
 from sarbot.config import MetricsSettings, validate
 from sarbot.errors import ConfigError
-from sarbot.health import HealthCheck, StatusServer
-from sarbot.metrics import (
+from sarbot.ops.health import HealthCheck, StatusServer
+from sarbot.ops.metrics import (
     Metrics,
     StateQueries,
     StateSnapshot,
     is_first_acknowledgement,
 )
-from sarbot.models import Request
-from sarbot.states import MailKind, RequestState
+from sarbot.store import db, outbox
+from sarbot.store.models import Request
+from sarbot.store.states import MailKind, RequestState
 from tests.servers import free_port, postgres_server
 
 pytestmark = pytest.mark.clock

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from sarbot.audit import verify
-from sarbot.cli import cli
-from sarbot.deadlines import due_date, start_date
-from sarbot.models import AuditEvent, OutgoingMail, Request
-from sarbot.states import MailKind, MailState, RequestState
+from sarbot.ops.cli import cli
+from sarbot.store.audit import verify
+from sarbot.store.deadlines import due_date, start_date
+from sarbot.store.models import AuditEvent, OutgoingMail, Request
+from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory, unique
 from tests.test_outages import refusing

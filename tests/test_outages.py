@@ -28,11 +28,11 @@ from imapclient import IMAPClient
 from sqlalchemy import create_engine, text
 from structlog.testing import capture_logs
 
-from sarbot import db
 from sarbot.app import App
 from sarbot.daemon import MAX_BACKOFF
-from sarbot.intake import HeaderInfo, Mailbox, MailboxStalled, MailboxThread
-from sarbot.states import MailKind, MailState, RequestState
+from sarbot.mail.mailbox import HeaderInfo, Mailbox, MailboxStalled, MailboxThread
+from sarbot.store import db
+from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
 from tests.conftest import CA_FILE, ROOT, Bot, BotFactory, unique

@@ -23,9 +23,9 @@ from sarbot.connector import (
     Trust,
     with_other_people_note,
 )
-from sarbot.export import ExportContext, SourceData, build_files
-from sarbot.package import Part, pack, write_private_file
-from sarbot.render import Templates
+from sarbot.export.archive import Part, pack, write_private_file
+from sarbot.export.files import ExportContext, SourceData, build_files
+from sarbot.mail.templates import Templates
 from sarbot.testing.identity import login
 
 WHEN = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)

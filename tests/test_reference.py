@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy.orm import Session
 
 from connectors.imap_mailbox import SAR_REFERENCE_RE
-from sarbot import db
-from sarbot.challenge import challenge_message_id, cited_tokens, new_challenge
-from sarbot.classify import Classifier
-from sarbot.message import parse_headers
-from sarbot.models import Request
-from sarbot.reference import ReferenceExhausted, new_reference, random_reference
-from sarbot.states import RequestState
+from sarbot.mail.challenge import challenge_message_id, cited_tokens, new_challenge
+from sarbot.mail.message import parse_headers
+from sarbot.steps.classify import Classifier
+from sarbot.store import db
+from sarbot.store.models import Request
+from sarbot.store.references import ReferenceExhausted, new_reference, random_reference
+from sarbot.store.states import RequestState
 
 FORMAT = re.compile(r"^SAR-2026-\d{8}$")
 

@@ -19,7 +19,7 @@ import pytest
 
 from sarbot.config import ControllerSettings, SourceFacts
 from sarbot.connector import Identifier, Record, Trust
-from sarbot.export import ExportContext, SourceData, build_files
+from sarbot.export.files import ExportContext, SourceData, build_files
 from sarbot.graph import Link, Scope
 from tests.browser import (
     BrowserError,

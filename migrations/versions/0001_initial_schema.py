@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import sarbot.models
+import sarbot.store.models
 
 revision = "0001"
 down_revision = None
@@ -57,12 +57,12 @@ def upgrade() -> None:
         sa.Column("confirmation_failures", sa.Integer(), nullable=False),
         sa.Column("request_message_id", sa.String(length=998), nullable=True),
         sa.Column("thread", sa.Text(), nullable=False),
-        sa.Column("received_at", sarbot.models.UTCDateTime(), nullable=False),
-        sa.Column("expires_at", sarbot.models.UTCDateTime(), nullable=False),
-        sa.Column("confirmed_at", sarbot.models.UTCDateTime(), nullable=True),
-        sa.Column("ready_at", sarbot.models.UTCDateTime(), nullable=True),
-        sa.Column("delivered_at", sarbot.models.UTCDateTime(), nullable=True),
-        sa.Column("next_attempt_at", sarbot.models.UTCDateTime(), nullable=True),
+        sa.Column("received_at", sarbot.store.models.UTCDateTime(), nullable=False),
+        sa.Column("expires_at", sarbot.store.models.UTCDateTime(), nullable=False),
+        sa.Column("confirmed_at", sarbot.store.models.UTCDateTime(), nullable=True),
+        sa.Column("ready_at", sarbot.store.models.UTCDateTime(), nullable=True),
+        sa.Column("delivered_at", sarbot.store.models.UTCDateTime(), nullable=True),
+        sa.Column("next_attempt_at", sarbot.store.models.UTCDateTime(), nullable=True),
         sa.Column("export_path", sa.Text(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_requests")),
@@ -76,7 +76,7 @@ def upgrade() -> None:
         "audit_events",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("request_id", sa.Integer(), nullable=True),
-        sa.Column("at", sarbot.models.UTCDateTime(), nullable=False),
+        sa.Column("at", sarbot.store.models.UTCDateTime(), nullable=False),
         sa.Column("event", sa.String(length=64), nullable=False),
         sa.Column("from_state", sa.String(length=32), nullable=True),
         sa.Column("to_state", sa.String(length=32), nullable=True),
@@ -117,9 +117,9 @@ def upgrade() -> None:
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=True),
-        sa.Column("created_at", sarbot.models.UTCDateTime(), nullable=False),
-        sa.Column("next_attempt_at", sarbot.models.UTCDateTime(), nullable=True),
-        sa.Column("sent_at", sarbot.models.UTCDateTime(), nullable=True),
+        sa.Column("created_at", sarbot.store.models.UTCDateTime(), nullable=False),
+        sa.Column("next_attempt_at", sarbot.store.models.UTCDateTime(), nullable=True),
+        sa.Column("sent_at", sarbot.store.models.UTCDateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["request_id"], ["requests.id"], name=op.f("fk_outgoing_mail_request_id_requests")
@@ -160,7 +160,7 @@ def upgrade() -> None:
         ),
         sa.Column("request_id", sa.Integer(), nullable=True),
         sa.Column("move_pending", sa.Boolean(), nullable=False),
-        sa.Column("seen_at", sarbot.models.UTCDateTime(), nullable=False),
+        sa.Column("seen_at", sarbot.store.models.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["request_id"], ["requests.id"], name=op.f("fk_seen_messages_request_id_requests")
         ),

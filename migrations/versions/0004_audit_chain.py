@@ -23,7 +23,7 @@ APPEND_ONLY = "the audit trail is append-only"
 
 
 def _hash(row: sa.Row[tuple[object, ...]], prev_hash: str) -> str:
-    # The same content, in the same order, as sarbot.audit.event_hash.
+    # The same content, in the same order, as sarbot.store.audit.event_hash.
     # Stored as naive UTC (SQLite gives text back); sarbot reads it timezone-aware.
     moment = row.at if isinstance(row.at, datetime) else datetime.fromisoformat(str(row.at))
     at = moment.replace(tzinfo=UTC).isoformat()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import sarbot.models
+import sarbot.store.models
 
 revision = "0006"
 down_revision = "0005"
@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("last_id", sa.Integer(), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
-        sa.Column("at", sarbot.models.UTCDateTime(), nullable=False),
+        sa.Column("at", sarbot.store.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_anchors")),
     )
     dialect = op.get_bind().dialect.name

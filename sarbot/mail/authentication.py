@@ -29,7 +29,7 @@ import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from sarbot.config import VerificationSettings
-from sarbot.message import IncomingMail
+from sarbot.mail.message import IncomingMail
 
 DnsFunc = Callable[..., bytes]
 UNREADABLE_RESULTS = "an Authentication-Results header with a trusted authserv-id could not be read"

@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from structlog.typing import FilteringBoundLogger
 
 from sarbot.errors import ConfigError
-from sarbot.metrics import Metrics
+from sarbot.ops.metrics import Metrics
 
 HEALTH_CONTENT_TYPE = "application/json"
 CLIENT_TIMEOUT = 10.0

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from sarbot.models import OutgoingMail, Request
-from sarbot.states import MailKind, MailState
+from sarbot.store.models import OutgoingMail, Request
+from sarbot.store.states import MailKind, MailState
 
 
 def queue(

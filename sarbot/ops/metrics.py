@@ -4,7 +4,7 @@ Each daemon owns one ``Metrics`` with a private ``CollectorRegistry``.  Events
 (an acknowledgement sent, a connector call, a mailbox error) are recorded as
 they happen; the requests in each state, the age of the oldest open request and
 the nearest deadline are read from the state database at scrape time, so they
-are never stale.  ``sarbot.health`` serves the registry over HTTP with
+are never stale.  ``sarbot.ops.health`` serves the registry over HTTP with
 ``/healthz`` beside it.  No metric carries personal data: labels are states and
 connector names only.
 """
@@ -24,8 +24,8 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from sarbot.models import Clock, OutgoingMail, Request, utcnow
-from sarbot.states import TERMINAL, MailKind, MailState, RequestState
+from sarbot.store.models import Clock, OutgoingMail, Request, utcnow
+from sarbot.store.states import TERMINAL, MailKind, MailState, RequestState
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 ACKNOWLEDGE_BUCKETS = (

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from sarbot import db, retention
-from sarbot.audit import verify as verify_trail
-from sarbot.cli_common import app_from, operator, table
 from sarbot.errors import SarbotError
-from sarbot.models import utcnow
+from sarbot.ops import retention
+from sarbot.ops.cli_common import app_from, operator, table
 from sarbot.registry import check_connector
+from sarbot.store import db
+from sarbot.store.audit import verify as verify_trail
+from sarbot.store.models import utcnow
 
 DEFAULT_CONFIG = "/etc/sarbot/config.toml"
 
@@ -168,7 +169,7 @@ def purge(ctx: click.Context) -> None:
 
 
 def _register_commands() -> None:
-    from sarbot.cli_requests import requests_group
+    from sarbot.ops.cli_requests import requests_group
 
     cli.add_command(requests_group)
 

@@ -14,7 +14,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sarbot.models import Request
+from sarbot.store.models import Request
 
 DIGITS = 8
 MAX_DRAWS = 20

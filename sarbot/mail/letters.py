@@ -16,11 +16,11 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from sarbot.config import ControllerSettings
-from sarbot.export import ExportContext
-from sarbot.guards import LOOP_HEADER
-from sarbot.models import Request
-from sarbot.package import Part
-from sarbot.render import Templates
+from sarbot.export.archive import Part
+from sarbot.export.files import ExportContext
+from sarbot.mail.guards import LOOP_HEADER
+from sarbot.mail.templates import Templates
+from sarbot.store.models import Request
 
 
 def as_bytes(message: EmailMessage) -> bytes:

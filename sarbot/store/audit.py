@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sarbot.models import AuditAnchor, AuditEvent, AuditHead, Request
+from sarbot.store.models import AuditAnchor, AuditEvent, AuditHead, Request
 
 GENESIS = "0" * 64
 HEAD_ID = 1

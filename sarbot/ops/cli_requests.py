@@ -12,14 +12,14 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from sarbot.cli_common import app_from, iso, operator, table
-from sarbot.collect import ConnectorOutcome
 from sarbot.errors import SarbotError
-from sarbot.lifecycle import audit
-from sarbot.models import Request, utcnow
-from sarbot.operations import REGISTER_COLUMNS, Operations, register
+from sarbot.ops.cli_common import app_from, iso, operator, table
+from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, register
 from sarbot.pipeline import begin_collection
-from sarbot.states import TERMINAL, RequestState
+from sarbot.steps.collect import ConnectorOutcome
+from sarbot.store.lifecycle import audit
+from sarbot.store.models import Request, utcnow
+from sarbot.store.states import TERMINAL, RequestState
 
 LIST_COLUMNS = ["reference", "state", "email", "received_at", "due", "delivered_at"]
 GRAPH_COLUMNS = ["kind", "value", "namespace", "realm", "trust", "scope", "reason", "origin"]

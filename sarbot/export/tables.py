@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sarbot.connector import JSONValue, Record
 
 if TYPE_CHECKING:
-    from sarbot.export import SourceData
+    from sarbot.export.files import SourceData
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 PROVENANCE = ["found by", "found by: where that came from", "location", "notes"]

@@ -16,17 +16,17 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from sarbot import outbox
-from sarbot.collect import Collection
-from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.encryption import encrypt
-from sarbot.export import ExportContext, build_files
-from sarbot.models import Request
-from sarbot.package import Part, pack, write_private_file
+from sarbot.export.archive import Part, pack, write_private_file
+from sarbot.export.encryption import encrypt
+from sarbot.export.files import ExportContext, build_files
+from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.templates import Templates
 from sarbot.registry import ConfiguredConnector
-from sarbot.render import Templates
-from sarbot.states import MailKind
+from sarbot.steps.collect import Collection
+from sarbot.store import outbox
+from sarbot.store.models import Request
+from sarbot.store.states import MailKind
 
 
 class Preparer:

@@ -27,8 +27,8 @@ from email.message import Message
 from enum import Enum
 from typing import Any
 
-from sarbot.addresses import InvalidAddress, normalize_address
 from sarbot.errors import SarbotError
+from sarbot.mail.addresses import InvalidAddress, normalize_address
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

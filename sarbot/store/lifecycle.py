@@ -6,10 +6,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from sarbot.audit import append
-from sarbot.deadlines import Calendar, due_date, start_date
-from sarbot.models import Request
-from sarbot.states import ALLOWED, RequestState
+from sarbot.store.audit import append
+from sarbot.store.deadlines import Calendar, due_date, start_date
+from sarbot.store.models import Request
+from sarbot.store.states import ALLOWED, RequestState
 
 
 class InvalidTransition(RuntimeError):

@@ -3,7 +3,7 @@
 Closed requests, their messages and their audit events are deleted once
 older than ``[retention] requests_days`` (default six years).  The audit
 trail loses its oldest part only as a whole prefix, anchored (see
-``sarbot.audit.purge_before``), so what remains still verifies.  Copies of
+``sarbot.store.audit.purge_before``), so what remains still verifies.  Copies of
 request mails in the processed folder are deleted after
 ``processed_mail_days``.  Export files have their own setting
 (``[storage] keep_exports_days``).  The daemon purges once a day.
@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from sarbot.audit import purge_before
 from sarbot.config import Settings
-from sarbot.lifecycle import audit
-from sarbot.models import AuditEvent, OutgoingMail, Request, SeenMessage
-from sarbot.states import TERMINAL
+from sarbot.store.audit import purge_before
+from sarbot.store.lifecycle import audit
+from sarbot.store.models import AuditEvent, OutgoingMail, Request, SeenMessage
+from sarbot.store.states import TERMINAL
 
 PURGED_EVENT = "retention.purged"
 

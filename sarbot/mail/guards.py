@@ -6,7 +6,7 @@ mail loops or let a machine confirm a request on a person's behalf.
 
 from __future__ import annotations
 
-from sarbot.message import IncomingMail
+from sarbot.mail.message import IncomingMail
 
 LOOP_HEADER = "X-Sarbot-Loop"
 """Carried by everything sarbot sends; its value is the controller's address."""

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from sarbot.states import MailKind, MailState, Outcome, RequestState
+from sarbot.store.states import MailKind, MailState, Outcome, RequestState
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

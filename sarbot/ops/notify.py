@@ -15,13 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import outbox
-from sarbot.addresses import mask_address
-from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.deadlines import days_left
-from sarbot.models import OutgoingMail, Request
-from sarbot.states import TERMINAL, MailKind, RequestState
+from sarbot.mail.addresses import mask_address
+from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.store import outbox
+from sarbot.store.deadlines import days_left
+from sarbot.store.models import OutgoingMail, Request
+from sarbot.store.states import TERMINAL, MailKind, RequestState
 
 EXPORT_WRITE_FAILED = "cannot write the export"
 """How a request's last error starts when the export folder failed (full, unwritable)."""

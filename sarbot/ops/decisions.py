@@ -13,17 +13,17 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sarbot import outbox
-from sarbot.acknowledge import Acknowledger
-from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.deadlines import can_extend, extended_due_date, start_date
 from sarbot.errors import SarbotError
-from sarbot.lifecycle import audit, transition
-from sarbot.models import AuditEvent, OutgoingMail, Request
-from sarbot.render import Templates
-from sarbot.states import ALLOWED, MailKind, MailState, RequestState
-from sarbot.verify import Verdict
+from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.templates import Templates
+from sarbot.steps.acknowledge import Acknowledger
+from sarbot.steps.verify import Verdict
+from sarbot.store import outbox
+from sarbot.store.deadlines import can_extend, extended_due_date, start_date
+from sarbot.store.lifecycle import audit, transition
+from sarbot.store.models import AuditEvent, OutgoingMail, Request
+from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
 
 
 class OperationError(SarbotError):

@@ -17,7 +17,7 @@ address and prove it read the acknowledgement, through one of two channels:
   address a day (``max_confirmation_attempts_per_sender``); over a limit, even
   the right code is refused, and only the token still confirms.
 
-(Opening a request and sending the challenge is ``sarbot.acknowledge``'s job.)
+(Opening a request and sending the challenge is ``sarbot.steps.acknowledge``'s job.)
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ from enum import StrEnum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from sarbot import outbox
-from sarbot.challenge import (
+from sarbot.config import Settings
+from sarbot.mail.challenge import (
     cited_tokens,
     matches,
     quoted_codes,
 )
-from sarbot.classify import Classification
-from sarbot.compose import Composer, as_bytes, new_message_id
-from sarbot.config import Settings
-from sarbot.lifecycle import audit, start_the_clock, transition
-from sarbot.message import IncomingMail
-from sarbot.models import AuditEvent, Request
-from sarbot.states import MailKind, Outcome, RequestState
+from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.message import IncomingMail
+from sarbot.steps.classify import Classification
+from sarbot.store import outbox
+from sarbot.store.lifecycle import audit, start_the_clock, transition
+from sarbot.store.models import AuditEvent, Request
+from sarbot.store.states import MailKind, Outcome, RequestState
 
 WRONG_CODE_EVENT = "confirmation.failed"
 """Audit event of a wrong code: these count towards the code channel's limits."""

@@ -28,19 +28,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import outbox
-from sarbot.addresses import InvalidAddress, mask_address, normalize_address
-from sarbot.authentication import Evidence, evaluate, resolver
-from sarbot.challenge import challenge_message_id, digest, new_challenge
-from sarbot.compose import Composer, as_bytes, new_message_id
 from sarbot.config import Settings
-from sarbot.encryption import KeyChoice, find_key
-from sarbot.lifecycle import audit, start_the_clock, transition
-from sarbot.message import IncomingMail
-from sarbot.models import OutgoingMail, Request
-from sarbot.reference import new_reference
-from sarbot.states import TERMINAL, MailKind, Outcome, RequestState
-from sarbot.verify import Verdict
+from sarbot.export.encryption import KeyChoice, find_key
+from sarbot.mail.addresses import InvalidAddress, mask_address, normalize_address
+from sarbot.mail.authentication import Evidence, evaluate, resolver
+from sarbot.mail.challenge import challenge_message_id, digest, new_challenge
+from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.message import IncomingMail
+from sarbot.steps.verify import Verdict
+from sarbot.store import outbox
+from sarbot.store.lifecycle import audit, start_the_clock, transition
+from sarbot.store.models import OutgoingMail, Request
+from sarbot.store.references import new_reference
+from sarbot.store.states import TERMINAL, MailKind, Outcome, RequestState
 
 CAP_RETRY = timedelta(minutes=15)
 _ADDRESS_RE = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")

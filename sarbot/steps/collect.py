@@ -20,7 +20,7 @@ from tenacity import Retrying, stop_after_attempt, wait_exponential
 from sarbot.config import CollectionSettings
 from sarbot.connector import Identifier, Identity, Record, with_other_people_note
 from sarbot.errors import ConnectorError
-from sarbot.export import SourceData
+from sarbot.export.files import SourceData
 from sarbot.graph import Graph, Link, Realms
 from sarbot.registry import ConfiguredConnector
 

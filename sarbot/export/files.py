@@ -1,7 +1,7 @@
 """What an export holds: the report, a plain-text summary, the data as JSON and as CSV.
 
 ``build_files`` turns an ``ExportContext`` into the export's files (the
-manifest and the zip are ``sarbot.package``'s job).  Everything here is
+manifest and the zip are ``sarbot.export.archive``'s job).  Everything here is
 generated from the records the connectors returned, as the collector passed
 them on.
 """
@@ -15,9 +15,9 @@ from datetime import datetime
 
 from sarbot.config import ControllerSettings, SourceFacts
 from sarbot.connector import Identifier, Record
-from sarbot.csvexport import csv_files
+from sarbot.export.tables import csv_files
 from sarbot.graph import Link, Scope
-from sarbot.render import DEFAULT, Templates
+from sarbot.mail.templates import DEFAULT, Templates
 
 FORMAT_NAME = "sarbot-export"
 FORMAT_VERSION = 2

@@ -16,16 +16,17 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import faults, outbox
-from sarbot.addresses import mask_address
+from sarbot import faults
 from sarbot.config import Settings
-from sarbot.db import forget_cleared
 from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
-from sarbot.lifecycle import transition
-from sarbot.mailer import Mailer
-from sarbot.metrics import Metrics, is_first_acknowledgement
-from sarbot.models import Clock, OutgoingMail
-from sarbot.states import ALLOWED, MailKind, MailState, RequestState
+from sarbot.mail.addresses import mask_address
+from sarbot.mail.mailer import Mailer
+from sarbot.ops.metrics import Metrics, is_first_acknowledgement
+from sarbot.store import outbox
+from sarbot.store.db import forget_cleared
+from sarbot.store.lifecycle import transition
+from sarbot.store.models import Clock, OutgoingMail
+from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
 
 
 class Deliverer:

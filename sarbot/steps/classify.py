@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sarbot.guards import refusal
-from sarbot.message import IncomingMail
+from sarbot.mail.guards import refusal
+from sarbot.mail.message import IncomingMail
 
 _PREFIX_RE = re.compile(
     r"^\s*(?:(?:re|fwd?|aw|sv|wg|tr|vs|antw)\s*(?:\[\d+\])?\s*:\s*)+", re.IGNORECASE
