@@ -1,4 +1,11 @@
-"""Wiring: from a config file to the objects the commands use."""
+"""Wiring: from a config file to the objects the commands use, each built once.
+
+Everything derived from the config alone (templates, letters, the working-day
+calendar, the realms, the classifier, the acknowledger and verifier, the
+notifier and the operators' decisions) is built at its first use and shared by
+the daemon and the commands alike.  What lives only as long as a run (the
+connectors, the mailbox, the mailer) is built by ``pipeline``.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +20,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from sarbot.config import Settings, load_settings
 from sarbot.daemon import Daemon
 from sarbot.errors import ConfigError
-from sarbot.graph import check_realms
+from sarbot.faults import CrashPoints
+from sarbot.graph import Realms, check_realms
+from sarbot.mail.letters import Letters
 from sarbot.mail.mailbox import Mailbox, MailboxThread
 from sarbot.mail.mailer import Mailer
+from sarbot.mail.templates import Templates
+from sarbot.ops.decisions import Operations
 from sarbot.ops.health import HealthCheck, StatusServer
 from sarbot.ops.metrics import Metrics, StateQueries
-from sarbot.pipeline import Pipeline
+from sarbot.ops.notify import Notifier
+from sarbot.pipeline import Pipeline, Steps
 from sarbot.registry import ConfiguredConnector, TypeSource, build_connectors, discover_types
+from sarbot.steps.acknowledge import Acknowledger
+from sarbot.steps.classify import Classifier
+from sarbot.steps.deliver import Deliverer
+from sarbot.steps.intake import Intake
+from sarbot.steps.package import Packager
+from sarbot.steps.verify import Verifier
 from sarbot.store.db import make_engine, require_current_schema, session_factory
+from sarbot.store.deadlines import Calendar
 from sarbot.store.models import Clock, utcnow
 
 
@@ -29,10 +48,13 @@ class App:
     config_path: Path
     settings: Settings
     connector_types: dict[str, TypeSource] = field(default_factory=discover_types)
+    crash_points: CrashPoints = field(default_factory=CrashPoints.from_environment)
 
     @classmethod
     def load(cls, config_path: Path) -> App:
         return cls(config_path, load_settings(config_path))
+
+    # -- the state store -------------------------------------------------------------------
 
     @cached_property
     def engine(self) -> Engine:
@@ -41,6 +63,58 @@ class App:
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
         return session_factory(self.engine)
+
+    # -- built once from the config ------------------------------------------------------
+
+    @cached_property
+    def templates(self) -> Templates:
+        return Templates(self.settings.export.template_dir)
+
+    @cached_property
+    def calendar(self) -> Calendar:
+        return self.settings.deadlines.calendar()
+
+    @cached_property
+    def realms(self) -> Realms:
+        return Realms(self.settings.realms)
+
+    @cached_property
+    def letters(self) -> Letters:
+        return Letters(
+            self.settings.controller,
+            self.settings.requests.subject_phrase,
+            self.templates,
+            crash_points=self.crash_points,
+        )
+
+    @cached_property
+    def classifier(self) -> Classifier:
+        settings = self.settings
+        return Classifier(
+            own_address=settings.controller.email,
+            message_id_domain=settings.message_id_domain,
+            phrase=settings.requests.subject_phrase,
+            prefix=settings.requests.reference_prefix,
+        )
+
+    @cached_property
+    def acknowledger(self) -> Acknowledger:
+        return Acknowledger(self.settings, self.letters, self.calendar)
+
+    @cached_property
+    def verifier(self) -> Verifier:
+        return Verifier(self.settings, self.letters, self.calendar)
+
+    @cached_property
+    def notifier(self) -> Notifier:
+        return Notifier(self.settings, self.letters, self.calendar)
+
+    @cached_property
+    def operations(self) -> Operations:
+        """The operators' decisions on requests."""
+        return Operations(self.settings, self.letters, self.acknowledger, self.calendar)
+
+    # -- built for a run -------------------------------------------------------------------
 
     def build_connectors(self) -> list[ConfiguredConnector]:
         """Every enabled connector, built; the realms are checked against them."""
@@ -61,15 +135,38 @@ class App:
     def pipeline(self, *, clock: Clock = utcnow, metrics: Metrics | None = None) -> Pipeline:
         """The pipeline, with every connector built (nothing connects until used)."""
         require_current_schema(self.engine)
+        metrics = metrics or Metrics(clock=clock)
+        log = structlog.get_logger("sarbot")
+        settings, connectors = self.settings, self.build_connectors()
+        mailbox = MailboxThread(Mailbox(settings.imap))
+        steps = Steps(
+            intake=Intake(
+                settings.imap,
+                self.sessions,
+                mailbox,
+                clock=clock,
+                log=log,
+                crash_points=self.crash_points,
+            ),
+            classifier=self.classifier,
+            acknowledger=self.acknowledger,
+            verifier=self.verifier,
+            connectors=connectors,
+            realms=self.realms,
+            packager=Packager(settings, connectors, self.letters, self.templates),
+            deliverer=Deliverer(
+                settings,
+                self.sessions,
+                Mailer(settings.smtp),
+                metrics,
+                log=log,
+                clock=clock,
+                crash_points=self.crash_points,
+            ),
+            notifier=self.notifier,
+        )
         return Pipeline(
-            self.settings,
-            self.sessions,
-            self.build_connectors(),
-            Mailer(self.settings.smtp),
-            MailboxThread(Mailbox(self.settings.imap)),
-            log=structlog.get_logger("sarbot"),
-            clock=clock,
-            metrics=metrics,
+            settings, self.sessions, steps, mailbox, metrics=metrics, log=log, clock=clock
         )
 
     def daemon(self, *, clock: Clock = utcnow) -> Daemon:

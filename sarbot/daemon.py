@@ -57,7 +57,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         self.log.info("daemon.started", once=once)
-        self.pipeline.deliverer.sweep()
+        self.pipeline.steps.deliverer.sweep()
         clean = True
         try:
             while not self.stop.is_set():

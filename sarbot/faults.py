@@ -29,27 +29,35 @@ from collections import Counter
 
 ENVIRONMENT_VARIABLE = "SARBOT_CRASH_AT"
 
-_passes: Counter[str] = Counter()
-_lock = threading.Lock()
 
+class CrashPoints:
+    """The crash point a process is armed with, and how often each point was passed.
 
-def armed() -> tuple[str, int] | None:
-    """The point and the pass the environment asks to crash at, or None."""
-    wanted = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-    if not wanted:
-        return None
-    name, _, nth = wanted.partition(":")
-    count = int(nth) if nth.strip().isdigit() else 1
-    return name.strip(), max(count, 1)
+    One object per process (``sarbot.app`` makes it from the environment and hands
+    it to whatever passes a point); ``CrashPoints()`` is armed with nothing.
+    """
 
+    def __init__(self, armed: tuple[str, int] | None = None) -> None:
+        self.armed = armed
+        self._passes: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
-def point(name: str) -> None:
-    """Kill this process with SIGKILL if the environment arms this point for this pass."""
-    target = armed()
-    if target is None or target[0] != name:
-        return
-    with _lock:
-        _passes[name] += 1
-        due = _passes[name] == target[1]
-    if due:
-        os.kill(os.getpid(), signal.SIGKILL)
+    @classmethod
+    def from_environment(cls) -> CrashPoints:
+        """Armed as ``SARBOT_CRASH_AT`` says: ``point`` or ``point:n`` (the n-th pass)."""
+        wanted = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+        if not wanted:
+            return cls()
+        name, _, nth = wanted.partition(":")
+        count = int(nth) if nth.strip().isdigit() else 1
+        return cls((name.strip(), max(count, 1)))
+
+    def point(self, name: str) -> None:
+        """Kill this process with SIGKILL if it is armed with this point for this pass."""
+        if self.armed is None or self.armed[0] != name:
+            return
+        with self._lock:
+            self._passes[name] += 1
+            due = self._passes[name] == self.armed[1]
+        if due:
+            os.kill(os.getpid(), signal.SIGKILL)

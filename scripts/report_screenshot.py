@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
             sources=collection.sources,
             links=collection.links,
         )
-        html = build_files(ctx)["index.html"]
+        html = build_files(ctx, app.templates)["index.html"]
         if demo_data.VAULT_PASSWORD_OF_ALICE.encode() in html:
             print("report_screenshot: alice's vault password is in the report", file=sys.stderr)
             return 1

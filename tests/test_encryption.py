@@ -22,14 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sarbot.errors import SarbotError
-from sarbot.export.encryption import (
-    MAX_CANDIDATES,
-    PRIVATE_KEY_REASON,
-    EncryptionError,
-    KeyChoice,
-    encrypt,
-    find_key,
-)
+from sarbot.export.encryption import EncryptionError, encrypt
+from sarbot.export.keys import MAX_CANDIDATES, PRIVATE_KEY_REASON, KeyChoice, find_key
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

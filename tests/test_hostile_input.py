@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sarbot.config import VerificationSettings
-from sarbot.export.encryption import find_key
+from sarbot.export.keys import find_key
 from sarbot.mail.authentication import evaluate
 from sarbot.mail.challenge import cited_tokens, quoted_codes
 from sarbot.mail.message import parse_headers, parse_message

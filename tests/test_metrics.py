@@ -23,10 +23,10 @@ from sarbot.ops.metrics import (
     Metrics,
     StateQueries,
     StateSnapshot,
-    is_first_acknowledgement,
 )
 from sarbot.store import db, outbox
 from sarbot.store.models import Request
+from sarbot.store.outbox import is_first_acknowledgement
 from sarbot.store.states import MailKind, RequestState
 from tests.servers import free_port, postgres_server
 

@@ -23,9 +23,12 @@ from sarbot.connector import (
     Trust,
     with_other_people_note,
 )
-from sarbot.export.archive import Part, pack, write_private_file
-from sarbot.export.files import ExportContext, SourceData, build_files
+from sarbot.export.archive import Part, pack
+from sarbot.export.files import ExportContext, build_files
+from sarbot.faults import CrashPoints
 from sarbot.mail.templates import Templates
+from sarbot.steps.collect import SourceData
+from sarbot.store.exports import write_private_file
 from sarbot.testing.identity import login
 
 WHEN = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -76,7 +79,9 @@ def unzip(part: Part) -> dict[str, bytes]:
 
 
 def one_zip(ctx: ExportContext) -> dict[str, bytes]:
-    [part] = pack(build_files(ctx), reference=ctx.reference, generated_at=WHEN, limit=20_000_000)
+    [part] = pack(
+        build_files(ctx, Templates()), reference=ctx.reference, generated_at=WHEN, limit=20_000_000
+    )
     return unzip(part)
 
 
@@ -238,7 +243,7 @@ class TestParts:
     def test_a_large_export_is_split_into_parts_that_each_open(self) -> None:
         """Above the limit, each part is a zip within the limit, with the manifest of all files."""
         ctx = self.big_context()
-        files = build_files(ctx)
+        files = build_files(ctx, Templates())
         limit = 1_200_000
         parts = pack(files, reference=ctx.reference, generated_at=WHEN, limit=limit)
         assert len(parts) > 1
@@ -260,7 +265,7 @@ class TestParts:
     def test_a_file_larger_than_a_part_is_cut_into_pieces(self) -> None:
         """data.json bigger than one part is cut into numbered pieces, listed in the manifest."""
         ctx = self.big_context()
-        files = build_files(ctx)
+        files = build_files(ctx, Templates())
         parts = pack(files, reference=ctx.reference, generated_at=WHEN, limit=400_000)
         manifest = json.loads(unzip(parts[0])["manifest.json"])
         [data] = [f for f in manifest["files"] if f["name"] == "data.json"]
@@ -292,7 +297,7 @@ class TestFiles:
     def test_written_atomically_with_private_permissions(self, tmp_path: Path) -> None:
         """The file is 0600, complete, and no partial file is left."""
         target = tmp_path / "exports" / "SAR-2026-0007.eml"
-        write_private_file(target, b"x" * 1000)
+        write_private_file(target, b"x" * 1000, CrashPoints())
         assert target.read_bytes() == b"x" * 1000
         assert stat.S_IMODE(target.stat().st_mode) == 0o600
         assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700

@@ -19,8 +19,10 @@ import pytest
 
 from sarbot.config import ControllerSettings, SourceFacts
 from sarbot.connector import Identifier, Record, Trust
-from sarbot.export.files import ExportContext, SourceData, build_files
+from sarbot.export.files import ExportContext, build_files
 from sarbot.graph import Link, Scope
+from sarbot.mail.templates import Templates
+from sarbot.steps.collect import SourceData
 from tests.browser import (
     BrowserError,
     Dom,
@@ -243,7 +245,7 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Views:
     """The report and the probe page, each opened once in Chromium."""
     folder = tmp_path_factory.mktemp("report")
     report = folder / "index.html"
-    report.write_bytes(build_files(CONTEXT)["index.html"])
+    report.write_bytes(build_files(CONTEXT, Templates())["index.html"])
     server = LoopbackServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     probe_url = f"http://127.0.0.1:{server.port}/x.png"

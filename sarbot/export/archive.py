@@ -1,4 +1,4 @@
-"""Packing an export into zip files, and writing files to disk safely.
+"""Packing an export into zip files.
 
 An export that fits the attachment limit is one zip.  A larger one is split
 into numbered parts, each a zip of its own with a copy of the manifest, so
@@ -6,9 +6,6 @@ every part can be opened alone; a single file too large for one part is cut
 into numbered pieces (``data.json.001``, ...) that are joined by putting them
 end to end.  ``manifest.json`` lists every file with its size, SHA-256 and
 part.
-
-Files on disk are written to a temporary name, flushed and then renamed, so a
-half-written export never exists under its final name.  They are 0600.
 """
 
 from __future__ import annotations
@@ -16,14 +13,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-
-from sarbot import faults
 
 # Space kept free in each part for the manifest and the zip's own structures.
 PART_OVERHEAD = 256 * 1024
@@ -160,29 +153,3 @@ def _zip(pieces: list[_Piece], manifest: bytes, when: datetime) -> bytes:
             info.external_attr = 0o600 << 16
             archive.writestr(info, body)
     return buffer.getvalue()
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write a 0600 file atomically: temporary name, fsync, rename, fsync the folder."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            faults.point("package.partial")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,28 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sarbot.config import ControllerSettings, SourceFacts
+from sarbot.config import ControllerSettings
 from sarbot.connector import Identifier, Record
 from sarbot.export.tables import csv_files
 from sarbot.graph import Link, Scope
-from sarbot.mail.templates import DEFAULT, Templates
+from sarbot.mail.templates import Templates
+from sarbot.steps.collect import SourceData
 
 FORMAT_NAME = "sarbot-export"
 FORMAT_VERSION = 2
-
-
-@dataclass(frozen=True)
-class SourceData:
-    """What one connector returned for a request."""
-
-    name: str
-    description: str
-    facts: SourceFacts
-    records: Sequence[Record]
-
-    @property
-    def title(self) -> str:
-        return self.description or self.name
 
 
 @dataclass(frozen=True)
@@ -129,7 +116,7 @@ def data_document(ctx: ExportContext) -> dict[str, object]:
     }
 
 
-def build_files(ctx: ExportContext, templates: Templates = DEFAULT) -> dict[str, bytes]:
+def build_files(ctx: ExportContext, templates: Templates) -> dict[str, bytes]:
     """The export's files, by their path in the zip (the manifest is added when packing)."""
     variables = ctx.template_vars()
     files = {

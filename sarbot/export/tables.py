@@ -14,12 +14,9 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from sarbot.connector import JSONValue, Record
-
-if TYPE_CHECKING:
-    from sarbot.export.files import SourceData
+from sarbot.steps.collect import SourceData
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 PROVENANCE = ["found by", "found by: where that came from", "location", "notes"]

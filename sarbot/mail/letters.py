@@ -1,26 +1,37 @@
-"""The messages sarbot sends, built from templates.
+"""The letters sarbot sends, and the one path every one of them takes.
 
-Every message goes to the request's verified address only, carries
-``Auto-Submitted: auto-replied`` (RFC 3834) and sarbot's loop header, and
-threads on the request's earlier messages.
+``Letters.post`` is that path: a Message-ID is allocated, the letter is built
+from its template, its bytes are recorded in the outbox (or written to the
+export folder) before anything is sent, and the request's thread goes on from
+it.  Every letter goes to the request's verified address only (operators'
+mail to the operators), carries ``Auto-Submitted`` (RFC 3834) and sarbot's
+loop header, and threads on the request's earlier messages.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from sarbot.config import ControllerSettings
-from sarbot.export.archive import Part
-from sarbot.export.files import ExportContext
+from sarbot.faults import CrashPoints
 from sarbot.mail.guards import LOOP_HEADER
 from sarbot.mail.templates import Templates
-from sarbot.store.models import Request
+from sarbot.store import outbox
+from sarbot.store.exports import write_private_file
+from sarbot.store.models import OutgoingMail, Request
+from sarbot.store.states import MailKind
+
+Compose = Callable[[str], EmailMessage]
+"""Builds a letter once its Message-ID is known."""
 
 
 def as_bytes(message: EmailMessage) -> bytes:
@@ -33,17 +44,101 @@ def new_message_id(reference: str, domain: str) -> str:
     return f"<{reference}.m{secrets.token_hex(12)}@{domain}>"
 
 
-class Composer:
-    """Builds messages from one controller's identity."""
+class Letters:
+    """Builds one controller's letters from templates, and posts them to the outbox."""
 
-    def __init__(self, controller: ControllerSettings, phrase: str, templates: Templates) -> None:
+    def __init__(
+        self,
+        controller: ControllerSettings,
+        phrase: str,
+        templates: Templates,
+        *,
+        crash_points: CrashPoints,
+    ) -> None:
         self.controller = controller
         self.phrase = phrase
         self.templates = templates
+        self.crash_points = crash_points
+        self.domain = controller.email.rpartition("@")[2]
 
-    def _base(
+    # -- posting -------------------------------------------------------------------------
+
+    def post(
+        self,
+        session: Session,
+        request: Request | None,
+        kind: MailKind,
+        compose: Compose,
+        *,
+        now: datetime,
+        message_id: str | None = None,
+        recorded_id: str | None = None,
+        recipient: str | None = None,
+        thread: bool = True,
+        file: Path | None = None,
+    ) -> OutgoingMail:
+        """Build a letter and record it to be sent.
+
+        ``message_id`` is allocated unless given (an acknowledgement's carries its
+        challenge, and only ``recorded_id``, its digest, is kept).  ``file`` writes the
+        message to the export folder instead of the database.  ``thread`` makes the
+        request's next letters reply to this one.
+        """
+        if message_id is None:
+            stem = request.reference if request is not None else "digest"
+            message_id = new_message_id(stem, self.domain)
+        raw: bytes | None = as_bytes(compose(message_id))
+        if file is not None and raw is not None:
+            write_private_file(file, raw, self.crash_points)
+            raw = None
+        mail = outbox.queue(
+            session,
+            request,
+            kind,
+            message_id=recorded_id or message_id,
+            raw=raw,
+            now=now,
+            recipient=recipient,
+            file_path=str(file) if file is not None else None,
+        )
+        if thread and request is not None:
+            request.add_to_thread(message_id)
+        return mail
+
+    def send_letter(
+        self,
+        session: Session,
+        request: Request,
+        kind: MailKind,
+        template: str,
+        subject: str,
+        *,
+        now: datetime,
+        **context: object,
+    ) -> OutgoingMail:
+        """A short letter to the requester about their request (extension, rejection)."""
+
+        def compose(message_id: str) -> EmailMessage:
+            message = self.base(request, subject=subject, message_id=message_id, now=now)
+            message.set_content(
+                self.templates.render(
+                    template,
+                    controller=self.controller,
+                    reference=request.reference,
+                    received_at=request.received_at,
+                    **context,
+                )
+            )
+            return message
+
+        return self.post(session, request, kind, compose, now=now)
+
+    # -- composing -----------------------------------------------------------------------
+
+    def base(
         self, request: Request, *, subject: str, message_id: str, now: datetime
     ) -> EmailMessage:
+        """A letter to the requester: addressed, dated and threaded, without a body yet."""
         message = EmailMessage()
         local, _, domain = self.controller.email.partition("@")
         message["From"] = Address(self.controller.name, local, domain)
@@ -71,7 +166,7 @@ class Composer:
         subject = "Please confirm your data request"
         if reminder:
             subject = "Reminder: " + subject.lower()
-        message = self._base(request, subject=subject, message_id=message_id, now=now)
+        message = self.base(request, subject=subject, message_id=message_id, now=now)
         message.set_content(
             self.templates.render(
                 "acknowledgement.txt",
@@ -90,7 +185,7 @@ class Composer:
         self, request: Request, *, message_id: str, now: datetime
     ) -> EmailMessage:
         """The acknowledgement when the sender was authenticated and no challenge is needed."""
-        message = self._base(
+        message = self.base(
             request, subject="We have received your data request", message_id=message_id, now=now
         )
         message.set_content(
@@ -105,32 +200,9 @@ class Composer:
         )
         return message
 
-    def letter(
-        self,
-        request: Request,
-        template: str,
-        subject: str,
-        *,
-        message_id: str,
-        now: datetime,
-        **context: object,
-    ) -> EmailMessage:
-        """A short letter to the requester about their request (extension, rejection)."""
-        message = self._base(request, subject=subject, message_id=message_id, now=now)
-        message.set_content(
-            self.templates.render(
-                template,
-                controller=self.controller,
-                reference=request.reference,
-                received_at=request.received_at,
-                **context,
-            )
-        )
-        return message
-
     def operator_notice(
         self,
-        recipients: Sequence[str],
+        recipient: str,
         template: str,
         subject: str,
         *,
@@ -138,11 +210,11 @@ class Composer:
         now: datetime,
         **context: object,
     ) -> EmailMessage:
-        """Mail to the operators: never any exported data, only references, states and dates."""
+        """Mail to an operator: never any exported data, only references, states and dates."""
         message = EmailMessage()
         local, _, domain = self.controller.email.partition("@")
         message["From"] = Address(f"sarbot ({self.controller.name})", local, domain)
-        message["To"] = ", ".join(recipients)
+        message["To"] = recipient
         message["Subject"] = f"[sarbot] {subject}"
         message["Date"] = format_datetime(now)
         message["Message-ID"] = message_id
@@ -152,7 +224,7 @@ class Composer:
         return message
 
     def expiry_notice(self, request: Request, *, message_id: str, now: datetime) -> EmailMessage:
-        message = self._base(
+        message = self.base(
             request, subject="Your data request has expired", message_id=message_id, now=now
         )
         message.set_content(
@@ -166,35 +238,3 @@ class Composer:
             )
         )
         return message
-
-    def export(
-        self,
-        request: Request,
-        ctx: ExportContext,
-        parts: Sequence[Part],
-        *,
-        message_ids: Sequence[str],
-        now: datetime,
-    ) -> list[EmailMessage]:
-        """One message per part of the export; the first carries the letter."""
-        messages = []
-        variables = ctx.template_vars() | {"parts": parts}
-        for part, message_id in zip(parts, message_ids, strict=True):
-            subject = "A copy of your personal data"
-            if part.count > 1:
-                subject += f" (part {part.number} of {part.count})"
-            message = self._base(request, subject=subject, message_id=message_id, now=now)
-            if part.number == 1:
-                message.set_content(self.templates.render("export.txt", **variables))
-                message.add_alternative(
-                    self.templates.render("export.html", **variables), subtype="html"
-                )
-            else:
-                text = self.templates.render("export_part.txt", part=part, **variables)
-                message.set_content(text)
-            maintype, subtype = part.content_type.split("/")
-            message.add_attachment(
-                part.data, maintype=maintype, subtype=subtype, filename=part.filename
-            )
-            messages.append(message)
-        return messages

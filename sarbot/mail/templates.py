@@ -49,7 +49,3 @@ def _date(value: datetime | None) -> str:
 
 def _datetime(value: datetime | None) -> str:
     return value.strftime("%-d %B %Y, %H:%M UTC") if value else "-"
-
-
-DEFAULT = Templates()
-"""The built-in templates, for callers with no admin overrides."""

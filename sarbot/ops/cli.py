@@ -62,7 +62,7 @@ def db_group() -> None:
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the state database to the current schema."""
     app = app_from(ctx)
-    db.upgrade(app.engine)
+    db.upgrade(app.engine, crash_points=app.crash_points)
     click.echo(f"database at revision {db.current_revision(app.engine)}")
 
 

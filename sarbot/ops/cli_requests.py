@@ -15,8 +15,7 @@ from sqlalchemy import select
 from sarbot.errors import SarbotError
 from sarbot.ops.cli_common import app_from, iso, operator, table
 from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, register
-from sarbot.pipeline import begin_collection
-from sarbot.steps.collect import ConnectorOutcome
+from sarbot.steps.collect import ConnectorOutcome, begin_collection
 from sarbot.store.lifecycle import audit
 from sarbot.store.models import Request, utcnow
 from sarbot.store.states import TERMINAL, RequestState
@@ -60,7 +59,7 @@ def requests_list(
 ) -> None:
     """List requests, newest first."""
     app = app_from(ctx)
-    today = app.settings.deadlines.calendar().local_date(utcnow())
+    today = app.calendar.local_date(utcnow())
     query = select(Request).order_by(Request.id.desc())
     if state:
         query = query.where(Request.state == RequestState(state))
@@ -88,7 +87,7 @@ def requests_show(ctx: click.Context, reference: str, as_json: bool) -> None:
     """Show one request: its dates, how it was verified, and its whole audit trail."""
     app = app_from(ctx)
     with app.sessions() as session:
-        request = _find(Operations(app.settings), session, reference)
+        request = _find(app.operations, session, reference)
         detail = _summary(request) | {
             "expires_at": iso(request.expires_at),
             "verification": request.authentication,
@@ -133,7 +132,7 @@ def _find(ops: Operations, session: Any, reference: str) -> Request:
 def _decide(ctx: click.Context, action: str, reference: str, **kwargs: Any) -> Any:
     """Run one operator decision in a transaction; errors are the operator's to read."""
     app = app_from(ctx)
-    ops = Operations(app.settings)
+    ops = app.operations
     try:
         with app.sessions.begin() as session:
             return getattr(ops, action)(
@@ -199,7 +198,7 @@ def requests_deliver(ctx: click.Context, reference: str, partial: bool, reason: 
     """Deliver a request whose collection keeps failing, with the sources that answer."""
     app = app_from(ctx)
     with app.sessions.begin() as session:
-        request = _find(Operations(app.settings), session, reference)
+        request = _find(app.operations, session, reference)
         if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
             raise click.ClickException(
                 f"{reference} is {request.state.value}; only a request being collected can be "
@@ -225,7 +224,7 @@ def requests_deliver(ctx: click.Context, reference: str, partial: bool, reason: 
 def requests_create(ctx: click.Context, email: str, note: str) -> None:
     """Enter a request received by post or phone; it takes the same path as one by email."""
     app = app_from(ctx)
-    ops = Operations(app.settings)
+    ops = app.operations
     try:
         with app.sessions.begin() as session:
             verdict = ops.create(session, email, note, now=utcnow(), actor=operator())
@@ -246,7 +245,7 @@ def requests_collect(ctx: click.Context, reference: str) -> None:
     """Collect for a confirmed request now, showing each connector as it answers."""
     app = app_from(ctx)
     with app.sessions.begin() as session:
-        request = _find(Operations(app.settings), session, reference)
+        request = _find(app.operations, session, reference)
         if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
             raise click.ClickException(f"{reference} is {request.state.value}, not being collected")
         begin_collection(session, request, at=utcnow(), actor=operator())

@@ -15,12 +15,11 @@ from sqlalchemy.orm import Session
 
 from sarbot.config import Settings
 from sarbot.errors import SarbotError
-from sarbot.mail.letters import Composer, as_bytes, new_message_id
-from sarbot.mail.templates import Templates
+from sarbot.mail.letters import Letters
 from sarbot.steps.acknowledge import Acknowledger
-from sarbot.steps.verify import Verdict
+from sarbot.steps.intake import Verdict
 from sarbot.store import outbox
-from sarbot.store.deadlines import can_extend, extended_due_date, start_date
+from sarbot.store.deadlines import Calendar, can_extend, extended_due_date, start_date
 from sarbot.store.lifecycle import audit, transition
 from sarbot.store.models import AuditEvent, OutgoingMail, Request
 from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
@@ -31,13 +30,13 @@ class OperationError(SarbotError):
 
 
 class Operations:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, letters: Letters, acknowledger: Acknowledger, calendar: Calendar
+    ) -> None:
         self.settings = settings
-        templates = Templates(settings.export.template_dir)
-        self.composer = Composer(settings.controller, settings.requests.subject_phrase, templates)
-        self.acknowledger = Acknowledger(settings, self.composer)
-        self.calendar = settings.deadlines.calendar()
-        self.domain = settings.message_id_domain
+        self.letters = letters
+        self.acknowledger = acknowledger
+        self.calendar = calendar
 
     def find(self, session: Session, reference: str) -> Request:
         request = session.scalar(select(Request).where(Request.reference == reference))
@@ -71,13 +70,13 @@ class Operations:
         request.extended_due_on = extended_due_date(start, self.calendar)
         request.extension_reason = reason
         audit(session, request, "request.extended", at=now, reason=reason, actor=actor)
-        self._letter(
+        self.letters.send_letter(
             session,
             request,
             MailKind.EXTENSION_NOTICE,
             "extension_notice.txt",
             "We need more time to answer your data request",
-            now,
+            now=now,
             reason=reason,
             extended_due_on=request.extended_due_on,
         )
@@ -93,13 +92,13 @@ class Operations:
         for mail in request_mail(session, request, MailKind.EXPORT, MailState.PENDING):
             outbox.cancel(mail, "cancelled: the request was rejected")
         transition(session, request, RequestState.REJECTED, at=now, reason=reason, actor=actor)
-        self._letter(
+        self.letters.send_letter(
             session,
             request,
             MailKind.REJECTION,
             "rejection.txt",
             "About your data request",
-            now,
+            now=now,
             reason=reason,
         )
         return request
@@ -142,23 +141,6 @@ class Operations:
         self.acknowledger.challenge(session, request, now=now, revoke=True)
         audit(session, request, "request.resent", at=now, reason="acknowledgement", actor=actor)
         return "acknowledgement with a new challenge"
-
-    def _letter(
-        self,
-        session: Session,
-        request: Request,
-        kind: MailKind,
-        template: str,
-        subject: str,
-        now: datetime,
-        **context: object,
-    ) -> None:
-        message_id = new_message_id(request.reference, self.domain)
-        message = self.composer.letter(
-            request, template, subject, message_id=message_id, now=now, **context
-        )
-        outbox.queue(session, request, kind, message_id=message_id, raw=as_bytes(message), now=now)
-        request.add_to_thread(message_id)
 
 
 def request_mail(

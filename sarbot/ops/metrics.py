@@ -21,11 +21,10 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from sarbot.store.models import Clock, OutgoingMail, Request, utcnow
-from sarbot.store.states import TERMINAL, MailKind, MailState, RequestState
+from sarbot.store.models import Clock, Request, utcnow
+from sarbot.store.states import TERMINAL, RequestState
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 ACKNOWLEDGE_BUCKETS = (
@@ -301,21 +300,6 @@ def days_until(due: date | datetime, now: datetime, zone: ZoneInfo) -> float:
     else:
         moment = datetime.combine(due + timedelta(days=1), time(), tzinfo=zone)
     return (moment - now).total_seconds() / DAY
-
-
-def is_first_acknowledgement(session: Session, mail: OutgoingMail) -> bool:
-    """Whether no other acknowledgement of this mail's request has been sent."""
-    if mail.kind is not MailKind.ACKNOWLEDGEMENT:
-        return False
-    earlier = session.scalar(
-        select(func.count())
-        .select_from(OutgoingMail)
-        .where(OutgoingMail.request_id == mail.request_id)
-        .where(OutgoingMail.kind == MailKind.ACKNOWLEDGEMENT)
-        .where(OutgoingMail.state == MailState.SENT)
-        .where(OutgoingMail.id != mail.id)
-    )
-    return not earlier
 
 
 def _seconds(start: datetime, end: datetime) -> float:

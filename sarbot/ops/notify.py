@@ -17,14 +17,11 @@ from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
 from sarbot.mail.addresses import mask_address
-from sarbot.mail.letters import Composer, as_bytes, new_message_id
-from sarbot.store import outbox
-from sarbot.store.deadlines import days_left
+from sarbot.mail.letters import Letters
+from sarbot.steps.package import EXPORT_WRITE_FAILED
+from sarbot.store.deadlines import Calendar, days_left
 from sarbot.store.models import OutgoingMail, Request
 from sarbot.store.states import TERMINAL, MailKind, RequestState
-
-EXPORT_WRITE_FAILED = "cannot write the export"
-"""How a request's last error starts when the export folder failed (full, unwritable)."""
 
 HEADLINES = {
     MailKind.OPERATOR_REVIEW: "A request waits for a person",
@@ -35,10 +32,10 @@ HEADLINES = {
 
 
 class Notifier:
-    def __init__(self, settings: Settings, composer: Composer) -> None:
+    def __init__(self, settings: Settings, letters: Letters, calendar: Calendar) -> None:
         self.settings = settings
-        self.composer = composer
-        self.calendar = settings.deadlines.calendar()
+        self.letters = letters
+        self.calendar = calendar
         self.operators = settings.notifications.operators
 
     def run(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
@@ -97,29 +94,27 @@ class Notifier:
         self, session: Session, request: Request, kind: MailKind, detail: str, *, now: datetime
     ) -> int:
         for address in self.operators:
-            message_id = new_message_id(request.reference, self.settings.message_id_domain)
-            message = self.composer.operator_notice(
-                [address],
-                "operator_notice.txt",
-                f"{HEADLINES[kind]}: {request.reference}",
-                message_id=message_id,
-                now=now,
-                headline=HEADLINES[kind],
-                reference=request.reference,
-                state=request.state.value,
-                requester=mask_address(request.email),
-                received_at=request.received_at,
-                due=request.deadline,
-                detail=detail,
-            )
-            outbox.queue(
+            self.letters.post(
                 session,
                 request,
                 kind,
-                message_id=message_id,
-                raw=as_bytes(message),
+                lambda message_id: self.letters.operator_notice(
+                    address,  # noqa: B023 (called at once, inside post)
+                    "operator_notice.txt",
+                    f"{HEADLINES[kind]}: {request.reference}",
+                    message_id=message_id,
+                    now=now,
+                    headline=HEADLINES[kind],
+                    reference=request.reference,
+                    state=request.state.value,
+                    requester=mask_address(request.email),
+                    received_at=request.received_at,
+                    due=request.deadline,
+                    detail=detail,
+                ),
                 now=now,
                 recipient=address,
+                thread=False,
             )
         return len(self.operators)
 
@@ -159,24 +154,21 @@ class Notifier:
             )
         )
         for address in self.operators:
-            message_id = new_message_id("digest", self.settings.message_id_domain)
-            message = self.composer.operator_notice(
-                [address],
-                "operator_digest.txt",
-                f"Daily summary: {len(rows)} open",
-                message_id=message_id,
-                now=now,
-                today=now,
-                open=rows,
-                review=review,
-                delivered=delivered,
-            )
-            outbox.queue(
+            self.letters.post(
                 session,
                 None,
                 MailKind.OPERATOR_DIGEST,
-                message_id=message_id,
-                raw=as_bytes(message),
+                lambda message_id: self.letters.operator_notice(
+                    address,  # noqa: B023 (called at once, inside post)
+                    "operator_digest.txt",
+                    f"Daily summary: {len(rows)} open",
+                    message_id=message_id,
+                    now=now,
+                    today=now,
+                    open=rows,
+                    review=review,
+                    delivered=delivered,
+                ),
                 now=now,
                 recipient=address,
             )

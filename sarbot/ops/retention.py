@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
+from sarbot.mail.mailbox import MailboxThread
 from sarbot.store.audit import purge_before
 from sarbot.store.lifecycle import audit
 from sarbot.store.models import AuditEvent, OutgoingMail, Request, SeenMessage
@@ -73,3 +75,24 @@ def purge(session: Session, settings: Settings, now: datetime, *, actor: str = "
         reason=f"{len(old)} request(s) and {events} audit event(s) older than {cutoff.date()}",
     )
     return Purged(len(old), events)
+
+
+async def run_daily(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    mailbox: MailboxThread,
+    *,
+    now: datetime,
+    log: FilteringBoundLogger,
+) -> None:
+    """What the daemon does once a day: purge the database, then the processed folder."""
+    with sessions.begin() as session:
+        if not due(session, now):
+            return
+        purged = purge(session, settings, now)
+    log.info("retention.purged", requests=purged.requests, events=purged.audit_events)
+    box = mailbox.mailbox
+    if box.connected:
+        before = (now - timedelta(days=settings.retention.processed_mail_days)).date()
+        deleted = await mailbox.call(box.delete_older_than, settings.imap.processed_folder, before)
+        log.info("retention.mail_deleted", messages=deleted)

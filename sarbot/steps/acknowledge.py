@@ -29,14 +29,15 @@ from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
-from sarbot.export.encryption import KeyChoice, find_key
+from sarbot.export.keys import KeyChoice, find_key
 from sarbot.mail.addresses import InvalidAddress, mask_address, normalize_address
 from sarbot.mail.authentication import Evidence, evaluate, resolver
 from sarbot.mail.challenge import challenge_message_id, digest, new_challenge
-from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.letters import Letters
 from sarbot.mail.message import IncomingMail
-from sarbot.steps.verify import Verdict
+from sarbot.steps.intake import Verdict
 from sarbot.store import outbox
+from sarbot.store.deadlines import Calendar
 from sarbot.store.lifecycle import audit, start_the_clock, transition
 from sarbot.store.models import OutgoingMail, Request
 from sarbot.store.references import new_reference
@@ -66,12 +67,12 @@ def asks_for_another_address(text: str, sender: str, own: str) -> bool:
 
 
 class Acknowledger:
-    def __init__(self, settings: Settings, composer: Composer):
+    def __init__(self, settings: Settings, letters: Letters, calendar: Calendar):
         self.settings = settings
-        self.composer = composer
+        self.letters = letters
         self.dnsfunc = resolver(settings.verification.dns_server)  # one, for every request
         self.domain = settings.message_id_domain
-        self.calendar = settings.deadlines.calendar()
+        self.calendar = calendar
 
     def open(
         self, session: Session, mail: IncomingMail, *, now: datetime, log: FilteringBoundLogger
@@ -188,9 +189,16 @@ class Acknowledger:
         self._renew_expiry(request, now)
         mode = self.settings.verification.mode
         if request.review_reason is None and mode == "reply_or_dmarc" and request.authenticated:
-            message_id = new_message_id(request.reference, self.domain)
-            ack = self.composer.acknowledgement_verified(request, message_id=message_id, now=now)
-            self._queue_ack(session, request, message_id, as_bytes(ack), now)
+            self.letters.post(
+                session,
+                request,
+                MailKind.ACKNOWLEDGEMENT,
+                lambda message_id: self.letters.acknowledgement_verified(
+                    request, message_id=message_id, now=now
+                ),
+                now=now,
+                thread=False,
+            )
             request.confirmed_at = now
             start_the_clock(request, self.calendar)
             transition(
@@ -235,19 +243,19 @@ class Acknowledger:
         request.keep_challenge(revoke=revoke)
         request.token_hash, request.code_hash = challenge.token_hash, challenge.code_hash
         message_id = challenge_message_id(request.reference, challenge.token, self.domain)
-        ack = self.composer.acknowledgement(
-            request, code=challenge.code, message_id=message_id, now=now, reminder=reminder
-        )
         # The acknowledgement's Message-ID carries the challenge: only its digest is kept, and
         # it stays out of the thread (the confirmation, which cites it, threads the answer).
-        kind = MailKind.REMINDER if reminder else MailKind.ACKNOWLEDGEMENT
-        outbox.queue(
+        self.letters.post(
             session,
             request,
-            kind,
-            message_id="sha256:" + digest(message_id),
-            raw=as_bytes(ack),
+            MailKind.REMINDER if reminder else MailKind.ACKNOWLEDGEMENT,
+            lambda mid: self.letters.acknowledgement(
+                request, code=challenge.code, message_id=mid, now=now, reminder=reminder
+            ),
             now=now,
+            message_id=message_id,
+            recorded_id="sha256:" + digest(message_id),
+            thread=False,
         )
 
     def send_reminders(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
@@ -270,14 +278,6 @@ class Acknowledger:
             .where(Request.id.not_in(reminded))
         )
         return [r for r in waiting if r.expires_at - before <= now]
-
-    def _queue_ack(
-        self, session: Session, request: Request, message_id: str, raw: bytes, now: datetime
-    ) -> None:
-        """The acknowledgement that carries no challenge (the sender was authenticated)."""
-        outbox.queue(
-            session, request, MailKind.ACKNOWLEDGEMENT, message_id=message_id, raw=raw, now=now
-        )
 
     def _join(
         self, session: Session, request: Request, *, now: datetime, log: FilteringBoundLogger

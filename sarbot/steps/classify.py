@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from structlog.typing import FilteringBoundLogger
+
 from sarbot.mail.guards import refusal
-from sarbot.mail.message import IncomingMail
+from sarbot.mail.message import IncomingMail, parse_headers
 
 _PREFIX_RE = re.compile(
     r"^\s*(?:(?:re|fwd?|aw|sv|wg|tr|vs|antw)\s*(?:\[\d+\])?\s*:\s*)+", re.IGNORECASE
@@ -57,6 +59,18 @@ class Classifier:
         self.domain = message_id_domain.lower()
         self.phrase = _norm(phrase)
         self.reference_re = re.compile(rf"\b({re.escape(prefix)}-\d{{4}}-\d{{4,9}})\b")
+
+    def read(
+        self, header: bytes, log: FilteringBoundLogger
+    ) -> tuple[IncomingMail | None, Classification]:
+        """Classify a message on its header block alone; hostile headers are refused, never
+        raised."""
+        try:
+            head = parse_headers(header)
+            return head, self.classify(head)
+        except Exception as exc:  # the parser may fail in any way on hostile input
+            log.warning("mail.unreadable", error_type=type(exc).__name__)
+            return None, Classification(Kind.GUARDED, reason="unreadable")
 
     def is_candidate(self, mail: IncomingMail) -> bool:
         """Could this message be sarbot's business?  Decided on headers alone."""

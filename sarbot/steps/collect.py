@@ -10,19 +10,39 @@ turns up or the round limit is reached.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from sarbot.config import CollectionSettings
+from sarbot.config import CollectionSettings, SourceFacts
 from sarbot.connector import Identifier, Identity, Record, with_other_people_note
 from sarbot.errors import ConnectorError
-from sarbot.export.files import SourceData
-from sarbot.graph import Graph, Link, Realms
+from sarbot.graph import Graph, Link, Realms, Scope, graph_digest, graph_document
 from sarbot.registry import ConfiguredConnector
+from sarbot.store.lifecycle import audit, transition
+from sarbot.store.models import Request
+from sarbot.store.states import RequestState
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """What one connector returned for a request."""
+
+    name: str
+    description: str
+    facts: SourceFacts
+    records: Sequence[Record]
+
+    @property
+    def title(self) -> str:
+        return self.description or self.name
 
 
 @dataclass
@@ -167,3 +187,48 @@ def _changed(earlier: Record, later: Record) -> bool:
         later.fields,
         later.notes,
     )
+
+
+def begin_collection(
+    session: Session, request: Request, *, at: datetime, actor: str = "daemon"
+) -> None:
+    """A confirmed request starts collecting (one already collecting goes on)."""
+    if request.state is RequestState.CONFIRMED:
+        started = "collection started"
+        transition(session, request, RequestState.COLLECTING, at=at, reason=started, actor=actor)
+
+
+def record_collection(
+    session: Session,
+    request: Request,
+    collection: Collection,
+    *,
+    now: datetime,
+    retry_after: timedelta,
+    log: FilteringBoundLogger,
+) -> bool:
+    """Keep what a collection found out; False if a source failed and it must be retried.
+
+    The identity graph is kept with the request, and the audit trail gets its
+    digest and counts (never an identifier).  An operator's reason to deliver
+    without a failing source (``partial_reason``) lets an incomplete one through.
+    """
+    request.attempts += 1
+    request.identity_graph = json.dumps(graph_document(collection.links), ensure_ascii=False)
+    scopes = Counter(link.scope for link in collection.links)
+    summary = (
+        f"{len(collection.links)} identifier(s): {scopes[Scope.EVERYWHERE]} followed, "
+        f"{scopes[Scope.NOT_FOLLOWED]} not followed; graph {graph_digest(collection.links)}"
+    )
+    audit(session, request, "collect.graph", at=now, reason=summary)
+    if collection.complete or request.partial_reason is not None:
+        return True
+    request.next_attempt_at = now + retry_after
+    request.last_error = "connectors failed: " + ", ".join(collection.failed)
+    audit(session, request, "collect.incomplete", at=now, reason=request.last_error)
+    log.warning(
+        "request.collect_incomplete",
+        failed=collection.failed,
+        retry_in=retry_after.total_seconds(),
+    )
+    return False

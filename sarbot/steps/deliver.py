@@ -9,19 +9,19 @@ of its export has been sent.  Export files are deleted once sent, or kept for
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
-from sarbot import faults
 from sarbot.config import Settings
 from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
+from sarbot.faults import CrashPoints
 from sarbot.mail.addresses import mask_address
 from sarbot.mail.mailer import Mailer
-from sarbot.ops.metrics import Metrics, is_first_acknowledgement
 from sarbot.store import outbox
 from sarbot.store.db import forget_cleared
 from sarbot.store.lifecycle import transition
@@ -29,24 +29,36 @@ from sarbot.store.models import Clock, OutgoingMail
 from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
 
 
+class Milestones(Protocol):
+    """Who wants to know when a request was first acknowledged and when it was answered."""
+
+    def acknowledged(self, received_at: datetime, *, at: datetime) -> None: ...
+
+    def delivered(
+        self, received_at: datetime, confirmed_at: datetime | None, *, at: datetime
+    ) -> None: ...
+
+
 class Deliverer:
     def __init__(
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        engine: Engine,
         mailer: Mailer,
+        milestones: Milestones,
+        *,
         log: FilteringBoundLogger,
         clock: Clock,
-        metrics: Metrics | None = None,
+        crash_points: CrashPoints,
     ) -> None:
-        self.metrics = metrics or Metrics(clock=clock)
         self.settings = settings
         self.sessions = sessions
-        self.engine = engine
+        self.engine: Engine = sessions.kw["bind"]
         self.mailer = mailer
+        self.milestones = milestones
         self.log = log
         self.clock = clock
+        self.crash_points = crash_points
 
     async def send_due(self) -> bool:
         with self.sessions.begin() as session:
@@ -73,7 +85,7 @@ class Deliverer:
                 await self.mailer.send(
                     raw, sender=self.settings.controller.email, recipient=mail.recipient
                 )
-                faults.point("deliver.accepted")
+                self.crash_points.point("deliver.accepted")
             except MailSendError as exc:
                 error = exc
         with self.sessions.begin() as session:
@@ -115,12 +127,12 @@ class Deliverer:
             log.error("mail.rejected", smtp_code=error.code)
             return
         outbox.mark_sent(mail, now)
-        if request is not None and is_first_acknowledgement(session, mail):
-            self.metrics.acknowledged(request.received_at, at=now)
+        if request is not None and outbox.is_first_acknowledgement(session, mail):
+            self.milestones.acknowledged(request.received_at, at=now)
         if request is not None and mail.kind is MailKind.EXPORT and _all_sent(session, mail):
             request.delivered_at = now
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
-            self.metrics.delivered(request.received_at, request.confirmed_at, at=now)
+            self.milestones.delivered(request.received_at, request.confirmed_at, at=now)
 
     def sweep(self) -> int:
         """Delete export files nothing will send: sent and past retention, or left by a crash."""

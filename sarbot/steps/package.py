@@ -2,45 +2,88 @@
 
 The export's files are built, packed into one zip or numbered parts,
 encrypted when the requester sent a usable OpenPGP key, and wrapped in
-messages.  Each message is written to the export folder (0600, atomically)
+letters.  Each letter is written to the export folder (0600, atomically)
 and recorded in the outbox before anything is sent, so a crash can never
-send half an export: a request is prepared again from scratch until every
-message is on disk and in the outbox.
+send half an export: a request is packaged again from scratch until every
+message is on disk and in the outbox.  A full export folder is retried
+later; a key that cannot be encrypted to waits for a person.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from email.message import EmailMessage
 
 from sqlalchemy.orm import Session
+from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
-from sarbot.export.archive import Part, pack, write_private_file
-from sarbot.export.encryption import encrypt
+from sarbot.export.archive import Part, pack
+from sarbot.export.encryption import EncryptionError, encrypt
 from sarbot.export.files import ExportContext, build_files
-from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.letters import Letters
 from sarbot.mail.templates import Templates
 from sarbot.registry import ConfiguredConnector
 from sarbot.steps.collect import Collection
-from sarbot.store import outbox
+from sarbot.store.lifecycle import audit, transition
 from sarbot.store.models import Request
-from sarbot.store.states import MailKind
+from sarbot.store.states import MailKind, RequestState
+
+EXPORT_WRITE_FAILED = "cannot write the export"
+"""How a request's last error starts when the export folder failed (full, unwritable)."""
 
 
-class Preparer:
+class Packager:
     def __init__(
         self,
         settings: Settings,
         connectors: Sequence[ConfiguredConnector],
-        composer: Composer,
+        letters: Letters,
         templates: Templates,
     ) -> None:
         self.settings = settings
         self.connectors = connectors
-        self.composer = composer
+        self.letters = letters
         self.templates = templates
+
+    def package(
+        self,
+        session: Session,
+        request: Request,
+        collection: Collection,
+        *,
+        now: datetime,
+        log: FilteringBoundLogger,
+    ) -> int | None:
+        """Package the answer and make the request ready; how many messages it is in, or
+        None if it must wait: retried later, or for a person to decide."""
+        ctx = self.context(request, collection, now)
+        try:
+            with session.begin_nested():  # nothing of a half-prepared answer is kept
+                messages = self._post(session, request, ctx, now)
+        except OSError as exc:
+            # The export folder is full or unwritable: retry later, and tell the operators.
+            wait = timedelta(seconds=self.settings.collection.retry_after)
+            request.next_attempt_at = now + wait
+            request.last_error = f"{EXPORT_WRITE_FAILED}: {exc.strerror or type(exc).__name__}"
+            audit(session, request, "export.write_failed", at=now, reason=request.last_error)
+            log.error(
+                "request.export_write_failed", error=exc.strerror, retry_in=wait.total_seconds()
+            )
+            return None
+        except EncryptionError as exc:
+            # The requester asked for encryption; a human decides, rather than send in clear.
+            request.last_error = f"cannot encrypt to the requester's key: {exc}"
+            transition(
+                session, request, RequestState.NEEDS_REVIEW, at=now, reason=request.last_error
+            )
+            log.error("request.encryption_failed")
+            return None
+        request.ready_at, request.next_attempt_at, request.last_error = now, None, None
+        transition(session, request, RequestState.READY, at=now, reason="export packaged")
+        return messages
 
     def context(self, request: Request, collection: Collection, now: datetime) -> ExportContext:
         failed = set(collection.failed)
@@ -59,8 +102,8 @@ class Preparer:
             verification=verification_summary(request),
         )
 
-    def prepare(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
-        """Write the answer's messages and queue them; returns how many there are."""
+    def _post(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
+        """Write the answer's messages to the export folder and queue them."""
         files = build_files(ctx, self.templates)
         parts = pack(
             files,
@@ -70,23 +113,44 @@ class Preparer:
         )
         if request.pgp_key:
             parts = [_encrypted(part, request.pgp_key) for part in parts]
-        domain = self.settings.message_id_domain
-        message_ids = [new_message_id(request.reference, domain) for _ in parts]
-        messages = self.composer.export(request, ctx, parts, message_ids=message_ids, now=now)
         folder = self.settings.storage.export_dir
-        for part, message_id, message in zip(parts, message_ids, messages, strict=True):
-            path = folder / _file_name(request.reference, part)
-            write_private_file(path, as_bytes(message))
-            outbox.queue(
+        variables = ctx.template_vars() | {"parts": parts}
+        for part in parts:
+            self.letters.post(
                 session,
                 request,
                 MailKind.EXPORT,
-                message_id=message_id,
-                raw=None,
+                lambda message_id: self._letter(request, part, variables, message_id, now),  # noqa: B023
                 now=now,
-                file_path=str(path),
+                thread=False,
+                file=folder / _file_name(request.reference, part),
             )
         return len(parts)
+
+    def _letter(
+        self,
+        request: Request,
+        part: Part,
+        variables: dict[str, object],
+        message_id: str,
+        now: datetime,
+    ) -> EmailMessage:
+        """One part of the export; the first carries the letter."""
+        subject = "A copy of your personal data"
+        if part.count > 1:
+            subject += f" (part {part.number} of {part.count})"
+        message = self.letters.base(request, subject=subject, message_id=message_id, now=now)
+        render = self.templates.render
+        if part.number == 1:
+            message.set_content(render("export.txt", **variables))
+            message.add_alternative(render("export.html", **variables), subtype="html")
+        else:
+            message.set_content(render("export_part.txt", part=part, **variables))
+        maintype, subtype = part.content_type.split("/")
+        message.add_attachment(
+            part.data, maintype=maintype, subtype=subtype, filename=part.filename
+        )
+        return message
 
 
 def verification_summary(request: Request) -> str:

@@ -22,7 +22,6 @@ address and prove it read the acknowledgement, through one of two channels:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -35,10 +34,11 @@ from sarbot.mail.challenge import (
     matches,
     quoted_codes,
 )
-from sarbot.mail.letters import Composer, as_bytes, new_message_id
+from sarbot.mail.letters import Letters
 from sarbot.mail.message import IncomingMail
 from sarbot.steps.classify import Classification
-from sarbot.store import outbox
+from sarbot.steps.intake import Verdict
+from sarbot.store.deadlines import Calendar
 from sarbot.store.lifecycle import audit, start_the_clock, transition
 from sarbot.store.models import AuditEvent, Request
 from sarbot.store.states import MailKind, Outcome, RequestState
@@ -57,19 +57,12 @@ class Proof(StrEnum):
     CODE = "confirmation code"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    outcome: Outcome
-    request: Request | None = None
-    reason: str = ""
-
-
 class Verifier:
-    def __init__(self, settings: Settings, composer: Composer) -> None:
+    def __init__(self, settings: Settings, letters: Letters, calendar: Calendar) -> None:
         self.settings = settings
-        self.composer = composer
+        self.letters = letters
         self.domain = settings.message_id_domain
-        self.calendar = settings.deadlines.calendar()
+        self.calendar = calendar
 
     def check_reply(
         self, session: Session, mail: IncomingMail, found: Classification, *, now: datetime
@@ -203,17 +196,18 @@ class Verifier:
             transition(
                 session, request, RequestState.EXPIRED, at=now, reason="not confirmed in time"
             )
-            message_id = new_message_id(request.reference, self.domain)
-            notice = self.composer.expiry_notice(request, message_id=message_id, now=now)
-            outbox.queue(
+            self.letters.post(
                 session,
                 request,
                 MailKind.EXPIRY_NOTICE,
-                message_id=message_id,
-                raw=as_bytes(notice),
+                # Called at once, inside post: the loop's request is the one meant.
+                lambda message_id: self.letters.expiry_notice(
+                    request,  # noqa: B023
+                    message_id=message_id,
+                    now=now,
+                ),
                 now=now,
             )
-            request.add_to_thread(message_id)
         return expired
 
     @staticmethod

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from sarbot.errors import ConfigError
+from sarbot.faults import CrashPoints
 
 
 def make_engine(url: str) -> Engine:
@@ -69,16 +70,19 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def _alembic_config(engine: Engine) -> AlembicConfig:
+def _alembic_config(engine: Engine, crash_points: CrashPoints | None = None) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(files("migrations")))
     config.attributes["engine"] = engine
+    config.attributes["crash_points"] = crash_points or CrashPoints()
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(
+    engine: Engine, revision: str = "head", *, crash_points: CrashPoints | None = None
+) -> None:
     """Apply the migrations up to ``revision``."""
-    command.upgrade(_alembic_config(engine), revision)
+    command.upgrade(_alembic_config(engine, crash_points), revision)
 
 
 def head_revision() -> str | None:

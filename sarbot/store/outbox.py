@@ -103,3 +103,18 @@ def cancel(mail: OutgoingMail, reason: str) -> None:
     if mail.file_path:
         Path(mail.file_path).unlink(missing_ok=True)
         mail.file_path = None
+
+
+def is_first_acknowledgement(session: Session, mail: OutgoingMail) -> bool:
+    """Whether no other acknowledgement of this mail's request has been sent."""
+    if mail.kind is not MailKind.ACKNOWLEDGEMENT:
+        return False
+    earlier = session.scalar(
+        select(func.count())
+        .select_from(OutgoingMail)
+        .where(OutgoingMail.request_id == mail.request_id)
+        .where(OutgoingMail.kind == MailKind.ACKNOWLEDGEMENT)
+        .where(OutgoingMail.state == MailState.SENT)
+        .where(OutgoingMail.id != mail.id)
+    )
+    return not earlier
