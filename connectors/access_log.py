@@ -40,20 +40,20 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
-from sarbot.config import Section
 from sarbot.connector import (
     EMAIL,
+    ConnectorError,
     Identifier,
     Identity,
     JSONValue,
     Record,
+    Section,
     Trust,
+    base_dir,
     fold,
     split_account,
+    written_forms,
 )
-from sarbot.errors import ConnectorError
-from sarbot.mail.addresses import written_forms
-from sarbot.secretref import base_dir
 
 CATEGORY = "Access log entry"
 MAX_LINE_BYTES = 64 * 1024

@@ -23,11 +23,20 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import RowMapping, text
 
 from connectors.readonly import read_only_engine
-from sarbot.config import Section
-from sarbot.connector import EMAIL, Identifier, Identity, Record, Trust, fold, jsonable
-from sarbot.errors import ConnectorError
-from sarbot.mail.addresses import same_address, written_forms
-from sarbot.secretref import MaybeSecretStr
+from sarbot.connector import (
+    EMAIL,
+    ConnectorError,
+    Identifier,
+    Identity,
+    MaybeSecretStr,
+    Record,
+    Section,
+    Trust,
+    fold,
+    jsonable,
+    same_address,
+    written_forms,
+)
 
 KIND = r"^[a-z][a-z0-9_]{0,30}$"
 

@@ -6,7 +6,6 @@ or a wrong type fails with the key's path and a hint, never a traceback.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 import unicodedata
 from pathlib import Path
@@ -21,9 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-from sarbot.connector import covers
+from sarbot.config_hints import describe_error
 from sarbot.errors import ConfigError
 from sarbot.mail.addresses import normalize_address
+from sarbot.names import covers
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
 from sarbot.store.deadlines import Calendar
 
@@ -65,25 +65,30 @@ class ControllerSettings(Section):
         return normalize_address(value)
 
 
-class ImapSettings(Section):
-    host: str
+class ImapLogin(Section):
+    """How to log in to an IMAP account: the watched mailbox's, or a connector's."""
+
+    host: str = Field(min_length=1)
     port: int = Field(default=993, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
-    username: str
+    username: str = Field(min_length=1)
     password: Secret
     ca_file: ConfigPath | None = None
+    timeout: float = Field(default=60.0, gt=0)
+    allow_plaintext: bool = False
+
+    @model_validator(mode="after")
+    def _tls_unless_allowed(self) -> ImapLogin:
+        _require_tls(self.security, self.allow_plaintext)
+        return self
+
+
+class ImapSettings(ImapLogin):
     folder: str = "INBOX"
     processed_folder: str = "GDPR"
     max_message_bytes: int = Field(default=25_000_000, gt=0)
     use_idle: bool = True
     poll_interval: float = Field(default=60.0, gt=0, le=1500)
-    timeout: float = Field(default=60.0, gt=0)
-    allow_plaintext: bool = False
-
-    @model_validator(mode="after")
-    def _tls_unless_allowed(self) -> ImapSettings:
-        _require_tls(self.security, self.allow_plaintext)
-        return self
 
 
 class SmtpSettings(Section):
@@ -375,55 +380,3 @@ def validate(data: Any, model: type[M], *, source: str, base_dir: Path, prefix: 
     except ValidationError as exc:
         lines = [describe_error(err, model, prefix) for err in exc.errors()]
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
-
-
-def describe_error(err: Any, model: type[BaseModel], prefix: str = "") -> str:
-    """One line for one validation error: the key's path, the problem and a hint."""
-    loc = [part for part in err["loc"] if not str(part).startswith("function-")]
-    key = prefix + _dotted(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        known = _known_keys(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
-        return f"  {key}: unknown key ({hint})"
-    if kind == "missing":
-        return f"  {key}: required key is missing"
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        message += f" (got {type(err.get('input')).__name__} {_short(err.get('input'))})"
-    return f"  {key}: {message}"
-
-
-def _dotted(loc: list[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _known_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(str(part)) if hasattr(current, "model_fields") else None
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    return sorted(current.model_fields) if hasattr(current, "model_fields") else []
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

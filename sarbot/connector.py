@@ -1,5 +1,10 @@
 """The connector contract: how sarbot asks a data store what it holds on a person.
 
+This is the only module of sarbot a connector imports: besides the protocol
+and its data types it hands on what connectors need of the rest (settings
+sections and secret references, the error to raise, address normalisation,
+the IMAP login, the loop header).
+
 A connector *type* is a class (or any callable) with a pydantic ``Settings``
 model; sarbot validates the connector's ``[[connectors]]`` table with it and
 calls ``Type(name, settings)`` to get a connector.  Built-in and third-party
@@ -41,7 +46,55 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from sarbot.mail.addresses import InvalidAddress, normalize_address
+from sarbot.config import ImapLogin, Section
+from sarbot.errors import ConnectorError
+from sarbot.mail.addresses import (
+    InvalidAddress,
+    domain_of,
+    normalize_address,
+    same_address,
+    written_forms,
+)
+from sarbot.mail.guards import LOOP_HEADER
+from sarbot.mail.imap import imap_session
+from sarbot.mail.message import decode_header_value
+from sarbot.names import covers, fold, split_account
+from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret, base_dir
+
+__all__ = [
+    "AD",
+    "EMAIL",
+    "ENTRY_POINT_GROUP",
+    "LOOP_HEADER",
+    "OTHER_PEOPLE_NOTE",
+    "OTHER_PERSON",
+    "ConfigPath",
+    "Connector",
+    "ConnectorError",
+    "ConnectorType",
+    "Identifier",
+    "Identity",
+    "ImapLogin",
+    "InvalidAddress",
+    "JSONValue",
+    "MaybeSecretStr",
+    "Record",
+    "Secret",
+    "Section",
+    "Trust",
+    "base_dir",
+    "covers",
+    "decode_header_value",
+    "domain_of",
+    "fold",
+    "imap_session",
+    "jsonable",
+    "normalize_address",
+    "same_address",
+    "split_account",
+    "with_other_people_note",
+    "written_forms",
+]
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 ENTRY_POINT_GROUP = "sarbot.connectors"
@@ -64,34 +117,6 @@ class Trust(StrEnum):
     """Recorded by the controller's staff or systems (the vault, monitoring agents)."""
     SELF_ASSERTED = "self_asserted"
     """Typed by the person or by anyone (website logins, comment fields, form content)."""
-
-
-def fold(value: str) -> str:
-    """How account and domain names compare: NFC, lower case, outer space removed.
-
-    Never ``casefold()``: it maps ß to ss, and ``straße`` is not ``strasse``.
-    """
-    return unicodedata.normalize("NFC", value.strip()).lower()
-
-
-def split_account(value: str) -> tuple[str, str]:
-    """``DOMAIN\\user``, ``user@domain`` or ``user``: the user and the domain, as written."""
-    text = value.strip()
-    if "\\" in text:
-        domain, _, name = text.rpartition("\\")
-    elif "@" in text:
-        name, _, domain = text.rpartition("@")
-    else:
-        name, domain = text, ""
-    domain = domain.strip().rstrip(".")  # a trailing dot is the root: ACME. is ACME
-    return name.strip(), domain
-
-
-def covers(member: str, namespace: str) -> bool:
-    """Whether a namespace is ``member`` itself or lies inside it (``keepass:vault/Clients``
-    covers ``keepass:vault/Clients/Acme Ltd``)."""
-    namespace, member = (unicodedata.normalize("NFC", n) for n in (namespace, member))
-    return namespace == member or namespace.startswith(member + "/")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from sarbot.config import ConnectorEntry, SourceFacts, validate
-from sarbot.connector import ENTRY_POINT_GROUP, Connector, ConnectorType, Identity, Trust
+from sarbot.connector import ENTRY_POINT_GROUP, Connector, ConnectorType, Trust
 from sarbot.errors import ConfigError
 
 
@@ -78,16 +78,3 @@ def build_connectors(
             ConfiguredConnector(entry.name, entry.type, entry.description, entry.facts, connector)
         )
     return built
-
-
-PROBE = Identity.verified("sarbot-connector-check@invalid.invalid")
-
-
-def check_connector(connector: Connector) -> None:
-    """Prove a connector can reach its store: its own ``check()``, or a lookup nobody matches."""
-    check = getattr(connector, "check", None)
-    if callable(check):
-        check()
-    else:
-        for _ in connector.collect(PROBE):
-            break

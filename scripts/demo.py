@@ -57,7 +57,7 @@ security = "starttls"
 ca_file = "{ca}"
 
 [storage]
-database_url = "sqlite:///{demo}/sarbot.store.db"
+database_url = "sqlite:///{demo}/sarbot.db"
 export_dir = "{demo}/exports"
 
 [logging]

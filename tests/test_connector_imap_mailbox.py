@@ -464,3 +464,22 @@ class TestSettings:
         data = {"host": "mail", "username": "u", "password": {"env": "PATH"}, "folders": ["I"]}
         with pytest.raises(ConfigError, match=message):
             validate({**data, **change}, ImapMailboxSettings, source="test", base_dir=tmp_path)
+
+
+def test_plaintext_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """security = "none" sends the password and the mail in clear: refused as for the
+    watched mailbox, unless allow_plaintext says so."""
+    base = {
+        "host": "127.0.0.1",
+        "username": "contact@redtrain.test",
+        "password": {"file": str(tmp_path / "pw")},
+        "folders": ["INBOX"],
+        "security": "none",
+    }
+    (tmp_path / "pw").write_text("x")
+    with pytest.raises(ConfigError, match="allow_plaintext"):
+        validate(base, ImapMailboxSettings, source="test", base_dir=tmp_path)
+    allowed = validate(
+        {**base, "allow_plaintext": True}, ImapMailboxSettings, source="test", base_dir=tmp_path
+    )
+    assert allowed.security == "none"

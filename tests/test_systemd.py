@@ -177,7 +177,7 @@ class TestSandbox:
         assert service()["StateDirectory"] == ["sarbot"]
         assert not {"ReadWritePaths", "LogsDirectory", "CacheDirectory"} & set(service())
         storage = tomllib.loads((ROOT / "config.example.toml").read_text())["storage"]
-        assert storage["database_url"] == f"sqlite:///{STATE_DIRECTORY}/sarbot.store.db"
+        assert storage["database_url"] == f"sqlite:///{STATE_DIRECTORY}/sarbot.db"
         assert Path(storage["export_dir"]).is_relative_to(STATE_DIRECTORY)
 
 
@@ -360,7 +360,7 @@ class TestSarbotInsideTheSandbox:
             data = archive.read("data.json").decode()
         assert "Alice sandbox login" in data  # from the KeePass vault
         assert "sandbox-plan-gold" in data  # from PostgreSQL
-        database = (workdir / "state" / "sarbot.store.db").stat()
+        database = (workdir / "state" / "sarbot.db").stat()
         assert (database.st_uid, database.st_mode & 0o777) == (pwd.getpwnam(USER).pw_uid, 0o600)
 
 
@@ -401,7 +401,7 @@ def write_config(workdir: Path, support: str, alice: str, crm_url: str) -> Path:
         etc / "config.toml",
         support,
         server=MailServer(ca_file=str(CA_FILE)),
-        database_url=f"sqlite:///{state / 'sarbot.store.db'}",
+        database_url=f"sqlite:///{state / 'sarbot.db'}",
         export_dir=state / "exports",
         login_file="secrets/imap-password",
         extra=CONNECTORS.format(crm_url=crm_url),

@@ -25,6 +25,7 @@ from imapclient.exceptions import IMAPClientError
 
 from sarbot.config import ImapSettings
 from sarbot.errors import MailboxError
+from sarbot.mail.imap import connect
 
 HEADER_BYTES_CAP = 256 * 1024
 FETCH_BATCH = 100
@@ -62,16 +63,9 @@ class Mailbox:
         self.capabilities: frozenset[bytes] = frozenset()
 
     def connect(self) -> None:
-        s = self.settings
-        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-        client = IMAPClient(
-            s.host, port=s.port, ssl=s.security == "tls", ssl_context=context, timeout=s.timeout
-        )
+        client = connect(self.settings)
         try:
-            if s.security == "starttls":
-                client.starttls(context)
-            client.login(s.username, s.password.get_secret_value())
-            selected = client.select_folder(s.folder)
+            selected = client.select_folder(self.settings.folder)
         except BaseException:
             _quietly(client.shutdown)
             raise

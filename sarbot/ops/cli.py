@@ -11,7 +11,6 @@ import click
 from sarbot.errors import SarbotError
 from sarbot.ops import retention
 from sarbot.ops.cli_common import app_from, operator, table
-from sarbot.registry import check_connector
 from sarbot.store import db
 from sarbot.store.audit import verify as verify_trail
 from sarbot.store.models import utcnow
@@ -118,7 +117,7 @@ def connectors_check(ctx: click.Context) -> None:
     for configured in built:
         started = time.monotonic()
         try:
-            check_connector(configured.connector)
+            configured.connector.check()
         except Exception as exc:  # any failure is reported on its line, not raised
             failures += 1
             click.echo(

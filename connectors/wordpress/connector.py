@@ -17,11 +17,9 @@ the database's collation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, TypeAlias
 
-import phpserialize
 from pydantic import BaseModel, Field
 from sqlalchemy import (
     ColumnElement,
@@ -37,10 +35,28 @@ from sqlalchemy import (
 )
 
 from connectors.readonly import read_only_engine
-from sarbot.config import Section
-from sarbot.connector import EMAIL, Identifier, Identity, JSONValue, Record, Trust, jsonable
-from sarbot.mail.addresses import InvalidAddress, normalize_address, same_address, written_forms
-from sarbot.secretref import MaybeSecretStr
+from connectors.wordpress.php import (
+    Unreadable,
+    gmt,
+    location_of,
+    session_keys,
+    sessions_of,
+)
+from sarbot.connector import (
+    EMAIL,
+    Identifier,
+    Identity,
+    InvalidAddress,
+    JSONValue,
+    MaybeSecretStr,
+    Record,
+    Section,
+    Trust,
+    jsonable,
+    normalize_address,
+    same_address,
+    written_forms,
+)
 
 AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
 
@@ -56,13 +72,6 @@ PROFILE_META = {
     "last_name": "Last name",
     "nickname": "Nickname",
     "description": "Biographical info",
-}
-LOCATION_META = {
-    "description": "City",
-    "country": "Country",
-    "latitude": "Latitude",
-    "longitude": "Longitude",
-    "ip": "IP address",
 }
 SESSION_META = "session_tokens"
 LOCATION_KEY = "community-events-location"
@@ -85,10 +94,6 @@ class WordpressSettings(Section):
     site_url: str = Field(default="", pattern=r"^(https?://[^\s?#]+)?$")
     match_usernames: bool = True
     skip_comment_types: tuple[str, ...] = ("order_note", "webhook_delivery", "action_log")
-
-
-class Unreadable(ValueError):
-    """A serialized meta value is malformed, or holds a PHP object."""
 
 
 class Tables:
@@ -197,13 +202,13 @@ class WordpressConnector:
         sessions: list[dict[str, JSONValue]] = []
         if meta.get(SESSION_META):
             try:
-                sessions = _sessions(meta[SESSION_META])
+                sessions = sessions_of(meta[SESSION_META])
             except Unreadable:
                 notes.append(UNREADABLE_SESSIONS)
         location: dict[str, JSONValue] = {}
         if meta.get(LOCATION_KEY):
             try:
-                location = _location(meta[LOCATION_KEY])
+                location = location_of(meta[LOCATION_KEY])
             except Unreadable:
                 notes.append(UNREADABLE_LOCATION)
         fields = {
@@ -212,7 +217,7 @@ class WordpressConnector:
             "Nice name": jsonable(user.user_nicename),
             "Email": jsonable(user.user_email),
             "Website": jsonable(user.user_url),
-            "Registered (GMT)": _gmt(user.user_registered),
+            "Registered (GMT)": gmt(user.user_registered),
             "Display name": jsonable(user.display_name),
         } | {label: meta[key] for key, label in PROFILE_META.items() if meta.get(key)}
         yield Record(
@@ -226,7 +231,7 @@ class WordpressConnector:
         )
         meta_location = f"table {self.t.prefix}usermeta, user_id {user_id}"
         session_location = f"{meta_location}, meta_key {SESSION_META}"
-        for key, session in _session_keys(sessions):
+        for key, session in session_keys(sessions):
             ip = session["IP address"]
             yield Record(
                 category="Website login session",
@@ -324,7 +329,7 @@ class WordpressConnector:
                 "Website": jsonable(row.comment_author_url),
                 "IP address": jsonable(ip),
                 "User agent": jsonable(row.comment_agent),
-                "Date (GMT)": _gmt(row.comment_date_gmt),
+                "Date (GMT)": gmt(row.comment_date_gmt),
                 "Content": jsonable(row.comment_content),
                 "Status": APPROVAL.get(approved, approved),
                 "Type": jsonable(row.comment_type),
@@ -350,78 +355,6 @@ class WordpressConnector:
 
 
 # Values stored by PHP
-
-
-def _unserialize(value: str) -> object:
-    """A PHP-serialized value; without an object hook, PHP objects are refused."""
-    try:
-        return phpserialize.loads(value.encode("utf-8"), decode_strings=True)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise Unreadable(type(exc).__name__) from None
-
-
-def _sessions(value: str) -> list[dict[str, JSONValue]]:
-    """Each stored session's IP, browser and times; the token hashes (array keys) are dropped."""
-    data = _unserialize(value)
-    if not isinstance(data, Mapping) or not all(isinstance(s, Mapping) for s in data.values()):
-        raise Unreadable("not an array of sessions")
-    sessions: list[dict[str, JSONValue]] = [
-        {
-            "IP address": _text(session.get("ip")),
-            "User agent": _text(session.get("ua")),
-            "Logged in (UTC)": _unix_time(session.get("login")),
-            "Expires (UTC)": _unix_time(session.get("expiration")),
-        }
-        for session in data.values()
-    ]
-    return sorted(sessions, key=lambda s: [str(v) for v in s.values()])
-
-
-def _session_keys(
-    sessions: Iterable[dict[str, JSONValue]],
-) -> Iterator[tuple[str, dict[str, JSONValue]]]:
-    """A stable key per session from its times; never from its token."""
-    counts: dict[str, int] = {}
-    for session in sessions:
-        base = f"{session['Logged in (UTC)']}/{session['Expires (UTC)']}"
-        counts[base] = counts.get(base, 0) + 1
-        yield f"{base}/{counts[base]}", session
-
-
-def _location(value: str) -> dict[str, JSONValue]:
-    data = _unserialize(value)
-    if not isinstance(data, Mapping):
-        raise Unreadable("not an array")
-    return {label: jsonable(data[key]) for key, label in LOCATION_META.items() if data.get(key)}
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _unix_time(value: object) -> str | None:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC).isoformat()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _gmt(value: object) -> JSONValue:
-    """A DATETIME column WordPress writes in GMT, as ISO 8601; its zero date as None."""
-    if isinstance(value, str):
-        if not value or value.startswith("0000-00-00"):
-            return None
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
-        except ValueError:
-            return value
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC).isoformat()
-    return jsonable(value)
 
 
 def _equal(field: ColumnElement[Any], values: Iterable[str]) -> ColumnElement[bool]:

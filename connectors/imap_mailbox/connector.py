@@ -16,64 +16,61 @@ from __future__ import annotations
 
 import imaplib
 import re
-import ssl
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from contextlib import suppress
+from dataclasses import replace
 from email import message_from_bytes, policy
-from email.headerregistry import AddressHeader
-from email.message import EmailMessage, Message
-from html.parser import HTMLParser
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from imapclient import IMAPClient
 from pydantic import BaseModel, Field, field_validator
 
-from sarbot.config import Section
+from connectors.imap_mailbox.content import (
+    contents,
+)
+from connectors.imap_mailbox.headers import (
+    Headers,
+    Party,
+    date_of,
+    match,
+    read_headers,
+)
 from sarbot.connector import (
     OTHER_PERSON,
+    ConnectorError,
     Identifier,
     Identity,
+    ImapLogin,
+    InvalidAddress,
     JSONValue,
     Record,
+    domain_of,
+    imap_session,
+    normalize_address,
     with_other_people_note,
 )
-from sarbot.errors import ConnectorError
-from sarbot.mail.addresses import InvalidAddress, domain_of, normalize_address
-from sarbot.mail.guards import LOOP_HEADER
-from sarbot.mail.message import decode_header_value
-from sarbot.secretref import ConfigPath, Secret
 
 CATEGORY = "Email"
-# Reply-To matters: a contact form usually sends from the website, with the visitor in Reply-To.
-ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
 SAR_REFERENCE_RE = re.compile(r"\[[A-Z]{2,10}-\d{4}-\d{4,9}\]")
 REQUEST_PHRASE = "gdpr data request"
 FETCH_BATCH = 100
-MAX_MIME_DEPTH = 30
 UNREADABLE_NOTE = (
     "A message in this mailbox that may concern you could not be read, so it is not "
     "included; ask us and we will look at it by hand."
 )
 PART_UNREADABLE_NOTE = "Part of this message could not be read and is not included."
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_BLANK_LINES_RE = re.compile(r"\n\s*\n\s*")
-_SPACES_RE = re.compile(r"[ \t\r\f\v]+")
 
 
-class ImapMailboxSettings(Section):
-    host: str = Field(min_length=1)
-    port: int = Field(default=993, ge=1, le=65535)
-    security: Literal["tls", "starttls", "none"] = "tls"
-    username: str = Field(min_length=1)
-    password: Secret
-    ca_file: ConfigPath | None = None
+class ImapMailboxSettings(ImapLogin):
+    """How to log in (as sarbot's own mailbox does: TLS unless plaintext is allowed), and what
+    to search."""
+
     folders: tuple[str, ...] = Field(min_length=1)
     exclude_from: tuple[str, ...] = ()
     own_domains: tuple[str, ...] = ()
     max_messages: int = Field(default=500, gt=0)
     max_body_chars: int = Field(default=20_000, gt=0)
-    timeout: float = Field(default=60.0, gt=0)
 
     @field_validator("folders")
     @classmethod
@@ -111,27 +108,6 @@ def imap_search_criteria(address: str) -> bytes:
     return criteria.encode("ascii")
 
 
-@dataclass(frozen=True)
-class Party:
-    """One mailbox named in an address header (or the header's text, if it cannot be read)."""
-
-    shown: str
-    address: str | None  # normalised; None when it is not a plain address
-
-
-@dataclass(frozen=True)
-class Headers:
-    """What the address and subject headers of one message say."""
-
-    parties: Mapping[str, tuple[Party, ...]]
-    unreadable: bool
-    subject: str
-    looped: bool
-
-    def shown(self, name: str) -> list[JSONValue]:
-        return [party.shown for party in self.parties[name]]
-
-
 class ImapMailboxConnector:
     """Exports the person's messages from the configured folders of one IMAP account."""
 
@@ -149,7 +125,7 @@ class ImapMailboxConnector:
         self.own_domains = frozenset(settings.own_domains)
 
     def check(self) -> None:
-        with self._session() as client:
+        with imap_session(self.settings) as client:
             for folder in self.settings.folders:
                 _select(client, folder)
 
@@ -160,7 +136,7 @@ class ImapMailboxConnector:
                 wanted.setdefault(normalize_address(identifier.value), identifier)
         if not wanted:
             return
-        with self._session() as client:
+        with imap_session(self.settings) as client:
             found = (
                 record
                 for folder in self.settings.folders
@@ -170,24 +146,6 @@ class ImapMailboxConnector:
 
     def close(self) -> None:
         """Nothing is held open: each lookup has its own IMAP session."""
-
-    @contextmanager
-    def _session(self) -> Iterator[IMAPClient]:
-        s = self.settings
-        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-        client = IMAPClient(
-            s.host, port=s.port, ssl=s.security == "tls", ssl_context=context, timeout=s.timeout
-        )
-        try:
-            if s.security == "starttls":
-                client.starttls(context)
-            client.login(s.username, s.password.get_secret_value())
-            yield client
-        finally:
-            with suppress(Exception):
-                client.logout()
-            with suppress(Exception):
-                client.shutdown()
 
     def _folder_records(
         self, client: IMAPClient, folder: str, wanted: Mapping[str, Identifier]
@@ -213,13 +171,13 @@ class ImapMailboxConnector:
                     key=key,
                 )
                 try:
-                    headers = _read_headers(head)
+                    headers = read_headers(head)
                 except Exception:  # a hostile header block may break the parser in any way
                     yield unreadable
                     continue
                 if self._excluded(headers):
                     continue
-                found_by = _match(headers, wanted)
+                found_by = match(headers, wanted)
                 if found_by is None:
                     if headers.unreadable:  # it may be theirs; say so rather than guess
                         yield unreadable
@@ -256,7 +214,7 @@ class ImapMailboxConnector:
         notes: list[str] = []
         message = message_from_bytes(raw, policy=policy.default)
         try:
-            text, attachments = _contents(message)
+            text, attachments = contents(message)
         except Exception:  # a broken MIME structure must not lose the headers
             text, attachments = "", []
             notes.append(PART_UNREADABLE_NOTE)
@@ -271,7 +229,7 @@ class ImapMailboxConnector:
             notes.append(PART_UNREADABLE_NOTE)
         shown = self._shown_parties(headers, wanted)
         fields: dict[str, JSONValue] = {
-            "Date": _date(message),
+            "Date": date_of(message),
             "From": ", ".join(shown["From"]),
             "To": list(shown["To"]),
             "Cc": list(shown["Cc"]),
@@ -354,148 +312,3 @@ def _capped(records: Iterator[Record], cap: int) -> Iterator[Record]:
         held = record
     if held is not None:
         yield held
-
-
-def _match(headers: Headers, wanted: Mapping[str, Identifier]) -> Identifier | None:
-    for name in ADDRESS_HEADERS:
-        for party in headers.parties[name]:
-            if party.address is not None and party.address in wanted:
-                return wanted[party.address]
-    return None
-
-
-def _read_headers(head: bytes) -> Headers:
-    message = message_from_bytes(head, policy=policy.default)
-    raw = {name.casefold(): value for name, value in reversed(list(message.raw_items()))}
-    parties: dict[str, tuple[Party, ...]] = {}
-    unreadable = False
-    for name in ADDRESS_HEADERS:
-        try:
-            parties[name] = tuple(_parties(message, name))
-        except Exception:  # the stdlib address parser raises assorted errors on hostile input
-            unreadable = True
-            text = _flat(raw.get(name.casefold(), ""))
-            parties[name] = (Party(text, None),) if text else ()
-    try:
-        subject = _flat(str(message.get("Subject", "")))
-    except Exception:  # a malformed encoded word
-        subject = _flat(raw.get("subject", ""))
-    return Headers(parties, unreadable, subject, LOOP_HEADER in message)
-
-
-def _parties(message: Message, name: str) -> Iterator[Party]:
-    for header in message.get_all(name) or ():
-        if not isinstance(header, AddressHeader):
-            raise ValueError("not an address header")
-        for mailbox in header.addresses:
-            try:
-                address: str | None = normalize_address(f"{mailbox.username}@{mailbox.domain}")
-            except InvalidAddress:
-                address = None
-            yield Party(_flat(str(mailbox)), address)
-
-
-def _flat(value: object) -> str:
-    return _SPACES_RE.sub(" ", decode_header_value(value).replace("\n", " ")).strip()
-
-
-def _date(message: EmailMessage) -> str | None:
-    try:
-        header = message["Date"]
-        if header is None:
-            return None
-        moment = getattr(header, "datetime", None)
-        return moment.isoformat() if moment is not None else _flat(str(header))
-    except Exception:  # an unparsable date stays as it was written
-        return None
-
-
-def _contents(message: EmailMessage) -> tuple[str, list[JSONValue]]:
-    """The text of a message (its plain parts, else its HTML as text) and its attachments."""
-    plain: list[str] = []
-    html: list[str] = []
-    attachments: list[JSONValue] = []
-    for part in _leaves(message, 0):
-        content_type = part.get_content_type()
-        filename = part.get_filename()
-        inline_text = content_type in ("text/plain", "text/html") and not filename
-        if inline_text and part.get_content_disposition() != "attachment":
-            (plain if content_type == "text/plain" else html).append(_decoded(part))
-            continue
-        name = _flat(filename) if filename else f"(unnamed {content_type})"
-        attachments.append({"name": name, "size_bytes": _size(part)})
-    texts = [t.strip() for t in plain] if plain else [_html_text(h) for h in html]
-    return "\n\n".join(t for t in texts if t), attachments
-
-
-def _leaves(part: Message, depth: int) -> Iterator[Message]:
-    """The parts that hold content; an attached message counts as one attachment."""
-    if depth > MAX_MIME_DEPTH:
-        raise ValueError("MIME structure nested too deeply")
-    if part.get_content_maintype() == "multipart" and part.is_multipart():
-        for child in part.get_payload():
-            if isinstance(child, Message):
-                yield from _leaves(child, depth + 1)
-    else:
-        yield part
-
-
-def _decoded(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, errors="replace")
-    except (LookupError, ValueError):  # unknown or non-text charset names
-        return payload.decode("utf-8", errors="replace")
-
-
-def _size(part: Message) -> int | None:
-    payload = part.get_payload(decode=True)
-    if isinstance(payload, bytes):
-        return len(payload)
-    try:
-        return len(part.as_bytes())
-    except Exception:  # an attached message that cannot be serialised again
-        return None
-
-
-class _HtmlText(HTMLParser):
-    """The visible text of an HTML document, one line per block."""
-
-    BLOCKS = frozenset(
-        {"address", "article", "blockquote", "br", "dd", "div", "dl", "dt", "footer", "h1"}
-        | {"h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "ol", "p", "pre", "section"}
-        | {"table", "td", "th", "tr", "ul"}
-    )
-    HIDDEN = frozenset({"head", "script", "style", "template", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._tag(tag, 1)
-
-    def handle_endtag(self, tag: str) -> None:
-        self._tag(tag, -1)
-
-    def _tag(self, tag: str, step: int) -> None:
-        if tag in self.HIDDEN:
-            self.hidden = max(0, self.hidden + step)
-        elif tag in self.BLOCKS:
-            self.chunks.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.chunks.append(data)
-
-
-def _html_text(document: str) -> str:
-    parser = _HtmlText()
-    parser.feed(document)
-    parser.close()
-    lines = (_SPACES_RE.sub(" ", line).strip() for line in "".join(parser.chunks).split("\n"))
-    return _BLANK_LINES_RE.sub("\n\n", "\n".join(lines)).strip()

@@ -1,0 +1,249 @@
+"""``tacticalrmm``: the computers a person used, read from a Tactical RMM database.
+
+Tactical RMM keeps, for every monitored computer (an *agent*), the user logged in
+now (``logged_in_username``) and the last user who logged in
+(``last_logged_in_user``), written ``user``, ``DOMAIN\\user`` or ``user@domain``.
+A computer is linked to the person when one of those names is one of their
+logins *at the computer's client*: the admin maps a client (``tacticalrmm:NAME/
+CLIENT``) into a realm with the vault group and the Windows domains of the same
+organisation, and a login matches only within its realm, with the same domain
+(``Identity.account``).  ``asmith`` at one client is never ``asmith`` at another.
+A name written ``user@domain`` also links the computer when it is exactly one of
+the person's email addresses.  A computer linked only through its *last*
+logged-in user may be used by someone else now: its public IP address and the
+time it was last seen are withheld.
+
+Every linked computer becomes one record: its names and addresses, operating
+system, hardware and disk health, and the software installed on it.  Other people
+who used it are withheld: their user names are replaced, and any exported text
+that names them is withheld as well.  Text people write about a computer (its
+description, notes, custom fields) is never read, and of the hardware inventory
+(``wmi_detail``, which also records the console user and the registered owner)
+only named hardware properties are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, RowMapping, Select, column, func, or_, select, table
+
+from connectors.readonly import read_only_engine
+from connectors.tacticalrmm.inventory import (
+    boot_time,
+    cpus,
+    disks,
+    ip_of,
+    json_of,
+    local_ips,
+    make_model,
+    serial_number,
+    software,
+    texts,
+    timestamp,
+)
+from connectors.tacticalrmm.people import (
+    USER_FIELDS,
+    WITHHELD_TEXT,
+    Link,
+    Subject,
+    Withholder,
+    is_user,
+    like_pattern,
+)
+from sarbot.connector import (
+    Identifier,
+    Identity,
+    JSONValue,
+    MaybeSecretStr,
+    Record,
+    Section,
+    Trust,
+    jsonable,
+)
+
+CATEGORY = "Monitored computer"
+WITHHELD_USER = "[another person: withheld]"
+OTHERS_NOTE = "Information about other people who used this computer was withheld."
+NOW_WITHHELD = "[withheld: the computer may be used by someone else now]"
+LAST_USER_NOTE = (
+    "You were the last person to log in to this computer, not the one logged in now: "
+    "its current public IP address and the time it was last seen were withheld."
+)
+
+AGENT_COLUMNS = (
+    "id agent_id hostname operating_system public_ip last_seen boot_time total_ram disks"
+    " wmi_detail site_id logged_in_username last_logged_in_user"
+)
+AGENTS = table("agents_agent", *(column(name) for name in AGENT_COLUMNS.split()))
+SITES = table("clients_site", column("id"), column("client_id"), column("name"))
+CLIENTS = table("clients_client", column("id"), column("name"))
+SOFTWARE = table("software_installedsoftware", column("id"), column("agent_id"), column("software"))
+DETAILS = select(
+    *AGENTS.c,
+    SITES.c.name.label("site_name"),
+    CLIENTS.c.name.label("client_name"),
+).select_from(
+    AGENTS.outerjoin(SITES, SITES.c.id == AGENTS.c.site_id).outerjoin(
+        CLIENTS, CLIENTS.c.id == SITES.c.client_id
+    )
+)
+
+
+class TacticalRmmSettings(Section):
+    url: MaybeSecretStr
+    include_software: bool = True
+    clients: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+
+
+class TacticalRmmConnector:
+    """Finds the agents a person was logged in to and exports each as one record."""
+
+    Settings: ClassVar[type[BaseModel]] = TacticalRmmSettings
+    namespace_trust: ClassVar[Trust] = Trust.CONTROLLER
+
+    def __init__(self, name: str, settings: TacticalRmmSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.engine = read_only_engine(settings.url)
+
+    def check(self) -> None:
+        """Run the connector's queries with LIMIT 0: the tables and columns exist."""
+        with self._connect() as connection:
+            connection.execute(DETAILS.limit(0)).all()
+            if self.settings.include_software:
+                connection.execute(select(*SOFTWARE.c).limit(0)).all()
+
+    def collect(self, identity: Identity) -> Iterator[Record]:
+        subject = Subject.of(identity, self.name)
+        if not subject.needles:
+            return
+        with self._connect() as connection:
+            for agent_pk in self._candidates(connection, subject):
+                row = connection.execute(DETAILS.where(AGENTS.c.id == agent_pk)).mappings().first()
+                link = subject.linked(row) if row is not None else None
+                if row is not None and link is not None:
+                    yield self._record(connection, row, subject, link)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _connect(self) -> Connection:
+        connection = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            connection.execution_options(postgresql_readonly=True)
+        return connection
+
+    def _candidates(self, connection: Connection, subject: Subject) -> list[int]:
+        """Agents whose user fields hold one of the subject's names, coarse in SQL, then exact."""
+        users = [AGENTS.c[name] for name in USER_FIELDS]
+        query: Select[Any] = (
+            select(AGENTS.c.id, *users, CLIENTS.c.name.label("client_name"))
+            .select_from(
+                AGENTS.outerjoin(SITES, SITES.c.id == AGENTS.c.site_id).outerjoin(
+                    CLIENTS, CLIENTS.c.id == SITES.c.client_id
+                )
+            )
+            .where(
+                or_(
+                    *(
+                        func.lower(user).like(like_pattern(needle), escape="/")
+                        for needle in sorted(subject.needles)
+                        for user in users
+                    )
+                )
+            )
+        )
+        if self.settings.clients:
+            sites = select(SITES.c.id).join(CLIENTS, CLIENTS.c.id == SITES.c.client_id)
+            query = query.where(
+                AGENTS.c.site_id.in_(sites.where(CLIENTS.c.name.in_(self.settings.clients)))
+            )
+        rows = connection.execute(query.order_by(AGENTS.c.id), execution_options={"yield_per": 500})
+        return [row["id"] for row in rows.mappings() if subject.linked(row) is not None]
+
+    def _record(
+        self,
+        connection: Connection,
+        row: RowMapping,
+        subject: Subject,
+        link: Link,
+    ) -> Record:
+        users = [row[name] for name in USER_FIELDS]
+        others = [user for user in users if subject.other(user, row)]
+        own = [user for user in users if subject.match(user, row)] + subject.names()
+        withhold = Withholder(others, own)
+        fields = {k: withhold.scrub(v) for k, v in self._machine(connection, row).items()}
+        for name, label in USER_FIELDS.items():
+            value = row[name]
+            shown = WITHHELD_USER if subject.other(value, row) else value
+            fields[label] = shown if is_user(value) else None
+        notes = [OTHERS_NOTE] if others else []
+        if not link.now:
+            fields["Public IP address"] = NOW_WITHHELD
+            fields["Last seen"] = NOW_WITHHELD
+            notes.append(LAST_USER_NOTE)
+        hostname = fields["Hostname"]
+        host = hostname if isinstance(hostname, str) and hostname != WITHHELD_TEXT else None
+        where = f"tacticalrmm '{self.name}': agents_agent id {row['id']}"
+        yields = (
+            [Identifier("hostname", host, f"{where}, hostname", "hostname", Trust.CONTROLLER)]
+            if host
+            else []
+        )
+        addresses = [(fields["Public IP address"], "public_ip")]
+        addresses += [
+            (a, "wmi_detail, local IP addresses") for a in texts(fields["Local IP addresses"])
+        ]
+        for value, source in addresses:
+            ip = ip_of(value)
+            if ip and all(y.value != str(ip) for y in yields):
+                yields.append(
+                    Identifier("ip", str(ip), f"{where}, {source}", "ip", Trust.CONTROLLER)
+                )
+        return Record(
+            category=CATEGORY,
+            fields=fields,
+            found_by=link.identifier,
+            location=f"agents_agent id {row['id']} ({host or 'hostname withheld'})",
+            yields=tuple(yields),
+            notes=tuple(notes),
+            key=f"agent:{row['agent_id'] or row['id']}",
+        )
+
+    def _machine(self, connection: Connection, row: RowMapping) -> dict[str, JSONValue]:
+        wmi = json_of(row["wmi_detail"])
+        wmi = wmi if isinstance(wmi, dict) else {}
+        fields: dict[str, JSONValue] = {
+            "Hostname": jsonable(row["hostname"]),
+            "Client": jsonable(row["client_name"]),
+            "Site": jsonable(row["site_name"]),
+            "Agent ID": jsonable(row["agent_id"]),
+            "Operating system": jsonable(row["operating_system"]),
+            "Public IP address": jsonable(row["public_ip"]),
+            "Local IP addresses": list(local_ips(wmi)),
+            "Last seen": timestamp(row["last_seen"]),
+            # Filled in after the scrub, with other people's names withheld.
+            USER_FIELDS["logged_in_username"]: None,
+            USER_FIELDS["last_logged_in_user"]: None,
+            "Last boot": boot_time(row["boot_time"]),
+            "Make and model": make_model(wmi),
+            "Serial number": serial_number(wmi),
+            "CPU": list(cpus(wmi)),
+            "Total RAM (GB)": jsonable(row["total_ram"]),
+            "Disks": disks(row["disks"]),
+        }
+        if self.settings.include_software:
+            query = select(SOFTWARE.c.software).where(SOFTWARE.c.agent_id == row["id"])
+            documents = connection.execute(query.order_by(SOFTWARE.c.id)).scalars()
+            fields["Installed software"] = software(documents)
+        return fields
+
+
+# Hardware, from wmi_detail.  The Windows agent stores WMI classes (cpu, comp_sys, bios,
+# network_config, ...) as lists of objects, each a list of property dictionaries; the
+# Linux and macOS agents store plain values (cpus, make_model, serialnumber, local_ips).
+# Only the properties named here are read: Win32_ComputerSystem and Win32_OperatingSystem
+# also hold the console user, the registered owner and the organisation.

@@ -1,0 +1,144 @@
+"""Who used a computer: linking an agent to the person through its users, within the
+client's namespace, and withholding everyone else's name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import RowMapping
+
+from sarbot.connector import (
+    Identifier,
+    Identity,
+    JSONValue,
+    fold,
+    split_account,
+)
+
+WITHHELD_TEXT = "[withheld: it names another person]"
+
+
+NOBODY = {"", "none"}  # the agent reports the text "None" when nobody is logged in
+
+
+USER_FIELDS = {"logged_in_username": "Logged-in user", "last_logged_in_user": "Last logged-in user"}
+
+
+@dataclass(frozen=True)
+class Link:
+    """How an agent is linked to the person: by which identifier, and through whom."""
+
+    identifier: Identifier
+    now: bool
+    """Through the user logged in now (not only the last one who logged in)."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The identifiers of this round that can name a Tactical RMM user, and the person's own."""
+
+    identity: Identity
+    connector: str
+    needles: frozenset[str]
+
+    @classmethod
+    def of(cls, identity: Identity, connector: str) -> Subject:
+        names = [split_account(i.value)[0] for i in identity.of_kind("username")]
+        emails = [i.value for i in identity.of_kind("email")]
+        # SQL's lower() keeps the length of what it lowers; casefold() may not (ß: ss).
+        needles = {value.lower() for value in [*names, *emails] if value.strip()}
+        return cls(identity, connector, frozenset(needles))
+
+    def namespace(self, row: RowMapping) -> str:
+        """Where an agent's user names belong: the agent's client."""
+        client = row["client_name"]
+        base = f"tacticalrmm:{self.connector}"
+        return f"{base}/{client}" if isinstance(client, str) and client else base
+
+    def match(self, stored: Any, row: RowMapping, *, known: bool = False) -> Identifier | None:
+        if not is_user(stored):
+            return None
+        identity = self.identity
+        return identity.address(stored, known=known) or identity.account(
+            stored, self.namespace(row), known=known
+        )
+
+    def linked(self, row: RowMapping) -> Link | None:
+        """How the agent links to the subject, or None."""
+        if found := self.match(row["logged_in_username"], row):
+            return Link(found, now=True)
+        if found := self.match(row["last_logged_in_user"], row):
+            # The current user may be the person too, under a name found in an earlier round.
+            current = self.match(row["logged_in_username"], row, known=True)
+            return Link(found, now=current is not None)
+        return None
+
+    def names(self) -> list[str]:
+        own = [*self.identity.of_kind("username"), *self.identity.known]
+        return [split_account(i.value)[0] for i in own if i.kind == "username"]
+
+    def other(self, stored: Any, row: RowMapping) -> bool:
+        """Whether a user field names somebody else than the person (in any round)."""
+        if not is_user(stored) or self.match(stored, row) is not None:
+            return False
+        return self.match(stored, row, known=True) is None
+
+
+class Withholder:
+    """Replaces any text that names one of the other people who used the computer."""
+
+    def __init__(self, others: Iterable[str], own: Iterable[str]) -> None:
+        names = {fold(split_account(other)[0]) for other in others} - {""}
+        mine = {fold(split_account(name)[0]) for name in own}
+        # Short names are only matched as a whole word, so that "al" keeps "Visual" intact.
+        # The subject's own names are taken out first when they contain another's
+        # (alice's "basmith-pc" does not name a bob who is "asmith").
+        self.rules = [
+            (
+                re.compile(
+                    re.escape(n) if len(n) >= 4 else rf"(?<![^\W\d_]){re.escape(n)}(?![^\W\d_])"
+                ),
+                sorted((m for m in mine if n in m and n != m), key=len, reverse=True),
+            )
+            for n in sorted(names)
+        ]
+
+    def names_other(self, text: str) -> bool:
+        for pattern, containing in self.rules:
+            folded = fold(text)
+            for name in containing:
+                folded = folded.replace(name, "\0")
+            if pattern.search(folded):
+                return True
+        return False
+
+    def scrub(self, value: JSONValue) -> JSONValue:
+        if isinstance(value, str):
+            return WITHHELD_TEXT if self.names_other(value) else value
+        if isinstance(value, list):
+            return [self.scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self.scrub(item) for key, item in value.items()}
+        return value
+
+
+def is_user(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().casefold() not in NOBODY
+
+
+def like_pattern(needle: str) -> str:
+    """A LIKE pattern (escape character ``/``) that finds needle anywhere, ignoring case."""
+    out = []
+    for char in needle.lower():
+        if char in "%_/":
+            out.append("/" + char)
+        elif char.isascii():
+            out.append(char)
+        elif not out or out[-1] != "%":
+            # Databases lower non-ASCII letters differently, to more or fewer characters
+            # (İ, ß, a decomposed é): any run of them matches anything; Python decides.
+            out.append("%")
+    return "%" + "".join(out) + "%"
