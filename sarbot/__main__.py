@@ -1,3 +1,3 @@
-from sarbot.ops.cli import main
+from sarbot.cli.main import main
 
 main()

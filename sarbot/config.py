@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from sarbot.addresses import normalize_address
 from sarbot.config_hints import describe_error
 from sarbot.errors import ConfigError
-from sarbot.mail.addresses import normalize_address
 from sarbot.names import covers
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
 from sarbot.store.deadlines import Calendar

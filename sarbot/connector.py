@@ -46,15 +46,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from sarbot.config import ImapLogin, Section
-from sarbot.errors import ConnectorError
-from sarbot.mail.addresses import (
+from sarbot.addresses import (
     InvalidAddress,
     domain_of,
     normalize_address,
     same_address,
     written_forms,
 )
+from sarbot.config import ImapLogin, Section
+from sarbot.errors import ConnectorError
 from sarbot.mail.guards import LOOP_HEADER
 from sarbot.mail.imap import imap_session
 from sarbot.mail.message import decode_header_value

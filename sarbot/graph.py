@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
+from sarbot.addresses import InvalidAddress, domain_of, is_private_domain, normalize_address
 from sarbot.config import CollectionSettings, RealmSettings
 from sarbot.connector import (
     AD,
@@ -40,7 +41,6 @@ from sarbot.connector import (
     split_account,
 )
 from sarbot.errors import ConfigError
-from sarbot.mail.addresses import InvalidAddress, domain_of, is_private_domain, normalize_address
 
 
 class Scope(StrEnum):

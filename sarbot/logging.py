@@ -2,7 +2,7 @@
 
 Everything else takes a bound structlog logger.  Log lines carry identifiers
 and counts: never message bodies, exported data or secrets, and addresses only
-masked (see ``sarbot.mail.addresses.mask_address``).
+masked (see ``sarbot.addresses.mask_address``).
 """
 
 from __future__ import annotations

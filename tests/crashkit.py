@@ -40,7 +40,7 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from sarbot import faults
-from sarbot.mail.addresses import mask_address
+from sarbot.addresses import mask_address
 from sarbot.mail.challenge import digest
 from sarbot.store.db import make_engine, session_factory
 from sarbot.store.models import OutgoingMail, Request, utcnow

@@ -386,7 +386,7 @@ class TestDkimPolicy:
 def approve(bot: Bot) -> None:
     from click.testing import CliRunner
 
-    from sarbot.ops.cli import cli
+    from sarbot.cli.main import cli
 
     result = CliRunner().invoke(
         cli,

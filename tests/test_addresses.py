@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sarbot.mail.addresses import (
+from sarbot.addresses import (
     InvalidAddress,
     mask_address,
     normalize_address,

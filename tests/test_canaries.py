@@ -41,9 +41,9 @@ from click.testing import CliRunner
 from imapclient import IMAPClient
 from sqlalchemy import MetaData, select
 
+from sarbot.cli.main import cli
 from sarbot.connector import ENTRY_POINT_GROUP
 from sarbot.logging import configure_logging
-from sarbot.ops.cli import cli
 from sarbot.store.states import MailKind, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from tests.canary_stores import (

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from sarbot.app import App
-from sarbot.ops.cli import cli
-from sarbot.ops.cli_common import table
+from sarbot.cli.common import table
+from sarbot.cli.main import cli
 from sarbot.store import db
 from sarbot.store.lifecycle import audit
 from sarbot.store.models import utcnow

@@ -14,6 +14,7 @@ import structlog
 from pydantic import BaseModel
 
 from connectors.sql import SqlConnector, SqlSettings
+from sarbot.addresses import is_private_domain
 from sarbot.config import (
     CollectionSettings,
     RealmSettings,
@@ -25,7 +26,6 @@ from sarbot.config import (
 from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
 from sarbot.graph import Graph, Realms, Scope, check_realms
-from sarbot.mail.addresses import is_private_domain
 from sarbot.registry import ConfiguredConnector
 from sarbot.steps.collect import Collection, Collector
 

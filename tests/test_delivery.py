@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from connectors.sql import SqlConnector
+from sarbot.cli.main import cli
 from sarbot.config import Section
 from sarbot.connector import Identity, Record
-from sarbot.ops.cli import cli
 from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory

@@ -26,7 +26,7 @@ from pykeepass.pykeepass import BLANK_DATABASE_LOCATION, BLANK_DATABASE_PASSWORD
 from sqlalchemy import Engine, column, create_engine, table, text
 from sqlalchemy.engine import make_url
 
-from sarbot.ops.cli import cli
+from sarbot.cli.main import cli
 from sarbot.store.states import RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing.stores import create_wordpress_tables, tacticalrmm_statements

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from sarbot.ops.cli import cli
+from sarbot.cli.main import cli
 from sarbot.store.audit import verify
 from sarbot.store.deadlines import due_date, start_date
 from sarbot.store.models import AuditEvent, OutgoingMail, Request

@@ -24,10 +24,9 @@ from sarbot.connector import (
     with_other_people_note,
 )
 from sarbot.export.archive import Part, pack
-from sarbot.export.files import ExportContext, build_files
+from sarbot.export.files import ExportContext, SourceData, build_files
 from sarbot.faults import CrashPoints
 from sarbot.mail.templates import Templates
-from sarbot.steps.collect import SourceData
 from sarbot.store.exports import write_private_file
 from sarbot.testing.identity import login
 

@@ -19,10 +19,9 @@ import pytest
 
 from sarbot.config import ControllerSettings, SourceFacts
 from sarbot.connector import Identifier, Record, Trust
-from sarbot.export.files import ExportContext, build_files
+from sarbot.export.files import ExportContext, SourceData, build_files
 from sarbot.graph import Link, Scope
 from sarbot.mail.templates import Templates
-from sarbot.steps.collect import SourceData
 from tests.browser import (
     BrowserError,
     Dom,

@@ -39,7 +39,7 @@ import pytest
 from pykeepass import create_database
 from sqlalchemy import create_engine, text
 
-from sarbot.ops.cli import DEFAULT_CONFIG
+from sarbot.cli.main import DEFAULT_CONFIG
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
 from tests.conftest import CA_FILE, unique

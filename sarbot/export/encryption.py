@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
+from sarbot.addresses import InvalidAddress, normalize_address
 from sarbot.errors import SarbotError
-from sarbot.mail.addresses import InvalidAddress, normalize_address
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -4,24 +4,45 @@
 manifest and the zip are ``sarbot.export.archive``'s job).  Everything here is
 generated from the records the connectors returned, as the collector passed
 them on.
+
+``csv/`` has one file per source and record category, for spreadsheet users:
+columns are the record's fields in the order they first appear, then how the
+record was found; lists and objects are written as JSON; a value a spreadsheet
+would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return) is prefixed with an apostrophe (no CSV injection).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sarbot.config import ControllerSettings
-from sarbot.connector import Identifier, Record
-from sarbot.export.tables import csv_files
+from sarbot.config import ControllerSettings, SourceFacts
+from sarbot.connector import Identifier, JSONValue, Record
 from sarbot.graph import Link, Scope
 from sarbot.mail.templates import Templates
-from sarbot.steps.collect import SourceData
 
 FORMAT_NAME = "sarbot-export"
 FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """What one connector returned for a request."""
+
+    name: str
+    description: str
+    facts: SourceFacts
+    records: Sequence[Record]
+
+    @property
+    def title(self) -> str:
+        return self.description or self.name
 
 
 @dataclass(frozen=True)
@@ -126,3 +147,56 @@ def build_files(ctx: ExportContext, templates: Templates) -> dict[str, bytes]:
     }
     files.update(csv_files(ctx.sources))
     return files
+
+
+# -- csv/: one table per source and kind of record -----------------------------------
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PROVENANCE = ["found by", "found by: where that came from", "location", "notes"]
+
+
+def csv_files(sources: Iterable[SourceData]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for source in sources:
+        by_category: dict[str, list[Record]] = {}
+        for record in source.records:
+            by_category.setdefault(record.category, []).append(record)
+        for category, records in by_category.items():
+            name = f"csv/{_slug(source.name)}-{_slug(category)}.csv"
+            while name in files:  # two categories that slug alike
+                name = name.removesuffix(".csv") + "-2.csv"
+            files[name] = _table(records)
+    return files
+
+
+def _table(records: Sequence[Record]) -> bytes:
+    columns = list(dict.fromkeys(key for record in records for key in record.fields))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([_cell(c) for c in [*columns, *PROVENANCE]])
+    for record in records:
+        row = [_cell(record.fields.get(column)) for column in columns]
+        row += [
+            _cell(record.found_by.describe()),
+            _cell(record.found_by.origin),
+            _cell(record.location),
+            _cell(" ".join(record.notes)),
+        ]
+        writer.writerow(row)
+    return ("\ufeff" + out.getvalue()).encode("utf-8")  # the BOM makes Excel read UTF-8
+
+
+def _cell(value: JSONValue | object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return str(value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:60] or "records"

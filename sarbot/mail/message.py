@@ -24,7 +24,7 @@ from email.policy import compat32
 
 import mailparser
 
-from sarbot.mail.addresses import InvalidAddress, sender_of
+from sarbot.addresses import InvalidAddress, sender_of
 
 _MSGID_RE = re.compile(r"<([^<>\s]{1,994})>")
 _SPACE_RE = re.compile(r"\s+")

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
+from sarbot.addresses import mask_address
 from sarbot.config import Settings
-from sarbot.mail.addresses import mask_address
 from sarbot.mail.letters import Letters
 from sarbot.steps.package import EXPORT_WRITE_FAILED
 from sarbot.store.deadlines import Calendar, days_left

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
+from sarbot.addresses import InvalidAddress, mask_address, normalize_address
 from sarbot.config import Settings
 from sarbot.export.keys import KeyChoice, find_key
-from sarbot.mail.addresses import InvalidAddress, mask_address, normalize_address
 from sarbot.mail.authentication import Evidence, evaluate, resolver
 from sarbot.mail.challenge import challenge_message_id, digest, new_challenge
 from sarbot.mail.letters import Letters

@@ -21,28 +21,15 @@ from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from sarbot.config import CollectionSettings, SourceFacts
+from sarbot.config import CollectionSettings
 from sarbot.connector import Identifier, Identity, Record, with_other_people_note
 from sarbot.errors import ConnectorError
+from sarbot.export.files import SourceData
 from sarbot.graph import Graph, Link, Realms, Scope, graph_digest, graph_document
 from sarbot.registry import ConfiguredConnector
 from sarbot.store.lifecycle import audit, transition
 from sarbot.store.models import Request
 from sarbot.store.states import RequestState
-
-
-@dataclass(frozen=True)
-class SourceData:
-    """What one connector returned for a request."""
-
-    name: str
-    description: str
-    facts: SourceFacts
-    records: Sequence[Record]
-
-    @property
-    def title(self) -> str:
-        return self.description or self.name
 
 
 @dataclass

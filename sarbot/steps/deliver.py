@@ -17,10 +17,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
+from sarbot.addresses import mask_address
 from sarbot.config import Settings
 from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
 from sarbot.faults import CrashPoints
-from sarbot.mail.addresses import mask_address
 from sarbot.mail.mailer import Mailer
 from sarbot.store import outbox
 from sarbot.store.db import forget_cleared

@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
+from sarbot.addresses import mask_address
 from sarbot.config import ImapSettings
 from sarbot.faults import CrashPoints
-from sarbot.mail.addresses import mask_address
 from sarbot.mail.mailbox import HeaderInfo, MailboxThread
 from sarbot.mail.message import IncomingMail, parse_message
 from sarbot.store.models import Clock, MailboxPosition, Request, SeenMessage

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from sarbot.cli.common import app_from, operator, table
 from sarbot.errors import SarbotError
 from sarbot.ops import retention
-from sarbot.ops.cli_common import app_from, operator, table
 from sarbot.store import db
 from sarbot.store.audit import verify as verify_trail
 from sarbot.store.models import utcnow
@@ -168,7 +168,7 @@ def purge(ctx: click.Context) -> None:
 
 
 def _register_commands() -> None:
-    from sarbot.ops.cli_requests import requests_group
+    from sarbot.cli.requests import requests_group
 
     cli.add_command(requests_group)
 

@@ -12,8 +12,8 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from sarbot.cli.common import app_from, iso, operator, table
 from sarbot.errors import SarbotError
-from sarbot.ops.cli_common import app_from, iso, operator, table
 from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, register
 from sarbot.steps.collect import ConnectorOutcome, begin_collection
 from sarbot.store.lifecycle import audit
