@@ -1,7 +1,7 @@
 """Wiring: from a config file to the objects the commands use, each built once.
 
 Everything derived from the config alone (templates, letters, the working-day
-calendar, the realms, the classifier, the acknowledger and verifier, the
+calendar, the realms, the classifier and recogniser, the acknowledger and verifier, the
 notifier and the operators' decisions) is built at its first use and shared by
 the daemon and the commands alike.  What lives only as long as a run (the
 connectors, the mailbox, the mailer) is built by ``pipeline``.
@@ -37,6 +37,7 @@ from sarbot.steps.classify import Classifier
 from sarbot.steps.deliver import Deliverer
 from sarbot.steps.intake import Intake
 from sarbot.steps.package import Packager
+from sarbot.steps.recognise import PhraseError, Recogniser, load_phrases
 from sarbot.steps.verify import Verifier
 from sarbot.store.db import make_engine, require_current_schema, session_factory
 from sarbot.store.deadlines import Calendar
@@ -98,6 +99,21 @@ class App:
         )
 
     @cached_property
+    def recogniser(self) -> Recogniser:
+        """Finds requests in other words; a phrases file that cannot be read stops the start."""
+        wanted = self.settings.recognition
+        try:
+            phrases = load_phrases(wanted.phrases_file)
+        except (OSError, UnicodeDecodeError, PhraseError) as exc:
+            raise ConfigError(f"{self.config_path}: [recognition] phrases_file: {exc}") from None
+        return Recogniser(
+            phrases,
+            own_address=self.settings.controller.email,
+            subject_phrase=self.settings.requests.subject_phrase,
+            enabled=wanted.enabled,
+        )
+
+    @cached_property
     def acknowledger(self) -> Acknowledger:
         return Acknowledger(self.settings, self.letters, self.calendar)
 
@@ -147,8 +163,10 @@ class App:
                 clock=clock,
                 log=log,
                 crash_points=self.crash_points,
+                start_at=self.settings.imap.start_at(self.settings.deadlines.timezone),
             ),
             classifier=self.classifier,
+            recogniser=self.recogniser,
             acknowledger=self.acknowledger,
             verifier=self.verifier,
             connectors=connectors,

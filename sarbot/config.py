@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import tomllib
 import unicodedata
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
@@ -89,6 +91,15 @@ class ImapSettings(ImapLogin):
     max_message_bytes: int = Field(default=25_000_000, gt=0)
     use_idle: bool = True
     poll_interval: float = Field(default=60.0, gt=0, le=1500)
+    start: Literal["now"] | date = "now"
+    """Mail already in the folder when sarbot first watches it is only listed for operators
+    ("now"), or only mail that arrived before this date is (a date)."""
+
+    def start_at(self, timezone: str) -> datetime | None:
+        """The moment ``start`` names: the date's midnight in ``timezone``; None for "now"."""
+        if self.start == "now":
+            return None
+        return datetime.combine(self.start, time(), ZoneInfo(timezone)).astimezone(UTC)
 
 
 class SmtpSettings(Section):
@@ -153,6 +164,14 @@ DEFAULT_NEVER_FOLLOW = (
     "noreply",
     "no-reply",
 )
+
+
+class RecognitionSettings(Section):
+    """Finding access requests written in other words than the subject phrase."""
+
+    enabled: bool = True
+    phrases_file: ConfigPath | None = None
+    """More phrases, one a line, beside the built-in ones (``sarbot/data/request_phrases.txt``)."""
 
 
 class CollectionSettings(Section):
@@ -313,6 +332,7 @@ class Settings(Section):
     smtp: SmtpSettings
     storage: StorageSettings
     requests: RequestSettings = RequestSettings()
+    recognition: RecognitionSettings = RecognitionSettings()
     verification: VerificationSettings = VerificationSettings()
     deadlines: DeadlineSettings = DeadlineSettings()
     notifications: NotificationSettings = NotificationSettings()

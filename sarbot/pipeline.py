@@ -25,15 +25,18 @@ from sarbot.ops.metrics import Metrics
 from sarbot.ops.notify import Notifier
 from sarbot.registry import ConfiguredConnector
 from sarbot.steps.acknowledge import Acknowledger
-from sarbot.steps.classify import Classification, Classifier, Kind
+from sarbot.steps.classify import Classifier, Kind
 from sarbot.steps.collect import Collector, Observer, begin_collection, record_collection
 from sarbot.steps.deliver import Deliverer
 from sarbot.steps.intake import Intake, Verdict
 from sarbot.steps.package import Packager
+from sarbot.steps.recognise import Recogniser, Taken
 from sarbot.steps.verify import Verifier
 from sarbot.store.models import Clock, Request
 from sarbot.store.states import Outcome, RequestState
 
+INTAKE_BATCH = 500
+"""How many messages intake reads at a time: a folder with years of mail is read in parts."""
 MAINTENANCE_INTERVAL = timedelta(hours=1)
 """How often a running daemon looks at retention and the export folder (it also does at start)."""
 
@@ -44,6 +47,7 @@ class Steps:
 
     intake: Intake
     classifier: Classifier
+    recogniser: Recogniser
     acknowledger: Acknowledger
     verifier: Verifier
     connectors: Sequence[ConfiguredConnector]
@@ -102,35 +106,60 @@ class Pipeline:
         """Take every new message in the watched folder, then move the handled ones."""
         intake = self.steps.intake
         progressed = False
-        headers = await intake.new_mail()
-        for info in headers:
-            head, found = self.steps.classifier.read(info.header, self.log.bind(uid=info.uid))
-            if head is None or found.kind is Kind.UNRELATED:
-                continue
-            mail = head if found.kind is Kind.GUARDED else await intake.fetch(info, head)
-            progressed |= intake.take(
-                info,
-                mail,
-                found.kind.value,
-                lambda session, mail, now: self._decide(session, mail, now, info, found),  # noqa: B023
-            )
-        intake.pass_over(headers)
+        while True:
+            headers = await intake.new_mail(limit=INTAKE_BATCH)
+            progressed |= await self._take(headers)
+            intake.pass_over(headers)
+            if len(headers) < INTAKE_BATCH:
+                break
         await intake.move_handled()
         return progressed
 
+    async def _take(self, headers: Sequence[HeaderInfo]) -> bool:
+        intake, recogniser = self.steps.intake, self.steps.recogniser
+        read = [(info, *self.steps.classifier.read(info.header, self.log)) for info in headers]
+        # Mail that is not sarbot's by its headers is read in part, all at once, to find
+        # a request in other words.
+        unclear = [
+            info.uid for info, head, found in read if head and recogniser.needs_text(head, found)
+        ]
+        starts = await intake.peek(unclear)
+        progressed = False
+        for info, head, found in read:
+            if head is None:
+                continue
+            before_start = intake.before_start(info)
+            kind = recogniser.take_as(head, found, starts.get(info.uid), before_start=before_start)
+            if kind is None:
+                continue
+            mail = head if kind.found.kind is Kind.GUARDED else await intake.fetch(info, head)
+            progressed |= intake.take(
+                info,
+                mail,
+                kind.name,
+                lambda session, mail, now: self._decide(session, mail, now, info, kind),  # noqa: B023
+            )
+        return progressed
+
     def _decide(
-        self,
-        session: Session,
-        mail: IncomingMail,
-        now: datetime,
-        info: HeaderInfo,
-        found: Classification,
+        self, session: Session, mail: IncomingMail, now: datetime, info: HeaderInfo, kind: Taken
     ) -> Verdict:
         """The step a message goes to: none, acknowledge (a request) or verify (a reply)."""
+        found = kind.found
         if found.kind is Kind.GUARDED:
             return Verdict(Outcome.GUARDED, reason=found.reason)
         if self.steps.intake.too_large(info):
             return Verdict(Outcome.TOO_LARGE, reason=f"{info.size} bytes")
+        if kind.words is not None:
+            received = min(info.arrived or now, now)
+            return self.steps.acknowledger.register_possible(
+                session,
+                mail,
+                recognised_by=kind.words,
+                history=kind.before_start,
+                received_at=received,
+                now=now,
+            )
         if found.kind is Kind.REQUEST:
             log = self.log.bind(uid=info.uid)
             return self.steps.acknowledger.open(session, mail, now=now, log=log)

@@ -19,8 +19,8 @@ from sarbot.export.keys import find_key
 from sarbot.mail.authentication import evaluate
 from sarbot.mail.challenge import cited_tokens, quoted_codes
 from sarbot.mail.message import parse_headers, parse_message
-from sarbot.steps.acknowledge import asks_for_another_address
 from sarbot.steps.classify import Classifier, Kind
+from sarbot.steps.recognise import asks_for_another_address
 from sarbot.store.states import MailKind, Outcome, RequestState
 from tests.conftest import Bot, BotFactory
 from tests.test_corpus import MAILS

@@ -73,15 +73,18 @@ def config() -> None:
 @config.command("check")
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
-    """Validate the config file and every connector's settings."""
+    """Validate the config file, every connector's settings and the recognition phrases."""
     app = app_from(ctx)
     try:
         connectors = app.build_connectors()
+        for configured in connectors:
+            configured.connector.close()
+        phrases = len(app.recogniser.phrases)
     except SarbotError as exc:
         raise click.ClickException(str(exc)) from None
-    for configured in connectors:
-        configured.connector.close()
-    click.echo(f"{app.config_path}: ok ({len(connectors)} connector(s))")
+    click.echo(
+        f"{app.config_path}: ok ({len(connectors)} connector(s), {phrases} request phrase(s))"
+    )
 
 
 @cli.group()

@@ -41,6 +41,7 @@ def _summary(request: Request) -> dict[str, Any]:
         "extended_due_on": iso(request.extended_due_on),
         "due": iso(request.deadline),
         "delivered_at": iso(request.delivered_at),
+        "recognised_by": request.recognised_by,
     }
 
 
@@ -77,6 +78,26 @@ def requests_list(
         click.echo(json.dumps(rows, indent=2))
         return
     table(rows, LIST_COLUMNS)
+
+
+@requests_group.command("history")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.pass_context
+def requests_history(ctx: click.Context, as_json: bool) -> None:
+    """Mail from before sarbot's start that looks like a request; none of it was answered."""
+    app = app_from(ctx)
+    query = select(Request).where(Request.state == RequestState.HISTORY).order_by(Request.id)
+    with app.sessions() as session:
+        rows = [_summary(r) for r in session.scalars(query)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table(rows, ["reference", "email", "received_at", "due", "recognised_by"])
+    if rows:
+        click.echo(
+            "\ntake one in with 'sarbot requests accept REF', close it with "
+            "'sarbot requests dismiss REF --reason TEXT'"
+        )
 
 
 @requests_group.command("show")
@@ -149,6 +170,30 @@ def requests_approve(ctx: click.Context, reference: str) -> None:
     """Let a request that waits for review go on (to collection once its sender confirmed)."""
     request = _decide(ctx, "approve", reference)
     click.echo(f"{reference}: approved; now {request.state.value}")
+
+
+@requests_group.command("accept")
+@click.argument("reference")
+@click.option("--reason", default="", help="Why it is a request (kept in the audit trail).")
+@click.pass_context
+def requests_accept(ctx: click.Context, reference: str, reason: str) -> None:
+    """Take a possible request in: the requester is acknowledged and asked to confirm; its
+    deadline still runs from its receipt."""
+    request = _decide(ctx, "accept", reference, reason=reason)
+    click.echo(
+        f"{reference}: accepted; now {request.state.value}, due {request.deadline}; "
+        "the daemon sends the acknowledgement"
+    )
+
+
+@requests_group.command("dismiss")
+@click.argument("reference")
+@click.option("--reason", required=True, help="Why it is no request (kept in the audit trail).")
+@click.pass_context
+def requests_dismiss(ctx: click.Context, reference: str, reason: str) -> None:
+    """Close a possible request that is none; nobody is written to."""
+    _decide(ctx, "dismiss", reference, reason=reason)
+    click.echo(f"{reference}: dismissed")
 
 
 @requests_group.command("reject")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient
@@ -28,6 +28,7 @@ from sarbot.errors import MailboxError
 from sarbot.mail.imap import connect
 
 HEADER_BYTES_CAP = 256 * 1024
+BODY_PEEK_BYTES = 16 * 1024
 FETCH_BATCH = 100
 IDLE_CHECK_SECONDS = 1.0
 WATCHDOG_GRACE_SECONDS = 5.0
@@ -46,11 +47,13 @@ MAILBOX_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True)
 class HeaderInfo:
-    """A new message's UID, size and header block (at most HEADER_BYTES_CAP bytes)."""
+    """A new message's UID, size, header block (at most HEADER_BYTES_CAP bytes) and arrival."""
 
     uid: int
     size: int
     header: bytes
+    arrived: datetime | None = None
+    """When the server received it (INTERNALDATE), in UTC; None if the server did not say."""
 
 
 class Mailbox:
@@ -95,24 +98,46 @@ class Mailbox:
             raise MailboxError("not connected")
         return self.client
 
-    def new_headers(self, after_uid: int) -> list[HeaderInfo]:
-        """Size and headers of the messages with a UID above ``after_uid``, oldest first."""
+    def new_headers(self, after_uid: int, limit: int | None = None) -> list[HeaderInfo]:
+        """Size, headers and arrival of the messages with a UID above ``after_uid``, oldest
+        first; the first ``limit`` of them if given."""
         client = self._client()
         client.noop()  # the server shows mail that came since the last command only after one
         uids = sorted(
             uid for uid in client.search(["UID", f"{after_uid + 1}:*"]) if uid > after_uid
-        )
+        )[:limit]
         found: list[HeaderInfo] = []
         header_item = f"BODY.PEEK[HEADER]<0.{HEADER_BYTES_CAP}>"
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start : start + FETCH_BATCH]
-            data = client.fetch(batch, ["RFC822.SIZE", header_item])
+            data = client.fetch(batch, ["RFC822.SIZE", "INTERNALDATE", header_item])
             for uid in batch:
                 item = data.get(uid)
                 if item is None:  # expunged between SEARCH and FETCH
                     continue
                 header = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER]")), b"")
-                found.append(HeaderInfo(uid, int(item.get(b"RFC822.SIZE", 0)), header or b""))
+                size = int(item.get(b"RFC822.SIZE", 0))
+                arrived = _utc(item.get(b"INTERNALDATE"))
+                found.append(HeaderInfo(uid, size, header or b"", arrived))
+        return found
+
+    def last_uid(self) -> int:
+        """The highest UID in the folder now; 0 if it is empty."""
+        client = self._client()
+        client.noop()
+        return max(client.search(["ALL"]), default=0)
+
+    def fetch_starts(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The first ``BODY_PEEK_BYTES`` of each message, without setting \\Seen."""
+        client = self._client()
+        item = f"BODY.PEEK[]<0.{BODY_PEEK_BYTES}>"
+        found: dict[int, bytes] = {}
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = list(uids[start : start + FETCH_BATCH])
+            for uid, data in client.fetch(batch, [item]).items():
+                body = next((v for k, v in data.items() if k.startswith(b"BODY[]")), None)
+                if isinstance(body, bytes):
+                    found[uid] = body
         return found
 
     def fetch_message(self, uid: int) -> bytes | None:
@@ -184,6 +209,13 @@ class Mailbox:
             return False
         finally:
             client.idle_done()
+
+
+def _utc(value: object) -> datetime | None:
+    """INTERNALDATE as imapclient gives it (naive local time, or aware) in UTC."""
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(UTC)  # a naive value is read as local time, as imapclient made it
 
 
 def _is_exists(response: Any) -> bool:

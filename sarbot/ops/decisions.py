@@ -53,11 +53,46 @@ class Operations:
         transition(session, request, to, at=now, reason="approved by an operator", actor=actor)
         return request
 
+    def accept(
+        self, session: Session, reference: str, *, now: datetime, actor: str, reason: str = ""
+    ) -> Request:
+        """A possible request is one: acknowledged now, its receipt and deadline kept."""
+        request = self.find(session, reference)
+        if not request.state.is_possible:
+            raise OperationError(
+                f"{reference} is {request.state.value}; only a possible request "
+                "(possible, history) can be accepted"
+            )
+        other = self.acknowledger.open_request_of(session, request.email)
+        if other is not None and other.id != request.id:
+            raise OperationError(
+                f"the sender already has an open request, {other.reference}: dismiss "
+                f"{reference} as part of it"
+            )
+        why = reason or "an operator found it is an access request"
+        self.acknowledger.accept(session, request, now=now, actor=actor, reason=why)
+        return request
+
+    def dismiss(
+        self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
+    ) -> Request:
+        """A possible request is none: closed with the reason; nobody is written to."""
+        request = self.find(session, reference)
+        if not request.state.is_possible:
+            raise OperationError(
+                f"{reference} is {request.state.value}; only a possible request "
+                "(possible, history) can be dismissed (use 'reject' for a request)"
+            )
+        transition(session, request, RequestState.DISMISSED, at=now, reason=reason, actor=actor)
+        return request
+
     def extend(
         self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
     ) -> Request:
         """Two further months, only within the first; the requester is told why."""
         request = self.find(session, reference)
+        if request.state.is_possible:
+            raise OperationError(f"{reference} is {request.state.value}: accept it first")
         if request.due_on is None or not request.state.is_open:
             raise OperationError(f"{reference} has no running deadline to extend")
         if request.extended_due_on is not None:

@@ -26,6 +26,9 @@ from sqlalchemy.pool import NullPool
 from sarbot.store.models import Clock, Request, utcnow
 from sarbot.store.states import TERMINAL, RequestState
 
+NOT_WAITING = TERMINAL | {RequestState.HISTORY}
+"""Closed, or mail from before the start that waits for no one's answer by the daemon."""
+
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 ACKNOWLEDGE_BUCKETS = (
     10.0, 30.0, MINUTE, 5 * MINUTE, 15 * MINUTE, 30 * MINUTE, HOUR, 4 * HOUR, 12 * HOUR,
@@ -71,13 +74,13 @@ class StateQueries:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         counts = {state: int(count) for state, count, _ in rows}
-        open_since = [oldest for state, _, oldest in rows if state not in TERMINAL]
+        open_since = [oldest for state, _, oldest in rows if state not in NOT_WAITING]
         return StateSnapshot(counts, min(open_since, default=None))
 
     def nearest_deadline(self) -> date | None:
         """The earliest date an open request is due (its extended date once extended)."""
         due = func.coalesce(Request.extended_due_on, Request.due_on)
-        query = select(func.min(due)).where(Request.state.not_in(list(TERMINAL)))
+        query = select(func.min(due)).where(Request.state.not_in(list(NOT_WAITING)))
         with self.engine.connect() as connection:
             found: date | None = connection.scalar(query)
         return found

@@ -3,7 +3,9 @@
 A configured list of addresses is mailed when a request needs review, when a
 connector keeps failing for it, when its deadline is near and when it is
 overdue: at most one mail per kind of event per request.  A daily digest
-lists what is open.  Operator mail names references, states and dates, and
+lists what is open.  Mail that may be a request in other words is announced
+at once; mail from before the start that looks like one, once, in a list.
+Operator mail names references, states and dates, and
 masked addresses; it never carries exported data.
 """
 
@@ -28,6 +30,7 @@ HEADLINES = {
     MailKind.OPERATOR_CONNECTOR: "Collecting or packaging keeps failing for a request",
     MailKind.OPERATOR_DEADLINE: "A request's deadline is near",
     MailKind.OPERATOR_OVERDUE: "A request is overdue",
+    MailKind.OPERATOR_POSSIBLE: "A mail may be an access request: accept or dismiss it",
 }
 
 
@@ -47,6 +50,7 @@ class Notifier:
         open_requests = list(
             session.scalars(select(Request).where(Request.state.not_in(list(TERMINAL))))
         )
+        queued += self._history(session, open_requests, now=now, log=log)
         for request in open_requests:
             for kind, detail in self._events(request, today):
                 if not self._already(session, request, kind):
@@ -60,7 +64,11 @@ class Notifier:
         return queued
 
     def _events(self, request: Request, today: date) -> list[tuple[MailKind, str]]:
-        events = []
+        events: list[tuple[MailKind, str]] = []
+        if request.state is RequestState.HISTORY:
+            return events  # listed once, all together (``_history``), and in the digest
+        if request.state is RequestState.POSSIBLE:
+            events.append((MailKind.OPERATOR_POSSIBLE, _possible_detail(request)))
         if request.state is RequestState.NEEDS_REVIEW:
             events.append(
                 (MailKind.OPERATOR_REVIEW, request.review_reason or request.last_error or "")
@@ -118,6 +126,39 @@ class Notifier:
             )
         return len(self.operators)
 
+    def _history(
+        self,
+        session: Session,
+        open_requests: list[Request],
+        *,
+        now: datetime,
+        log: FilteringBoundLogger,
+    ) -> int:
+        """Once: the list of mail from before the start that looks like a request."""
+        found = [r for r in open_requests if r.state is RequestState.HISTORY]
+        sent = select(OutgoingMail.id).where(OutgoingMail.kind == MailKind.OPERATOR_HISTORY)
+        if not found or session.scalar(sent.limit(1)) is not None:
+            return 0
+        rows = [_possible_row(r) for r in found]
+        for address in self.operators:
+            self.letters.post(
+                session,
+                None,
+                MailKind.OPERATOR_HISTORY,
+                lambda message_id: self.letters.operator_notice(
+                    address,  # noqa: B023 (called at once, inside post)
+                    "operator_history.txt",
+                    f"{len(rows)} mail(s) from before the start look like access requests",
+                    message_id=message_id,
+                    now=now,
+                    history=rows,
+                ),
+                now=now,
+                recipient=address,
+            )
+        log.info("operator.history", requests=len(rows))
+        return len(self.operators)
+
     def _digest_sent(self, session: Session, now: datetime) -> bool:
         since = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return (
@@ -141,7 +182,10 @@ class Notifier:
                 "overdue": r.deadline is not None and r.deadline < today,
             }
             for r in open_requests
+            if not r.state.is_possible
         ]
+        possible = [_possible_row(r) for r in open_requests if r.state is RequestState.POSSIBLE]
+        history = sum(1 for r in open_requests if r.state is RequestState.HISTORY)
         review = [
             {"reference": r.reference, "reason": r.review_reason or r.last_error or ""}
             for r in open_requests
@@ -167,12 +211,33 @@ class Notifier:
                     today=now,
                     open=rows,
                     review=review,
+                    possible=possible,
+                    history=history,
                     delivered=delivered,
                 ),
                 now=now,
                 recipient=address,
             )
         return len(self.operators)
+
+
+def _possible_row(request: Request) -> dict[str, object]:
+    return {
+        "reference": request.reference,
+        "requester": mask_address(request.email),
+        "received_at": request.received_at,
+        "due": request.deadline,
+        "words": request.recognised_by or "",
+    }
+
+
+def _possible_detail(request: Request) -> str:
+    return (
+        f"It was not answered. It says: {request.recognised_by}.\n"
+        "If it is a request, the deadline above runs from its receipt:\n"
+        f"  sarbot requests accept {request.reference}\n"
+        f"  sarbot requests dismiss {request.reference} --reason TEXT"
+    )
 
 
 def _cannot_write(request: Request) -> bool:

@@ -21,14 +21,13 @@ A second request mail from an address with an open request joins that one.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
-from sarbot.addresses import InvalidAddress, mask_address, normalize_address
+from sarbot.addresses import mask_address, normalize_address
 from sarbot.config import Settings
 from sarbot.export.keys import KeyChoice, find_key
 from sarbot.mail.authentication import Evidence, evaluate, resolver
@@ -36,34 +35,15 @@ from sarbot.mail.challenge import challenge_message_id, digest, new_challenge
 from sarbot.mail.letters import Letters
 from sarbot.mail.message import IncomingMail
 from sarbot.steps.intake import Verdict
+from sarbot.steps.recognise import REDIRECT_REASON, asks_for_another_address
 from sarbot.store import outbox
-from sarbot.store.deadlines import Calendar
+from sarbot.store.deadlines import Calendar, due_date, start_date
 from sarbot.store.lifecycle import audit, start_the_clock, transition
 from sarbot.store.models import OutgoingMail, Request
 from sarbot.store.references import new_reference
 from sarbot.store.states import TERMINAL, MailKind, Outcome, RequestState
 
 CAP_RETRY = timedelta(minutes=15)
-_ADDRESS_RE = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
-_REDIRECT_RE = re.compile(
-    r"\b(send|sent|forward|deliver|e-?mail|mail|reply|respond|transfer|post)\w*\b.{0,80}?"
-    r"\b(to|at)\b",
-    re.IGNORECASE | re.DOTALL,
-)
-REDIRECT_REASON = "the request asks for the data to go to another address"
-
-
-def asks_for_another_address(text: str, sender: str, own: str) -> bool:
-    """Whether a request names an address other than its sender's where the data should go."""
-    others = set()
-    for found in _ADDRESS_RE.findall(text):
-        try:
-            address = normalize_address(found)
-        except InvalidAddress:
-            continue
-        if address not in (sender, own):
-            others.add(address)
-    return bool(others) and _REDIRECT_RE.search(text) is not None
 
 
 class Acknowledger:
@@ -77,22 +57,104 @@ class Acknowledger:
     def open(
         self, session: Session, mail: IncomingMail, *, now: datetime, log: FilteringBoundLogger
     ) -> Verdict:
-        """A request for this mail: a new one, or the sender's open one."""
+        """A request for this mail: a new one, or the sender's open one.
+
+        A possible request of the sender's (mail in other words, not yet accepted) gives way
+        to this one, which keeps its receipt: the month runs from the first mail.
+        """
         sender = mail.sender
         if sender is None:
             return Verdict(Outcome.INVALID_SENDER, reason=mail.sender_problem)
-        existing = self._open_request_of(session, sender)
+        existing, earlier = self._open_or_possible(session, sender)
         if existing is not None:
             return self._join(session, existing, now=now, log=log)
         request = self._new_request(session, mail, sender, now=now)
-        capped = self._cap(session, sender, now)
+        self._supersede(session, earlier, request, now=now)
+        self._acknowledge_or_wait(session, request, now=now, log=log)
+        return Verdict(Outcome.REQUEST, request)
+
+    def _open_or_possible(
+        self, session: Session, sender: str
+    ) -> tuple[Request | None, Request | None]:
+        """The sender's open request, or else their possible one (mail in other words)."""
+        existing = self.open_request_of(session, sender)
+        if existing is not None and existing.state is RequestState.POSSIBLE:
+            return None, existing
+        return existing, None
+
+    @staticmethod
+    def _supersede(
+        session: Session, earlier: Request | None, request: Request, *, now: datetime
+    ) -> None:
+        """A new request takes over the sender's possible one: its receipt and deadline."""
+        if earlier is None:
+            return
+        request.received_at, request.due_on = earlier.received_at, earlier.due_on
+        transition(
+            session,
+            earlier,
+            RequestState.DISMISSED,
+            at=now,
+            reason=f"superseded by {request.reference}, which keeps its receipt",
+        )
+        audit(session, request, "request.earlier_mail", at=now, reason=earlier.reference)
+
+    def register_possible(
+        self,
+        session: Session,
+        mail: IncomingMail,
+        *,
+        recognised_by: str,
+        history: bool,
+        received_at: datetime,
+        now: datetime,
+    ) -> Verdict:
+        """Record mail that may be a request for an operator; nothing is sent.
+
+        ``history``: it was in the mailbox before sarbot watched it.  The deadline that
+        would apply runs from its receipt.  A sender's further mail in other words joins
+        their open possible or real request.
+        """
+        outcome = Outcome.HISTORY if history else Outcome.POSSIBLE
+        sender = mail.sender
+        if sender is None:
+            return Verdict(Outcome.INVALID_SENDER, reason=mail.sender_problem)
+        existing = None if history else self.open_request_of(session, sender)
+        if existing is not None:
+            audit(session, existing, "request.possible_mail", at=now, reason=recognised_by)
+            return Verdict(outcome, existing, reason="joined")
+        state = RequestState.HISTORY if history else RequestState.POSSIBLE
+        request = self._new_request(
+            session, mail, sender, now=now, received_at=received_at, state=state
+        )
+        request.recognised_by = recognised_by
+        request.due_on = due_date(start_date(received_at, None, self.calendar), self.calendar)
+        return Verdict(outcome, request, reason=recognised_by)
+
+    def accept(
+        self, session: Session, request: Request, *, now: datetime, actor: str, reason: str
+    ) -> None:
+        """An operator found a possible request is one: acknowledged as if it had just come,
+        its receipt and deadline kept."""
+        transition(session, request, RequestState.RECEIVED, at=now, reason=reason, actor=actor)
+        self._acknowledge_or_wait(session, request, now=now, log=None)
+
+    def _acknowledge_or_wait(
+        self,
+        session: Session,
+        request: Request,
+        *,
+        now: datetime,
+        log: FilteringBoundLogger | None,
+    ) -> None:
+        capped = self._cap(session, request.email, now)
         if capped:
             request.next_attempt_at = now + CAP_RETRY
             audit(session, request, "request.ack_waiting", at=now, reason=capped)
-            log.warning("request.ack_waiting", reference=request.reference, cap=capped)
+            if log is not None:
+                log.warning("request.ack_waiting", reference=request.reference, cap=capped)
         else:
             self._respond(session, request, now=now)
-        return Verdict(Outcome.REQUEST, request)
 
     def send_waiting(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
         """Acknowledge requests that waited for a cap, as far as the caps now allow."""
@@ -119,18 +181,14 @@ class Acknowledger:
     ) -> Verdict:
         """A request received by post or phone: the same path, the challenge to that address."""
         sender = normalize_address(email)
-        existing = self._open_request_of(session, sender)
+        existing, earlier = self._open_or_possible(session, sender)
         if existing is not None:
             audit(session, existing, "request.joined", at=now, reason=note, actor=actor)
             return Verdict(Outcome.JOINED, existing)
         request = self._new_request(session, None, sender, now=now, note=note)
         audit(session, request, "request.created", at=now, reason=note, actor=actor)
-        capped = self._cap(session, sender, now)
-        if capped:
-            request.next_attempt_at = now + CAP_RETRY
-            audit(session, request, "request.ack_waiting", at=now, reason=capped)
-        else:
-            self._respond(session, request, now=now)
+        self._supersede(session, earlier, request, now=now)
+        self._acknowledge_or_wait(session, request, now=now, log=None)
         return Verdict(Outcome.REQUEST, request)
 
     def _new_request(
@@ -140,6 +198,8 @@ class Acknowledger:
         sender: str,
         *,
         now: datetime,
+        received_at: datetime | None = None,
+        state: RequestState = RequestState.RECEIVED,
         note: str | None = None,
     ) -> Request:
         limits = self.settings.requests
@@ -158,14 +218,14 @@ class Acknowledger:
         request = Request(
             reference=new_reference(session, limits.reference_prefix, now.year),
             email=sender,
-            state=RequestState.RECEIVED,
+            state=state,
             attempts=0,
             token_hash="",
             code_hash="",
             confirmation_failures=0,
             request_message_id=mail.message_id if mail else None,
             thread="",
-            received_at=now,
+            received_at=received_at or now,
             expires_at=now + timedelta(days=limits.confirmation_expiry_days),
             pgp_key=key.key_armored,
             encryption_note=key.reason,
@@ -177,7 +237,13 @@ class Acknowledger:
         )
         request.add_to_thread(mail.message_id if mail else None)
         session.add(request)
-        how = "request mail from the requester" if mail else "entered by an operator"
+        how = (
+            "entered by an operator"
+            if mail is None
+            else "request mail from the requester"
+            if not state.is_possible
+            else f"mail that may be a request ({state.value})"
+        )
         audit(session, request, "request.received", at=now, reason=how)
         audit(session, request, "request.authentication", at=now, reason=evidence.summary)
         if key.fingerprint:
@@ -322,11 +388,12 @@ class Acknowledger:
         return ""
 
     @staticmethod
-    def _open_request_of(session: Session, sender: str) -> Request | None:
+    def open_request_of(session: Session, sender: str) -> Request | None:
+        """The sender's newest open request, a possible one included, history not."""
         return session.scalar(
             select(Request)
             .where(Request.email == sender)
-            .where(Request.state.not_in(list(TERMINAL)))
+            .where(Request.state.not_in([*TERMINAL, RequestState.HISTORY]))
             .order_by(Request.id.desc())
             .limit(1)
         )

@@ -1,12 +1,14 @@
 """Taking new mail from the watched folder: each message once, and the handled ones moved.
 
 Where intake stands in the folder (UIDVALIDITY and the last UID seen) is kept
-in the database.  A message that concerns sarbot is fetched whole (with
-``BODY.PEEK``, so it stays unread) unless it is too large, decided on by the
-step its kind belongs to, and recorded by its Message-ID in the same
-transaction, so a message is acted on once even if the mailbox shows it
-again.  Mails that made or confirmed a request are moved to the processed
-folder afterwards.
+in the database.  The first time it watches a folder, it records the folder's
+last UID: mail up to it came before sarbot started (``[imap] start``), and is
+only listed for operators if it looks like a request, never answered.  A
+message that concerns sarbot is fetched whole (with ``BODY.PEEK``, so it stays
+unread) unless it is too large, decided on by the step its kind belongs to,
+and recorded by its Message-ID in the same transaction, so a message is acted
+on once even if the mailbox shows it again.  Mails that made or confirmed a
+request are moved to the processed folder afterwards; possible requests stay.
 """
 
 from __future__ import annotations
@@ -54,8 +56,13 @@ class Intake:
         clock: Clock,
         log: FilteringBoundLogger,
         crash_points: CrashPoints,
+        start_at: datetime | None = None,
     ) -> None:
+        """``start_at``: mail in the folder at the first start that arrived before it is
+        answered as usual (``[imap] start`` a date); None: none of it is (``"now"``)."""
         self.settings = settings
+        self.start_at = start_at
+        self.history_until_uid = 0
         self.sessions = sessions
         self.mailbox = mailbox
         self.clock = clock
@@ -66,11 +73,28 @@ class Intake:
     def uidvalidity(self) -> int:
         return self.mailbox.mailbox.uidvalidity
 
-    async def new_mail(self) -> list[HeaderInfo]:
-        """The headers of every message after the last one seen."""
+    async def new_mail(self, limit: int | None = None) -> list[HeaderInfo]:
+        """The headers of the messages after the last one seen (the first ``limit``)."""
+        with self.sessions() as session:
+            first_time = session.get(MailboxPosition, self.settings.folder) is None
+        top = await self.mailbox.call(self.mailbox.mailbox.last_uid) if first_time else 0
         with self.sessions.begin() as session:
-            after = self._position(session).last_uid
-        return await self.mailbox.call(self.mailbox.mailbox.new_headers, after)
+            position = self._position(session, first_top=top)
+            after, self.history_until_uid = position.last_uid, position.history_until_uid
+        return await self.mailbox.call(self.mailbox.mailbox.new_headers, after, limit)
+
+    def before_start(self, info: HeaderInfo) -> bool:
+        """Was this message in the folder before sarbot first watched it, and not to be
+        answered?"""
+        if info.uid > self.history_until_uid:
+            return False
+        return self.start_at is None or info.arrived is None or info.arrived < self.start_at
+
+    async def peek(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The start of each message, to read what its text asks for."""
+        if not uids:
+            return {}
+        return await self.mailbox.call(self.mailbox.mailbox.fetch_starts, uids)
 
     def too_large(self, info: HeaderInfo) -> bool:
         """Larger than ``[imap] max_message_bytes``: left for a person, never downloaded."""
@@ -141,12 +165,15 @@ class Intake:
                 session.get_one(SeenMessage, row_id).move_pending = False
         self.log.info("mail.moved", count=len(uids), folder=target)
 
-    def _position(self, session: Session) -> MailboxPosition:
+    def _position(self, session: Session, first_top: int = 0) -> MailboxPosition:
         folder, uidvalidity = self.settings.folder, self.uidvalidity
         position = session.get(MailboxPosition, folder)
         if position is None:
-            position = MailboxPosition(folder=folder, uidvalidity=uidvalidity, last_uid=0)
+            position = MailboxPosition(
+                folder=folder, uidvalidity=uidvalidity, last_uid=0, history_until_uid=first_top
+            )
             session.add(position)
+            self.log.info("mailbox.first_start", folder=folder, before_start=first_top)
         elif position.uidvalidity != uidvalidity:
             self.log.warning(
                 "mailbox.uidvalidity_changed",
@@ -155,6 +182,7 @@ class Intake:
                 new=uidvalidity,
             )
             position.uidvalidity, position.last_uid = uidvalidity, 0
+            position.history_until_uid = 0  # UIDs of the old folder; Message-IDs still dedupe
         return position
 
 
@@ -165,5 +193,7 @@ def _log_verdict(log: FilteringBoundLogger, kind: str, verdict: Verdict) -> None
         fields |= {"reference": request.reference, "requester": mask_address(request.email)}
     if verdict.outcome in MOVED_OUTCOMES:
         log.info("mail.accepted", **fields)
+    elif verdict.outcome in (Outcome.POSSIBLE, Outcome.HISTORY):
+        log.info("mail.possible_request", **fields)
     else:
         log.warning("mail.refused", **fields)

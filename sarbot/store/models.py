@@ -101,6 +101,8 @@ class Request(Base):
     due_on: Mapped[date | None] = mapped_column(Date, index=True)
     extended_due_on: Mapped[date | None] = mapped_column(Date)
     extension_reason: Mapped[str | None] = mapped_column(Text)
+    recognised_by: Mapped[str | None] = mapped_column(Text)
+    """For a possible request: the words that made it look like one."""
     identity_graph: Mapped[str | None] = mapped_column(Text)
     """The last collection's identity graph as JSON (``sarbot.graph``); personal data."""
 
@@ -180,6 +182,8 @@ class MailboxPosition(Base):
     folder: Mapped[str] = mapped_column(String(255), primary_key=True)
     uidvalidity: Mapped[int] = mapped_column(Integer)
     last_uid: Mapped[int] = mapped_column(Integer, default=0)
+    history_until_uid: Mapped[int] = mapped_column(Integer, default=0)
+    """The folder's last UID when sarbot first watched it: mail up to it came before the start."""
 
 
 class SeenMessage(Base):

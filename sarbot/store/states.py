@@ -6,6 +6,10 @@ from enum import StrEnum
 
 
 class RequestState(StrEnum):
+    POSSIBLE = "possible"
+    """Mail that may be an access request in other words: an operator accepts or dismisses it."""
+    HISTORY = "history"
+    """A request-looking mail that was in the mailbox before sarbot started watching it."""
     RECEIVED = "received"
     AWAITING_CONFIRMATION = "awaiting_confirmation"
     CONFIRMED = "confirmed"
@@ -16,18 +20,34 @@ class RequestState(StrEnum):
     REJECTED = "rejected"
     NEEDS_REVIEW = "needs_review"
     FAILED = "failed"
+    DISMISSED = "dismissed"
+    """A possible request an operator found was none."""
 
     @property
     def is_open(self) -> bool:
         return self not in TERMINAL
 
+    @property
+    def is_possible(self) -> bool:
+        """Not a request yet: registered for an operator, never answered by itself."""
+        return self in POSSIBLE
+
 
 TERMINAL = frozenset(
-    {RequestState.DELIVERED, RequestState.EXPIRED, RequestState.REJECTED, RequestState.FAILED}
+    {
+        RequestState.DELIVERED,
+        RequestState.EXPIRED,
+        RequestState.REJECTED,
+        RequestState.FAILED,
+        RequestState.DISMISSED,
+    }
 )
+POSSIBLE = frozenset({RequestState.POSSIBLE, RequestState.HISTORY})
 
 _S = RequestState
 ALLOWED: dict[RequestState, frozenset[RequestState]] = {
+    _S.POSSIBLE: frozenset({_S.RECEIVED, _S.DISMISSED}),
+    _S.HISTORY: frozenset({_S.RECEIVED, _S.DISMISSED}),
     _S.RECEIVED: frozenset({_S.AWAITING_CONFIRMATION, _S.CONFIRMED, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.AWAITING_CONFIRMATION: frozenset({_S.CONFIRMED, _S.EXPIRED, _S.NEEDS_REVIEW, _S.REJECTED}),
     _S.CONFIRMED: frozenset({_S.COLLECTING, _S.NEEDS_REVIEW, _S.REJECTED}),
@@ -40,6 +60,7 @@ ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     _S.EXPIRED: frozenset(),
     _S.REJECTED: frozenset(),
     _S.FAILED: frozenset(),
+    _S.DISMISSED: frozenset(),
 }
 
 
@@ -63,6 +84,8 @@ class MailKind(StrEnum):
     OPERATOR_DEADLINE = "operator_deadline"
     OPERATOR_OVERDUE = "operator_overdue"
     OPERATOR_DIGEST = "operator_digest"
+    OPERATOR_POSSIBLE = "operator_possible"
+    OPERATOR_HISTORY = "operator_history"
 
     @property
     def to_operators(self) -> bool:
@@ -82,3 +105,6 @@ class Outcome(StrEnum):
     UNRELATED_REPLY = "unrelated_reply"
     UNREADABLE = "unreadable"
     JOINED = "joined"
+    POSSIBLE = "possible"
+    HISTORY = "history"
+    BEFORE_START = "before_start"

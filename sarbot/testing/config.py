@@ -45,6 +45,7 @@ def write_config(
             "username": support,
             "poll_interval": 1,
             "timeout": 10,
+            "start": "2000-01-01",  # a new mailbox: mail a test put there first is answered
             **(imap or {}),
         },
         "smtp": {

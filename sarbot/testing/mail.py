@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid, parseaddr
@@ -77,10 +78,11 @@ class Correspondent:
         headers = {"In-Reply-To": str(original["Message-ID"]), "References": references}
         return self.send(_reply_to_address(original), subject, body, headers=headers)
 
-    def append(self, raw: bytes, folder: str = "INBOX") -> None:
-        """Put a message straight into a folder (IMAP APPEND), as delivered, unread."""
+    def append(self, raw: bytes, folder: str = "INBOX", *, arrived: datetime | None = None) -> None:
+        """Put a message straight into a folder (IMAP APPEND), as delivered, unread;
+        ``arrived`` is the date the server records it arrived (INTERNALDATE)."""
         with self._imap() as client:
-            client.append(folder, raw)
+            client.append(folder, raw, msg_time=arrived)
 
     def _imap(self) -> IMAPClient:
         client = IMAPClient(self.server.host, port=self.server.imap_port, ssl=False, timeout=30)
