@@ -13,14 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sarbot.addresses import normalize_address
 from sarbot.config_hints import describe_error
@@ -167,11 +160,10 @@ DEFAULT_NEVER_FOLLOW = (
 
 
 class RecognitionSettings(Section):
-    """Finding access requests written in other words than the subject phrase."""
+    """Finding access requests in other words; ``phrases_file`` adds phrases, one a line."""
 
     enabled: bool = True
     phrases_file: ConfigPath | None = None
-    """More phrases, one a line, beside the built-in ones (``sarbot/data/request_phrases.txt``)."""
 
 
 class CollectionSettings(Section):

@@ -10,7 +10,16 @@ import pytest
 
 from tests.conftest import ROOT
 
-STEPS = ("intake", "classify", "acknowledge", "verify", "collect", "package", "deliver")
+STEPS = (
+    "intake",
+    "classify",
+    "recognise",
+    "acknowledge",
+    "verify",
+    "collect",
+    "package",
+    "deliver",
+)
 """The steps of a request, in order: each may import only the ones before it."""
 ABOVE = ("sarbot.cli", "sarbot.app", "sarbot.daemon", "sarbot.pipeline")
 """The command, the wiring, the loop and the driver: nothing in the folders imports them."""

@@ -182,8 +182,9 @@ class Recogniser:
         return Taken("history" if before_start else "possible", found, words, before_start)
 
     def may_be_request(self, head: IncomingMail) -> bool:
-        """Worth a look: not switched off, and not mail that is never answered."""
-        return self.enabled and refusal(head, self.own_address) is None
+        """Worth a look: not switched off, not mail that is never answered, and from an
+        address a request could be registered for (a possible request is nobody's without it)."""
+        return self.enabled and head.sender is not None and refusal(head, self.own_address) is None
 
     def match(self, subject: str, text: str = "") -> str | None:
         """The phrase that makes this look like an access request, or None."""
