@@ -510,34 +510,16 @@ class TestExportMail:
 class TestEncryptedExport:
     def test_a_key_in_the_request_encrypts_the_export_to_it(self, bot: Bot, person: Person) -> None:
         """alice attaches her OpenPGP key: the ack names it, and only her key opens the export."""
-        import warnings
+        from pysequoia import CipherSuite, Tsk, decrypt
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgpy
-            from pgpy.constants import (
-                CompressionAlgorithm,
-                HashAlgorithm,
-                KeyFlags,
-                PubKeyAlgorithm,
-                SymmetricKeyAlgorithm,
-            )
-
-            alice = person("alice", "example.test")
-            key = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, 2048)
-            key.add_uid(
-                pgpy.PGPUID.new("Alice", email=alice.address),
-                usage={KeyFlags.Sign, KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage},
-                hashes=[HashAlgorithm.SHA256],
-                ciphers=[SymmetricKeyAlgorithm.AES256],
-                compression=[CompressionAlgorithm.Uncompressed],
-            )
+        alice = person("alice", "example.test")
+        key = Tsk.generate(f"Alice <{alice.address}>", cipher_suite=CipherSuite.RSA2k)
         message = EmailMessage()
         message["From"], message["To"] = alice.address, bot.address
         message["Subject"], message["Message-ID"] = "GDPR DATA REQUEST", "<with-key@example.test>"
         message.set_content("Please encrypt my data to the attached key.")
         message.add_attachment(
-            str(key.pubkey).encode(),
+            str(key.extract_certificate()).encode(),
             maintype="application",
             subtype="pgp-keys",
             filename="alice.asc",
@@ -548,7 +530,8 @@ class TestEncryptedExport:
         ack = alice.wait_for(ACK)
         body = ack.get_body(preferencelist=("plain",))
         assert body is not None
-        assert str(key.fingerprint).replace(" ", "") in body.get_content().replace(" ", "")
+        fingerprint = key.extract_certificate().fingerprint.upper()
+        assert fingerprint in body.get_content().replace(" ", "")
         alice.reply(ack)
         bot.support.wait_for(subject_contains("Re: [SAR-"))
         bot.run_once()
@@ -557,10 +540,9 @@ class TestEncryptedExport:
         assert str(part.get_filename()).endswith(".zip.pgp")
         data = part.get_payload(decode=True)
         assert isinstance(data, bytes) and not data.startswith(b"PK")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clear = key.decrypt(pgpy.PGPMessage.from_blob(data)).message
-        with zipfile.ZipFile(io.BytesIO(bytes(clear))) as archive:
+        clear = decrypt(data, decryptor=key.decryptor()).bytes
+        assert clear is not None
+        with zipfile.ZipFile(io.BytesIO(clear)) as archive:
             assert "index.html" in archive.namelist()
         letter = export.get_body(preferencelist=("plain",))
         assert letter is not None and "encrypted" in letter.get_content()

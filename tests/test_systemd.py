@@ -26,14 +26,13 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-import warnings
 import zipfile
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from functools import cache
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 from pykeepass import create_database
@@ -44,6 +43,9 @@ from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
 from tests.conftest import CA_FILE, unique
 from tests.servers import ServerError, postgres_server
+
+if TYPE_CHECKING:
+    from pysequoia import Tsk
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "sarbot.service"
@@ -351,11 +353,10 @@ class TestSarbotInsideTheSandbox:
         [part] = list(export.iter_attachments())
         encrypted = part.get_payload(decode=True)
         assert isinstance(encrypted, bytes)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgpy
+        from pysequoia import decrypt
 
-            clear = bytes(key.decrypt(pgpy.PGPMessage.from_blob(encrypted)).message)
+        clear = decrypt(encrypted, decryptor=key.decryptor()).bytes
+        assert clear is not None
         with zipfile.ZipFile(io.BytesIO(clear)) as archive:
             data = archive.read("data.json").decode()
         assert "Alice sandbox login" in data  # from the KeePass vault
@@ -413,26 +414,20 @@ def write_config(workdir: Path, support: str, alice: str, crm_url: str) -> Path:
     return etc / "config.toml"
 
 
-def request_with_key(alice: Correspondent, support: Correspondent) -> Any:
+def request_with_key(alice: Correspondent, support: Correspondent) -> Tsk:
     """alice asks for her data with her OpenPGP key attached; returns her private key."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgpy
-        from pgpy.constants import HashAlgorithm, KeyFlags, PubKeyAlgorithm, SymmetricKeyAlgorithm
+    from pysequoia import CipherSuite, Tsk
 
-        key = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, 2048)
-        key.add_uid(
-            pgpy.PGPUID.new("Alice", email=alice.address),
-            usage={KeyFlags.Sign, KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage},
-            hashes=[HashAlgorithm.SHA256],
-            ciphers=[SymmetricKeyAlgorithm.AES256],
-        )
+    key = Tsk.generate(f"Alice <{alice.address}>", cipher_suite=CipherSuite.RSA2k)
     message = EmailMessage()
     message["From"], message["To"] = alice.address, support.address
     message["Subject"], message["Message-ID"] = "GDPR DATA REQUEST", make_msgid("example.test")
     message.set_content("Please send me my data, encrypted to the attached key.")
     message.add_attachment(
-        str(key.pubkey).encode(), maintype="application", subtype="pgp-keys", filename="alice.asc"
+        str(key.extract_certificate()).encode(),
+        maintype="application",
+        subtype="pgp-keys",
+        filename="alice.asc",
     )
     alice.send_raw(message.as_bytes(), support.address)
     support.wait_for(lambda m: m["Message-ID"] == message["Message-ID"])

@@ -3,38 +3,51 @@
 ``assess`` says whether a key can be encrypted to (its self-signatures verify,
 it is neither expired nor revoked, it has an encryption key);
 ``sarbot.export.keys`` uses it to choose the key from the request mail.
-``encrypt`` checks the stored key again and encrypts with AES-256.  See
-docs/encryption.md.  pgpy's warnings are silenced around each use only.
+``encrypt`` checks the stored key again and encrypts to it.  See
+docs/encryption.md.
+
+The OpenPGP work is Sequoia's, through pysequoia.  A key is read as its packets
+(``Key``), so that user ids of other addresses can be dropped and each part of
+the key judged on its own; Sequoia then says, for a certificate made of some of
+those packets, which user ids it accepts and which keys it would encrypt to.
+That is how signatures are verified and revocations found without pysequoia
+having a call for either.
 """
 
 from __future__ import annotations
 
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+
+import pysequoia
+from pysequoia import Cert
+from pysequoia.packet import Packet, PacketPile, PublicKeyAlgorithm, SignatureType, Tag
 
 from sarbot.addresses import InvalidAddress, normalize_address
 from sarbot.errors import SarbotError
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import pgpy
-    from pgpy.constants import (
-        CompressionAlgorithm,
-        KeyFlags,
-        PubKeyAlgorithm,
-        SignatureType,
-        SymmetricKeyAlgorithm,
-    )
-
-_ENCRYPT = frozenset({KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage})
-_CAN_ENCRYPT_TO = frozenset({PubKeyAlgorithm.RSAEncryptOrSign, PubKeyAlgorithm.ECDH})
-_CERTIFICATIONS = frozenset(SignatureType(t) for t in range(0x10, 0x14))  # user id self-sigs
-_PGPY_LOCK = threading.Lock()
+_CERTIFICATIONS = (
+    SignatureType.GenericCertification,
+    SignatureType.PersonaCertification,
+    SignatureType.CasualCertification,
+    SignatureType.PositiveCertification,
+)
+# Public key algorithms that encrypt; a flagged key of another kind is "an algorithm we cannot use".
+_ENCRYPTING = (
+    PublicKeyAlgorithm.RSAEncryptSign,
+    PublicKeyAlgorithm.RSAEncrypt,
+    PublicKeyAlgorithm.ECDH,
+    PublicKeyAlgorithm.X25519,
+    PublicKeyAlgorithm.X448,
+    PublicKeyAlgorithm.MLKEM768_X25519,
+    PublicKeyAlgorithm.MLKEM1024_X448,
+)
+_PRIMARY_TAGS = (Tag.PublicKey, Tag.SecretKey)
+_SUBKEY_TAGS = (Tag.PublicSubkey, Tag.SecretSubkey)
+_COMPONENT_TAGS = (Tag.UserID, Tag.UserAttribute, *_SUBKEY_TAGS)
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class EncryptionError(SarbotError):
@@ -68,27 +81,98 @@ class Outcome(Enum):
         return self.value.format(fp=pretty.strip())
 
 
-@contextmanager
-def quiet() -> Iterator[None]:
-    # catch_warnings swaps process-wide state: two threads inside it at once could leave
-    # "ignore" behind for good, so pgpy is only ever used by one thread at a time.
-    with _PGPY_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+def is_library_panic(exc: BaseException) -> bool:
+    """Whether exc is a panic inside the Rust code (pyo3 raises those outside Exception)."""
+    return type(exc).__name__ == "PanicException"
 
 
-# -- finding a key -------------------------------------------------------------------------
+# -- a key as its packets ------------------------------------------------------------------
 
 
-def parse_keys(blob: bytes | str) -> list[Any]:
-    """Each primary key in a blob, or ValueError when there is none."""
-    parsed = pgpy.PGPKey.from_blob(blob)
-    first, others = parsed if isinstance(parsed, tuple) else (parsed, {})
-    keys: list[Any] = []
-    for key in [first, *others.values()]:  # pgpy lists the first key again among the others
-        # Garbage may parse into a key object without any key packet.
-        if key.fingerprint and key.is_primary and all(key is not k for k in keys):
-            keys.append(key)
+@dataclass
+class Component:
+    """A key, subkey, user id or user attribute packet and the signatures that follow it."""
+
+    packet: Packet
+    signatures: list[Packet] = field(default_factory=list)
+
+    def packets(self) -> list[Packet]:
+        return [self.packet, *self.signatures]
+
+    def signed(self, *types: SignatureType) -> list[Packet]:
+        """The signatures of these types, newest first."""
+        found = [sig for sig in self.signatures if sig.signature_type in types]
+        return sorted(found, key=lambda sig: sig.signature_created or _EPOCH, reverse=True)
+
+
+@dataclass
+class Key:
+    """One transferable key: the primary key with its direct signatures, then its components."""
+
+    primary: Component
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        """Upper case hex, as GnuPG shows it."""
+        return str(self.primary.packet.fingerprint).upper()
+
+    @property
+    def is_public(self) -> bool:
+        tags = [self.primary.packet.tag] + [c.packet.tag for c in self.components]
+        return Tag.SecretKey not in tags and Tag.SecretSubkey not in tags
+
+    @property
+    def user_ids(self) -> list[Component]:
+        return [c for c in self.components if c.packet.tag == Tag.UserID]
+
+    @property
+    def subkeys(self) -> list[Component]:
+        return [c for c in self.components if c.packet.tag in _SUBKEY_TAGS]
+
+    def packets(self) -> list[Packet]:
+        return [p for c in [self.primary, *self.components] for p in c.packets()]
+
+    def armored(self) -> str:
+        """The key as an armored public key block (Sequoia's canonical form)."""
+        return str(Cert.from_packets(self.packets()))
+
+    def self_issued(self) -> Key:
+        """A copy with only the signatures that claim to be made by the primary key."""
+
+        def own(component: Component) -> Component:
+            sigs = [sig for sig in component.signatures if self._issued_by_primary(sig)]
+            return Component(component.packet, sigs)
+
+        return Key(own(self.primary), [own(c) for c in self.components])
+
+    def _issued_by_primary(self, sig: Packet) -> bool:
+        if sig.issuer_fingerprint is not None:
+            return sig.issuer_fingerprint.upper() == self.fingerprint
+        return sig.issuer_key_id is not None and sig.issuer_key_id == self.primary.packet.key_id
+
+
+def parse_keys(blob: bytes | str) -> list[Key]:
+    """Each key in a blob (binary or armored), or ValueError when there is none.
+
+    Sequoia's parser raises on malformed packets; packets that are no part of a
+    key (a marker, trust packets) are passed over.
+    """
+    data = blob.encode() if isinstance(blob, str) else blob
+    keys: list[Key] = []
+    packets: Iterable[Packet] = PacketPile.from_bytes(data)
+    for packet in packets:
+        if packet.tag in _PRIMARY_TAGS:
+            keys.append(Key(Component(packet)))
+        elif not keys:
+            continue
+        elif packet.tag in _COMPONENT_TAGS:
+            keys[-1].components.append(Component(packet))
+        elif packet.tag == Tag.Signature:
+            key = keys[-1]
+            (key.components[-1] if key.components else key.primary).signatures.append(packet)
+    # Garbage may parse into a key packet that holds no key.
+    keys = [key for key in keys if key.primary.packet.fingerprint]
     if not keys:
         raise ValueError("no key packet")
     return keys
@@ -97,150 +181,197 @@ def parse_keys(blob: bytes | str) -> list[Any]:
 # -- checking a key ------------------------------------------------------------------------
 
 
-def assess(key: Any, address: str | None) -> tuple[Outcome, Any]:
-    """Whether a public key is fit to encrypt to, and the (sub)key to use.
+def assess(key: Key, address: str | None) -> tuple[Outcome, Cert | None]:
+    """Whether a public key is fit to encrypt to, and the certificate to encrypt to.
 
     With an address, user ids of other addresses (and photos) are removed from
-    ``key`` first; without one, every user id counts.
+    ``key`` first; without one, every user id counts.  The certificate holds
+    the primary key, the usable user ids and the one key to encrypt to.
     """
     if address is not None:
         keep_only_address(key, address)
-    if not key.userids:
+    own = key.self_issued()
+    if not own.user_ids:
         return Outcome.OTHER_ADDRESS, None
-    if _revoked(key, key, SignatureType.KeyRevocation):
+    if Cert.from_packets(own.packets()).is_revoked:
         return Outcome.REVOKED, None
     now = datetime.now(UTC)
-    failures: list[Outcome] = []
-    flags: set[Any] = set()
-    for uid in key.userids:
-        outcome, cert = _assess_uid(key, uid, now)
-        if cert is None:
-            failures.append(outcome)
-        else:
-            flags |= set(cert.key_flags)
-    if len(failures) == len(key.userids):
-        return min(failures, key=list(Outcome).index), None
-    return _encryption_key(key, flags, now)
-
-
-def _assess_uid(key: Any, uid: Any, now: datetime) -> tuple[Outcome, Any]:
-    certs = _self_issued(key, uid, _CERTIFICATIONS)
-    if not certs:
-        return Outcome.INVALID, None
-    cert = max(certs, key=lambda sig: sig.created)
-    # pgpy refuses to verify anything on an expired key, so expiry is checked first.
-    if _expired(key.created, cert.key_expiration, now) or cert.is_expired:
+    created = _created(own.primary.packet)
+    if any(_expired(created, sig, now) for sig in own.primary.signed(SignatureType.DirectKey)[:1]):
         return Outcome.EXPIRED, None
-    if _revoked(key, uid, SignatureType.CertRevocation):
-        return Outcome.REVOKED, None
-    if not _verifies(key, uid, cert):
-        return Outcome.INVALID, None
-    return Outcome.USABLE, cert
-
-
-def _encryption_key(key: Any, primary_flags: set[Any], now: datetime) -> tuple[Outcome, Any]:
-    """The newest valid key with an encryption flag: a subkey, or the primary key itself."""
-    usable: list[Any] = []
     failures: list[Outcome] = []
-    if primary_flags & _ENCRYPT:
-        if key.key_algorithm in _CAN_ENCRYPT_TO:
-            usable.append(key)
+    usable: list[Component] = []
+    for uid in own.user_ids:
+        outcome = _assess_uid(own.primary.packet, uid, now)
+        if outcome is Outcome.USABLE:
+            usable.append(uid)
+        else:
+            failures.append(outcome)
+    if not usable:
+        return _worst(failures), None
+    return _encryption_key(own, usable, now)
+
+
+def _assess_uid(primary: Packet, uid: Component, now: datetime) -> Outcome:
+    certifications = uid.signed(*_CERTIFICATIONS)
+    if not certifications:
+        return Outcome.INVALID
+    if _expired(_created(primary), certifications[0], now):
+        return Outcome.EXPIRED
+    name = uid.packet.user_id
+    if name not in _user_ids([primary, uid.packet, *certifications]):
+        return Outcome.INVALID
+    revocations = uid.signed(SignatureType.CertificationRevocation)
+    if revocations and name not in _user_ids([primary, *uid.packets()]):
+        return Outcome.REVOKED
+    return Outcome.USABLE
+
+
+def _encryption_key(key: Key, uids: list[Component], now: datetime) -> tuple[Outcome, Cert | None]:
+    """The newest valid key that may encrypt: a subkey, or the primary key itself."""
+    base = key.primary.packets() + [p for uid in uids for p in uid.packets()]
+    usable: list[tuple[datetime, list[Packet]]] = []
+    failures: list[Outcome] = []
+    primary = key.primary.packet
+    newest = key.primary.signed(SignatureType.DirectKey)[:1]
+    newest += [uid.signed(*_CERTIFICATIONS)[0] for uid in uids]
+    if any(_encrypts(sig) for sig in newest):
+        if primary.key_algorithm in _ENCRYPTING and _is_recipient(primary, base):
+            usable.append((_created(primary), base))
         else:
             failures.append(Outcome.UNSUPPORTED)
-    for subkey in key.subkeys.values():
-        bindings = _self_issued(key, subkey, {SignatureType.Subkey_Binding})
-        binding = max(bindings, key=lambda sig: sig.created) if bindings else None
-        if binding is None or not set(binding.key_flags) & _ENCRYPT:
+    for subkey in key.subkeys:
+        bindings = subkey.signed(SignatureType.SubkeyBinding)
+        if not bindings or not _encrypts(bindings[0]):
             continue
-        if not _verifies(key, subkey, binding):
-            failures.append(Outcome.INVALID)
-        elif _revoked(key, subkey, SignatureType.SubkeyRevocation):
-            failures.append(Outcome.REVOKED)
-        elif _expired(subkey.created, binding.key_expiration, now) or binding.is_expired:
-            failures.append(Outcome.EXPIRED)
-        elif subkey.key_algorithm not in _CAN_ENCRYPT_TO:
+        if subkey.packet.key_algorithm not in _ENCRYPTING:
             failures.append(Outcome.UNSUPPORTED)
+            continue
+        # Sequoia uses the newest binding that verifies; one at a time tells which that is.
+        binding = next(
+            (b for b in bindings if _is_recipient(subkey.packet, [*base, subkey.packet, b])), None
+        )
+        if binding is None:  # none verifies (with flags to encrypt: Sequoia requires them)
+            failures.append(Outcome.INVALID)
+            continue
+        revocations = subkey.signed(SignatureType.SubkeyRevocation)
+        if revocations and not _is_recipient(
+            subkey.packet, [*base, subkey.packet, binding, *revocations]
+        ):
+            failures.append(Outcome.REVOKED)
+        elif _expired(_created(subkey.packet), binding, now):
+            failures.append(Outcome.EXPIRED)
         else:
-            usable.append(subkey)
+            usable.append((_created(subkey.packet), [*base, subkey.packet, binding]))
     if usable:
-        return Outcome.USABLE, max(usable, key=lambda k: k.created)
+        _, packets = max(usable, key=lambda entry: entry[0])
+        return Outcome.USABLE, Cert.from_packets(packets)
     if failures:
-        return min(failures, key=list(Outcome).index), None
+        return _worst(failures), None
     return Outcome.NO_ENCRYPTION, None
 
 
-def keep_only_address(key: Any, address: str) -> None:
-    """Drop every user id and user attribute that is not the address (pgpy has no public way)."""
-    for uid in list(key._uids):
-        if not (uid.is_uid and _uid_address(uid) == address):
-            key._uids.remove(uid)
-            uid._parent = None
+def keep_only_address(key: Key, address: str) -> None:
+    """Drop every user id and user attribute that is not the address."""
+    key.components = [
+        c
+        for c in key.components
+        if c.packet.tag in _SUBKEY_TAGS
+        or (c.packet.tag == Tag.UserID and _uid_address(c.packet) == address)
+    ]
 
 
-def _uid_address(uid: Any) -> str | None:
+def _uid_address(uid: Packet) -> str | None:
+    email = uid.user_id_email
+    if email is None:
+        return None
     try:
-        return normalize_address(str(uid.email))
+        return normalize_address(email)
     except InvalidAddress:
         return None
 
 
-def _self_issued(key: Any, subject: Any, types: set[Any] | frozenset[Any]) -> list[Any]:
-    """Signatures of the given types on subject that claim to be made by key (not yet verified)."""
-    return [sig for sig in subject.__sig__ if sig.type in types and _issued_by(sig, key)]
-
-
-def _issued_by(sig: Any, key: Any) -> bool:
+def _user_ids(packets: Sequence[Packet]) -> list[str]:
+    """The user ids Sequoia accepts (self-signature verifies, not revoked) among packets."""
     try:
-        issuer = str(sig.signer_fingerprint).replace(" ", "")
-        if issuer:
-            return issuer == str(key.fingerprint).replace(" ", "")
-        return bool(sig.signer == key.fingerprint.keyid)
-    except Exception:  # pgpy fails on a signature without an issuer subpacket
-        return False
+        return [str(uid) for uid in Cert.from_packets(packets).user_ids]
+    except Exception:  # no valid binding at all: Sequoia refuses the certificate
+        return []
 
 
-def _revoked(key: Any, subject: Any, revocation: Any) -> bool:
-    return any(_verifies(key, subject, sig) for sig in _self_issued(key, subject, {revocation}))
+def _is_recipient(key: Packet, packets: Sequence[Packet]) -> bool:
+    """Whether Sequoia encrypts to key for a certificate made of packets.
 
-
-def _verifies(key: Any, subject: Any, sig: Any) -> bool:
+    It does only if the key's binding verifies, the key is not revoked, its
+    flags allow encryption and its algorithm is supported.  (Once no key is
+    alive it falls back to expired ones, so expiry is checked apart.)
+    """
     try:
-        return bool(key.verify(subject, sig))
-    except Exception:  # unsupported algorithms and malformed signatures raise
+        message = pysequoia.encrypt(b"", [Cert.from_packets(packets)], armor=False)
+        sessions: Iterable[Packet] = PacketPile.from_bytes(message)
+    except Exception:  # no key Sequoia would encrypt to, or none it can
         return False
+    return any(_recipient(session) in (key.key_id, key.fingerprint) for session in sessions)
 
 
-def _expired(created: datetime, lifetime: timedelta | None, now: datetime) -> bool:
-    """A key expiry: none, or zero, means the key does not expire."""
-    return lifetime is not None and lifetime > timedelta(0) and created + lifetime <= now
+def _recipient(packet: Packet) -> str | None:
+    """The key id (v3) or fingerprint (v6) a public-key encrypted session key is for."""
+    if packet.tag != Tag.PKESK or not packet.body:
+        return None
+    body = packet.body
+    if body[0] == 3:
+        return body[1:9].hex()
+    if body[0] == 6 and len(body) > 2 and body[1] > 1:
+        return body[3 : 2 + body[1]].hex()
+    return None
+
+
+def _encrypts(sig: Packet) -> bool:
+    flags = sig.key_flags
+    return flags is not None and (flags.transport_encryption or flags.storage_encryption)
+
+
+def _created(key: Packet) -> datetime:
+    return key.key_created or _EPOCH
+
+
+def _expired(created: datetime, sig: Packet, now: datetime) -> bool:
+    """Whether a self-signature says its key has expired, or has itself expired.
+
+    A key lifetime of none, or zero, means the key does not expire.
+    """
+    lifetime = sig.key_validity_period
+    if lifetime is not None and lifetime > timedelta(0) and created + lifetime <= now:
+        return True
+    expires = sig.signature_expiration_time
+    return expires is not None and expires <= now
+
+
+def _worst(failures: list[Outcome]) -> Outcome:
+    return min(failures, key=list(Outcome).index)
 
 
 # -- encrypting ----------------------------------------------------------------------------
 
 
-def encrypt(data: bytes, key_armored: str, filename: str) -> bytes:
-    """A binary OpenPGP message of data for key_armored, its literal data named filename."""
-    if not (0 < len(filename) <= 255 and filename.isascii() and filename.isprintable()) or (
-        "/" in filename or "\\" in filename
-    ):
-        raise EncryptionError("the file name must be 1 to 255 printable ASCII characters, no path")
-    with quiet():
-        try:
-            keys = parse_keys(key_armored)
-        except Exception as exc:  # pgpy raises assorted errors on malformed keys
-            raise EncryptionError("the stored OpenPGP key could not be read") from exc
-        if len(keys) != 1 or not keys[0].is_public:
-            raise EncryptionError("the stored OpenPGP key is not exactly one public key")
+def encrypt(data: bytes, key_armored: str) -> bytes:
+    """A binary OpenPGP message of data for key_armored.
+
+    The literal data carries no file name: pysequoia cannot set one.
+    """
+    try:
+        keys = parse_keys(key_armored)
+    except Exception as exc:  # Sequoia raises on malformed keys
+        raise EncryptionError("the stored OpenPGP key could not be read") from exc
+    if len(keys) != 1 or not keys[0].is_public:
+        raise EncryptionError("the stored OpenPGP key is not exactly one public key")
+    try:
         outcome, target = assess(keys[0], None)
-        if outcome is not Outcome.USABLE:
-            raise EncryptionError(f"the stored OpenPGP key is no longer usable: {outcome.name}")
-        try:
-            message = pgpy.PGPMessage.new(
-                data, format="b", compression=CompressionAlgorithm.Uncompressed
-            )
-            message._message.filename = filename  # pgpy sets a name only for files on disk
-            message._message.update_hlen()
-            encrypted = target.encrypt(message, cipher=SymmetricKeyAlgorithm.AES256)
-            return bytes(encrypted)
-        except Exception as exc:  # pgpy and cryptography raise assorted errors
-            raise EncryptionError(f"OpenPGP encryption failed: {type(exc).__name__}") from exc
+    except Exception as exc:  # a key Sequoia cannot make a certificate of
+        raise EncryptionError("the stored OpenPGP key could not be read") from exc
+    if outcome is not Outcome.USABLE or target is None:
+        raise EncryptionError(f"the stored OpenPGP key is no longer usable: {outcome.name}")
+    try:
+        return bytes(pysequoia.encrypt(data, [target], armor=False))
+    except Exception as exc:  # Sequoia reports failures as RuntimeError with a long trace
+        raise EncryptionError(f"OpenPGP encryption failed: {type(exc).__name__}") from exc

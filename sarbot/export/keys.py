@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 
-from sarbot.export.encryption import Outcome, assess, parse_keys, quiet
+from sarbot.export.encryption import Outcome, assess, is_library_panic, parse_keys
 
 _PUBLIC_KEY_TAG, _SECRET_KEY_TAG = 6, 5  # OpenPGP packet tags
 MAX_KEY_BYTES = 200_000  # larger key material, armored or binary, is ignored
@@ -84,9 +84,12 @@ class _Scan:
 def find_key(raw_message: bytes, address: str) -> KeyChoice:
     """The requester's usable OpenPGP key from a raw request mail, or why there is none."""
     try:
-        with quiet():
-            return _choose(_scan_message(raw_message), address)
+        return _choose(_scan_message(raw_message), address)
     except Exception:  # hostile input may break the mail or OpenPGP parser in any way
+        return KeyChoice(None, None, "")
+    except BaseException as exc:  # a panic in Sequoia's Rust code is no Exception
+        if not is_library_panic(exc):
+            raise
         return KeyChoice(None, None, "")
 
 
@@ -98,20 +101,21 @@ def _choose(scan: _Scan, address: str) -> KeyChoice:
     for blob in scan.blobs:
         try:
             keys = parse_keys(blob)
-        except Exception:  # malformed packets raise assorted errors inside pgpy
+        except Exception:  # Sequoia raises on malformed packets
             failures.append((Outcome.UNREADABLE, ""))
             continue
         for key in keys[: MAX_CANDIDATES - checked]:
             checked += 1
             if not key.is_public:
                 return KeyChoice(None, None, PRIVATE_KEY_REASON)
-            fingerprint = str(key.fingerprint)
+            fingerprint = key.fingerprint
             try:
                 outcome, _ = assess(key, address)
-            except Exception:  # pgpy may fail on odd packets; the other keys still count
+                armored = key.armored() if outcome is Outcome.USABLE else ""
+            except Exception:  # Sequoia may refuse odd packets; the other keys still count
                 outcome = Outcome.UNREADABLE
             if outcome is Outcome.USABLE:
-                return KeyChoice(str(key), fingerprint, outcome.sentence(fingerprint))
+                return KeyChoice(armored, fingerprint, outcome.sentence(fingerprint))
             failures.append((outcome, fingerprint))
     if scan.too_large:
         failures.append((Outcome.TOO_LARGE, ""))

@@ -165,7 +165,7 @@ def verification_summary(request: Request) -> str:
 
 
 def _encrypted(part: Part, key_armored: str) -> Part:
-    data = encrypt(part.data, key_armored, part.filename)
+    data = encrypt(part.data, key_armored)
     return replace(part, filename=part.filename + ".pgp", data=data)
 
 
