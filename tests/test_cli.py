@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import queue
@@ -11,20 +12,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from sarbot.app import App
 from sarbot.cli.common import table
 from sarbot.cli.main import cli
+from sarbot.cli.requests import LIST_COLUMNS
 from sarbot.store import db
+from sarbot.store.audit import verify as verify_trail
 from sarbot.store.lifecycle import audit
 from sarbot.store.models import utcnow
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
-from tests.conftest import CA_FILE, unique
+from tests.conftest import CA_FILE, ROOT, unique
 from tests.servers import free_port
 
 SARBOT = [sys.executable, "-m", "sarbot"]
@@ -216,6 +222,13 @@ class TestConnectorCommands:
         assert code == 1
         assert lines[0].startswith("ok      good (sql): ")
         assert lines[1].startswith("FAILED  missing (sql): OperationalError")
+        code, output = invoke(config, "connectors", "check", "--json")
+        good_row, missing_row = json.loads(output)
+        assert code == 1
+        assert (good_row["name"], good_row["type"], good_row["ok"]) == ("good", "sql", True)
+        assert isinstance(good_row["ms"], int)
+        assert (missing_row["name"], missing_row["ok"]) == ("missing", False)
+        assert missing_row["error"].startswith("OperationalError: ")
 
     def test_list_shows_types_and_configured_connectors(self, tmp_path: Path) -> None:
         """``connectors list`` names the installed types and the configured instances."""
@@ -223,6 +236,26 @@ class TestConnectorCommands:
         code, output = invoke(config, "connectors", "list")
         assert code == 0
         assert "installed types: " in output and "keepass" in output and "sql" in output
+
+    def test_list_as_json(self, tmp_path: Path) -> None:
+        """``connectors list --json``: the installed types and each configured connector."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        config.write_text(
+            config.read_text() + '\n[[connectors]]\nname = "crm"\ntype = "sql"\nenabled = false\n'
+            'description = "The old CRM"\nurl = "sqlite:///crm.db"\n'
+            '[[connectors.queries]]\nname = "q"\ncategory = "c"\nverify = "email"\n'
+            'sql = "SELECT 1 AS email WHERE :email IS NOT NULL"\n'
+        )
+        code, output = invoke(config, "connectors", "list", "--json")
+        assert code == 0
+        listed = json.loads(output)
+        assert {"keepass", "sql", "wordpress"} <= set(listed["installed_types"])
+        assert listed["installed_types"] == sorted(listed["installed_types"])
+        assert listed["connectors"] == [
+            {"name": "crm", "type": "sql", "enabled": False, "description": "The old CRM"}
+        ]
+        code, output = invoke(config, "connectors", "list")
+        assert code == 0 and "crm   sql   False    The old CRM" in output
 
 
 class TestAuditCommand:
@@ -249,3 +282,128 @@ def test_tables_print_no_terminal_controls(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "asmith?[2J?]0;pwned?" in out
+
+
+class TestListings:
+    def test_requests_list_by_state(self, tmp_path: Path) -> None:
+        """``requests list --state S`` lists the requests in that state only, as a table or
+        as JSON; a state nobody is in lists none, and an unknown state is refused."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        invoke(config, "db", "upgrade")
+        references = {}
+        for name in ("alice", "bob"):
+            code, output = invoke(
+                config, "requests", "create", "--email", f"{name}@example.test", "--note", "post"
+            )
+            assert code == 0, output
+            references[name] = output.split(":")[0]
+        code, output = invoke(config, "requests", "reject", references["bob"], "--reason", "dup")
+        assert code == 0, output
+        code, output = invoke(config, "requests", "list", "--state", "rejected")
+        assert code == 0
+        header, row = output.splitlines()
+        assert header.split() == LIST_COLUMNS
+        assert row.split()[:3] == [references["bob"], "rejected", "bob@example.test"]
+        code, output = invoke(
+            config, "requests", "list", "--state", "awaiting_confirmation", "--json"
+        )
+        [listed] = json.loads(output)
+        assert (listed["reference"], listed["email"]) == (
+            references["alice"],
+            "alice@example.test",
+        )
+        assert invoke(config, "requests", "list", "--state", "delivered") == (0, "(none)\n")
+        code, output = invoke(config, "requests", "list", "--state", "lost")
+        assert code == 2 and "'lost' is not one of" in output
+
+    def test_the_register_takes_one_format(self, tmp_path: Path) -> None:
+        """``export-register`` writes CSV or JSON: one of the two must be asked for."""
+        config = write_config(tmp_path, "support@redtrain.test")
+        invoke(config, "db", "upgrade")
+        invoke(config, "requests", "create", "--email", "alice@example.test", "--note", "phone")
+        for both_or_none in ([], ["--csv", "--json"]):
+            code, output = invoke(config, "requests", "export-register", *both_or_none)
+            assert code == 2 and "give one of --csv and --json" in output
+        code, output = invoke(config, "requests", "export-register", "--json")
+        [row] = json.loads(output)
+        assert (row["email"], row["received_via"]) == ("alice@example.test", "manual")
+        assert "request.created: phone" in row["decisions"]
+
+    def test_version(self) -> None:
+        """``--version`` names the installed version."""
+        result = CliRunner().invoke(cli, ["--version"], obj={}, prog_name="sarbot")
+        assert result.exit_code == 0
+        assert result.output == f"sarbot, version {version('sarbot')}\n"
+
+
+class TestPurgeWithoutTheMailbox:
+    def test_purge_says_the_mail_copies_were_not_purged(self, tmp_path: Path) -> None:
+        """With IMAP down, ``purge`` purges the database, says that the copies in the processed
+        folder stay, logs it and exits 1."""
+        config = write_config(tmp_path, "support@redtrain.test", imap_port=free_port())
+        assert invoke(config, "db", "upgrade")[0] == 0
+        run = subprocess.run(
+            [*SARBOT, "--config", str(config), "purge"], capture_output=True, text=True
+        )
+        assert run.returncode == 1
+        assert run.stdout.startswith("purged 0 request(s) and 0 audit event(s);")
+        assert "mail copies NOT purged: the mailbox could not be reached" in run.stderr
+        assert "the folder GDPR received before" in run.stderr
+        assert "Traceback" not in run.stderr + run.stdout
+        events = {
+            json.loads(line)["event"]: json.loads(line)
+            for line in run.stderr.splitlines()
+            if line.startswith("{")
+        }
+        assert events["retention.mail_not_purged"]["folder"] == "GDPR"
+        assert events["retention.mail_not_purged"]["level"] == "warning"
+        assert "retention.purged" in events and "retention.mail_deleted" not in events
+        with App.load(config).sessions() as session:
+            assert verify_trail(session).events == 1  # the purge is in the audit trail
+
+
+def _invocations() -> Iterator[list[str | None]]:
+    """The words of every call, list and tuple in the tests; None for what is not a string."""
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = (
+                node.args
+                if isinstance(node, ast.Call)
+                else node.elts
+                if isinstance(node, ast.List | ast.Tuple)
+                else []
+            )
+            yield [
+                n.value if isinstance(n, ast.Constant) and isinstance(n.value, str) else None
+                for n in items
+            ]
+
+
+def _commands(command: click.Command, path: str) -> Iterator[tuple[str, str]]:
+    """Every command as (path, ""), and each of its options as (path, "--option")."""
+    yield path, ""
+    for param in command.params:
+        if isinstance(param, click.Option):
+            yield path, max(param.opts, key=len)
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_command_and_option_is_run_by_a_test() -> None:
+    """Each command and each of its options appears in some test's invocation of sarbot."""
+    covered = {("sarbot", "")}
+    for words in _invocations():
+        command: click.Command = cli
+        path = "sarbot"
+        for word in words:
+            if word is None:
+                continue
+            if isinstance(command, click.Group) and word in command.commands:
+                command = command.commands[word]
+                path = f"{path} {word}"
+                covered.add((path, ""))
+            elif word.startswith("--") and (path != "sarbot" or word in ("--config", "--version")):
+                covered.add((path, word))
+    missing = sorted(set(_commands(cli, "sarbot")) - covered)
+    assert missing == [], f"commands or options no test runs: {missing}"

@@ -5,22 +5,26 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import pytest
 import structlog
 from click.testing import CliRunner
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from connectors.sql import SqlConnector
 from sarbot.cli.main import cli
 from sarbot.config import Section
 from sarbot.connector import Identity, Record
+from sarbot.store.audit import verify
+from sarbot.store.models import Request
 from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory
 from tests.servers import free_port
+from tests.test_encryption import new_key, public
 
 pytestmark = pytest.mark.mailstack
 Person = Callable[[str, str], Correspondent]
@@ -205,3 +209,111 @@ class TestPartialDelivery:
         )
         assert result.exit_code == 1
         assert "only a request being collected" in result.output
+
+
+def operator(bot: Bot, *args: str, status: int = 0, answer: str | None = None) -> str:
+    """An operator command against the bot; ``answer`` is typed at its prompt."""
+    result = CliRunner().invoke(
+        cli, args, obj={"app": bot.app, "config_path": bot.app.config_path}, input=answer
+    )
+    assert result.exit_code == status, result.output
+    return result.output
+
+
+def key_expired_since(bot: Bot, address: str) -> None:
+    """The request carried a key for the address that has expired before the export is made."""
+    key = new_key(address, created=datetime.now(UTC) - timedelta(days=30), expires=timedelta(1))
+    with bot.app.sessions.begin() as session:
+        request = session.scalars(select(Request)).one()
+        request.pgp_key = public(key)
+        request.encryption_note = "The export is encrypted to your OpenPGP key."
+
+
+class TestUnencryptedDelivery:
+    REASON = "She asked by phone on 3 Dec for the copy <as it is>; her key expired."
+
+    def test_an_operator_can_send_an_export_that_cannot_be_encrypted(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """After an encryption failure `approve` would only fail again; `deliver --unencrypted
+        --reason` asks first, audits the decision and the letter quotes it, and the clear
+        export goes to the verified requester only, on the real mail stack."""
+        alice = confirmed(bot, person)
+        key_expired_since(bot, alice.address)
+        bot.run_once()
+        request = bot.request()
+        assert request.state is RequestState.NEEDS_REVIEW
+        assert request.last_error is not None and "no longer usable: EXPIRED" in request.last_error
+        assert f"deliver {request.reference} --unencrypted" in str(request.review_reason)
+        assert not [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        reference = request.reference
+        refused = operator(bot, "requests", "approve", reference, status=1)
+        assert "would only fail again" in refused and "--unencrypted --reason TEXT" in refused
+
+        asked = operator(
+            bot, "requests", "deliver", reference, "--unencrypted", "--reason", self.REASON,
+            status=1, answer="n\n",
+        )  # fmt: skip
+        assert f"Send their data to {alice.address} WITHOUT encryption? [y/N]" in asked
+        assert "Aborted!" in asked
+        assert bot.request().state is RequestState.NEEDS_REVIEW
+        assert "request.unencrypted_delivery" not in [e.event for e in bot.audit()]
+
+        output = operator(
+            bot, "requests", "deliver", reference, "--unencrypted", "--reason", self.REASON, "--yes"
+        )
+        assert f"sent unencrypted to {alice.address} at the next cycle" in output
+        bot.run_once()
+        export = alice.wait_for(subject_contains("A copy of your personal data"))
+        [attachment] = list(export.iter_attachments())
+        assert str(attachment.get_filename()).endswith(".zip")
+        data = attachment.get_payload(decode=True)
+        assert isinstance(data, bytes) and data.startswith(b"PK")
+        text, html = (export.get_body(preferencelist=(kind,)) for kind in ("plain", "html"))
+        assert text is not None and html is not None
+        assert "THIS COPY IS NOT ENCRYPTED" in text.get_content()
+        assert "we decided to send it to you unencrypted" in text.get_content()
+        assert f"Our reason: {self.REASON}" in text.get_content()
+        assert "Our reason: She asked by phone on 3 Dec for the copy &lt;as it is&gt;" in (
+            html.get_content()
+        )
+        assert "The export is encrypted" not in text.get_content()
+        assert bot.request().state is RequestState.DELIVERED
+        exports = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert exports and {m.recipient for m in exports} == {alice.address}
+        events = [(e.event, e.actor, e.reason) for e in bot.audit()]
+        actor = f"cli:{getpass.getuser()}"
+        assert ("request.unencrypted_delivery", actor, self.REASON) in events
+        with bot.app.sessions() as session:
+            assert verify(session).intact
+        again = operator(
+            bot, "requests", "deliver", reference, "--unencrypted", "--reason", "x", "--yes",
+            status=1,
+        )  # fmt: skip
+        assert f"{reference} is delivered; only a request held for review because" in again
+
+    def test_only_a_request_whose_encryption_failed(self, bot: Bot, person: Person) -> None:
+        """Any other request is refused, without a question, whatever its state; and the
+        reason is required."""
+        alice, support = person("alice", "example.test"), bot.support
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        reference = bot.request().reference
+        deliver = ("requests", "deliver", reference)
+        assert "Missing option '--reason'" in operator(bot, *deliver, "--unencrypted", status=2)
+        assert "must say why" in operator(
+            bot, *deliver, "--unencrypted", "--reason", " ", "--yes", status=2
+        )
+        for flags in ((), ("--partial", "--unencrypted")):
+            output = operator(bot, *deliver, *flags, "--reason", "x", status=2)
+            assert "give one of --partial and --unencrypted" in output
+        refused = "is awaiting_confirmation; only a request held for review because its export"
+        assert refused in operator(bot, *deliver, "--unencrypted", "--reason", "x", status=1)
+        with bot.app.sessions.begin() as session:  # waits for review, but for another reason
+            request = session.scalars(select(Request)).one()
+            request.state, request.last_error = RequestState.NEEDS_REVIEW, "redirection"
+        output = operator(bot, *deliver, "--unencrypted", "--reason", "x", "--yes", status=1)
+        assert "is needs_review; only a request held for review because" in output
+        assert bot.request().state is RequestState.NEEDS_REVIEW
+        assert "request.unencrypted_delivery" not in [e.event for e in bot.audit()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
@@ -75,6 +76,15 @@ class TestFirstStart:
         assert requests[alice.address].reference in body and alice.address not in body
         listing = command(bot, "requests", "history")
         assert requests[bob.address].reference in listing
+        assert "take one in with 'sarbot requests accept REF'" in listing
+        listed = {r["email"]: r for r in json.loads(command(bot, "requests", "history", "--json"))}
+        assert set(listed) == {alice.address, bob.address}
+        for address, row in listed.items():
+            assert row["reference"] == requests[address].reference
+            assert (row["state"], row["received_at"]) == ("history", "2024-11-04T09:30:00+00:00")
+            assert row["due"] == str(requests[address].due_on)
+        assert listed[alice.address]["recognised_by"] == "the subject phrase GDPR DATA REQUEST"
+        assert "personal data" in listed[bob.address]["recognised_by"]
         # New mail after the start is answered as usual; the history list goes out once.
         dave = person("dave", "example.test")
         dave.send(bot.address, "GDPR DATA REQUEST")

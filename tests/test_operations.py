@@ -248,6 +248,7 @@ class TestOperatorCommands:
         [row] = rows
         assert row["reference"] == reference and row["state"] == "rejected"
         assert row["received_at"] and "duplicate of a postal request" in row["decisions"]
+        assert json.loads(command(bot, "requests", "export-register", "--json")) == rows
 
 
 class TestNotifications:
@@ -336,3 +337,51 @@ class TestRetention:
         assert "audit.purged" in events and "retention.purged" in events
         assert "the audit trail stays verifiable" in command(bot, "purge")
         assert command(bot, "audit", "verify").startswith("audit trail intact")
+
+    def test_purge_deletes_old_copies_from_the_processed_folder(self, make_bot: BotFactory) -> None:
+        """`sarbot purge` deletes the copies in the real GDPR folder that are past
+        processed_mail_days and keeps the recent ones, and the inbox is not touched."""
+        bot = make_bot(retention={"processed_mail_days": 30})
+        support = bot.support
+        now = bot.now()
+        filed = {
+            "<old@example.test>": now - timedelta(days=90),
+            "<older@example.test>": now - timedelta(days=400),
+            "<recent@example.test>": now - timedelta(days=3),
+        }
+        for message_id, arrived in filed.items():
+            support.append(copy(bot, message_id), "GDPR", arrived=arrived)
+        support.append(copy(bot, "<inbox-old@example.test>"), arrived=now - timedelta(days=90))
+        output = command(bot, "purge")
+        before = (now - timedelta(days=30)).date()
+        lines = output.splitlines()  # with the log lines, where logging goes to the terminal
+        assert "purged 0 request(s) and 0 audit event(s); the audit trail stays verifiable" in lines
+        assert f"deleted 2 mail copy(ies) in the folder GDPR received before {before}" in lines
+        assert message_ids(support, "GDPR") == ["<recent@example.test>"]
+        assert message_ids(support, "INBOX") == ["<inbox-old@example.test>"]
+        [purged] = [e for e in bot.audit() if e.event == "retention.purged"]
+        assert purged.actor.startswith("cli:")
+
+    def test_the_daemon_purges_the_processed_folder_the_same_way(
+        self, make_bot: BotFactory
+    ) -> None:
+        """The daemon's daily purge is the same: old copies go, recent ones stay."""
+        bot = make_bot(retention={"processed_mail_days": 30})
+        now = bot.now()
+        for message_id, age in (("<old@example.test>", 35), ("<recent@example.test>", 25)):
+            bot.support.append(copy(bot, message_id), "GDPR", arrived=now - timedelta(days=age))
+        bot.run_once()
+        assert message_ids(bot.support, "GDPR") == ["<recent@example.test>"]
+        assert [e.actor for e in bot.audit() if e.event == "retention.purged"] == ["daemon"]
+
+
+def copy(bot: Bot, message_id: str) -> bytes:
+    """A handled request mail, as the processed folder keeps it."""
+    return (
+        f"From: someone@example.test\r\nTo: {bot.address}\r\nSubject: GDPR DATA REQUEST\r\n"
+        f"Message-ID: {message_id}\r\n\r\nplease\r\n"
+    ).encode()
+
+
+def message_ids(box: Correspondent, folder: str) -> list[str]:
+    return [str(m["Message-ID"]) for m in box.messages(folder)]

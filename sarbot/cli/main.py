@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 import click
+import structlog
 
 from sarbot.cli.common import app_from, operator, table
 from sarbot.errors import SarbotError
+from sarbot.mail.mailbox import Mailbox, MailboxThread
 from sarbot.ops import retention
 from sarbot.store import db
 from sarbot.store.audit import verify as verify_trail
@@ -93,45 +96,55 @@ def connectors() -> None:
 
 
 @connectors.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.pass_context
-def connectors_list(ctx: click.Context) -> None:
+def connectors_list(ctx: click.Context, as_json: bool) -> None:
     """Installed connector types, and the connectors the config sets up."""
     app = app_from(ctx)
-    click.echo("installed types: " + ", ".join(sorted(app.connector_types)))
-    table(
-        [
-            {"name": e.name, "type": e.type, "enabled": e.enabled, "description": e.description}
-            for e in app.settings.connectors
-        ],
-        ["name", "type", "enabled", "description"],
-    )
+    types = sorted(app.connector_types)
+    rows = [
+        {"name": e.name, "type": e.type, "enabled": e.enabled, "description": e.description}
+        for e in app.settings.connectors
+    ]
+    if as_json:
+        click.echo(json.dumps({"installed_types": types, "connectors": rows}, indent=2))
+        return
+    click.echo("installed types: " + ", ".join(types))
+    table(rows, ["name", "type", "enabled", "description"])
 
 
 @connectors.command("check")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.pass_context
-def connectors_check(ctx: click.Context) -> None:
+def connectors_check(ctx: click.Context, as_json: bool) -> None:
     """Connect to each connector and run a harmless lookup; one line each."""
     app = app_from(ctx)
     try:
         built = app.build_connectors()
     except SarbotError as exc:
         raise click.ClickException(str(exc)) from None
-    failures = 0
+    results: list[dict[str, object]] = []
     for configured in built:
         started = time.monotonic()
+        result: dict[str, object] = {"name": configured.name, "type": configured.type}
         try:
             configured.connector.check()
         except Exception as exc:  # any failure is reported on its line, not raised
-            failures += 1
-            click.echo(
-                f"FAILED  {configured.name} ({configured.type}): {type(exc).__name__}: {exc}"
-            )
+            result |= {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         else:
-            elapsed = (time.monotonic() - started) * 1000
-            click.echo(f"ok      {configured.name} ({configured.type}): {elapsed:.0f} ms")
+            result |= {"ok": True, "ms": round((time.monotonic() - started) * 1000)}
         finally:
             configured.connector.close()
-    if failures:
+        results.append(result)
+        if not as_json:
+            where = f"{configured.name} ({configured.type})"
+            if result["ok"]:
+                click.echo(f"ok      {where}: {result['ms']} ms")
+            else:
+                click.echo(f"FAILED  {where}: {result['error']}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if not all(result["ok"] for result in results):
         ctx.exit(1)
 
 
@@ -160,14 +173,36 @@ def audit_verify(ctx: click.Context) -> None:
 @cli.command()
 @click.pass_context
 def purge(ctx: click.Context) -> None:
-    """Delete sarbot's records past their retention period (the daemon does it daily)."""
+    """Apply the retention settings now, as the daemon does daily: delete the records and the
+    copies of request mail in the processed folder that are past their retention period."""
     app = app_from(ctx)
-    with app.sessions.begin() as session:
-        purged = retention.purge(session, app.settings, utcnow(), actor=operator())
+    mailbox = MailboxThread(Mailbox(app.settings.imap))
+    try:
+        applied = asyncio.run(
+            retention.apply(
+                app.sessions,
+                app.settings,
+                mailbox,
+                now=utcnow(),
+                log=structlog.get_logger("sarbot"),
+                actor=operator(),
+            )
+        )
+    finally:
+        mailbox.shutdown()
     click.echo(
-        f"purged {purged.requests} request(s) and {purged.audit_events} audit event(s); "
+        f"purged {applied.requests} request(s) and {applied.audit_events} audit event(s); "
         "the audit trail stays verifiable"
     )
+    where = f"the folder {applied.folder} received before {applied.mail_before}"
+    if applied.mail_deleted is None:
+        click.echo(
+            f"mail copies NOT purged: the mailbox could not be reached ({applied.mail_error}); "
+            f"the copies in {where} are still there: run 'sarbot purge' again once it can be",
+            err=True,
+        )
+        ctx.exit(1)
+    click.echo(f"deleted {applied.mail_deleted} mail copy(ies) in {where}")
 
 
 def _register_commands() -> None:

@@ -14,9 +14,8 @@ from sqlalchemy import select
 
 from sarbot.cli.common import app_from, iso, operator, table
 from sarbot.errors import SarbotError
-from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, register
+from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, encryption_failed, register
 from sarbot.steps.collect import ConnectorOutcome, begin_collection
-from sarbot.store.lifecycle import audit
 from sarbot.store.models import Request, utcnow
 from sarbot.store.states import TERMINAL, RequestState
 
@@ -236,30 +235,53 @@ def requests_retry(ctx: click.Context, reference: str) -> None:
 
 @requests_group.command("deliver")
 @click.argument("reference")
-@click.option("--partial", is_flag=True, required=True, help="Send what can be collected now.")
+@click.option(
+    "--partial", is_flag=True, help="Send what can be collected now, without the failing sources."
+)
+@click.option(
+    "--unencrypted",
+    is_flag=True,
+    help="Send without encryption an export that could not be encrypted to the requester's key.",
+)
 @click.option("--reason", required=True, help="Why; it is quoted in the letter to the requester.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --unencrypted).")
 @click.pass_context
-def requests_deliver(ctx: click.Context, reference: str, partial: bool, reason: str) -> None:
-    """Deliver a request whose collection keeps failing, with the sources that answer."""
-    app = app_from(ctx)
-    with app.sessions.begin() as session:
-        request = _find(app.operations, session, reference)
-        if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
-            raise click.ClickException(
-                f"{reference} is {request.state.value}; only a request being collected can be "
-                "delivered in part"
-            )
-        request.partial_reason = reason
-        request.next_attempt_at = None
-        audit(
-            session,
-            request,
-            "request.partial_delivery",
-            at=utcnow(),
-            reason=reason,
-            actor=operator(),
+def requests_deliver(
+    ctx: click.Context, reference: str, partial: bool, unencrypted: bool, reason: str, yes: bool
+) -> None:
+    """Send a request's export although something stands in its way, for a reason the letter
+    quotes: --partial when collection keeps failing, --unencrypted when its export cannot be
+    encrypted to the key the requester sent."""
+    if partial == unencrypted:
+        raise click.UsageError("give one of --partial and --unencrypted")
+    if not reason.strip():
+        raise click.UsageError("--reason must say why: the letter quotes it")
+    if partial:
+        _decide(ctx, "deliver_partial", reference, reason=reason)
+        click.echo(
+            f"{reference}: will be delivered with the sources that answer, at the next cycle"
         )
-    click.echo(f"{reference}: will be delivered with the sources that answer, at the next cycle")
+        return
+    app = app_from(ctx)
+    with app.sessions() as session:
+        request = _find(app.operations, session, reference)
+        if not encryption_failed(request):
+            raise click.ClickException(
+                f"{reference} is {request.state.value}; only a request held for review because "
+                "its export could not be encrypted can be sent unencrypted"
+            )
+        email = request.email
+    if not yes:
+        click.confirm(
+            f"{reference}: the requester asked for encryption. Send their data to {email} "
+            "WITHOUT encryption?",
+            abort=True,
+        )
+    _decide(ctx, "deliver_unencrypted", reference, reason=reason)
+    click.echo(
+        f"{reference}: will be collected again and sent unencrypted to {email} at the next "
+        "cycle; the letter quotes your reason"
+    )
 
 
 @requests_group.command("create")
@@ -319,13 +341,20 @@ def requests_collect(ctx: click.Context, reference: str) -> None:
 
 
 @requests_group.command("export-register")
-@click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV on standard output.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on standard output.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on standard output.")
 @click.pass_context
-def requests_register(ctx: click.Context, as_csv: bool) -> None:
-    """Every request with its dates, verification, state and decisions, for accountability."""
+def requests_register(ctx: click.Context, as_csv: bool, as_json: bool) -> None:
+    """Every request with its dates, verification, state and decisions, for accountability
+    (the same columns either way)."""
+    if as_csv == as_json:
+        raise click.UsageError("give one of --csv and --json")
     app = app_from(ctx)
+    with app.sessions() as session:
+        rows = list(register(session))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
     writer = csv.DictWriter(sys.stdout, fieldnames=REGISTER_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    with app.sessions() as session:
-        for row in register(session):
-            writer.writerow(row)
+    writer.writerows(rows)

@@ -2,7 +2,8 @@
 
 Every decision is a state change or an event in the audit trail, with the
 operator as its actor, and the requester hears of it where the law expects:
-an extension and a rejection each get a letter with the reason.
+an extension and a rejection each get a letter with the reason, and an export
+sent in part or unencrypted quotes the reason in its letter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sarbot.errors import SarbotError
 from sarbot.mail.letters import Letters
 from sarbot.steps.acknowledge import Acknowledger
 from sarbot.steps.intake import Verdict
+from sarbot.steps.package import ENCRYPTION_FAILED
 from sarbot.store import outbox
 from sarbot.store.deadlines import Calendar, can_extend, extended_due_date, start_date
 from sarbot.store.lifecycle import audit, transition
@@ -48,6 +50,12 @@ class Operations:
         request = self.find(session, reference)
         if request.state is not RequestState.NEEDS_REVIEW:
             raise OperationError(f"{reference} is {request.state.value}, not needs_review")
+        if encryption_failed(request):
+            raise OperationError(
+                f"{reference} waits because its export cannot be encrypted to the requester's "
+                "key, and would only fail again: send it unencrypted with 'sarbot requests "
+                f"deliver {reference} --unencrypted --reason TEXT', or reject it"
+            )
         to = RequestState.CONFIRMED if request.confirmed_at else RequestState.AWAITING_CONFIRMATION
         request.review_reason = None
         transition(session, request, to, at=now, reason="approved by an operator", actor=actor)
@@ -165,6 +173,53 @@ class Operations:
         audit(session, request, "request.retry", at=now, reason=", ".join(done), actor=actor)
         return ", ".join(done)
 
+    def deliver_partial(
+        self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
+    ) -> Request:
+        """Send what the sources that answer hold; the letter names the others and quotes why."""
+        request = self.find(session, reference)
+        if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
+            raise OperationError(
+                f"{reference} is {request.state.value}; only a request being collected can be "
+                "delivered in part"
+            )
+        request.partial_reason = reason
+        request.next_attempt_at = None
+        audit(session, request, "request.partial_delivery", at=now, reason=reason, actor=actor)
+        return request
+
+    def deliver_unencrypted(
+        self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
+    ) -> Request:
+        """Send an export that could not be encrypted to the requester's key without encryption.
+
+        Only for a request held for review for that reason.  The requester's key is
+        dropped, so the export is made again, in the clear, at the next cycle and sent
+        to the verified address like every answer; its letter says that an operator
+        decided so, and why.
+        """
+        request = self.find(session, reference)
+        if not encryption_failed(request):
+            raise OperationError(
+                f"{reference} is {request.state.value}; only a request held for review because "
+                "its export could not be encrypted can be sent unencrypted"
+            )
+        if not reason.strip():
+            raise OperationError("say why it is sent unencrypted: the letter quotes the reason")
+        audit(session, request, "request.unencrypted_delivery", at=now, reason=reason, actor=actor)
+        request.pgp_key = None
+        request.encryption_note = unencrypted_note(reason)
+        request.review_reason = request.last_error = request.next_attempt_at = None
+        transition(
+            session,
+            request,
+            RequestState.CONFIRMED,
+            at=now,
+            reason="to be sent unencrypted, at an operator's decision",
+            actor=actor,
+        )
+        return request
+
     def resend(self, session: Session, reference: str, *, now: datetime, actor: str) -> str:
         """Send the acknowledgement again with a fresh challenge (the old one stops working)."""
         request = self.find(session, reference)
@@ -176,6 +231,24 @@ class Operations:
         self.acknowledger.challenge(session, request, now=now, revoke=True)
         audit(session, request, "request.resent", at=now, reason="acknowledgement", actor=actor)
         return "acknowledgement with a new challenge"
+
+
+def encryption_failed(request: Request) -> bool:
+    """Whether a request waits for review because its export cannot be encrypted."""
+    return (
+        request.state is RequestState.NEEDS_REVIEW
+        and bool(request.pgp_key)
+        and (request.last_error or "").startswith(ENCRYPTION_FAILED)
+    )
+
+
+def unencrypted_note(reason: str) -> str:
+    """What the export's letter says when an operator sent it unencrypted."""
+    return (
+        "THIS COPY IS NOT ENCRYPTED. You sent us an OpenPGP key with your request, but we "
+        "could not encrypt the copy to it, and we decided to send it to you unencrypted "
+        f"rather than not at all. Our reason: {reason.strip()}"
+    )
 
 
 def request_mail(

@@ -5,21 +5,30 @@ older than ``[retention] requests_days`` (default six years).  The audit
 trail loses its oldest part only as a whole prefix, anchored (see
 ``sarbot.store.audit.purge_before``), so what remains still verifies.  Copies of
 request mails in the processed folder are deleted after
-``processed_mail_days``.  Export files have their own setting
-(``[storage] keep_exports_days``).  The daemon purges once a day.
+``processed_mail_days``.
+
+``apply`` does both, and it is the only way either is done: the daemon calls
+it once a day (``run_daily``) and ``sarbot purge`` at once, so the two cannot
+differ.  A mailbox that cannot be reached leaves the mail copies for the next
+time, says so (``Applied.mail_deleted`` is None) and logs
+``retention.mail_not_purged``; the database is purged all the same.
+
+Export files have their own setting (``[storage] keep_exports_days``) and
+only the daemon deletes them (``Deliverer.sweep``): a file it is writing is
+not in the outbox yet, and another process would take it for one left over.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
-from sarbot.mail.mailbox import MailboxThread
+from sarbot.mail.mailbox import MAILBOX_ERRORS, MailboxThread
 from sarbot.store.audit import purge_before
 from sarbot.store.lifecycle import audit
 from sarbot.store.models import AuditEvent, OutgoingMail, Request, SeenMessage
@@ -77,6 +86,55 @@ def purge(session: Session, settings: Settings, now: datetime, *, actor: str = "
     return Purged(len(old), events)
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What one application of the retention settings did."""
+
+    requests: int
+    audit_events: int
+    folder: str
+    mail_before: date
+    """Copies in ``folder`` that arrived before this day are past their retention."""
+    mail_deleted: int | None
+    """How many copies were deleted; None if the mailbox could not be reached."""
+    mail_error: str | None = None
+    """Why the mailbox could not be reached (the error's type: its text may hold data)."""
+
+
+async def apply(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    mailbox: MailboxThread,
+    *,
+    now: datetime,
+    log: FilteringBoundLogger,
+    actor: str = "daemon",
+) -> Applied:
+    """Apply the retention settings now: purge the database, then the processed folder.
+
+    The mailbox is logged in to if it is not already.  If it cannot be reached,
+    or refuses, the database is purged all the same and the session is closed
+    (a daemon logs in again, in the watched folder, at its next cycle).
+    """
+    with sessions.begin() as session:
+        purged = purge(session, settings, now, actor=actor)
+    log.info("retention.purged", requests=purged.requests, events=purged.audit_events)
+    folder = settings.imap.processed_folder
+    before = (now - timedelta(days=settings.retention.processed_mail_days)).date()
+    done = Applied(purged.requests, purged.audit_events, folder, before, None)
+    box = mailbox.mailbox
+    try:
+        if not box.connected:
+            await mailbox.call(box.connect)
+        deleted = await mailbox.call(box.delete_older_than, folder, before)
+    except MAILBOX_ERRORS as exc:
+        log.warning("retention.mail_not_purged", folder=folder, error_type=type(exc).__name__)
+        await mailbox.call(box.close)
+        return replace(done, mail_error=type(exc).__name__)
+    log.info("retention.mail_deleted", messages=deleted, folder=folder)
+    return replace(done, mail_deleted=deleted)
+
+
 async def run_daily(
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -84,15 +142,9 @@ async def run_daily(
     *,
     now: datetime,
     log: FilteringBoundLogger,
-) -> None:
-    """What the daemon does once a day: purge the database, then the processed folder."""
-    with sessions.begin() as session:
+) -> Applied | None:
+    """What the daemon does once a day: ``apply``.  None if it is not due yet."""
+    with sessions() as session:
         if not due(session, now):
-            return
-        purged = purge(session, settings, now)
-    log.info("retention.purged", requests=purged.requests, events=purged.audit_events)
-    box = mailbox.mailbox
-    if box.connected:
-        before = (now - timedelta(days=settings.retention.processed_mail_days)).date()
-        deleted = await mailbox.call(box.delete_older_than, settings.imap.processed_folder, before)
-        log.info("retention.mail_deleted", messages=deleted)
+            return None
+    return await apply(sessions, settings, mailbox, now=now, log=log)

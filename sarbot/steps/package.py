@@ -33,6 +33,9 @@ from sarbot.store.states import MailKind, RequestState
 
 EXPORT_WRITE_FAILED = "cannot write the export"
 """How a request's last error starts when the export folder failed (full, unwritable)."""
+ENCRYPTION_FAILED = "cannot encrypt to the requester's key"
+"""How a request's last error starts when it waits for review because its export could not be
+encrypted: an operator rejects it or sends it unencrypted (``sarbot.ops.decisions``)."""
 
 
 class Packager:
@@ -75,7 +78,11 @@ class Packager:
             return None
         except EncryptionError as exc:
             # The requester asked for encryption; a human decides, rather than send in clear.
-            request.last_error = f"cannot encrypt to the requester's key: {exc}"
+            request.last_error = f"{ENCRYPTION_FAILED}: {exc}"
+            request.review_reason = (
+                f"{request.last_error}; send it unencrypted with 'sarbot requests deliver "
+                f"{request.reference} --unencrypted --reason TEXT', or reject it"
+            )
             transition(
                 session, request, RequestState.NEEDS_REVIEW, at=now, reason=request.last_error
             )

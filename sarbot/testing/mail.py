@@ -80,8 +80,11 @@ class Correspondent:
 
     def append(self, raw: bytes, folder: str = "INBOX", *, arrived: datetime | None = None) -> None:
         """Put a message straight into a folder (IMAP APPEND), as delivered, unread;
-        ``arrived`` is the date the server records it arrived (INTERNALDATE)."""
+        ``arrived`` is the date the server records it arrived (INTERNALDATE).  A folder that
+        does not exist yet is created."""
         with self._imap() as client:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
             client.append(folder, raw, msg_time=arrived)
 
     def _imap(self) -> IMAPClient:
