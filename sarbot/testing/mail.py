@@ -87,6 +87,12 @@ class Correspondent:
                 client.create_folder(folder)
             client.append(folder, raw, msg_time=arrived)
 
+    def create_folder(self, folder: str) -> None:
+        """Create a folder, unless it exists."""
+        with self._imap() as client:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+
     def _imap(self) -> IMAPClient:
         client = IMAPClient(self.server.host, port=self.server.imap_port, ssl=False, timeout=30)
         client.starttls(self.server.tls())
