@@ -20,7 +20,7 @@ from secrets import token_urlsafe
 
 import demo_data
 
-from sarbot.testing import Correspondent, MailServer, subject_contains
+from sarbot.testing import Correspondent, MailServer, stack, subject_contains
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tests run the demo in a folder and mailboxes of their own.
@@ -43,7 +43,7 @@ Red Train Cloud, please ask that organisation.\"\"\"
 
 [imap]
 host = "127.0.0.1"
-port = 10143
+port = {imap_port}
 security = "starttls"
 ca_file = "{ca}"
 username = "{support}"
@@ -52,7 +52,7 @@ poll_interval = 5
 
 [smtp]
 host = "127.0.0.1"
-port = 10025
+port = {smtp_port}
 security = "starttls"
 ca_file = "{ca}"
 
@@ -133,8 +133,15 @@ def write_demo_files() -> None:
     demo_data.build_vault(DEMO / "vault.kdbx", vault_password, ALICE)
     demo_data.build_wordpress(f"sqlite:///{DEMO / 'wordpress.db'}", ALICE)
     demo_data.build_rmm(f"sqlite:///{DEMO / 'monitoring.db'}")
-    ca = ROOT / ".mailstack" / "ca.pem"
-    (DEMO / "config.toml").write_text(CONFIG.format(support=SUPPORT, ca=ca, demo=DEMO))
+    (DEMO / "config.toml").write_text(
+        CONFIG.format(
+            support=SUPPORT,
+            ca=stack.ca_file(ROOT),
+            demo=DEMO,
+            imap_port=stack.port("imap"),
+            smtp_port=stack.port("smtp"),
+        )
+    )
 
 
 def sarbot(*args: str) -> None:
@@ -143,7 +150,7 @@ def sarbot(*args: str) -> None:
 
 
 def main() -> int:
-    server = MailServer(ca_file=str(ROOT / ".mailstack" / "ca.pem"))
+    server = MailServer(ca_file=str(stack.ca_file(ROOT)))
     alice, support = Correspondent(server, ALICE), Correspondent(server, SUPPORT)
 
     step(f"Writing {DEMO.name}/: a KeePass vault, a WordPress database, a Tactical RMM database")
