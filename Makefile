@@ -51,7 +51,8 @@ $(STAMP): pyproject.toml scripts/bootstrap
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-mailstack:
+# The stack runs the test identity provider with the .venv's Python.
+mailstack: install
 	scripts/mailstack up
 
 mailstack-down:

@@ -32,7 +32,7 @@ from secrets import token_urlsafe
 
 import demo_data
 
-from sarbot.testing import Correspondent, MailServer, subject_contains
+from sarbot.testing import Correspondent, MailServer, stack, subject_contains
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tests run the demo in a folder and mailboxes of their own.
@@ -58,7 +58,7 @@ Red Train Cloud, please ask that organisation.\"\"\"
 
 [imap]
 host = "127.0.0.1"
-port = 10143
+port = {imap_port}
 security = "starttls"
 ca_file = "{ca}"
 username = "{support}"
@@ -67,7 +67,7 @@ poll_interval = 5
 
 [smtp]
 host = "127.0.0.1"
-port = 10025
+port = {smtp_port}
 security = "starttls"
 ca_file = "{ca}"
 
@@ -131,7 +131,7 @@ name = "contact-form"
 type = "imap_mailbox"
 description = "Copies of messages you sent us through the contact form on our website"
 host = "127.0.0.1"
-port = 10143
+port = {imap_port}
 security = "starttls"
 ca_file = "{ca}"
 username = "{support}"
@@ -213,8 +213,15 @@ def write_demo_files() -> None:
     demo_data.build_wordpress(f"sqlite:///{DEMO / 'wordpress.db'}", ALICE, MALLORY)
     demo_data.build_rmm(f"sqlite:///{DEMO / 'monitoring.db'}")
     demo_data.build_logs(DEMO / "logs", ALICE)
-    ca = ROOT / ".mailstack" / "ca.pem"
-    (DEMO / "config.toml").write_text(CONFIG.format(support=SUPPORT, ca=ca, demo=DEMO))
+    (DEMO / "config.toml").write_text(
+        CONFIG.format(
+            support=SUPPORT,
+            ca=stack.ca_file(ROOT),
+            demo=DEMO,
+            imap_port=stack.port("imap"),
+            smtp_port=stack.port("smtp"),
+        )
+    )
 
 
 def sarbot(*args: str) -> None:
@@ -389,7 +396,7 @@ def main(argv: list[str]) -> int:
         help="ask for a copy as ADDRESS, on the demo an earlier run set up",
     )
     args = parser.parse_args(argv)
-    server = MailServer(ca_file=str(ROOT / ".mailstack" / "ca.pem"))
+    server = MailServer(ca_file=str(stack.ca_file(ROOT)))
     if args.requester:
         return play_requester(server, args.requester)
     return play_alice(server)

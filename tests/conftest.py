@@ -26,10 +26,12 @@ from sarbot.config import Settings, validate
 from sarbot.registry import TypeSource
 from sarbot.store import db
 from sarbot.store.models import AuditEvent, OutgoingMail, Request, SeenMessage, utcnow
-from sarbot.testing import Correspondent, MailServer
+from sarbot.testing import Correspondent, MailServer, stack
 
 ROOT = Path(__file__).resolve().parent.parent
-CA_FILE = ROOT / ".mailstack" / "ca.pem"
+STACK_DIR = stack.state_dir(ROOT)
+"""The mail stack's folder: <repo>/.mailstack or $SARBOT_MAILSTACK_DIR (sarbot/testing/stack.py)."""
+CA_FILE = STACK_DIR / "ca.pem"
 CLOCK_FIXTURES = frozenset({"bot", "make_bot"})
 """A test that builds a bot depends on the time of day through it (digests, deadlines, expiry)."""
 
@@ -102,7 +104,7 @@ def base_config(tmp_path: Path, support: str) -> dict[str, Any]:
         },
         "imap": {
             "host": "127.0.0.1",
-            "port": 10143,
+            "port": stack.port("imap"),
             "security": "starttls",
             "ca_file": str(CA_FILE),
             "username": support,
@@ -114,7 +116,7 @@ def base_config(tmp_path: Path, support: str) -> dict[str, Any]:
         },
         "smtp": {
             "host": "127.0.0.1",
-            "port": 10025,
+            "port": stack.port("smtp"),
             "security": "starttls",
             "ca_file": str(CA_FILE),
         },

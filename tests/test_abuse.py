@@ -19,12 +19,12 @@ import structlog
 
 from sarbot.store.states import MailKind, Outcome, RequestState
 from sarbot.testing import Correspondent, subject_contains
-from sarbot.testing.dkim import sign
-from tests.conftest import ROOT, Bot, BotFactory, unique
+from sarbot.testing.dkim import DNS_SERVER, sign
+from tests.conftest import ROOT, STACK_DIR, Bot, BotFactory, unique
 
 pytestmark = pytest.mark.mailstack
 Person = Callable[[str, str], Correspondent]
-KEYS = ROOT / ".mailstack" / "dkim"
+KEYS = STACK_DIR / "dkim"
 ACK = subject_contains("Please confirm")
 VERIFIED_ACK = subject_contains("We have received your data request")
 EXPORT = subject_contains("A copy of your personal data")
@@ -338,7 +338,7 @@ class TestDkimPolicy:
             verification={
                 "mode": "reply_or_dmarc",
                 "verify_dkim": True,
-                "dns_server": "127.0.0.1:10053",
+                "dns_server": "{}:{}".format(*DNS_SERVER),
             }
         )
         alice = person("alice", "example.test")

@@ -105,6 +105,19 @@ def test_a_folder_imports_nothing_above_it(folder: str) -> None:
     assert not wrong, f"{folder} imports from above it: {sorted(wrong)}"
 
 
+def test_the_daemon_never_imports_the_test_helpers() -> None:
+    """sarbot.testing (the test identity provider among them) serves the tests and the demo:
+    no module of the daemon or a connector imports it."""
+    wrong = {
+        (name, target)
+        for name, path in {**SARBOT, **CONNECTORS}.items()
+        if not name.startswith("sarbot.testing")
+        for target in imports(path, name)
+        if target == "sarbot.testing" or target.startswith("sarbot.testing.")
+    }
+    assert not wrong, f"the daemon imports test helpers: {sorted(wrong)}"
+
+
 def test_there_is_no_import_loop() -> None:
     """No module of sarbot reaches itself through its imports."""
     edges, state, loops = graph(), {}, []

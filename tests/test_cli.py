@@ -36,13 +36,14 @@ from tests.servers import free_port
 SARBOT = [sys.executable, "-m", "sarbot"]
 
 
-def write_config(tmp_path: Path, support: str, *, imap_port: int = 10143) -> Path:
+def write_config(tmp_path: Path, support: str, *, imap_port: int | None = None) -> Path:
+    server = MailServer(ca_file=str(CA_FILE))
     return testconfig.write_config(
         tmp_path / "config.toml",
         support,
-        server=MailServer(ca_file=str(CA_FILE)),
+        server=server,
         database_url=f"sqlite:///{tmp_path / 'state.db'}",
-        imap={"port": imap_port, "timeout": 5},
+        imap={"port": imap_port or server.imap_port, "timeout": 5},
     )
 
 

@@ -23,7 +23,7 @@ from sarbot.config import validate
 from sarbot.connector import OTHER_PEOPLE_NOTE, OTHER_PERSON, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError, ConnectorError
 from sarbot.mail.guards import LOOP_HEADER
-from sarbot.testing import Correspondent, MailServer
+from sarbot.testing import Correspondent, MailServer, stack
 from tests.conftest import CA_FILE, unique
 
 pytestmark = pytest.mark.mailstack
@@ -86,7 +86,7 @@ def connector(tmp_path: Path, box: Correspondent, **overrides: Any) -> ImapMailb
     secret.write_text("test\n")
     data: dict[str, Any] = {
         "host": "127.0.0.1",
-        "port": 10143,
+        "port": stack.port("imap"),
         "security": "starttls",
         "ca_file": str(CA_FILE),
         "username": box.address,

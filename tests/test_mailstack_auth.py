@@ -15,12 +15,12 @@ import pytest
 
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing.dkim import SIGNING_DOMAINS, dnsfunc, sign
-from tests.conftest import ROOT, unique
+from tests.conftest import ROOT, STACK_DIR, unique
 
 pytestmark = pytest.mark.mailstack
 
 MAILSTACK = ROOT / "scripts" / "mailstack"
-DKIM_DIR = ROOT / ".mailstack" / "dkim"
+DKIM_DIR = STACK_DIR / "dkim"
 AUTHSERV_ID = "mail.redtrain.test"
 
 

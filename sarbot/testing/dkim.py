@@ -18,8 +18,10 @@ import dkim
 import dns.exception
 import dns.resolver
 
+from sarbot.testing.stack import port
+
 #: Where the stack's DNS server answers (UDP and TCP), as (address, port).
-DNS_SERVER: Final[tuple[str, int]] = ("127.0.0.1", 10053)
+DNS_SERVER: Final[tuple[str, int]] = ("127.0.0.1", port("dns"))
 
 #: The selector of every key the stack publishes.
 SELECTOR: Final = "s1"

@@ -10,7 +10,7 @@ import smtplib
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -18,14 +18,16 @@ from email.utils import make_msgid, parseaddr
 
 from imapclient import IMAPClient
 
+from sarbot.testing.stack import port
+
 
 @dataclass(frozen=True)
 class MailServer:
     """Where the correspondents' mail goes: SMTP and IMAP with STARTTLS."""
 
     host: str = "127.0.0.1"
-    smtp_port: int = 10025
-    imap_port: int = 10143
+    smtp_port: int = field(default_factory=lambda: port("smtp"))
+    imap_port: int = field(default_factory=lambda: port("imap"))
     ca_file: str | None = None
     password: str = "test"
 
