@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import ClassVar
 
 import pytest
@@ -24,7 +24,7 @@ from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory
 from tests.servers import free_port
-from tests.test_encryption import new_key, public
+from tests.test_encryption import expired, public
 
 pytestmark = pytest.mark.mailstack
 Person = Callable[[str, str], Correspondent]
@@ -222,7 +222,7 @@ def operator(bot: Bot, *args: str, status: int = 0, answer: str | None = None) -
 
 def key_expired_since(bot: Bot, address: str) -> None:
     """The request carried a key for the address that has expired before the export is made."""
-    key = new_key(address, created=datetime.now(UTC) - timedelta(days=30), expires=timedelta(1))
+    key = expired(address)
     with bot.app.sessions.begin() as session:
         request = session.scalars(select(Request)).one()
         request.pgp_key = public(key)

@@ -114,13 +114,13 @@ def strangers() -> tuple[Tsk, ...]:
 
 
 @cache
-def expired() -> Tsk:
-    """A key for ALICE whose lifetime of one second is over.
+def expired(address: str = ALICE) -> Tsk:
+    """A key for ``address`` whose lifetime of one second is over.
 
     Sequoia dates a new key a minute back, so it has expired when made; the
     wait only matters should that change.
     """
-    key = new_key(ALICE, validity_seconds=1)
+    key = new_key(address, validity_seconds=1)
     [created] = [p.key_created for p in packets(bytes(key)) if p.tag == Tag.SecretKey]
     assert created is not None
     while datetime.now(UTC) < created + timedelta(seconds=1):
