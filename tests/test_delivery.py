@@ -24,7 +24,7 @@ from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, subject_contains
 from tests.conftest import Bot, BotFactory
 from tests.servers import free_port
-from tests.test_encryption import expired, public
+from tests.test_encryption import GnuPG, gnupg  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.mailstack
 Person = Callable[[str, str], Correspondent]
@@ -220,12 +220,23 @@ def operator(bot: Bot, *args: str, status: int = 0, answer: str | None = None) -
     return result.output
 
 
-def key_expired_since(bot: Bot, address: str) -> None:
-    """The request carried a key for the address that has expired before the export is made."""
-    key = expired(address)
+def key_expired_since(bot: Bot, address: str, gnupg: GnuPG) -> None:  # noqa: F811
+    """The request carried a key for the address that has expired before the export is made.
+
+    GnuPG makes it in 2020 with a day's lifetime: expired whatever the pinned clock says.
+    """
+    fpr = gnupg.generate(
+        f"Test <{address}>",
+        "future-default",
+        "default",
+        "1d",
+        "--faked-system-time",
+        "20200101T000000",
+    )
+    key = gnupg.export(fpr)
     with bot.app.sessions.begin() as session:
         request = session.scalars(select(Request)).one()
-        request.pgp_key = public(key)
+        request.pgp_key = key
         request.encryption_note = "The export is encrypted to your OpenPGP key."
 
 
@@ -233,13 +244,16 @@ class TestUnencryptedDelivery:
     REASON = "She asked by phone on 3 Dec for the copy <as it is>; her key expired."
 
     def test_an_operator_can_send_an_export_that_cannot_be_encrypted(
-        self, bot: Bot, person: Person
+        self,
+        bot: Bot,
+        person: Person,
+        gnupg: GnuPG,  # noqa: F811
     ) -> None:
         """After an encryption failure `approve` would only fail again; `deliver --unencrypted
         --reason` asks first, audits the decision and the letter quotes it, and the clear
         export goes to the verified requester only, on the real mail stack."""
         alice = confirmed(bot, person)
-        key_expired_since(bot, alice.address)
+        key_expired_since(bot, alice.address, gnupg)
         bot.run_once()
         request = bot.request()
         assert request.state is RequestState.NEEDS_REVIEW
