@@ -29,7 +29,8 @@ def connect(login: ImapLogin) -> IMAPClient:
     try:
         if login.security == "starttls":
             client.starttls(context)
-        client.login(login.username, login.password.get_secret_value())
+        password = login.password.get_secret_value() if login.password else ""
+        client.login(login.username, password)
     except BaseException:
         with suppress(Exception):
             client.shutdown()
