@@ -6,6 +6,8 @@ google-auth and authlib, as in production; Dovecot checks them. Nothing is mocke
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,24 @@ import pytest
 
 from sarbot.config import ImapLogin, SmtpSettings, validate
 from sarbot.errors import ConfigError
+from sarbot.mail.oauth import OAuthError, TokenSource, build_token_source
+from sarbot.oauth_settings import OAuth2Settings
+from sarbot.testing import MailServer, stack
+from sarbot.testing.idp import IdpClient
+from tests.conftest import CA_FILE, unique
+from tests.test_mailstack_oauth import (
+    MAIL_SCOPE,
+    OUTLOOK_DEFAULT,
+    cert_pem,
+    certificate,
+    new_client,
+    oauthbearer,
+    private_pem,
+    public_pem,
+    refused,
+    rsa_key,
+    xoauth2,
+)
 
 # ---------------------------------------------------------------- settings
 
@@ -115,3 +135,186 @@ class TestSettings:
         assert smtp.oauth2 is not None and smtp.oauth2.mechanism == "oauthbearer"
         plain = validate({"host": "smtp.example.net"}, SmtpSettings, source="t", base_dir=tmp_path)
         assert plain.auth == "password" and plain.password is None
+
+
+# ---------------------------------------------------------------- token sources
+
+
+@pytest.fixture(scope="module")
+def idp(mailstack: MailServer) -> IdpClient:
+    client = IdpClient(stack.idp_url(tls=True), ca_file=str(CA_FILE))
+    assert client.get("/health") == {"status": "ok"}
+    return client
+
+
+def write_secret(tmp_path: Path, value: str) -> dict[str, str]:
+    path = tmp_path / f"secret-{uuid.uuid4().hex[:8]}"
+    path.write_text(value + "\n")
+    return {"file": str(path)}
+
+
+def oauth_settings(tmp_path: Path, **values: Any) -> OAuth2Settings:
+    data = {"ca_file": str(CA_FILE), **values}
+    return validate(data, OAuth2Settings, source="test", base_dir=tmp_path)
+
+
+def source(tmp_path: Path, mailbox: str, **values: Any) -> TokenSource:
+    return build_token_source(oauth_settings(tmp_path, **values), mailbox)
+
+
+class TestTokenSources:
+    def test_microsoft_client_secret_through_a_custom_authority(
+        self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
+    ) -> None:
+        mailbox = unique("support", "redtrain.test")
+        client_id = new_client(idp, [mailbox], secret="s3cret", scopes=[OUTLOOK_DEFAULT])
+        tokens = source(
+            tmp_path,
+            mailbox,
+            provider="microsoft",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "s3cret"),
+            authority=f"{idp.base_url}/tenant",
+        )
+        first = tokens.token()
+        assert tokens.token() == first  # cached
+        xoauth2(mailstack, mailbox, first)
+        tokens.invalidate()
+        second = tokens.token()
+        assert second != first
+        oauthbearer(mailstack, mailbox, second)
+
+    def test_microsoft_certificate(
+        self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
+    ) -> None:
+        mailbox = unique("support", "redtrain.test")
+        key = rsa_key()
+        cert = certificate(key)
+        client_id = new_client(idp, [mailbox], keys=[cert_pem(cert)], scopes=[OUTLOOK_DEFAULT])
+        tokens = source(
+            tmp_path,
+            mailbox,
+            provider="microsoft",
+            client_id=client_id,
+            certificate=write_secret(tmp_path, cert_pem(cert)),
+            certificate_key=write_secret(tmp_path, private_pem(key)),
+            authority=f"{idp.base_url}/tenant",
+        )
+        xoauth2(mailstack, mailbox, tokens.token())
+
+    def test_google_user_refresh_token(
+        self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
+    ) -> None:
+        mailbox = unique("support", "redtrain.test")
+        client_id = new_client(idp, [mailbox], secret="g-secret", scopes=[MAIL_SCOPE])
+        refresh = idp.mint_refresh_token(client_id, mailbox)
+        tokens = source(
+            tmp_path,
+            mailbox,
+            provider="google",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "g-secret"),
+            refresh_token=write_secret(tmp_path, refresh),
+            token_url=idp.token_url,
+        )
+        token = tokens.token()
+        xoauth2(mailstack, mailbox, token)
+        idp.revoke(refresh_token=refresh)
+        refused(xoauth2, mailstack, mailbox, token)
+        tokens.invalidate()
+        with pytest.raises(OAuthError, match="revoked or expired: run sarbot auth login") as e:
+            tokens.token()
+        assert refresh not in str(e.value) and token not in str(e.value)
+
+    def test_google_service_account_with_subject(
+        self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
+    ) -> None:
+        mailbox = unique("support", "redtrain.test")
+        key = rsa_key()
+        email = f"sarbot-{uuid.uuid4().hex[:8]}@project.iam.gserviceaccount.test"
+        idp.register(email, keys=[public_pem(key)], users=["*@redtrain.test"], scopes=[MAIL_SCOPE])
+        info = {
+            "type": "service_account",
+            "project_id": "sarbot-test",
+            "private_key_id": "key-1",
+            "private_key": private_pem(key),
+            "client_email": email,
+            "client_id": "1234567890",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        }
+        (tmp_path / "sa.json").write_text(json.dumps(info))
+        tokens = source(
+            tmp_path,
+            mailbox,
+            provider="google",
+            service_account_file="sa.json",
+            subject=mailbox,
+            token_url=idp.token_url,
+        )
+        xoauth2(mailstack, mailbox, tokens.token())
+
+    def test_generic_client_credentials_and_refresh_token(
+        self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
+    ) -> None:
+        mailbox = unique("support", "example.test")
+        client_id = new_client(idp, [mailbox], secret="s3cret", rotate_refresh_tokens=True)
+        credentials = source(
+            tmp_path,
+            mailbox,
+            provider="generic",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "s3cret"),
+            token_url=idp.token_url,
+        )
+        xoauth2(mailstack, mailbox, credentials.token())
+        refresh = idp.mint_refresh_token(client_id, mailbox)
+        user = source(
+            tmp_path,
+            mailbox,
+            provider="generic",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "s3cret"),
+            refresh_token=write_secret(tmp_path, refresh),
+            token_url=f"http://127.0.0.1:{stack.port('idp')}/token",
+            mechanism="oauthbearer",
+        )
+        oauthbearer(mailstack, mailbox, user.token())
+        user.invalidate()  # the rotated refresh token is kept in memory and used
+        xoauth2(mailstack, mailbox, user.token())
+
+    def test_errors_name_the_cause(
+        self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
+    ) -> None:
+        mailbox = unique("support", "example.test")
+        client_id = new_client(idp, [mailbox], secret="s3cret")
+        wrong_secret = source(
+            tmp_path,
+            mailbox,
+            provider="generic",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "bad-7f3a9c"),
+            token_url=idp.token_url,
+        )
+        with pytest.raises(OAuthError, match="invalid_client") as failure:
+            wrong_secret.token()
+        assert "bad-7f3a9c" not in str(failure.value)
+        unreachable = source(
+            tmp_path,
+            mailbox,
+            provider="generic",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "s3cret"),
+            token_url="https://127.0.0.1:9/token",
+        )
+        with pytest.raises(OAuthError, match="unreachable"):
+            unreachable.token()
+        unknown = source(
+            tmp_path,
+            mailbox,
+            provider="microsoft",
+            client_id=client_id,
+            client_secret=write_secret(tmp_path, "s3cret"),
+            authority="https://127.0.0.1:9/nowhere",
+        )
+        with pytest.raises(OAuthError, match=r"unreachable|unknown tenant"):
+            unknown.token()
