@@ -6,20 +6,26 @@ google-auth and authlib, as in production; Dovecot checks them. Nothing is mocke
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from sarbot.config import ImapLogin, SmtpSettings, validate
+from sarbot.app import App
+from sarbot.config import ImapLogin, Settings, SmtpSettings, validate
 from sarbot.errors import ConfigError
-from sarbot.mail.oauth import OAuthError, TokenSource, build_token_source
+from sarbot.mail.imap import imap_session
+from sarbot.mail.oauth import OAuthError, TokenSource, build_token_source, token_source
 from sarbot.oauth_settings import OAuth2Settings
-from sarbot.testing import MailServer, stack
+from sarbot.store.states import RequestState
+from sarbot.testing import Correspondent, MailServer, stack, subject_contains
 from sarbot.testing.idp import IdpClient
-from tests.conftest import CA_FILE, unique
+from tests.conftest import CA_FILE, STACK_DIR, Bot, base_config, unique
 from tests.test_mailstack_oauth import (
     MAIL_SCOPE,
     OUTLOOK_DEFAULT,
@@ -318,3 +324,166 @@ class TestTokenSources:
         )
         with pytest.raises(OAuthError, match=r"unreachable|unknown tenant"):
             unknown.token()
+
+
+# ---------------------------------------------------------------- logins and whole requests
+
+
+def test_connect_logs_in_with_a_token_and_replaces_a_refused_one(
+    tmp_path: Path, mailstack: MailServer, idp: IdpClient
+) -> None:
+    """sarbot.mail.imap.connect: one token source per settings, a refused token replaced once."""
+    mailbox = unique("support", "redtrain.test")
+    client_id = new_client(idp, [mailbox], secret="s3cret")
+    oauth2 = {
+        "provider": "generic",
+        "client_id": client_id,
+        "client_secret": write_secret(tmp_path, "s3cret"),
+        "token_url": idp.token_url,
+        "ca_file": str(CA_FILE),
+        "mechanism": "oauthbearer",
+    }
+    login = imap_login(
+        tmp_path,
+        host=mailstack.host,
+        port=mailstack.imap_port,
+        security="starttls",
+        ca_file=str(CA_FILE),
+        username=mailbox,
+        auth="oauth2",
+        oauth2=oauth2,
+    )
+    assert login.oauth2 is not None
+    tokens = token_source(login.oauth2, mailbox)
+    assert token_source(login.oauth2, mailbox) is tokens
+    with imap_session(login) as client:
+        client.select_folder("INBOX")
+    first = tokens.token()
+    assert idp.expire(client_id=client_id) == 1
+    with imap_session(login) as client:  # refused, replaced, logged in
+        client.select_folder("INBOX")
+    assert tokens.token() != first
+
+
+ACK = subject_contains("Please confirm")
+EXPORT = subject_contains("A copy of your personal data")
+
+
+@pytest.fixture
+def oauth_bot(tmp_path: Path, mailstack: MailServer, idp: IdpClient) -> Iterator[tuple[Bot, str]]:
+    """A bot whose mailbox logs in with Microsoft client credentials (XOAUTH2) and whose mail
+    goes out with a generic provider's refresh token (OAUTHBEARER); and the client's id."""
+    support = unique("support", "redtrain.test")
+    client_id = new_client(idp, [support], secret="s3cret", scopes=[OUTLOOK_DEFAULT])
+    refresh = idp.mint_refresh_token(client_id, support)
+    data = base_config(tmp_path, support)
+    del data["imap"]["password"]
+    data["imap"].update(
+        auth="oauth2",
+        oauth2={
+            "provider": "microsoft",
+            "client_id": client_id,
+            "client_secret": write_secret(tmp_path, "s3cret"),
+            "authority": f"{idp.base_url}/tenant",
+            "ca_file": str(CA_FILE),
+        },
+    )
+    data["smtp"].update(
+        username=support,
+        auth="oauth2",
+        oauth2={
+            "provider": "generic",
+            "client_id": client_id,
+            "client_secret": write_secret(tmp_path, "s3cret"),
+            "refresh_token": write_secret(tmp_path, refresh),
+            "token_url": idp.token_url,
+            "ca_file": str(CA_FILE),
+            "mechanism": "oauthbearer",
+        },
+    )
+    settings = validate(data, Settings, source="test config", base_dir=tmp_path)
+    app = App(tmp_path / "config.toml", settings)
+    yield Bot(app), client_id
+    app.engine.dispose()
+
+
+def live_tokens(bot: Bot) -> list[str]:
+    """The tokens the bot's IMAP and SMTP logins hold now."""
+    imap, smtp = bot.app.settings.imap, bot.app.settings.smtp
+    assert imap.oauth2 is not None and smtp.oauth2 is not None and smtp.username
+    return [
+        token_source(imap.oauth2, imap.username).token(),
+        token_source(smtp.oauth2, smtp.username).token(),
+    ]
+
+
+def test_a_whole_request_over_oauth2_logins_survives_an_expired_token(
+    tmp_path: Path,
+    oauth_bot: tuple[Bot, str],
+    idp: IdpClient,
+    mailstack: MailServer,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Request, acknowledgement, confirmation and export, with every IMAP and SMTP login by
+    token; the tokens expire early between the two runs and are replaced; no token is ever
+    logged or stored."""
+    bot, client_id = oauth_bot
+    alice, support = Correspondent(mailstack, unique("alice", "example.test")), bot.support
+    request_id = alice.send(bot.address, "GDPR DATA REQUEST", "Please send me my data.")
+    support.wait_for(lambda m: m["Message-ID"] == request_id)
+    tokens: list[str] = []
+    with capture_logs() as events:
+        bot.run_once()
+        ack = alice.wait_for(ACK)
+        assert bot.request().state is RequestState.AWAITING_CONFIRMATION
+        tokens += live_tokens(bot)
+
+        assert idp.expire(client_id=client_id) >= 2  # the IMAP and the SMTP token
+        alice.reply(ack)
+        support.wait_for(subject_contains("Re: [SAR-"))
+        bot.run_once()
+        export = alice.wait_for(EXPORT)
+        tokens += live_tokens(bot)
+    assert export["In-Reply-To"] is not None
+    assert bot.request().state is RequestState.DELIVERED
+    assert len(set(tokens)) == 4, "each expired token was replaced"
+    postfix = (STACK_DIR / "log" / "postfix.log").read_text()
+    assert f"sasl_method=OAUTHBEARER, sasl_username={bot.address}" in postfix
+
+    captured = capfd.readouterr()
+    logged = json.dumps(events, default=str) + captured.out + captured.err
+    stored = (tmp_path / "state.db").read_bytes()
+    for token in tokens:
+        assert token not in logged
+        assert token.encode() not in stored
+
+
+def test_a_refused_client_is_logged_in_words_an_admin_can_act_on(
+    tmp_path: Path, mailstack: MailServer, idp: IdpClient
+) -> None:
+    support = unique("support", "redtrain.test")
+    client_id = new_client(idp, [support], secret="s3cret")
+    data = base_config(tmp_path, support)
+    del data["imap"]["password"]
+    wrong = {"file": str(tmp_path / "wrong")}
+    (tmp_path / "wrong").write_text("bad-5e1d\n")
+    data["imap"].update(
+        auth="oauth2",
+        oauth2={
+            "provider": "generic",
+            "client_id": client_id,
+            "client_secret": wrong,
+            "token_url": idp.token_url,
+            "ca_file": str(CA_FILE),
+        },
+    )
+    app = App(tmp_path / "config.toml", validate(data, Settings, source="t", base_dir=tmp_path))
+    bot = Bot(app)
+    try:
+        with capture_logs() as events:
+            assert not asyncio.run(app.daemon(clock=bot.now).run(once=True))
+    finally:
+        app.engine.dispose()
+    [error] = [e for e in events if e["event"] == "mailbox.error"]
+    assert error["error_type"] == "OAuthError"
+    assert "invalid_client" in error["reason"] and "bad-5e1d" not in error["reason"]
