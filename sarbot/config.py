@@ -19,6 +19,7 @@ from sarbot.addresses import normalize_address
 from sarbot.config_hints import describe_error
 from sarbot.errors import ConfigError
 from sarbot.names import covers
+from sarbot.oauth_settings import LoginAuth
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret
 from sarbot.store.deadlines import Calendar
 
@@ -60,14 +61,14 @@ class ControllerSettings(Section):
         return normalize_address(value)
 
 
-class ImapLogin(Section):
+class ImapLogin(Section, LoginAuth):
     """How to log in to an IMAP account: the watched mailbox's, or a connector's."""
 
     host: str = Field(min_length=1)
     port: int = Field(default=993, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
     username: str = Field(min_length=1)
-    password: Secret
+    password: Secret | None = None
     ca_file: ConfigPath | None = None
     timeout: float = Field(default=60.0, gt=0)
     allow_plaintext: bool = False
@@ -75,6 +76,7 @@ class ImapLogin(Section):
     @model_validator(mode="after")
     def _tls_unless_allowed(self) -> ImapLogin:
         _require_tls(self.security, self.allow_plaintext)
+        self.check_auth(self.username, self.password, password_required=True)
         return self
 
 
@@ -95,7 +97,7 @@ class ImapSettings(ImapLogin):
         return datetime.combine(self.start, time(), ZoneInfo(timezone)).astimezone(UTC)
 
 
-class SmtpSettings(Section):
+class SmtpSettings(Section, LoginAuth):
     host: str
     port: int = Field(default=587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "starttls"
@@ -110,6 +112,7 @@ class SmtpSettings(Section):
     @model_validator(mode="after")
     def _tls_unless_allowed(self) -> SmtpSettings:
         _require_tls(self.security, self.allow_plaintext)
+        self.check_auth(self.username, self.password, password_required=False)
         return self
 
 

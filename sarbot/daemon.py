@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from sarbot.config import ImapSettings
 from sarbot.mail.mailbox import MAILBOX_ERRORS, MailboxThread
+from sarbot.mail.oauth import OAuthError
 from sarbot.ops.health import StatusServer
 from sarbot.pipeline import Pipeline
 
@@ -95,8 +96,10 @@ class Daemon:
         except MAILBOX_ERRORS as exc:
             self._failures += 1
             self.metrics.mailbox_error(self.pipeline.clock())
+            # An OAuthError's message says what to fix and never holds a token.
+            reason = {"reason": str(exc)} if isinstance(exc, OAuthError) else {}
             self.log.warning(
-                "mailbox.error", error_type=type(exc).__name__, failures=self._failures
+                "mailbox.error", error_type=type(exc).__name__, failures=self._failures, **reason
             )
             await self.mailbox.call(self.mailbox.mailbox.close)
             return False, False

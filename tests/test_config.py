@@ -94,6 +94,7 @@ class TestLoading:
         """Defaults fill the rest; paths resolve against the config's folder; secrets are read."""
         settings = load_settings(write(tmp_path, MINIMAL))
         assert settings.controller.email == "support@redtrain.test"
+        assert settings.imap.password is not None
         assert settings.imap.password.get_secret_value() == "s3cret-value"
         assert settings.storage.export_dir == tmp_path / "exports"
         assert settings.requests.confirmation_expiry_days == 14
@@ -103,7 +104,8 @@ class TestLoading:
         """``{ env = NAME }`` reads the variable."""
         monkeypatch.setenv("IMAP_PW", "from-env")
         text = MINIMAL.replace('{ file = "imap-password" }', '{ env = "IMAP_PW" }')
-        assert load_settings(write(tmp_path, text)).imap.password.get_secret_value() == "from-env"
+        password = load_settings(write(tmp_path, text)).imap.password
+        assert password is not None and password.get_secret_value() == "from-env"
 
 
 class TestErrors:

@@ -2,7 +2,9 @@
 
 TLS is required unless the settings allow plaintext (``ImapLogin`` refuses
 ``security = "none"`` otherwise); a STARTTLS upgrade happens before the
-password is sent; a connection that fails to log in is closed again.
+password is sent; a connection that fails to log in is closed again.  With
+``auth = "oauth2"`` the login is XOAUTH2 or OAUTHBEARER with an access token
+(``sarbot.mail.oauth``); a token the server refuses is replaced once.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
 
 from sarbot.config import ImapLogin
+from sarbot.mail.oauth import TokenSource, token_source
 
 
 def connect(login: ImapLogin) -> IMAPClient:
@@ -29,12 +33,33 @@ def connect(login: ImapLogin) -> IMAPClient:
     try:
         if login.security == "starttls":
             client.starttls(context)
-        client.login(login.username, login.password.get_secret_value())
+        if login.auth == "oauth2" and login.oauth2 is not None:
+            oauth_login(client, login.username, token_source(login.oauth2, login.username))
+        else:
+            password = login.password.get_secret_value() if login.password else ""
+            client.login(login.username, password)
     except BaseException:
         with suppress(Exception):
             client.shutdown()
         raise
     return client
+
+
+def oauth_login(client: IMAPClient, username: str, tokens: TokenSource) -> None:
+    """Log in with the source's token; if the server refuses it, once more with a new one."""
+    for attempt in (1, 2):
+        token = tokens.token()
+        try:
+            if tokens.mechanism == "oauthbearer":
+                client.oauthbearer_login(username, token)
+            else:
+                client.oauth2_login(username, token)
+        except LoginError:
+            tokens.invalidate()
+            if attempt == 2:
+                raise LoginError(f"the server refused the OAuth 2.0 token for {username}") from None
+        else:
+            return
 
 
 @contextmanager

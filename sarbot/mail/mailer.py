@@ -1,7 +1,13 @@
-"""Sending mail over SMTP, with retries for what may succeed later."""
+"""Sending mail over SMTP, with retries for what may succeed later.
+
+With ``auth = "oauth2"`` the session logs in with XOAUTH2 or OAUTHBEARER and an access token
+from ``sarbot.mail.oauth``; a token the server refuses is replaced once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import ssl
 
 import aiosmtplib
@@ -9,6 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from sarbot.config import SmtpSettings
 from sarbot.errors import PermanentMailError, TransientMailError
+from sarbot.mail.oauth import OAuthError, TokenSource, oauthbearer_string, token_source
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -23,6 +30,9 @@ class Mailer:
         self.settings = settings
         self.retry_wait = retry_wait
         self._tls = tls_context(str(settings.ca_file) if settings.ca_file else None)
+        self._tokens: TokenSource | None = None
+        if settings.auth == "oauth2" and settings.oauth2 is not None and settings.username:
+            self._tokens = token_source(settings.oauth2, settings.username)
 
     async def send(self, raw: bytes, *, sender: str, recipient: str) -> None:
         """Send one message; raise TransientMailError or PermanentMailError on failure."""
@@ -39,6 +49,9 @@ class Mailer:
     async def _send_once(self, raw: bytes, *, sender: str, recipient: str) -> None:
         s = self.settings
         try:
+            if self._tokens is not None:
+                await self._send_with_token(self._tokens, raw, sender=sender, recipient=recipient)
+                return
             await aiosmtplib.send(
                 raw,
                 sender=sender,
@@ -59,6 +72,53 @@ class Mailer:
             raise _by_code(exc.code, exc.message) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TransientMailError(f"{type(exc).__name__}: {exc}") from None
+        except OAuthError as exc:
+            raise TransientMailError(f"no OAuth 2.0 token: {exc}") from None
+
+    async def _send_with_token(
+        self, tokens: TokenSource, raw: bytes, *, sender: str, recipient: str
+    ) -> None:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=self._tls if s.security != "none" else None,
+            timeout=s.timeout,
+        )
+        async with client:
+            await self._authenticate(client, tokens)
+            await client.sendmail(sender, [recipient], raw)
+
+    async def _authenticate(self, client: aiosmtplib.SMTP, tokens: TokenSource) -> None:
+        """AUTH with the source's token; if the server refuses it, once more with a new one."""
+        username = self.settings.username or ""
+        for attempt in (1, 2):
+            token = await asyncio.to_thread(tokens.token)
+            try:
+                if tokens.mechanism == "oauthbearer":
+                    await _auth_oauthbearer(client, username, token)
+                else:
+                    await client.auth_xoauth2(username, token)
+            except aiosmtplib.SMTPAuthenticationError:
+                tokens.invalidate()
+                if attempt == 2:
+                    raise
+            else:
+                return
+
+
+async def _auth_oauthbearer(client: aiosmtplib.SMTP, username: str, token: str) -> None:
+    """SASL OAUTHBEARER (RFC 7628), which aiosmtplib does not offer itself."""
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
+    encoded = base64.b64encode(oauthbearer_string(username, token).encode()).decode()
+    response = await client.execute_command(b"AUTH", b"OAUTHBEARER", encoded.encode())
+    if response.code == 334:  # an error challenge: an empty line gets the final answer
+        response = await client.execute_command(b"")
+    if response.code != 235:
+        raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
 
 
 def _by_code(code: int, message: str) -> TransientMailError | PermanentMailError:
