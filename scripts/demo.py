@@ -291,7 +291,11 @@ def read_export(export: EmailMessage) -> tuple[dict[str, object], bytes]:
     for link in identifiers:
         why = f": {link['reason']}" if link["reason"] else ""
         print(f"  {link['described']} [{link['scope']}] from {link['origin']}{why}")
-    return document, everything + export.as_bytes()
+    # The letter as read: headers and decoded text parts. The attachment counts through the
+    # files of the zip above; its base64 form would match short names by chance.
+    letter = [f"{name}: {value}" for name, value in export.items()]
+    letter += [p.get_content() for p in export.walk() if p.get_content_maintype() == "text"]
+    return document, everything + "\n".join(letter).encode()
 
 
 def found_in(received: bytes, texts: list[str]) -> list[str]:
