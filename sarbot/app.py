@@ -23,6 +23,7 @@ from sarbot.errors import ConfigError
 from sarbot.faults import CrashPoints
 from sarbot.graph import Realms, check_realms
 from sarbot.mail.letters import Letters
+from sarbot.mail.logins import LoginWatch
 from sarbot.mail.mailbox import Mailbox, MailboxThread
 from sarbot.mail.mailer import Mailer
 from sarbot.mail.templates import Templates
@@ -126,6 +127,11 @@ class App:
         return Notifier(self.settings, self.letters, self.calendar)
 
     @cached_property
+    def logins(self) -> LoginWatch:
+        """sarbot's own logins by token that fail now: one record for the process."""
+        return LoginWatch(structlog.get_logger("sarbot"))
+
+    @cached_property
     def operations(self) -> Operations:
         """The operators' decisions on requests."""
         return Operations(self.settings, self.letters, self.acknowledger, self.calendar)
@@ -148,7 +154,12 @@ class App:
             raise ConfigError(f"{self.config_path}: {exc}") from None
         return built
 
-    def pipeline(self, *, clock: Clock = utcnow, metrics: Metrics | None = None) -> Pipeline:
+    def pipeline(
+        self,
+        *,
+        clock: Clock = utcnow,
+        metrics: Metrics | None = None,
+    ) -> Pipeline:
         """The pipeline, with every connector built (nothing connects until used)."""
         require_current_schema(self.engine)
         metrics = metrics or Metrics(clock=clock)
@@ -177,6 +188,7 @@ class App:
                 self.sessions,
                 Mailer(settings.smtp),
                 metrics,
+                self.logins,
                 log=log,
                 clock=clock,
                 crash_points=self.crash_points,
@@ -184,7 +196,14 @@ class App:
             notifier=self.notifier,
         )
         return Pipeline(
-            settings, self.sessions, steps, mailbox, metrics=metrics, log=log, clock=clock
+            settings,
+            self.sessions,
+            steps,
+            mailbox,
+            metrics=metrics,
+            logins=self.logins,
+            log=log,
+            clock=clock,
         )
 
     def daemon(self, *, clock: Clock = utcnow) -> Daemon:
@@ -200,6 +219,7 @@ class App:
             deadline=queries.nearest_deadline,
             connectors=[entry.name for entry in self.settings.connectors if entry.enabled],
             timezone=self.settings.deadlines.timezone,
+            logins=self.logins.troubles,
         )
         pipeline = self.pipeline(clock=clock, metrics=metrics)
         stale_after = wanted.threshold(self.settings.imap.poll_interval)

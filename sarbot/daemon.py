@@ -14,7 +14,13 @@ import traceback
 
 from sqlalchemy.exc import OperationalError
 from structlog.typing import FilteringBoundLogger
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from sarbot.config import ImapSettings
 from sarbot.mail.mailbox import MAILBOX_ERRORS, MailboxThread
@@ -24,6 +30,8 @@ from sarbot.pipeline import Pipeline
 
 CONNECT_ATTEMPTS = 3
 MAX_BACKOFF = 60.0
+MAX_LOGIN_BACKOFF = 300.0
+"""The longest pause between tries while the mailbox's login by token fails."""
 WATCHDOG_SLACK = 5.0
 
 
@@ -96,12 +104,13 @@ class Daemon:
         except MAILBOX_ERRORS as exc:
             self._failures += 1
             self.metrics.mailbox_error(self.pipeline.clock())
-            # An OAuthError's message says what to fix and never holds a token.
-            reason = {"reason": str(exc)} if isinstance(exc, OAuthError) else {}
             self.log.warning(
-                "mailbox.error", error_type=type(exc).__name__, failures=self._failures, **reason
+                "mailbox.error", error_type=type(exc).__name__, failures=self._failures
             )
             await self.mailbox.call(self.mailbox.mailbox.close)
+            if isinstance(exc, OAuthError):
+                self.pipeline.logins.failed("imap", exc, at=self.pipeline.clock())
+                await self._without_mailbox()
             return False, False
         except OperationalError as exc:
             self._failures += 1
@@ -123,12 +132,15 @@ class Daemon:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.5, max=10),
-            retry=retry_if_exception_type(MAILBOX_ERRORS),
+            # a login by token that failed has already asked the provider, and asked again
+            # if the server refused the token: the cycle's backoff paces the next try
+            retry=retry_if_exception_type(MAILBOX_ERRORS) & retry_if_not_exception_type(OAuthError),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
                 await self.mailbox.call(box.connect)
+        self.pipeline.logins.worked("imap", at=self.pipeline.clock())
         self.metrics.mailbox_connected(self.pipeline.clock())
         self.log.info(
             "mailbox.connected",
@@ -137,8 +149,20 @@ class Daemon:
             uidvalidity=box.uidvalidity,
         )
 
+    async def _without_mailbox(self) -> None:
+        """The mailbox login fails: still tell the operators, and send what is due."""
+        try:
+            self.pipeline.notify()
+            await self.pipeline.deliver()
+        except Exception as exc:  # the daemon backs off and tries again either way
+            self.log.warning("daemon.error", error_type=type(exc).__name__, at=_origin(exc))
+
     async def _backoff(self) -> None:
         delay = min(MAX_BACKOFF, 2.0 ** min(self._failures, 6))
+        if any(t.login == "imap" for t in self.pipeline.logins.troubles()):
+            # a revoked grant or a missing permission waits for a person: ask the provider
+            # less often (a grant stored meanwhile is taken up at the next try)
+            delay = min(MAX_LOGIN_BACKOFF, 30.0 * 2.0 ** min(self._failures - 1, 4))
         self.log.info("daemon.backoff", seconds=delay)
         await asyncio.to_thread(self.stop.wait, delay)
 

@@ -18,6 +18,7 @@ from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
 from sarbot.graph import Realms
+from sarbot.mail.logins import LoginWatch
 from sarbot.mail.mailbox import HeaderInfo, MailboxThread
 from sarbot.mail.message import IncomingMail
 from sarbot.ops import retention
@@ -68,10 +69,12 @@ class Pipeline:
         mailbox: MailboxThread,
         *,
         metrics: Metrics,
+        logins: LoginWatch,
         log: FilteringBoundLogger,
         clock: Clock,
     ) -> None:
         self.settings = settings
+        self.logins = logins
         self.sessions = sessions
         self.steps = steps
         self.mailbox = mailbox
@@ -236,7 +239,10 @@ class Pipeline:
     def notify(self) -> bool:
         """Queue the operators' notices that are due (sent by the deliver step)."""
         with self.sessions.begin() as session:
-            return self.steps.notifier.run(session, now=self.clock(), log=self.log) > 0
+            queued = self.steps.notifier.run(
+                session, now=self.clock(), log=self.log, logins=self.logins.troubles()
+            )
+            return queued > 0
 
     async def deliver(self) -> bool:
         return await self.steps.deliverer.send_due()

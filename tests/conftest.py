@@ -27,6 +27,7 @@ from sarbot.registry import TypeSource
 from sarbot.store import db
 from sarbot.store.models import AuditEvent, OutgoingMail, Request, SeenMessage, utcnow
 from sarbot.testing import Correspondent, MailServer, stack
+from sarbot.testing.idp import IdpClient
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = stack.state_dir(ROOT)
@@ -91,6 +92,14 @@ def mailstack() -> MailServer:
 
 def unique(local: str, domain: str) -> str:
     return f"{local}-{uuid.uuid4().hex[:10]}@{domain}"
+
+
+@pytest.fixture(scope="session")
+def idp(mailstack: MailServer) -> IdpClient:
+    """The stack's identity provider, over HTTPS (the stack's CA), as the libraries use it."""
+    client = IdpClient(stack.idp_url(tls=True), ca_file=str(CA_FILE))
+    assert client.get("/health") == {"status": "ok"}
+    return client
 
 
 def base_config(tmp_path: Path, support: str) -> dict[str, Any]:

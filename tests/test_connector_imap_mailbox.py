@@ -23,8 +23,11 @@ from sarbot.config import validate
 from sarbot.connector import OTHER_PEOPLE_NOTE, OTHER_PERSON, Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError, ConnectorError
 from sarbot.mail.guards import LOOP_HEADER
+from sarbot.mail.oauth import OAuthError
 from sarbot.testing import Correspondent, MailServer, stack
+from sarbot.testing.idp import IdpClient
 from tests.conftest import CA_FILE, unique
+from tests.oauthkit import generic_table, new_client, write_secret
 
 pytestmark = pytest.mark.mailstack
 
@@ -95,6 +98,7 @@ def connector(tmp_path: Path, box: Correspondent, **overrides: Any) -> ImapMailb
         "timeout": 30,
         **overrides,
     }
+    data = {key: value for key, value in data.items() if value is not None}
     settings = validate(data, ImapMailboxSettings, source="test", base_dir=tmp_path)
     return ImapMailboxConnector("mailbox", settings)
 
@@ -483,3 +487,21 @@ def test_plaintext_is_refused_unless_allowed(tmp_path: Path) -> None:
         {**base, "allow_plaintext": True}, ImapMailboxSettings, source="test", base_dir=tmp_path
     )
     assert allowed.security == "none"
+
+
+def test_a_mailbox_on_oauth2_is_read_with_a_token(
+    tmp_path: Path, contact: Correspondent, alice: str, idp: IdpClient
+) -> None:
+    """``auth = "oauth2"`` on the connector: the contact-form mailbox is read with a token from
+    the provider (client credentials), and a refused client is an OAuthError in words."""
+    put(contact, mail(alice, contact.address, "from her"))
+    client_id = new_client(idp, [contact.address], secret="s3cret")
+    oauth2 = generic_table(tmp_path, idp, client_id)
+    found = collect(tmp_path, contact, alice, password=None, auth="oauth2", oauth2=oauth2)
+    assert subjects(found) == ["from her"]
+    wrong = {**oauth2, "client_secret": write_secret(tmp_path, "wrong-91c2")}
+    broken = connector(tmp_path, contact, password=None, auth="oauth2", oauth2=wrong)
+    with pytest.raises(OAuthError) as failure:
+        broken.check()
+    assert failure.value.cause == "client"
+    assert "invalid_client" in str(failure.value) and "wrong-91c2" not in str(failure.value)

@@ -15,9 +15,8 @@ import smtplib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -27,13 +26,9 @@ import google.oauth2.service_account
 import msal
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request as GoogleRequest
-from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from sarbot.testing import Correspondent, MailServer, stack, subject_contains
@@ -41,6 +36,21 @@ from sarbot.testing.idp import IdpClient, IdpError
 from sarbot.testing.idp.server import Server
 from sarbot.testing.idp.state import Authority
 from tests.conftest import CA_FILE, STACK_DIR, unique
+from tests.oauthkit import (
+    MAIL_SCOPE,
+    OUTLOOK_DEFAULT,
+    OUTLOOK_IMAP,
+    cert_pem,
+    certificate,
+    imap,
+    new_client,
+    oauthbearer,
+    private_pem,
+    public_pem,
+    refused,
+    rsa_key,
+    xoauth2,
+)
 
 pytestmark = pytest.mark.mailstack
 
@@ -48,20 +58,8 @@ pytestmark = pytest.mark.mailstack
 UserCredentials: Any = google.oauth2.credentials.Credentials
 ServiceAccountCredentials: Any = google.oauth2.service_account.Credentials
 
-MAIL_SCOPE = "https://mail.google.com/"
-OUTLOOK_DEFAULT = "https://outlook.office365.com/.default"
-OUTLOOK_IMAP = "https://outlook.office.com/IMAP.AccessAsUser.All"
-
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def idp(mailstack: MailServer) -> IdpClient:
-    """The stack's identity provider, over HTTPS (the stack's CA), as the libraries use it."""
-    client = IdpClient(stack.idp_url(tls=True), ca_file=str(CA_FILE))
-    assert client.get("/health") == {"status": "ok"}
-    return client
 
 
 @pytest.fixture
@@ -73,40 +71,6 @@ def http() -> Iterator[requests.Session]:
     session.trust_env = False
     with session:
         yield session
-
-
-def new_client(idp: IdpClient, users: list[str], **settings: Any) -> str:
-    """Register a client with a unique id; returns the id."""
-    client_id = f"test-{uuid.uuid4().hex[:10]}"
-    idp.register(client_id, users=users, **settings)
-    return client_id
-
-
-def imap(server: MailServer) -> IMAPClient:
-    client = IMAPClient(server.host, server.imap_port, ssl=False, timeout=30)
-    client.starttls(server.tls())
-    return client
-
-
-def xoauth2(server: MailServer, user: str, token: str) -> None:
-    """Log in over IMAP with XOAUTH2 (raises LoginError if refused)."""
-    with imap(server) as client:
-        client.oauth2_login(user, token)
-        client.select_folder("INBOX")
-
-
-def oauthbearer(server: MailServer, user: str, token: str) -> None:
-    with imap(server) as client:
-        client.oauthbearer_login(user, token)
-        client.select_folder("INBOX")
-
-
-def refused(login: Callable[[MailServer, str, str], None], *args: Any) -> str:
-    """The server's answer to a login that must fail."""
-    with pytest.raises(LoginError) as failure:
-        login(*args)
-    assert "AUTHENTICATIONFAILED" in str(failure.value), failure.value
-    return str(failure.value)
 
 
 def xoauth2_string(user: str, token: str) -> str:
@@ -133,43 +97,6 @@ def smtp_auth(server: MailServer, mechanism: str, response: str) -> tuple[int, b
         if code == 334:  # XOAUTH2 and OAUTHBEARER send an error challenge first
             code, text = session.docmd("")
         return code, text
-
-
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def private_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
-def public_pem(key: rsa.RSAPrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-def certificate(key: rsa.RSAPrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sarbot test client")])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-
-
-def cert_pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 # ---------------------------------------------------------------- IMAP

@@ -419,6 +419,7 @@ class TestHealth:
             "database": {"ok": True, "error": None},
             "imap": {"connected": True, "since": "2026-03-02T09:00:00+00:00"},
             "last_poll": "2026-03-02T09:00:30+00:00",
+            "logins_failing": {},
             "stale_after_seconds": 300,
             "problems": [],
         }

@@ -26,17 +26,19 @@ from sarbot.store.states import RequestState
 from sarbot.testing import Correspondent, MailServer, stack, subject_contains
 from sarbot.testing.idp import IdpClient
 from tests.conftest import CA_FILE, STACK_DIR, Bot, base_config, unique
-from tests.test_mailstack_oauth import (
+from tests.oauthkit import (
     MAIL_SCOPE,
     OUTLOOK_DEFAULT,
     cert_pem,
     certificate,
+    generic_table,
     new_client,
     oauthbearer,
     private_pem,
     public_pem,
     refused,
     rsa_key,
+    write_secret,
     xoauth2,
 )
 
@@ -144,19 +146,6 @@ class TestSettings:
 
 
 # ---------------------------------------------------------------- token sources
-
-
-@pytest.fixture(scope="module")
-def idp(mailstack: MailServer) -> IdpClient:
-    client = IdpClient(stack.idp_url(tls=True), ca_file=str(CA_FILE))
-    assert client.get("/health") == {"status": "ok"}
-    return client
-
-
-def write_secret(tmp_path: Path, value: str) -> dict[str, str]:
-    path = tmp_path / f"secret-{uuid.uuid4().hex[:8]}"
-    path.write_text(value + "\n")
-    return {"file": str(path)}
 
 
 def oauth_settings(tmp_path: Path, **values: Any) -> OAuth2Settings:
@@ -335,14 +324,7 @@ def test_connect_logs_in_with_a_token_and_replaces_a_refused_one(
     """sarbot.mail.imap.connect: one token source per settings, a refused token replaced once."""
     mailbox = unique("support", "redtrain.test")
     client_id = new_client(idp, [mailbox], secret="s3cret")
-    oauth2 = {
-        "provider": "generic",
-        "client_id": client_id,
-        "client_secret": write_secret(tmp_path, "s3cret"),
-        "token_url": idp.token_url,
-        "ca_file": str(CA_FILE),
-        "mechanism": "oauthbearer",
-    }
+    oauth2 = generic_table(tmp_path, idp, client_id, mechanism="oauthbearer")
     login = imap_login(
         tmp_path,
         host=mailstack.host,
@@ -486,4 +468,6 @@ def test_a_refused_client_is_logged_in_words_an_admin_can_act_on(
         app.engine.dispose()
     [error] = [e for e in events if e["event"] == "mailbox.error"]
     assert error["error_type"] == "OAuthError"
-    assert "invalid_client" in error["reason"] and "bad-5e1d" not in error["reason"]
+    [failed] = [e for e in events if e["event"] == "mailbox.login_failed"]
+    assert (failed["login"], failed["cause"]) == ("imap", "client")
+    assert "invalid_client" in failed["reason"] and "bad-5e1d" not in failed["reason"]

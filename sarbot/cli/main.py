@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import structlog
 
+from sarbot.cli.auth import check_logins
 from sarbot.cli.common import app_from, operator, table
 from sarbot.errors import SarbotError
 from sarbot.mail.mailbox import Mailbox, MailboxThread
@@ -76,7 +77,8 @@ def config() -> None:
 @config.command("check")
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
-    """Validate the config file, every connector's settings and the recognition phrases."""
+    """Validate the config file, every connector's settings and the recognition phrases;
+    for each login by OAuth 2.0 token, get a token and log in."""
     app = app_from(ctx)
     try:
         connectors = app.build_connectors()
@@ -85,6 +87,15 @@ def config_check(ctx: click.Context) -> None:
         phrases = len(app.recogniser.phrases)
     except SarbotError as exc:
         raise click.ClickException(str(exc)) from None
+    failed = False
+    for check in check_logins(app.settings):
+        if check.problem is None:
+            click.echo(f"{check.login.upper()} login by OAuth 2.0 token: ok")
+        else:
+            failed = True
+            click.echo(f"{check.login.upper()} login by OAuth 2.0 token FAILED: {check.problem}")
+    if failed:
+        ctx.exit(1)
     click.echo(
         f"{app.config_path}: ok ({len(connectors)} connector(s), {phrases} request phrase(s))"
     )
@@ -206,9 +217,11 @@ def purge(ctx: click.Context) -> None:
 
 
 def _register_commands() -> None:
+    from sarbot.cli.auth import auth_group
     from sarbot.cli.requests import requests_group
 
     cli.add_command(requests_group)
+    cli.add_command(auth_group)
 
 
 _register_commands()

@@ -17,7 +17,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from sarbot.config import ImapLogin
-from sarbot.mail.oauth import TokenSource, token_source
+from sarbot.mail.oauth import TokenSource, refused_by_server, token_source
 
 
 def connect(login: ImapLogin) -> IMAPClient:
@@ -54,12 +54,21 @@ def oauth_login(client: IMAPClient, username: str, tokens: TokenSource) -> None:
                 client.oauthbearer_login(username, token)
             else:
                 client.oauth2_login(username, token)
-        except LoginError:
+        except LoginError as exc:
+            if _connection_lost(exc):  # not a refusal: the session's trouble, tried again later
+                raise
             tokens.invalidate()
             if attempt == 2:
-                raise LoginError(f"the server refused the OAuth 2.0 token for {username}") from None
+                raise refused_by_server(username) from None
         else:
             return
+
+
+def _connection_lost(error: LoginError) -> bool:
+    """imapclient reports a connection lost during AUTHENTICATE as a LoginError too; imaplib's
+    words for it are "socket error" and "EOF"."""
+    text = str(error)
+    return "socket error" in text or "EOF" in text
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """Sending mail over SMTP, with retries for what may succeed later.
 
 With ``auth = "oauth2"`` the session logs in with XOAUTH2 or OAUTHBEARER and an access token
-from ``sarbot.mail.oauth``; a token the server refuses is replaced once.
+from ``sarbot.mail.oauth``; a token the server refuses is replaced once, and a login that
+still fails is an SmtpLoginError: the message waits, it is not refused.
 """
 
 from __future__ import annotations
@@ -11,16 +12,39 @@ import base64
 import ssl
 
 import aiosmtplib
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from sarbot.config import SmtpSettings
 from sarbot.errors import PermanentMailError, TransientMailError
-from sarbot.mail.oauth import OAuthError, TokenSource, oauthbearer_string, token_source
+from sarbot.mail.oauth import (
+    OAuthError,
+    TokenSource,
+    oauthbearer_string,
+    refused_by_server,
+    token_source,
+)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """A verifying client context, trusting ``ca_file`` when given."""
     return ssl.create_default_context(cafile=ca_file)
+
+
+class SmtpLoginError(TransientMailError):
+    """The SMTP login by token failed: nothing is wrong with the message, which waits.
+
+    ``oauth`` is the OAuthError, whose ``cause`` names the kind of failure.
+    """
+
+    def __init__(self, error: OAuthError) -> None:
+        super().__init__(str(error))
+        self.oauth = error
 
 
 class Mailer:
@@ -35,49 +59,31 @@ class Mailer:
             self._tokens = token_source(settings.oauth2, settings.username)
 
     async def send(self, raw: bytes, *, sender: str, recipient: str) -> None:
-        """Send one message; raise TransientMailError or PermanentMailError on failure."""
+        """Send one message; raise TransientMailError or PermanentMailError on failure.
+
+        A failed login by token (SmtpLoginError) is not retried here: every message would
+        fail the same way, so the caller puts them all off.
+        """
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.attempts),
             wait=wait_exponential(multiplier=self.retry_wait, max=30),
-            retry=retry_if_exception_type(TransientMailError),
+            retry=retry_if_exception_type(TransientMailError)
+            & retry_if_not_exception_type(SmtpLoginError),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
                 await self._send_once(raw, sender=sender, recipient=recipient)
 
-    async def _send_once(self, raw: bytes, *, sender: str, recipient: str) -> None:
-        s = self.settings
-        try:
-            if self._tokens is not None:
-                await self._send_with_token(self._tokens, raw, sender=sender, recipient=recipient)
-                return
-            await aiosmtplib.send(
-                raw,
-                sender=sender,
-                recipients=[recipient],
-                hostname=s.host,
-                port=s.port,
-                use_tls=s.security == "tls",
-                start_tls=s.security == "starttls",
-                tls_context=self._tls if s.security != "none" else None,
-                username=s.username,
-                password=s.password.get_secret_value() if s.password else None,
-                timeout=s.timeout,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [err.code for err in exc.recipients]
-            raise _by_code(min(codes, default=554), "recipient refused") from None
-        except aiosmtplib.SMTPResponseException as exc:
-            raise _by_code(exc.code, exc.message) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TransientMailError(f"{type(exc).__name__}: {exc}") from None
-        except OAuthError as exc:
-            raise TransientMailError(f"no OAuth 2.0 token: {exc}") from None
+    async def check_login(self) -> None:
+        """Connect and log in as sending does, then quit: for ``sarbot config check``."""
+        await self._session(None)
 
-    async def _send_with_token(
-        self, tokens: TokenSource, raw: bytes, *, sender: str, recipient: str
-    ) -> None:
+    async def _send_once(self, raw: bytes, *, sender: str, recipient: str) -> None:
+        await self._session((raw, sender, recipient))
+
+    async def _session(self, mail: tuple[bytes, str, str] | None) -> None:
+        """One SMTP session: connect, log in, and send ``mail`` (raw, sender, recipient)."""
         s = self.settings
         client = aiosmtplib.SMTP(
             hostname=s.host,
@@ -87,9 +93,24 @@ class Mailer:
             tls_context=self._tls if s.security != "none" else None,
             timeout=s.timeout,
         )
-        async with client:
-            await self._authenticate(client, tokens)
-            await client.sendmail(sender, [recipient], raw)
+        try:
+            async with client:
+                if self._tokens is not None:
+                    await self._authenticate(client, self._tokens)
+                elif s.username and s.password is not None:
+                    await client.login(s.username, s.password.get_secret_value())
+                if mail is not None:
+                    raw, sender, recipient = mail
+                    await client.sendmail(sender, [recipient], raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [err.code for err in exc.recipients]
+            raise _by_code(min(codes, default=554), "recipient refused") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _by_code(exc.code, exc.message) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientMailError(f"{type(exc).__name__}: {exc}") from None
+        except OAuthError as exc:
+            raise SmtpLoginError(exc) from None
 
     async def _authenticate(self, client: aiosmtplib.SMTP, tokens: TokenSource) -> None:
         """AUTH with the source's token; if the server refuses it, once more with a new one."""
@@ -101,10 +122,12 @@ class Mailer:
                     await _auth_oauthbearer(client, username, token)
                 else:
                     await client.auth_xoauth2(username, token)
-            except aiosmtplib.SMTPAuthenticationError:
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                if exc.code < 500:  # 454 and the like: the server's trouble, tried again later
+                    raise
                 tokens.invalidate()
                 if attempt == 2:
-                    raise
+                    raise refused_by_server(username) from None
             else:
                 return
 

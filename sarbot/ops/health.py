@@ -41,7 +41,8 @@ class HealthCheck:
 
     Unhealthy when the database check raises, when no poll has completed for
     ``stale_after`` seconds (counted from the start until the first one), or when
-    the IMAP session has been down for longer than that.
+    the IMAP session has been down for longer than that, or while a login by token fails
+    (the SMTP login's trouble shows nowhere else, as its notice cannot be sent).
     """
 
     def __init__(
@@ -67,12 +68,15 @@ class HealthCheck:
         down = (now - mailbox.since).total_seconds()
         if not mailbox.connected and down > self.stale_after:
             problems.append(f"IMAP session down for {down:.0f} s")
+        logins = self.metrics.logins()
+        problems.extend(f"{t.login.upper()} login failing ({t.cause})" for t in logins)
         body: dict[str, Any] = {
             "status": "unhealthy" if problems else "ok",
             "checked_at": _iso(now),
             "database": {"ok": error is None, "error": error},
             "imap": {"connected": mailbox.connected, "since": _iso(mailbox.since)},
             "last_poll": _iso(mailbox.last_poll),
+            "logins_failing": {t.login: t.cause for t in logins},
             "stale_after_seconds": self.stale_after,
             "problems": problems,
         }

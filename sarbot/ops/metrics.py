@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.pool import NullPool
 
+from sarbot.mail.logins import LOGINS, LoginTrouble
 from sarbot.store.models import Clock, Request, utcnow
 from sarbot.store.states import TERMINAL, RequestState
 
@@ -130,8 +131,10 @@ class Metrics:
         deadline: Deadline | None = None,
         connectors: Iterable[str] = (),
         timezone: str = "UTC",
+        logins: Callable[[], list[LoginTrouble]] = list,
     ) -> None:
         self.clock = clock
+        self.logins = logins
         self.timezone = ZoneInfo(timezone)
         self.registry = CollectorRegistry()
         started = clock()
@@ -247,10 +250,13 @@ class _LiveCollector:
     def collect(self) -> Iterator[Metric]:
         now = self.metrics.clock()
         mailbox = self.metrics.mailbox
-        requests, oldest, nearest, connected, polled, up = _families()
+        requests, oldest, nearest, connected, polled, up, failing = _families()
         connected.add_metric([], 1.0 if mailbox.connected else 0.0)
         polled.add_metric([], (mailbox.last_poll or mailbox.started_at).timestamp())
-        yield from (connected, polled)
+        troubles = {trouble.login for trouble in self.metrics.logins()}
+        for login in LOGINS:
+            failing.add_metric([login], 1.0 if login in troubles else 0.0)
+        yield from (connected, polled, failing)
         if self.snapshot is None and self.deadline is None:
             return
         try:  # a failing database must not fail the scrape: its gauges go missing instead
@@ -292,6 +298,11 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
         ),
         GaugeMetricFamily(
             "sarbot_database_up", "1 if the state database answered this scrape's queries."
+        ),
+        GaugeMetricFamily(
+            "sarbot_login_failing",
+            "1 while sarbot's login by OAuth 2.0 token to IMAP or SMTP fails.",
+            labels=["login"],
         ),
     )
 

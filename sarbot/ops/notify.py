@@ -5,6 +5,8 @@ connector keeps failing for it, when its deadline is near and when it is
 overdue: at most one mail per kind of event per request.  A daily digest
 lists what is open.  Mail that may be a request in other words is announced
 at once; mail from before the start that looks like one, once, in a list.
+A login by token that fails (a revoked grant, a missing permission) is told
+at once and then at most daily while it lasts.
 Operator mail names references, states and dates, and
 masked addresses; it never carries exported data.
 """
@@ -19,11 +21,12 @@ from structlog.typing import FilteringBoundLogger
 
 from sarbot.addresses import mask_address
 from sarbot.config import Settings
-from sarbot.mail.letters import Letters
+from sarbot.mail.letters import Letters, new_message_id
+from sarbot.mail.logins import LoginTrouble
 from sarbot.steps.package import EXPORT_WRITE_FAILED
 from sarbot.store.deadlines import Calendar, days_left
 from sarbot.store.models import OutgoingMail, Request
-from sarbot.store.states import TERMINAL, MailKind, RequestState
+from sarbot.store.states import TERMINAL, MailKind, MailState, RequestState
 
 HEADLINES = {
     MailKind.OPERATOR_REVIEW: "A request waits for a person",
@@ -34,6 +37,10 @@ HEADLINES = {
 }
 
 
+LOGIN_NOTICE_EVERY = timedelta(days=1)
+"""How often the operators are told, at most, that a login by token keeps failing."""
+
+
 class Notifier:
     def __init__(self, settings: Settings, letters: Letters, calendar: Calendar) -> None:
         self.settings = settings
@@ -41,11 +48,23 @@ class Notifier:
         self.calendar = calendar
         self.operators = settings.notifications.operators
 
-    def run(self, session: Session, *, now: datetime, log: FilteringBoundLogger) -> int:
-        """Queue the notices that are due; returns how many mails were queued."""
+    def run(
+        self,
+        session: Session,
+        *,
+        now: datetime,
+        log: FilteringBoundLogger,
+        logins: list[LoginTrouble] | None = None,
+    ) -> int:
+        """Queue the notices that are due; returns how many mails were queued.
+
+        ``logins`` are sarbot's own logins failing now (``sarbot.mail.logins``).
+        """
         if not self.operators:
             return 0
-        queued = 0
+        queued = self._logins(session, logins or [], now=now)
+        if queued:
+            log.info("operator.notified", kind=MailKind.OPERATOR_LOGIN.value)
         today = self.calendar.local_date(now)
         open_requests = list(
             session.scalars(select(Request).where(Request.state.not_in(list(TERMINAL))))
@@ -101,30 +120,91 @@ class Notifier:
     def _notice(
         self, session: Session, request: Request, kind: MailKind, detail: str, *, now: datetime
     ) -> int:
+        return self._to_operators(
+            session,
+            request,
+            kind,
+            "operator_notice.txt",
+            f"{HEADLINES[kind]}: {request.reference}",
+            now=now,
+            thread=False,
+            headline=HEADLINES[kind],
+            reference=request.reference,
+            state=request.state.value,
+            requester=mask_address(request.email),
+            received_at=request.received_at,
+            due=request.deadline,
+            detail=detail,
+        )
+
+    def _to_operators(
+        self,
+        session: Session,
+        request: Request | None,
+        kind: MailKind,
+        template: str,
+        subject: str,
+        *,
+        now: datetime,
+        thread: bool = True,
+        stem: str | None = None,
+        **context: object,
+    ) -> int:
+        """One letter to each operator; returns how many were queued.  ``stem`` starts the
+        letters' Message-IDs (a request's reference, or ``digest``, unless given)."""
         for address in self.operators:
+            message_id = new_message_id(stem, self.letters.domain) if stem else None
             self.letters.post(
                 session,
                 request,
                 kind,
                 lambda message_id: self.letters.operator_notice(
                     address,  # noqa: B023 (called at once, inside post)
-                    "operator_notice.txt",
-                    f"{HEADLINES[kind]}: {request.reference}",
+                    template,
+                    subject,
                     message_id=message_id,
                     now=now,
-                    headline=HEADLINES[kind],
-                    reference=request.reference,
-                    state=request.state.value,
-                    requester=mask_address(request.email),
-                    received_at=request.received_at,
-                    due=request.deadline,
-                    detail=detail,
+                    **context,
                 ),
                 now=now,
+                message_id=message_id,
                 recipient=address,
-                thread=False,
+                thread=thread,
             )
         return len(self.operators)
+
+    def _logins(self, session: Session, troubles: list[LoginTrouble], *, now: datetime) -> int:
+        """A login by token fails: tell the operators, at most once a day for each login.
+
+        No new notice while one still waits to be sent (the SMTP login fails too): a long
+        outage leaves one notice behind, not one a day.  A notice's Message-ID names the
+        logins it is about (``<logins-imap-smtp.m...@domain>``).
+        """
+        if not troubles:
+            return 0
+        recent = list(
+            session.scalars(
+                select(OutgoingMail)
+                .where(OutgoingMail.kind == MailKind.OPERATOR_LOGIN)
+                .where(OutgoingMail.created_at > now - LOGIN_NOTICE_EVERY)
+            )
+        )
+        if any(mail.state is MailState.PENDING for mail in recent):
+            return 0
+        told = {part for mail in recent for part in mail.message_id.split(".")[0].split("-")}
+        if all(t.login in told for t in troubles):
+            return 0
+        names = [t.login for t in troubles]
+        return self._to_operators(
+            session,
+            None,
+            MailKind.OPERATOR_LOGIN,
+            "operator_login.txt",
+            f"sarbot cannot log in to {' and '.join(n.upper() for n in names)}",
+            now=now,
+            stem="logins-" + "-".join(names),
+            troubles=troubles,
+        )
 
     def _history(
         self,
@@ -140,22 +220,15 @@ class Notifier:
         if not found or session.scalar(sent.limit(1)) is not None:
             return 0
         rows = [_possible_row(r) for r in found]
-        for address in self.operators:
-            self.letters.post(
-                session,
-                None,
-                MailKind.OPERATOR_HISTORY,
-                lambda message_id: self.letters.operator_notice(
-                    address,  # noqa: B023 (called at once, inside post)
-                    "operator_history.txt",
-                    f"{len(rows)} mail(s) from before the start look like access requests",
-                    message_id=message_id,
-                    now=now,
-                    history=rows,
-                ),
-                now=now,
-                recipient=address,
-            )
+        self._to_operators(
+            session,
+            None,
+            MailKind.OPERATOR_HISTORY,
+            "operator_history.txt",
+            f"{len(rows)} mail(s) from before the start look like access requests",
+            now=now,
+            history=rows,
+        )
         log.info("operator.history", requests=len(rows))
         return len(self.operators)
 
@@ -197,28 +270,20 @@ class Notifier:
                 select(Request).where(Request.delivered_at > now - timedelta(days=1))
             )
         )
-        for address in self.operators:
-            self.letters.post(
-                session,
-                None,
-                MailKind.OPERATOR_DIGEST,
-                lambda message_id: self.letters.operator_notice(
-                    address,  # noqa: B023 (called at once, inside post)
-                    "operator_digest.txt",
-                    f"Daily summary: {len(rows)} open",
-                    message_id=message_id,
-                    now=now,
-                    today=now,
-                    open=rows,
-                    review=review,
-                    possible=possible,
-                    history=history,
-                    delivered=delivered,
-                ),
-                now=now,
-                recipient=address,
-            )
-        return len(self.operators)
+        return self._to_operators(
+            session,
+            None,
+            MailKind.OPERATOR_DIGEST,
+            "operator_digest.txt",
+            f"Daily summary: {len(rows)} open",
+            now=now,
+            today=now,
+            open=rows,
+            review=review,
+            possible=possible,
+            history=history,
+            delivered=delivered,
+        )
 
 
 def _possible_row(request: Request) -> dict[str, object]:

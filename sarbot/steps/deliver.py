@@ -21,7 +21,8 @@ from sarbot.addresses import mask_address
 from sarbot.config import Settings
 from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
 from sarbot.faults import CrashPoints
-from sarbot.mail.mailer import Mailer
+from sarbot.mail.logins import LoginWatch
+from sarbot.mail.mailer import Mailer, SmtpLoginError
 from sarbot.store import outbox
 from sarbot.store.db import forget_cleared
 from sarbot.store.lifecycle import transition
@@ -46,6 +47,7 @@ class Deliverer:
         sessions: sessionmaker[Session],
         mailer: Mailer,
         milestones: Milestones,
+        logins: LoginWatch,
         *,
         log: FilteringBoundLogger,
         clock: Clock,
@@ -56,6 +58,7 @@ class Deliverer:
         self.engine: Engine = sessions.kw["bind"]
         self.mailer = mailer
         self.milestones = milestones
+        self.logins = logins
         self.log = log
         self.clock = clock
         self.crash_points = crash_points
@@ -66,8 +69,12 @@ class Deliverer:
             for mail in due:
                 _ = mail.request  # load while the session is open
         cleared = False
-        for mail in due:
-            cleared |= await self._send(mail)
+        for position, mail in enumerate(due):
+            try:
+                cleared |= await self._send(mail)
+            except SmtpLoginError as exc:  # the rest would fail the same way: all wait
+                self._put_off(due[position:], exc)
+                break
         if cleared:
             forget_cleared(self.engine)  # a copy kept until sending may have carried a challenge
         return bool(due)
@@ -86,8 +93,12 @@ class Deliverer:
                     raw, sender=self.settings.controller.email, recipient=mail.recipient
                 )
                 self.crash_points.point("deliver.accepted")
+            except SmtpLoginError:
+                raise
             except MailSendError as exc:
                 error = exc
+            else:
+                self.logins.worked("smtp", at=self.clock())
         with self.sessions.begin() as session:
             self._record(session, session.get_one(OutgoingMail, mail.id), error, log)
         if error is None:
@@ -133,6 +144,18 @@ class Deliverer:
             request.delivered_at = now
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
             self.milestones.delivered(request.received_at, request.confirmed_at, at=now)
+
+    def _put_off(self, mails: list[OutgoingMail], error: SmtpLoginError) -> None:
+        """The SMTP login failed: record it once, and retry every message later."""
+        now = self.clock()
+        trouble = self.logins.failed("smtp", error.oauth, at=now)
+        wait = timedelta(seconds=self.settings.smtp.retry_after)
+        with self.sessions.begin() as session:
+            for mail in mails:
+                outbox.mark_retry(session.get_one(OutgoingMail, mail.id), now, wait, str(error))
+        self.log.warning(
+            "mail.deferred", messages=len(mails), cause=trouble.cause, retry_in=wait.total_seconds()
+        )
 
     def sweep(self) -> int:
         """Delete export files nothing will send: sent and past retention, or left by a crash."""

@@ -8,16 +8,22 @@ half-written export never exists under its final name.  Files are 0600 in a
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from sarbot.faults import CrashPoints
 
 
 def write_private_file(path: Path, data: bytes, crash_points: CrashPoints) -> None:
-    """Write a 0600 file atomically: temporary name, fsync, rename, fsync the folder."""
+    """Write a 0600 file atomically: temporary name, fsync, rename, fsync the folder.
+
+    The temporary file is new and unique (``mkstemp``: created exclusively, 0600), so a
+    stale file or a symlink planted under a guessable name changes nothing, and two writers
+    of one path do not share it.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    partial = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

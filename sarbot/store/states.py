@@ -86,6 +86,7 @@ class MailKind(StrEnum):
     OPERATOR_DIGEST = "operator_digest"
     OPERATOR_POSSIBLE = "operator_possible"
     OPERATOR_HISTORY = "operator_history"
+    OPERATOR_LOGIN = "operator_login"
 
     @property
     def to_operators(self) -> bool:

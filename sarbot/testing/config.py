@@ -22,7 +22,7 @@ def write_config(
     server: MailServer,
     database_url: str,
     export_dir: Path | str = "exports",
-    login_file: str = "imap-password",
+    login_file: str | None = "imap-password",
     imap: Mapping[str, Value] | None = None,
     smtp: Mapping[str, Value] | None = None,
     extra: str = "",
@@ -31,7 +31,8 @@ def write_config(
 
     It holds ``[controller]``, ``[imap]``, ``[smtp]``, ``[storage]`` and JSON
     ``[logging]``, then ``extra``.  The mailbox password goes to
-    ``login_file``, beside ``path`` unless absolute, as a secret reference.
+    ``login_file``, beside ``path`` unless absolute, as a secret reference; with
+    ``login_file=None`` there is none (a login by token: ``[imap.oauth2]`` in ``extra``).
     """
     if server.ca_file is None:
         raise ValueError("the test mail server needs its CA file")
@@ -61,11 +62,12 @@ def write_config(
     for name, settings in sections.items():
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {_toml(value)}" for key, value in settings.items())
-        if name == "imap":
+        if name == "imap" and login_file is not None:
             lines.append(f"password = {{ file = {_toml(login_file)} }}")
-    login = path.parent / login_file
-    login.parent.mkdir(parents=True, exist_ok=True)
-    login.write_text(server.password + "\n")
+    if login_file is not None:
+        login = path.parent / login_file
+        login.parent.mkdir(parents=True, exist_ok=True)
+        login.write_text(server.password + "\n")
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
 

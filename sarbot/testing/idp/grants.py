@@ -1,4 +1,5 @@
-"""The token endpoint (RFC 6749, 7523, 8628), device authorization and revocation (RFC 7009).
+"""The token endpoint (RFC 6749, 7523, 7636, 8628), device authorization and revocation
+(RFC 7009).
 
 Each function takes the request's form fields and Authorization header, changes the
 :class:`~.state.Authority` (the caller holds its lock) and returns the JSON to answer, or
@@ -7,11 +8,15 @@ raises :class:`OAuthError`, which becomes an RFC 6749 error response.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 from typing import Any
 
 from . import jwt
+from .browser import CodeRequest
 from .protocol import (
     GOOGLE_TOKEN_AUDIENCES,
     OAuthError,
@@ -20,12 +25,20 @@ from .protocol import (
     id_token,
     verify_assertion,
 )
-from .state import RESERVED_SCOPES, Authority, Client, DeviceRequest, Grant, digest, token_id
+from .state import (
+    RESERVED_SCOPES,
+    Authority,
+    Client,
+    DeviceRequest,
+    Grant,
+    digest,
+    token_id,
+)
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_CODE_LIFETIME = 600
-USER_GRANTS = frozenset({"device_code", "consent"})
+USER_GRANTS = frozenset({"device_code", "consent", "authorization_code"})
 """Grants a user gave (the device flow, a refresh token from /admin/refresh-tokens): only
 these get ID tokens; client credentials and JWT bearer tokens act for a mailbox, not a user."""
 USER_CODE_LETTERS = "BCDFGHJKLMNPQRSTVWXZ"  # no vowels: no words, no 0/O or 1/I confusion
@@ -139,11 +152,33 @@ def device_code(authority: Authority, req: Request) -> tuple[dict[str, Any], dic
     return response, logged
 
 
+def authorization_code(authority: Authority, req: Request) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A code from /authorize, exchanged once, with its redirect_uri and PKCE verifier."""
+    client = _known(*authenticate(authority, req))
+    code: CodeRequest | None = authority.codes.get(digest(req.need("code")))
+    if code is None or code.client_id != client.client_id or code.used:
+        raise OAuthError("invalid_grant", "unknown or already used authorization code")
+    code.used = True  # one try: a wrong verifier burns the code too
+    if code.expires_at <= time.time():
+        raise OAuthError("invalid_grant", "the authorization code has expired")
+    if req.form.get("redirect_uri") != code.redirect_uri:
+        raise OAuthError("invalid_grant", "redirect_uri differs from the authorization request's")
+    verifier = req.need("code_verifier")
+    answer = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    if not hmac.compare_digest(answer.decode(), code.challenge):
+        raise OAuthError("invalid_grant", "the PKCE code_verifier does not match")
+    g = authority.grant(client, code.user, code.scopes, "authorization_code")
+    response, logged = authority.issue(g, code.scopes, refresh=True)
+    logged["openid"] = code.openid
+    return response, logged
+
+
 GRANTS = {
     "client_credentials": client_credentials,
     "refresh_token": refresh_token,
     JWT_BEARER: jwt_bearer,
     DEVICE_CODE: device_code,
+    "authorization_code": authorization_code,
 }
 
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import admin, grants
+from . import admin, browser, grants
 from .protocol import OAuthError, Request
 from .state import Authority
 
@@ -175,13 +175,7 @@ class Handler(BaseHTTPRequestHandler):
                 elif path.endswith("/device"):
                     self.send_html(200, self.device_page(query.get("user_code", [""])[0], ""))
                 elif path.endswith("/authorize"):
-                    self.send_json(
-                        400,
-                        {
-                            "error": "unsupported_response_type",
-                            "error_description": "no browser sign-in here: use the device flow",
-                        },
-                    )
+                    self.authorize({name: values[0] for name, values in query.items()})
                 else:
                     self.send_json(404, {"error": "not_found"})
             except admin.AdminError as exc:
@@ -222,9 +216,7 @@ class Handler(BaseHTTPRequestHandler):
         elif endpoint == "device_authorization":
             self.send_json(200, grants.device_authorization(authority, self.oauth_request()))
         else:
-            raise OAuthError(
-                "unsupported_response_type", "no browser sign-in here: use the device flow"
-            )
+            raise OAuthError("invalid_request", "a browser signs in with GET /authorize")
 
     def admin_post(self, path: str) -> None:
         authority, body = self.server.authority, self.json_body()
@@ -274,6 +266,17 @@ class Handler(BaseHTTPRequestHandler):
                 {s for c in self.server.authority.clients.values() for s in c.scopes}
             ),
         }
+
+    def authorize(self, query: dict[str, str]) -> None:
+        try:
+            location = browser.authorize(self.server.authority, query)
+        except browser.BadAuthorization as exc:
+            self.send_html(400, f"<p>{html.escape(str(exc))}</p>")
+            return
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def device_page(self, user_code: str, note: str) -> str:
         code = html.escape(user_code, quote=True)

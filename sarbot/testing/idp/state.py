@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .jwt import JwtError, Signer, public_key
+
+if TYPE_CHECKING:
+    from .browser import CodeRequest
 
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 """OpenID Connect scopes that msal adds to user flows: always allowed, never granted."""
@@ -196,6 +199,8 @@ class Authority:
     grants: dict[str, Grant] = field(default_factory=dict)
     tokens: dict[str, Token] = field(default_factory=dict)
     devices: dict[str, DeviceRequest] = field(default_factory=dict)
+    codes: dict[str, CodeRequest] = field(default_factory=dict)
+    """Authorization codes from /authorize (``browser``), by digest."""
     lifetimes: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
