@@ -154,12 +154,7 @@ class App:
             raise ConfigError(f"{self.config_path}: {exc}") from None
         return built
 
-    def pipeline(
-        self,
-        *,
-        clock: Clock = utcnow,
-        metrics: Metrics | None = None,
-    ) -> Pipeline:
+    def pipeline(self, *, clock: Clock = utcnow, metrics: Metrics | None = None) -> Pipeline:
         """The pipeline, with every connector built (nothing connects until used)."""
         require_current_schema(self.engine)
         metrics = metrics or Metrics(clock=clock)

@@ -17,6 +17,8 @@ from cryptography.x509.oid import NameOID
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from sarbot.config import validate
+from sarbot.oauth_settings import OAuth2Settings
 from sarbot.testing import MailServer
 from sarbot.testing.idp import IdpClient
 from tests.conftest import CA_FILE
@@ -121,3 +123,9 @@ def generic_table(
         "ca_file": str(CA_FILE),
         **more,
     }
+
+
+def oauth_settings(tmp_path: Path, **values: Any) -> OAuth2Settings:
+    """An ``oauth2`` table validated as sarbot reads it, trusting the stack's CA."""
+    data = {"ca_file": str(CA_FILE), **values}
+    return validate(data, OAuth2Settings, source="test", base_dir=tmp_path)

@@ -21,7 +21,6 @@ from sarbot.config import ImapLogin, Settings, SmtpSettings, validate
 from sarbot.errors import ConfigError
 from sarbot.mail.imap import imap_session
 from sarbot.mail.oauth import OAuthError, TokenSource, build_token_source, token_source
-from sarbot.oauth_settings import OAuth2Settings
 from sarbot.store.states import RequestState
 from sarbot.testing import Correspondent, MailServer, stack, subject_contains
 from sarbot.testing.idp import IdpClient
@@ -33,6 +32,7 @@ from tests.oauthkit import (
     certificate,
     generic_table,
     new_client,
+    oauth_settings,
     oauthbearer,
     private_pem,
     public_pem,
@@ -148,13 +148,8 @@ class TestSettings:
 # ---------------------------------------------------------------- token sources
 
 
-def oauth_settings(tmp_path: Path, **values: Any) -> OAuth2Settings:
-    data = {"ca_file": str(CA_FILE), **values}
-    return validate(data, OAuth2Settings, source="test", base_dir=tmp_path)
-
-
-def source(tmp_path: Path, mailbox: str, **values: Any) -> TokenSource:
-    return build_token_source(oauth_settings(tmp_path, **values), mailbox)
+def source(tmp_path: Path, **values: Any) -> TokenSource:
+    return build_token_source(oauth_settings(tmp_path, **values))
 
 
 class TestTokenSources:
@@ -165,7 +160,6 @@ class TestTokenSources:
         client_id = new_client(idp, [mailbox], secret="s3cret", scopes=[OUTLOOK_DEFAULT])
         tokens = source(
             tmp_path,
-            mailbox,
             provider="microsoft",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "s3cret"),
@@ -188,7 +182,6 @@ class TestTokenSources:
         client_id = new_client(idp, [mailbox], keys=[cert_pem(cert)], scopes=[OUTLOOK_DEFAULT])
         tokens = source(
             tmp_path,
-            mailbox,
             provider="microsoft",
             client_id=client_id,
             certificate=write_secret(tmp_path, cert_pem(cert)),
@@ -205,7 +198,6 @@ class TestTokenSources:
         refresh = idp.mint_refresh_token(client_id, mailbox)
         tokens = source(
             tmp_path,
-            mailbox,
             provider="google",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "g-secret"),
@@ -240,7 +232,6 @@ class TestTokenSources:
         (tmp_path / "sa.json").write_text(json.dumps(info))
         tokens = source(
             tmp_path,
-            mailbox,
             provider="google",
             service_account_file="sa.json",
             subject=mailbox,
@@ -255,7 +246,6 @@ class TestTokenSources:
         client_id = new_client(idp, [mailbox], secret="s3cret", rotate_refresh_tokens=True)
         credentials = source(
             tmp_path,
-            mailbox,
             provider="generic",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "s3cret"),
@@ -265,7 +255,6 @@ class TestTokenSources:
         refresh = idp.mint_refresh_token(client_id, mailbox)
         user = source(
             tmp_path,
-            mailbox,
             provider="generic",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "s3cret"),
@@ -284,7 +273,6 @@ class TestTokenSources:
         client_id = new_client(idp, [mailbox], secret="s3cret")
         wrong_secret = source(
             tmp_path,
-            mailbox,
             provider="generic",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "bad-7f3a9c"),
@@ -295,7 +283,6 @@ class TestTokenSources:
         assert "bad-7f3a9c" not in str(failure.value)
         unreachable = source(
             tmp_path,
-            mailbox,
             provider="generic",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "s3cret"),
@@ -305,7 +292,6 @@ class TestTokenSources:
             unreachable.token()
         unknown = source(
             tmp_path,
-            mailbox,
             provider="microsoft",
             client_id=client_id,
             client_secret=write_secret(tmp_path, "s3cret"),

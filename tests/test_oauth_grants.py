@@ -30,30 +30,31 @@ from sarbot.config import Settings, validate
 from sarbot.mail.logins import LoginTrouble, LoginWatch
 from sarbot.mail.oauth import OAuthError, build_token_source, describe
 from sarbot.mail.oauth.consent import login
-from sarbot.oauth_settings import OAuth2Settings
 from sarbot.ops.health import HealthCheck
 from sarbot.ops.metrics import Metrics
 from sarbot.store.models import OutgoingMail
 from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing.config import write_config
-from sarbot.testing.idp import IdpClient
+from sarbot.testing.idp import IdpClient, IdpError
 from tests.conftest import CA_FILE, Bot, base_config, unique
-from tests.oauthkit import MAIL_SCOPE, generic_table, new_client, write_secret, xoauth2
+from tests.oauthkit import (
+    MAIL_SCOPE,
+    generic_table,
+    new_client,
+    oauth_settings,
+    write_secret,
+    xoauth2,
+)
 from tests.servers import free_port
 
 ACK = subject_contains("Please confirm")
 LOGIN_NOTICE = subject_contains("cannot log in")
 
 
-def settings_of(tmp_path: Path, **values: Any) -> OAuth2Settings:
-    data = {"ca_file": str(CA_FILE), **values}
-    return validate(data, OAuth2Settings, source="test", base_dir=tmp_path)
-
-
 def generic(tmp_path: Path, idp: IdpClient, client_id: str, token_file: Path, **more: Any) -> Any:
     """A generic provider's settings with a user's grant kept in ``token_file``."""
-    return settings_of(
+    return oauth_settings(
         tmp_path,
         provider="generic",
         client_id=client_id,
@@ -70,7 +71,7 @@ def generic(tmp_path: Path, idp: IdpClient, client_id: str, token_file: Path, **
 class TestSettings:
     def test_a_refresh_token_is_a_reference_that_may_not_exist_yet(self, tmp_path: Path) -> None:
         base = {"provider": "generic", "client_id": "app", "token_url": "https://x/token"}
-        settings = settings_of(tmp_path, **base, refresh_token={"file": "not-yet"})
+        settings = oauth_settings(tmp_path, **base, refresh_token={"file": "not-yet"})
         assert settings.refresh_token is not None
         assert settings.refresh_token.file == tmp_path / "not-yet"
         for wrong, words in [
@@ -79,27 +80,29 @@ class TestSettings:
             ({}, "exactly one key"),
         ]:
             with pytest.raises(Exception, match=words):
-                settings_of(tmp_path, **base, refresh_token=wrong)
+                oauth_settings(tmp_path, **base, refresh_token=wrong)
 
     def test_a_microsoft_app_without_a_credential_is_a_public_client_with_a_users_grant(
         self, tmp_path: Path
     ) -> None:
         ms = {"provider": "microsoft", "client_id": "app", "tenant": "contoso.example"}
-        public = settings_of(tmp_path, **ms, refresh_token={"file": "token"})
+        public = oauth_settings(tmp_path, **ms, refresh_token={"file": "token"})
         assert public.public_client
         assert public.effective_scopes == (
             "https://outlook.office.com/IMAP.AccessAsUser.All",
             "https://outlook.office.com/SMTP.Send",
         )
         with pytest.raises(Exception, match="or refresh_token"):
-            settings_of(tmp_path, **ms)
+            oauth_settings(tmp_path, **ms)
         secret = write_secret(tmp_path, "s")
         with pytest.raises(Exception, match="not both"):
-            settings_of(
+            oauth_settings(
                 tmp_path, **ms, client_secret=secret, certificate=secret, certificate_key=secret
             )
         with pytest.raises(Exception, match="device_authorization_url is not used"):
-            settings_of(tmp_path, **ms, client_secret=secret, device_authorization_url="https://d")
+            oauth_settings(
+                tmp_path, **ms, client_secret=secret, device_authorization_url="https://d"
+            )
 
     def test_provider_answers_become_causes_an_admin_can_act_on(self) -> None:
         cases = [
@@ -123,7 +126,7 @@ class TestStoredGrant:
     def test_no_grant_stored_yet_says_run_auth_login(self, tmp_path: Path, idp: IdpClient) -> None:
         mailbox = unique("support", "example.test")
         client_id = new_client(idp, [mailbox], secret="s3cret")
-        tokens = build_token_source(generic(tmp_path, idp, client_id, tmp_path / "token"), mailbox)
+        tokens = build_token_source(generic(tmp_path, idp, client_id, tmp_path / "token"))
         with pytest.raises(OAuthError, match="no refresh token is stored in the file") as e:
             tokens.token()
         assert e.value.cause == "grant" and "sarbot auth login" in str(e.value)
@@ -138,12 +141,12 @@ class TestStoredGrant:
         token_file.write_text(first + "\n")
         token_file.chmod(0o644)
         settings = generic(tmp_path, idp, client_id, token_file)
-        xoauth2(mailstack, mailbox, build_token_source(settings, mailbox).token())
+        xoauth2(mailstack, mailbox, build_token_source(settings).token())
         second = token_file.read_text().strip()
         assert second.startswith("rt-") and second != first
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         # after a restart the stored, rotated token is the one that works (the first is spent)
-        xoauth2(mailstack, mailbox, build_token_source(settings, mailbox).token())
+        xoauth2(mailstack, mailbox, build_token_source(settings).token())
 
     def test_a_grant_in_an_environment_variable_rotates_in_memory(
         self, tmp_path: Path, mailstack: MailServer, idp: IdpClient, monkeypatch: Any
@@ -151,8 +154,9 @@ class TestStoredGrant:
         mailbox = unique("support", "example.test")
         client_id = new_client(idp, [mailbox], secret="s3cret", rotate_refresh_tokens=True)
         variable = f"SARBOT_TEST_GRANT_{os.getpid()}"
-        monkeypatch.setenv(variable, idp.mint_refresh_token(client_id, mailbox))
-        settings = settings_of(
+        first = idp.mint_refresh_token(client_id, mailbox)
+        monkeypatch.setenv(variable, first)
+        settings = oauth_settings(
             tmp_path,
             provider="generic",
             client_id=client_id,
@@ -160,11 +164,13 @@ class TestStoredGrant:
             token_url=idp.token_url,
             refresh_token={"env": variable},
         )
-        tokens = build_token_source(settings, mailbox)
+        tokens = build_token_source(settings)
         xoauth2(mailstack, mailbox, tokens.token())
-        tokens.invalidate()  # the variable's token is spent: the rotated one, in memory, is used
+        with pytest.raises(IdpError, match="invalid_grant"):  # rotated: the variable's is spent
+            idp.refresh(client_id, first, client_secret="s3cret")
+        tokens.invalidate()  # so the next token comes from the rotated one, kept in memory
         xoauth2(mailstack, mailbox, tokens.token())
-        assert list(tmp_path.iterdir()) == [p for p in tmp_path.iterdir() if "secret" in p.name]
+        assert os.environ[variable] == first
 
     def test_a_new_grant_stored_while_running_is_taken_up(
         self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
@@ -174,7 +180,7 @@ class TestStoredGrant:
         revoked = idp.mint_refresh_token(client_id, mailbox)
         token_file = tmp_path / "token"
         token_file.write_text(revoked + "\n")
-        tokens = build_token_source(generic(tmp_path, idp, client_id, token_file), mailbox)
+        tokens = build_token_source(generic(tmp_path, idp, client_id, token_file))
         tokens.token()
         idp.revoke(refresh_token=revoked)
         tokens.invalidate()
@@ -488,7 +494,7 @@ class TestAuthLogin:
         scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All"]
         client_id = new_client(idp, [support], scopes=scopes, auto_approve=support)
         token_file = tmp_path / "grant"
-        settings = settings_of(
+        settings = oauth_settings(
             tmp_path,
             provider="microsoft",
             client_id=client_id,
@@ -499,7 +505,7 @@ class TestAuthLogin:
         said: list[str] = []
         login(settings, say=said.append)
         assert any("enter the code" in line for line in said)
-        xoauth2(mailstack, support, build_token_source(settings, support).token())
+        xoauth2(mailstack, support, build_token_source(settings).token())
 
     def test_google_installed_app_flow_returns_to_a_loopback_listener(
         self, tmp_path: Path, mailstack: MailServer, idp: IdpClient
@@ -583,12 +589,12 @@ class TestAuthLogin:
         ms = {"provider": "microsoft", "client_id": "app", "tenant": "contoso.example"}
         monkeypatch.setenv("SARBOT_TEST_GRANT", "rt-x")
         cases = [
-            (settings_of(tmp_path, **ms, client_secret=secret), "need no login"),
-            (settings_of(tmp_path, **ms, client_secret=secret, refresh_token={"file": "t"}),
+            (oauth_settings(tmp_path, **ms, client_secret=secret), "need no login"),
+            (oauth_settings(tmp_path, **ms, client_secret=secret, refresh_token={"file": "t"}),
              "public client"),
-            (settings_of(tmp_path, provider="generic", client_id="a", token_url="https://x/t",
+            (oauth_settings(tmp_path, provider="generic", client_id="a", token_url="https://x/t",
                          refresh_token={"file": "t"}), "needs device_authorization_url"),
-            (settings_of(tmp_path, **ms, refresh_token={"env": "SARBOT_TEST_GRANT"}),
+            (oauth_settings(tmp_path, **ms, refresh_token={"env": "SARBOT_TEST_GRANT"}),
              "cannot write"),
         ]  # fmt: skip
         for settings, words in cases:

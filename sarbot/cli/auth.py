@@ -11,8 +11,8 @@ from sarbot.cli.common import app_from
 from sarbot.config import Settings
 from sarbot.errors import MailSendError
 from sarbot.mail.imap import imap_session
-from sarbot.mail.mailer import Mailer
-from sarbot.mail.oauth import OAuthError, build_token_source
+from sarbot.mail.mailer import Mailer, SmtpLoginError
+from sarbot.mail.oauth import OAuthError, token_source
 from sarbot.mail.oauth.consent import login
 from sarbot.oauth_settings import OAuth2Settings
 
@@ -45,8 +45,8 @@ def check_logins(settings: Settings) -> list[LoginCheck]:
 
 def _try_login(settings: Settings, which: str, oauth2: OAuth2Settings) -> str | None:
     username = settings.imap.username if which == "imap" else settings.smtp.username or ""
+    token_source(oauth2, username).invalidate()  # a fresh token: no kept one hides trouble
     try:
-        build_token_source(oauth2, username).token()  # a fresh token: no cached one hides trouble
         if which == "imap":
             with imap_session(settings.imap):
                 pass
@@ -54,6 +54,8 @@ def _try_login(settings: Settings, which: str, oauth2: OAuth2Settings) -> str | 
             asyncio.run(Mailer(settings.smtp).check_login())
     except OAuthError as exc:
         return str(exc)
+    except SmtpLoginError as exc:
+        return str(exc.oauth)
     except MailSendError as exc:
         return f"the SMTP server refused the session: {exc}"
     except Exception as exc:  # a server's refusal or an unreachable host: said, not raised

@@ -76,16 +76,18 @@ class Letters:
         recipient: str | None = None,
         thread: bool = True,
         file: Path | None = None,
+        stem: str | None = None,
     ) -> OutgoingMail:
         """Build a letter and record it to be sent.
 
         ``message_id`` is allocated unless given (an acknowledgement's carries its
-        challenge, and only ``recorded_id``, its digest, is kept).  ``file`` writes the
+        challenge, and only ``recorded_id``, its digest, is kept); an allocated one starts
+        with ``stem``, else the request's reference, else ``digest``.  ``file`` writes the
         message to the export folder instead of the database.  ``thread`` makes the
         request's next letters reply to this one.
         """
         if message_id is None:
-            stem = request.reference if request is not None else "digest"
+            stem = stem or (request.reference if request is not None else "digest")
             message_id = new_message_id(stem, self.domain)
         raw: bytes | None = as_bytes(compose(message_id))
         if file is not None and raw is not None:

@@ -73,14 +73,11 @@ class Mailer:
         )
         async for attempt in retrying:
             with attempt:
-                await self._send_once(raw, sender=sender, recipient=recipient)
+                await self._session((raw, sender, recipient))
 
     async def check_login(self) -> None:
         """Connect and log in as sending does, then quit: for ``sarbot config check``."""
         await self._session(None)
-
-    async def _send_once(self, raw: bytes, *, sender: str, recipient: str) -> None:
-        await self._session((raw, sender, recipient))
 
     async def _session(self, mail: tuple[bytes, str, str] | None) -> None:
         """One SMTP session: connect, log in, and send ``mail`` (raw, sender, recipient)."""

@@ -21,7 +21,7 @@ from structlog.typing import FilteringBoundLogger
 
 from sarbot.addresses import mask_address
 from sarbot.config import Settings
-from sarbot.mail.letters import Letters, new_message_id
+from sarbot.mail.letters import Letters
 from sarbot.mail.logins import LoginTrouble
 from sarbot.steps.package import EXPORT_WRITE_FAILED
 from sarbot.store.deadlines import Calendar, days_left
@@ -151,9 +151,8 @@ class Notifier:
         **context: object,
     ) -> int:
         """One letter to each operator; returns how many were queued.  ``stem`` starts the
-        letters' Message-IDs (a request's reference, or ``digest``, unless given)."""
+        letters' Message-IDs (``Letters.post``)."""
         for address in self.operators:
-            message_id = new_message_id(stem, self.letters.domain) if stem else None
             self.letters.post(
                 session,
                 request,
@@ -167,7 +166,7 @@ class Notifier:
                     **context,
                 ),
                 now=now,
-                message_id=message_id,
+                stem=stem,
                 recipient=address,
                 thread=thread,
             )

@@ -26,7 +26,6 @@ __all__ = [
     "oauthbearer_string",
     "refused_by_server",
     "token_source",
-    "xoauth2_string",
 ]
 
 REFRESH_EARLY = 300.0
@@ -84,18 +83,13 @@ def token_source(settings: OAuth2Settings, username: str) -> TokenSource:
     with _SOURCES_LOCK:
         source = _SOURCES.get(key)
         if source is None:
-            source = _SOURCES[key] = build_token_source(settings, username)
+            source = _SOURCES[key] = build_token_source(settings)
         return source
 
 
-def build_token_source(settings: OAuth2Settings, username: str) -> TokenSource:
+def build_token_source(settings: OAuth2Settings) -> TokenSource:
     """A new token source (nothing is fetched until the first :meth:`TokenSource.token`)."""
-    return TokenSource(fetcher(settings, username), mechanism=settings.mechanism)
-
-
-def xoauth2_string(username: str, token: str) -> str:
-    """The SASL XOAUTH2 initial response."""
-    return f"user={username}\1auth=Bearer {token}\1\1"
+    return TokenSource(fetcher(settings), mechanism=settings.mechanism)
 
 
 def oauthbearer_string(username: str, token: str) -> str:

@@ -17,7 +17,13 @@ from authlib.integrations.base_client.errors import OAuthError as AuthlibError
 from google_auth_oauthlib.flow import InstalledAppFlow
 
 from sarbot.mail.oauth.errors import OAuthError, checked, describe
-from sarbot.mail.oauth.providers import GOOGLE_TOKEN_URL, generic_session, guarded, msal_app
+from sarbot.mail.oauth.providers import (
+    GOOGLE_TOKEN_URL,
+    generic_session,
+    guarded,
+    msal_app,
+    trusting,
+)
 from sarbot.mail.oauth.stored import store
 from sarbot.oauth_settings import OAuth2Settings, StoredToken
 
@@ -28,7 +34,7 @@ Say = Callable[[str], None]
 
 
 def needs_login(settings: OAuth2Settings) -> str | None:
-    """Why these settings need no ``sarbot auth login``, or None if they take one."""
+    """Why ``sarbot auth login`` does not run with these settings, or None if it does."""
     if settings.refresh_token is None:
         if settings.provider == "google":
             return "a service account needs no login: its key file is the grant"
@@ -44,6 +50,11 @@ def needs_login(settings: OAuth2Settings) -> str | None:
         )
     if settings.provider == "generic" and settings.device_authorization_url is None:
         return "provider 'generic' needs device_authorization_url for sarbot auth login"
+    if settings.refresh_token.file is None:
+        return (
+            f"refresh_token is read from an {settings.refresh_token}, which sarbot cannot "
+            'write: point it at a file ({ file = "PATH" }) for sarbot auth login'
+        )
     return None
 
 
@@ -57,12 +68,6 @@ def login(settings: OAuth2Settings, *, say: Say, port: int = 0) -> StoredToken:
         raise OAuthError(refusal, "grant")
     where = settings.refresh_token
     assert where is not None  # needs_login said so
-    if where.file is None:
-        raise OAuthError(
-            f"refresh_token is read from an {where}, which sarbot cannot write: point it at a "
-            'file ({ file = "PATH" }) for sarbot auth login',
-            "grant",
-        )
     flows = {"microsoft": _microsoft, "google": _google, "generic": _generic}
     token = guarded(lambda: flows[settings.provider](settings, say, port), settings)()
     store(where, token)
@@ -143,9 +148,7 @@ def _google(settings: OAuth2Settings, say: Say, port: int) -> str:
         }
     }
     flow = InstalledAppFlow.from_client_config(client, scopes=list(settings.effective_scopes))
-    session = flow.oauth2session
-    session.trust_env = False
-    session.verify = str(settings.ca_file) if settings.ca_file else True
+    trusting(flow.oauth2session, settings)
     say(
         "To sign in, open the address below in a browser. It returns to 127.0.0.1 on this "
         "machine: from another one, forward the port (ssh -L PORT:127.0.0.1:PORT, with "

@@ -17,7 +17,7 @@ from google.auth.transport.requests import Request
 from google.oauth2 import credentials, service_account
 
 from sarbot.mail.oauth.errors import HINTS, OAuthError, checked, describe
-from sarbot.mail.oauth.stored import refresh_token
+from sarbot.mail.oauth.stored import RefreshToken, refresh_token
 from sarbot.oauth_settings import OAuth2Settings
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
@@ -27,13 +27,13 @@ Fetch = Callable[[], tuple[str, float]]
 """Gets a new access token: (token, seconds it lives)."""
 
 
-def fetcher(settings: OAuth2Settings, username: str) -> Fetch:
+def fetcher(settings: OAuth2Settings) -> Fetch:
     """How the token of these settings is got; every failure an OAuthError."""
     builders = {"microsoft": _microsoft, "google": _google, "generic": _generic}
-    fetch = builders[settings.provider](settings, username)
     if settings.refresh_token is None:
-        return guarded(fetch, settings)
+        return guarded(builders[settings.provider](settings, None), settings)
     kept = refresh_token(settings.refresh_token)
+    fetch = builders[settings.provider](settings, kept)
 
     def one_at_a_time() -> tuple[str, float]:  # a grant shared by two logins is spent once
         with kept.lock:
@@ -42,12 +42,19 @@ def fetcher(settings: OAuth2Settings, username: str) -> Fetch:
     return guarded(one_at_a_time, settings)
 
 
-def http_session(settings: OAuth2Settings) -> requests.Session:
-    """A session that trusts ``ca_file`` (or the system's CAs) and ignores proxy variables."""
-    session = requests.Session()
+S = TypeVar("S", bound=requests.Session)
+
+
+def trusting(session: S, settings: OAuth2Settings) -> S:
+    """``session``, trusting ``ca_file`` (or the system's CAs) and ignoring proxy variables."""
     session.trust_env = False
     session.verify = str(settings.ca_file) if settings.ca_file else True
     return session
+
+
+def http_session(settings: OAuth2Settings) -> requests.Session:
+    """A plain session for the token endpoint (``trusting``)."""
+    return trusting(requests.Session(), settings)
 
 
 def _endpoint(settings: OAuth2Settings) -> str:
@@ -136,10 +143,9 @@ def msal_app(settings: OAuth2Settings) -> Any:
     )
 
 
-def _microsoft(settings: OAuth2Settings, username: str) -> Fetch:
+def _microsoft(settings: OAuth2Settings, refresh: RefreshToken | None) -> Fetch:
     scopes = list(settings.effective_scopes)
     holder: dict[str, Any] = {}
-    refresh = refresh_token(settings.refresh_token) if settings.refresh_token else None
 
     def fetch() -> tuple[str, float]:
         if "app" not in holder:  # built at the first fetch: it reads the authority's metadata
@@ -158,10 +164,9 @@ def _microsoft(settings: OAuth2Settings, username: str) -> Fetch:
     return fetch
 
 
-def _google(settings: OAuth2Settings, username: str) -> Fetch:
+def _google(settings: OAuth2Settings, refresh: RefreshToken | None) -> Fetch:
     scopes = list(settings.effective_scopes)
     transport = Request(http_session(settings))
-    refresh = refresh_token(settings.refresh_token) if settings.refresh_token else None
     account: Any = None
     if settings.service_account_file is not None:
         info = _service_account_info(settings.service_account_file)
@@ -217,15 +222,12 @@ def generic_session(settings: OAuth2Settings) -> OAuth2Session:
         scope=" ".join(settings.effective_scopes) or None,
         token_endpoint_auth_method="client_secret_post" if secret else "none",
     )
-    session.trust_env = False
-    session.verify = str(settings.ca_file) if settings.ca_file else True
-    return session
+    return trusting(session, settings)
 
 
-def _generic(settings: OAuth2Settings, username: str) -> Fetch:
+def _generic(settings: OAuth2Settings, refresh: RefreshToken | None) -> Fetch:
     session = generic_session(settings)
     url = str(settings.token_url)
-    refresh = refresh_token(settings.refresh_token) if settings.refresh_token else None
 
     def fetch() -> tuple[str, float]:
         if refresh is not None:
