@@ -13,12 +13,17 @@ ALL_PINNED_TIMES := 2026-11-18T00:30:00Z 2026-11-18T08:30:00Z 2026-11-18T23:59:0
                     2026-11-30T23:59:00Z 2025-12-31T23:59:00Z 2026-08-28T22:59:00Z \
                     2026-03-29T00:59:00Z 2026-10-25T00:59:00Z
 
-.PHONY: demo test pytest pinned test-times lint typecheck install mailstack mailstack-down clean
+.PHONY: demo test bench pytest pinned test-times lint typecheck install mailstack mailstack-down clean
 
 demo: install mailstack
 	$(PYTHON) scripts/demo.py
 
 test: install mailstack lint typecheck pytest pinned
+
+# Speed and memory, as ratios to a baseline doing the same I/O (docs/performance.md).
+# Not part of `make test`; tests/test_bench.py runs each benchmark at a tiny size.
+bench: install mailstack
+	$(PYTHON) -m bench
 
 pytest: install mailstack
 	$(PYTHON) -m pytest

@@ -1,0 +1,29 @@
+"""Every benchmark of bench/ runs at a tiny size, so that ``make bench`` keeps working.
+
+Its figures mean nothing at that size and are not asserted on (no timed assertions in the
+tests); what is asserted is that each benchmark runs, measures its work beside a baseline
+where it has one, and prints a table.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.__main__ import benchmarks, main
+from bench.common import Row, percentile
+
+BENCHMARKS = benchmarks()
+
+
+def test_the_helpers() -> None:
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    assert Row("x", 3.0, 2.0).ratio == 1.5 and Row("x", 1.0).ratio is None
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_each_benchmark_runs_small(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = BENCHMARKS[name]("smoke")
+    assert rows and all(row.measured >= 0 for row in rows)
+    assert main([name, "--scale", "smoke"]) == 0
+    assert f"### {name}" in capsys.readouterr().out
