@@ -23,7 +23,7 @@ test: install mailstack lint typecheck pytest pinned
 # Speed and memory, as ratios to a baseline doing the same I/O (docs/performance.md).
 # Not part of `make test`; tests/test_bench.py runs each benchmark at a tiny size.
 bench: install mailstack
-	$(PYTHON) -m bench
+	$(PYTHON) -m bench --update docs/performance.md
 
 pytest: install mailstack
 	$(PYTHON) -m pytest

@@ -10,6 +10,7 @@ nothing and are never asserted on.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -62,7 +63,7 @@ def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     if not ordered:
         raise ValueError("no values")
-    rank = max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1))
     return ordered[rank]
 
 

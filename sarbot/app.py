@@ -40,8 +40,9 @@ from sarbot.steps.intake import Intake
 from sarbot.steps.package import Packager
 from sarbot.steps.recognise import PhraseError, Recogniser, load_phrases
 from sarbot.steps.verify import Verifier
-from sarbot.store.db import make_engine, require_current_schema, session_factory
+from sarbot.store.db import head_revision, make_engine, require_current_schema, session_factory
 from sarbot.store.deadlines import Calendar
+from sarbot.store.instances import Instances, instances_for
 from sarbot.store.models import Clock, utcnow
 
 
@@ -65,6 +66,11 @@ class App:
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
         return session_factory(self.engine)
+
+    @cached_property
+    def instances(self) -> Instances:
+        """This instance among the others on the state database (one, on SQLite)."""
+        return instances_for(self.engine, structlog.get_logger("sarbot"))
 
     # -- built once from the config ------------------------------------------------------
 
@@ -156,9 +162,11 @@ class App:
 
     def pipeline(self, *, clock: Clock = utcnow, metrics: Metrics | None = None) -> Pipeline:
         """The pipeline, with every connector built (nothing connects until used)."""
-        require_current_schema(self.engine)
+        newer = require_current_schema(self.engine)
         metrics = metrics or Metrics(clock=clock)
         log = structlog.get_logger("sarbot")
+        if newer is not None:  # another instance was upgraded first: this one should follow
+            log.warning("db.schema_newer", revision=newer, code=head_revision())
         settings, connectors = self.settings, self.build_connectors()
         mailbox = MailboxThread(Mailbox(settings.imap))
         steps = Steps(
@@ -187,6 +195,7 @@ class App:
                 log=log,
                 clock=clock,
                 crash_points=self.crash_points,
+                instances=self.instances,
             ),
             notifier=self.notifier,
         )
@@ -199,6 +208,7 @@ class App:
             logins=self.logins,
             log=log,
             clock=clock,
+            instances=self.instances,
         )
 
     def daemon(self, *, clock: Clock = utcnow) -> Daemon:

@@ -27,6 +27,7 @@ from sarbot.mail.mailbox import MAILBOX_ERRORS, MailboxThread
 from sarbot.mail.oauth import OAuthError
 from sarbot.ops.health import StatusServer
 from sarbot.pipeline import Pipeline
+from sarbot.store.instances import FOLLOW_INTERVAL
 
 CONNECT_ATTEMPTS = 3
 MAX_BACKOFF = 60.0
@@ -59,14 +60,22 @@ class Daemon:
 
     async def run(self, *, once: bool = False) -> bool:
         """Run the pipeline; True if it ended cleanly."""
+        instances = self.pipeline.instances
+        instances.start()  # a second instance on SQLite stops here (ConfigError)
+        try:
+            return await self._run(once)
+        finally:
+            instances.stop()
+
+    async def _run(self, once: bool) -> bool:
         if self.status is not None:
             self.status.start()  # an address in use fails here (ConfigError), before anything else
             self.log.info("status.listening", host=self.status.host, port=self.status.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        self.log.info("daemon.started", once=once)
-        self.pipeline.steps.deliverer.sweep()
+        self.log.info("daemon.started", once=once, instance=self.pipeline.instances.name)
+        self.pipeline.sweep()
         clean = True
         try:
             while not self.stop.is_set():
@@ -81,7 +90,7 @@ class Daemon:
                 if not healthy:
                     await self._backoff()
                 elif not progressed:
-                    await self._wait_for_mail()
+                    await self._wait()
             if self.stop.is_set():
                 await self._cycle(intake=False)  # finish what is already in hand
         finally:
@@ -98,9 +107,13 @@ class Daemon:
     async def _cycle(self, *, intake: bool = True) -> tuple[bool, bool]:
         """One pipeline cycle; returns (progressed, healthy).  Never raises on I/O trouble."""
         try:
-            if intake:
+            reader = self.pipeline.instances.reads_mailbox()
+            self.metrics.mailbox_reader(reader, self.pipeline.clock())
+            if intake and reader:
                 await self._connect()
-            progressed = await self.pipeline.cycle(intake=intake)
+            elif self.mailbox.mailbox.connected:  # another instance reads the mailbox now
+                await self.mailbox.call(self.mailbox.mailbox.close)
+            progressed = await self.pipeline.cycle(intake=intake, reader=reader)
         except MAILBOX_ERRORS as exc:
             self._failures += 1
             self.metrics.mailbox_error(self.pipeline.clock())
@@ -165,6 +178,13 @@ class Daemon:
             delay = min(MAX_LOGIN_BACKOFF, 30.0 * 2.0 ** min(self._failures - 1, 4))
         self.log.info("daemon.backoff", seconds=delay)
         await asyncio.to_thread(self.stop.wait, delay)
+
+    async def _wait(self) -> None:
+        """Wait for mail in the mailbox; or, if another instance reads it, for a while."""
+        if self.mailbox.mailbox.connected:
+            await self._wait_for_mail()
+        else:
+            await asyncio.to_thread(self.stop.wait, FOLLOW_INTERVAL)
 
     async def _wait_for_mail(self) -> None:
         box, imap = self.mailbox.mailbox, self.pipeline.settings.imap

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
@@ -33,6 +33,7 @@ from sarbot.steps.intake import Intake, Verdict
 from sarbot.steps.package import Packager
 from sarbot.steps.recognise import Recogniser, Taken
 from sarbot.steps.verify import Verifier
+from sarbot.store.instances import SETTLE_SECONDS, Claim, Instances
 from sarbot.store.models import Clock, Request
 from sarbot.store.states import Outcome, RequestState
 
@@ -72,8 +73,10 @@ class Pipeline:
         logins: LoginWatch,
         log: FilteringBoundLogger,
         clock: Clock,
+        instances: Instances,
     ) -> None:
         self.settings = settings
+        self.instances = instances
         self.logins = logins
         self.sessions = sessions
         self.steps = steps
@@ -90,17 +93,26 @@ class Pipeline:
     def connectors(self) -> Sequence[ConfiguredConnector]:
         return self.steps.connectors
 
-    async def cycle(self, *, intake: bool = True) -> bool:
-        """Run every step once; True if any request or message moved on."""
+    async def cycle(self, *, intake: bool = True, reader: bool = True) -> bool:
+        """Run every step once; True if any request or message moved on.
+
+        Only the instance that reads the mailbox (``reader``; the only one, unless
+        several share a PostgreSQL database) does what must happen once: intake,
+        expiry and reminders, operators' notices, retention.  Every instance
+        collects, packages and delivers, each request claimed by one at a time.
+        """
         progressed = False
-        if intake:
+        if intake and reader:
             progressed = await self.intake()
             self.metrics.poll_succeeded(self.clock())
-        progressed |= self.expire()
+        if reader:
+            progressed |= self.expire()
         progressed |= await self.collect_and_package()
-        progressed |= self.notify()
+        if reader:
+            progressed |= self.notify()
         progressed |= await self.deliver()
-        await self.maintain()
+        if reader:
+            await self.maintain()
         return progressed
 
     # -- intake, classify, acknowledge, verify -----------------------------------------
@@ -182,21 +194,29 @@ class Pipeline:
     # -- collect and package -------------------------------------------------------------
 
     async def collect_and_package(self) -> bool:
+        """Collect for every request that is due and not claimed by another instance."""
         now = self.clock()
         with self.sessions.begin() as session:
             due = list(
                 session.scalars(
-                    select(Request)
-                    .where(Request.state.in_([RequestState.CONFIRMED, RequestState.COLLECTING]))
-                    .where((Request.next_attempt_at.is_(None)) | (Request.next_attempt_at <= now))
-                    .order_by(Request.id)
+                    select(Request.id).where(*_due_for_collection(now)).order_by(Request.id)
                 )
             )
-            for request in due:
-                begin_collection(session, request, at=now)
-        for request in due:
-            await self.collect_one(request)
-        return bool(due)
+        progressed = False
+        for request_id in due:
+            with self.instances.claim(Claim.REQUEST, request_id) as mine:
+                if not mine:
+                    continue
+                with self.sessions.begin() as session:  # read again: another may have finished it
+                    request = session.scalar(
+                        select(Request).where(Request.id == request_id, *_due_for_collection(now))
+                    )
+                    if request is None:
+                        continue
+                    begin_collection(session, request, at=now)
+                await self.collect_one(request)
+                progressed = True
+        return progressed
 
     async def collect_one(self, request: Request, observers: Sequence[Observer] = ()) -> bool:
         """Collect for one request and package its answer; False if it must wait and retry."""
@@ -247,11 +267,23 @@ class Pipeline:
     async def deliver(self) -> bool:
         return await self.steps.deliverer.send_due()
 
+    def sweep(self) -> int:
+        """Delete export files nothing will send (another instance's new ones are left alone)."""
+        return self.steps.deliverer.sweep(settle=SETTLE_SECONDS if self.instances.shared else 0)
+
     async def maintain(self) -> None:
         """Hourly at most: clear the export folder; daily: apply the retention settings."""
         now = self.clock()
         if self._next_maintenance is not None and now < self._next_maintenance:
             return
         self._next_maintenance = now + MAINTENANCE_INTERVAL
-        self.steps.deliverer.sweep()
+        self.sweep()
         await retention.run_daily(self.sessions, self.settings, self.mailbox, now=now, log=self.log)
+
+
+def _due_for_collection(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """What makes a request due for collection at ``now``."""
+    return (
+        Request.state.in_([RequestState.CONFIRMED, RequestState.COLLECTING]),
+        (Request.next_attempt_at.is_(None)) | (Request.next_attempt_at <= now),
+    )

@@ -37,7 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.pool import NullPool
 
 from sarbot import faults
 from sarbot.addresses import mask_address
@@ -129,11 +130,13 @@ class Site:
         *,
         limit: int = 400_000,
         migrate: bool = True,
+        database_url: str | None = None,
     ) -> None:
         self.root = root
         self.support = unique("support", "redtrain.test")
         self.config = root / "config.toml"
         self.state_db = root / "state.db"
+        self.database_url = database_url or f"sqlite:///{self.state_db}"
         self.store_db = root / "store.db"
         self.export_dir = root / "exports"
         self.logs = root / "logs"
@@ -142,7 +145,7 @@ class Site:
             self.config,
             self.support,
             server=MailServer(ca_file=str(CA_FILE)),
-            database_url=f"sqlite:///{self.state_db}",
+            database_url=self.database_url,
             smtp={"timeout": 20, "retry_after": 2},
             extra=SETTINGS.format(store=self.store_db, limit=limit),
         )
@@ -184,6 +187,14 @@ class Site:
 
     def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         """Read the state database while the daemon may be writing it."""
+        if not self.database_url.startswith("sqlite"):
+            assert not params, "parameters are for SQLite only"
+            engine = create_engine(self.database_url, poolclass=NullPool)
+            try:
+                with engine.connect() as db:
+                    return [tuple(row) for row in db.exec_driver_sql(sql)]
+            finally:
+                engine.dispose()
         connection = sqlite3.connect(self.state_db, timeout=30, isolation_level=None)
         try:
             return connection.execute(sql, params).fetchall()
@@ -268,8 +279,9 @@ class Life:
 class Daemon:
     """``sarbot run`` as a subprocess; each life writes its own log file."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, name: str = "life") -> None:
         self.site = site
+        self.name = name
         self.lives: list[Life] = []
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -280,7 +292,7 @@ class Daemon:
     def start(self, crash_at: str | None = None) -> Life:
         life = Life(
             len(self.lives) + 1,
-            self.site.logs / f"life-{len(self.lives) + 1:03d}.jsonl",
+            self.site.logs / f"{self.name}-{len(self.lives) + 1:03d}.jsonl",
             utcnow(),
             crash_at,
         )
@@ -429,6 +441,7 @@ class Findings:
     requests: int
     kills: int = 0
     seconds: float = 0.0
+    answered_in: float = 0.0  # from the first request sent to the last answer delivered
     duplicate_acks: int = 0
     duplicate_exports: int = 0
     lost: set[str] = field(default_factory=set)  # requesters whose request got no full answer
@@ -648,7 +661,7 @@ def check(
 
 
 def _state(site: Site) -> tuple[list[Request], dict[int, list[OutgoingMail]]]:
-    engine = make_engine(f"sqlite:///{site.state_db}")
+    engine = make_engine(site.database_url)
     try:
         with session_factory(engine)() as session:
             requests = list(session.scalars(select(Request).order_by(Request.id)))
@@ -838,3 +851,78 @@ class Attribution:
             how = "killed" if life.killed else f"exit {life.returncode}"
             lines.append(f"life {life.number} ended {life.ended:%H:%M:%S.%f}: {how}")
         return "".join(f"\n    {line}" for line in lines[-limit:])
+
+
+# -- more than one instance --------------------------------------------------------------------
+
+
+def run_instances(
+    root: Path,
+    server: MailServer,
+    people: list[Requester],
+    database_url: str,
+    *,
+    instances: int = 2,
+    kill_after: int | None = None,
+    timeout: float = 240.0,
+) -> tuple[Findings, list[Daemon]]:
+    """Several ``sarbot run`` on one PostgreSQL state database and one mailbox, then check.
+
+    With ``kill_after``, the instance reading the mailbox is killed with SIGKILL
+    once that many requests were delivered, and the others finish the work.
+    """
+    began = time.monotonic()
+    site = Site(root, people, seed=0, database_url=database_url)
+    daemons = [Daemon(site, f"instance-{n + 1}") for n in range(instances)]
+    traffic = Traffic(server, site.support, people, random.Random(0))
+    findings = Findings(0, len(people))
+    kills: list[datetime] = []
+    for daemon in daemons:
+        daemon.start()
+    try:
+        for daemon in daemons:
+            if not daemon.wait_for("daemon.started", 60):
+                findings.failures.append(f"{daemon.name} did not start{tail(daemon)}")
+        traffic.start(spread=0)
+        sending = time.monotonic()
+        deadline = sending + timeout
+        while kill_after is not None and not kills and time.monotonic() < deadline:
+            if site.delivered() >= kill_after:
+                reader = next((d for d in daemons if reads_mailbox(d)), None)
+                if reader is None:
+                    findings.failures.append("no instance reads the mailbox")
+                    break
+                kills.append(reader.kill())
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            if traffic.all_sent() and site.delivered() == len(people) and site.unanswered() == 0:
+                findings.answered_in = time.monotonic() - sending
+                break
+            if not any(d.running() for d in daemons):
+                findings.failures.append("every instance exited")
+                break
+            time.sleep(0.25)
+        else:
+            findings.failures.append(
+                f"after {timeout:.0f} s, {site.delivered()} of {len(people)} requests delivered"
+            )
+    finally:
+        traffic.stop()
+        for daemon in daemons:
+            _finish(daemon, findings)
+    findings.kills = len(kills)
+    lives = [life for daemon in daemons for life in daemon.lives]
+    check(site, people, traffic, lives, kills, server, findings)
+    findings.seconds = time.monotonic() - began
+    return findings, daemons
+
+
+def reads_mailbox(daemon: Daemon) -> bool:
+    """Whether this running instance holds the mailbox (by the last such event it logged)."""
+    held = False
+    for event in daemon.life.events():
+        if event.get("event") == "instance.mailbox_taken":
+            held = True
+        elif event.get("event") in {"instance.mailbox_lost", "instance.mailbox_released"}:
+            held = False
+    return held and daemon.running()

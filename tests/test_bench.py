@@ -7,9 +7,11 @@ where it has one, and prints a table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.__main__ import benchmarks, main
+from bench.__main__ import benchmarks, main, update
 from bench.common import Row, percentile
 
 BENCHMARKS = benchmarks()
@@ -27,3 +29,15 @@ def test_each_benchmark_runs_small(name: str, capsys: pytest.CaptureFixture[str]
     assert rows and all(row.measured >= 0 for row in rows)
     assert main([name, "--scale", "smoke"]) == 0
     assert f"### {name}" in capsys.readouterr().out
+
+
+def test_update_puts_each_table_in_place(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\nprose\n")
+    update(doc, "x", "### x\n\nfirst\n")
+    update(doc, "y", "### y\n\nother\n")
+    update(doc, "x", "### x\n\nsecond\n")
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nprose\n")
+    assert "second" in text and "first" not in text and "other" in text
+    assert text.index("### x") < text.index("### y")

@@ -85,6 +85,21 @@ class TestSqlite:
         db.upgrade(engine)
         db.require_current_schema(engine)
 
+    def test_an_instance_runs_on_a_newer_schema_it_survives(self, tmp_path: Path) -> None:
+        """Upgrading one instance at a time: the old code runs on a schema migrated ahead of it
+        while the new schema says old code survives it, and is refused once it does not."""
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        db.upgrade(engine)
+        assert db.require_current_schema(engine) is None
+        head = db.head_revision()
+        with engine.begin() as connection:  # as a later release's additive migration leaves it
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9001'")
+        assert db.require_current_schema(engine) == "9001"
+        with engine.begin() as connection:  # a later migration that drops what this code reads
+            connection.exec_driver_sql("UPDATE schema_compatibility SET oldest_code = '9001'")
+        with pytest.raises(ConfigError, match=f"newer than this sarbot knows \\({head}\\)"):
+            db.require_current_schema(engine)
+
 
 class TestPostgres:
     def test_migrations_match_models(self, postgres_url: str) -> None:

@@ -16,6 +16,7 @@ from sarbot.cli.common import app_from, iso, operator, table
 from sarbot.errors import SarbotError
 from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, encryption_failed, register
 from sarbot.steps.collect import ConnectorOutcome, begin_collection
+from sarbot.store.instances import Claim
 from sarbot.store.models import Request, utcnow
 from sarbot.store.states import TERMINAL, RequestState
 
@@ -331,8 +332,12 @@ def requests_collect(ctx: click.Context, reference: str) -> None:
 
     click.echo(f"{reference}: asking {len(pipeline.connectors)} connector(s)")
     try:
-        done = asyncio.run(pipeline.collect_one(request, [show]))
+        with app.instances.claim(Claim.REQUEST, request.id) as mine:
+            if not mine:
+                raise click.ClickException(f"{reference}: a running instance is working on it")
+            done = asyncio.run(pipeline.collect_one(request, [show]))
     finally:
+        app.instances.stop()
         for configured in pipeline.connectors:
             configured.connector.close()
     if not done:

@@ -41,7 +41,8 @@ class HealthCheck:
 
     Unhealthy when the database check raises, when no poll has completed for
     ``stale_after`` seconds (counted from the start until the first one), or when
-    the IMAP session has been down for longer than that, or while a login by token fails
+    the IMAP session has been down for longer than that (only for the instance that reads
+    the mailbox, when several share a database), or while a login by token fails
     (the SMTP login's trouble shows nowhere else, as its notice cannot be sent).
     """
 
@@ -63,10 +64,10 @@ class HealthCheck:
             error = type(exc).__name__
             problems.append(f"database check failed: {error}")
         quiet = (now - (mailbox.last_poll or mailbox.started_at)).total_seconds()
-        if quiet > self.stale_after:
+        if mailbox.reader and quiet > self.stale_after:
             problems.append(f"no completed mailbox poll for {quiet:.0f} s")
         down = (now - mailbox.since).total_seconds()
-        if not mailbox.connected and down > self.stale_after:
+        if mailbox.reader and not mailbox.connected and down > self.stale_after:
             problems.append(f"IMAP session down for {down:.0f} s")
         logins = self.metrics.logins()
         problems.extend(f"{t.login.upper()} login failing ({t.cause})" for t in logins)
@@ -75,6 +76,7 @@ class HealthCheck:
             "checked_at": _iso(now),
             "database": {"ok": error is None, "error": error},
             "imap": {"connected": mailbox.connected, "since": _iso(mailbox.since)},
+            "reads_mailbox": mailbox.reader,
             "last_poll": _iso(mailbox.last_poll),
             "logins_failing": {t.login: t.cause for t in logins},
             "stale_after_seconds": self.stale_after,

@@ -112,6 +112,8 @@ class MailboxStatus:
     connected: bool
     since: datetime
     last_poll: datetime | None
+    reader: bool = True
+    """Whether this instance reads the mailbox (with several instances, one does)."""
 
 
 class Metrics:
@@ -220,6 +222,14 @@ class Metrics:
             if self._mailbox.connected:
                 self._mailbox = replace(self._mailbox, connected=False, since=at)
 
+    def mailbox_reader(self, reader: bool, at: datetime) -> None:
+        """Whether this instance reads the mailbox now; a new reader's clock starts now."""
+        with self._lock:
+            if reader and not self._mailbox.reader:
+                self._mailbox = MailboxStatus(at, connected=False, since=at, last_poll=None)
+            elif not reader and self._mailbox.reader:
+                self._mailbox = replace(self._mailbox, reader=False, connected=False, since=at)
+
     def poll_succeeded(self, at: datetime) -> None:
         """Intake read the watched folder to its end."""
         with self._lock:
@@ -250,7 +260,9 @@ class _LiveCollector:
     def collect(self) -> Iterator[Metric]:
         now = self.metrics.clock()
         mailbox = self.metrics.mailbox
-        requests, oldest, nearest, connected, polled, up, failing = _families()
+        requests, oldest, nearest, connected, polled, up, failing, reader = _families()
+        reader.add_metric([], 1.0 if mailbox.reader else 0.0)
+        yield reader
         connected.add_metric([], 1.0 if mailbox.connected else 0.0)
         polled.add_metric([], (mailbox.last_poll or mailbox.started_at).timestamp())
         troubles = {trouble.login for trouble in self.metrics.logins()}
@@ -303,6 +315,10 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
             "sarbot_login_failing",
             "1 while sarbot's login by OAuth 2.0 token to IMAP or SMTP fails.",
             labels=["login"],
+        ),
+        GaugeMetricFamily(
+            "sarbot_reads_mailbox",
+            "1 while this instance reads the mailbox (with several instances, one does).",
         ),
     )
 

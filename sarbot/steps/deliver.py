@@ -9,6 +9,7 @@ of its export has been sent.  Export files are deleted once sent, or kept for
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,7 @@ from sarbot.mail.logins import LoginWatch
 from sarbot.mail.mailer import Mailer, SmtpLoginError
 from sarbot.store import outbox
 from sarbot.store.db import forget_cleared
+from sarbot.store.instances import Claim, Instances
 from sarbot.store.lifecycle import transition
 from sarbot.store.models import Clock, OutgoingMail
 from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
@@ -52,8 +54,10 @@ class Deliverer:
         log: FilteringBoundLogger,
         clock: Clock,
         crash_points: CrashPoints,
+        instances: Instances,
     ) -> None:
         self.settings = settings
+        self.instances = instances
         self.sessions = sessions
         self.engine: Engine = sessions.kw["bind"]
         self.mailer = mailer
@@ -64,20 +68,35 @@ class Deliverer:
         self.crash_points = crash_points
 
     async def send_due(self) -> bool:
+        """Send every message that is due and not claimed by another instance."""
         with self.sessions.begin() as session:
             due = outbox.due(session, self.clock())
-            for mail in due:
-                _ = mail.request  # load while the session is open
-        cleared = False
+        cleared = sent = False
         for position, mail in enumerate(due):
-            try:
-                cleared |= await self._send(mail)
-            except SmtpLoginError as exc:  # the rest would fail the same way: all wait
-                self._put_off(due[position:], exc)
-                break
+            # All of one request's messages are sent by one instance at a time: the last
+            # part of an export to be sent is the one that marks the request delivered.
+            kind, key = (
+                (Claim.REQUEST, mail.request_id)
+                if mail.request_id is not None
+                else (Claim.MESSAGE, mail.id)
+            )
+            with self.instances.claim(kind, key) as mine:
+                if not mine:
+                    continue
+                with self.sessions.begin() as session:  # read again: another may have sent it
+                    current = outbox.still_due(session, mail.id, self.clock())
+                    if current is None:
+                        continue
+                    _ = current.request  # load while the session is open
+                try:
+                    cleared |= await self._send(current)
+                except SmtpLoginError as exc:  # the rest would fail the same way: all wait
+                    self._put_off(due[position:], exc)
+                    break
+                sent = True
         if cleared:
             forget_cleared(self.engine)  # a copy kept until sending may have carried a challenge
-        return bool(due)
+        return sent
 
     async def _send(self, mail: OutgoingMail) -> bool:
         """Send one message and record the outcome; True if its stored copy was cleared."""
@@ -88,6 +107,9 @@ class Deliverer:
         if raw is None:
             error = PermanentMailError("the prepared message is missing from the export folder")
         else:
+            if not self.instances.still_holds():
+                self.log.warning("mail.claim_lost", kind=mail.kind.value)
+                return False  # another instance sends it
             try:
                 await self.mailer.send(
                     raw, sender=self.settings.controller.email, recipient=mail.recipient
@@ -157,11 +179,16 @@ class Deliverer:
             "mail.deferred", messages=len(mails), cause=trouble.cause, retry_in=wait.total_seconds()
         )
 
-    def sweep(self) -> int:
-        """Delete export files nothing will send: sent and past retention, or left by a crash."""
+    def sweep(self, *, settle: float = 0) -> int:
+        """Delete export files nothing will send: sent and past retention, or left by a crash.
+
+        A file younger than ``settle`` seconds is left alone: with more than one
+        instance, it may be another one's export whose message is not committed yet.
+        """
         folder = self.settings.storage.export_dir
         if not folder.is_dir():
             return 0
+        settled = time.time() - settle
         keep_until = self.clock() - timedelta(days=self.settings.storage.keep_exports_days)
         with self.sessions.begin() as session:
             rows = session.execute(
@@ -176,7 +203,7 @@ class Deliverer:
         }
         removed = 0
         for path in folder.iterdir():
-            if path.is_file() and str(path) not in wanted:
+            if path.is_file() and str(path) not in wanted and _older(path, settled):
                 path.unlink(missing_ok=True)
                 removed += 1
         if removed:
@@ -192,6 +219,13 @@ def _all_sent(session: Session, sent: OutgoingMail) -> bool:
         .where(OutgoingMail.id != sent.id)
     )
     return all(state is MailState.SENT for state in siblings)
+
+
+def _older(path: Path, than: float) -> bool:
+    try:
+        return path.stat().st_mtime < than
+    except FileNotFoundError:
+        return False
 
 
 def _read(path: str | None) -> bytes | None:

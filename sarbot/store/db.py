@@ -10,8 +10,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from sarbot.errors import ConfigError
@@ -96,11 +97,44 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def require_current_schema(engine: Engine) -> None:
-    """Refuse to run against a database whose schema is not at the latest migration."""
+def known_revisions() -> set[str]:
+    """Every revision this code's migrations know."""
+    script = ScriptDirectory.from_config(_alembic_config(create_engine("sqlite://")))
+    return {revision.revision for revision in script.walk_revisions()}
+
+
+def require_current_schema(engine: Engine) -> str | None:
+    """Refuse to run against a schema this code cannot run on.
+
+    A schema at this code's latest migration runs.  One behind it needs
+    ``sarbot db upgrade``.  One ahead of it (another instance, upgraded first,
+    migrated it) runs if its ``schema_compatibility`` row names a revision this
+    code knows; its revision is returned then, for the caller to log.
+    """
     current, head = current_revision(engine), head_revision()
-    if current != head:
+    if current == head:
+        return None
+    known = known_revisions()
+    if current is None or current in known:
         raise ConfigError(
             f"the state database is at revision {current or 'none'}, not {head}: "
             "run 'sarbot db upgrade' first"
         )
+    oldest = _oldest_code(engine)
+    if oldest is not None and oldest in known:
+        return current
+    raise ConfigError(
+        f"the state database is at revision {current}, newer than this sarbot knows ({head}), "
+        f"and needs code at {oldest or 'an unknown revision'} or later: upgrade this instance"
+    )
+
+
+def _oldest_code(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            found = connection.scalar(
+                text("SELECT oldest_code FROM schema_compatibility WHERE id = 1")
+            )
+    except DBAPIError:
+        return None
+    return str(found) if found is not None else None

@@ -174,6 +174,20 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class SchemaCompatibility(Base):
+    """The oldest code a schema can still run: instances are upgraded one at a time.
+
+    One row.  A migration that code older than it survives (a new table, a new
+    nullable column) leaves ``oldest_code`` as it is; one that breaks older code
+    (a column dropped or renamed) sets it to its own revision (docs/deployment.md).
+    """
+
+    __tablename__ = "schema_compatibility"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    oldest_code: Mapped[str] = mapped_column(String(32))
+
+
 class MailboxPosition(Base):
     """How far intake has read a folder: restarted from scratch when UIDVALIDITY changes."""
 

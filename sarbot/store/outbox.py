@@ -59,6 +59,16 @@ def due(session: Session, now: datetime) -> list[OutgoingMail]:
     return list(session.scalars(query))
 
 
+def still_due(session: Session, mail_id: int, now: datetime) -> OutgoingMail | None:
+    """The message read again, if still pending and due (another instance may have sent it)."""
+    mail = session.get(OutgoingMail, mail_id, populate_existing=True)
+    if mail is None or mail.state is not MailState.PENDING:
+        return None
+    if mail.next_attempt_at is not None and mail.next_attempt_at > now:
+        return None
+    return mail
+
+
 def acknowledgements_since(
     session: Session, since: datetime, *, recipient: str | None = None, domain: str | None = None
 ) -> int:

@@ -1,0 +1,241 @@
+"""More than one ``sarbot run``: one on SQLite, two or more on PostgreSQL.
+
+On SQLite a second instance refuses to start.  On PostgreSQL (a real server
+started here) one instance at a time reads the mailbox, every request is
+worked on by one instance at a time, and when the reader is killed with
+SIGKILL another takes over: every request answered, no message sent twice
+beyond the crash rule (tests/crashkit.py checks it from the requesters'
+mailboxes, the state database and the logs).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import structlog
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from sarbot.app import App
+from sarbot.errors import ConfigError
+from sarbot.ops.health import HealthCheck
+from sarbot.ops.metrics import Metrics
+from sarbot.store.instances import Alone, Claim, Shared, instances_for
+from sarbot.testing import MailServer
+from tests.crashkit import Daemon, Site, make_requesters, reads_mailbox, run_instances
+from tests.servers import postgres_server
+
+LOG = structlog.get_logger("test")
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[str]:
+    """A fresh database on the module's PostgreSQL server."""
+    name = f"sarbot_{random.SystemRandom().randrange(10**9)}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as db:
+        db.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as db:
+        db.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def engine(url: str) -> Engine:
+    return create_engine(url, poolclass=NullPool)
+
+
+class TestOneInstanceOnSqlite:
+    def test_the_second_instance_is_refused_and_named(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        first, second = instances_for(engine(url), LOG), instances_for(engine(url), LOG)
+        assert isinstance(first, Alone) and not first.shared
+        first.start()
+        try:
+            with pytest.raises(ConfigError) as refused:
+                second.start()
+            message = str(refused.value)
+            assert first.name in message and "state.db" in message
+            assert "PostgreSQL" in message and "docs/deployment.md" in message
+        finally:
+            first.stop()
+        second.start()  # once the first has stopped, the next one may run
+        second.stop()
+
+    @pytest.mark.mailstack
+    def test_sarbot_run_refuses_while_another_runs(
+        self, tmp_path: Path, mailstack: MailServer
+    ) -> None:
+        site = Site(tmp_path, [], seed=0)
+        running = Daemon(site)
+        running.start()
+        try:
+            assert running.wait_for("daemon.started", 60)
+            second = site.cli("run", "--once")
+            assert second.returncode != 0
+            assert "another 'sarbot run'" in second.stderr
+            assert "an SQLite state database serves one instance" in second.stderr
+        finally:
+            assert running.stop() == 0
+        assert site.cli("run", "--once").returncode == 0
+
+
+class TestCoordinationOnPostgres:
+    def test_one_instance_reads_the_mailbox_and_another_takes_over(self, database: str) -> None:
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        first.start()
+        second.start()
+        try:
+            assert first.reads_mailbox()
+            assert not second.reads_mailbox()
+            assert first.reads_mailbox()  # it keeps it
+            _terminate_sessions_of(database, first)  # as if its host vanished
+            deadline = time.monotonic() + 10
+            while not second.reads_mailbox():
+                assert time.monotonic() < deadline, "the lock was never taken over"
+                time.sleep(0.05)
+            assert not first.reads_mailbox()  # the one that lost it does not read on
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_a_stopped_reader_hands_over_at_once(self, database: str) -> None:
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        assert first.reads_mailbox() and not second.reads_mailbox()
+        first.stop()
+        assert second.reads_mailbox()
+        second.stop()
+
+    def test_a_request_is_claimed_by_one_instance_at_a_time(self, database: str) -> None:
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            with first.claim(Claim.REQUEST, 7) as mine:
+                assert mine
+                with second.claim(Claim.REQUEST, 7) as theirs:
+                    assert not theirs
+                with second.claim(Claim.REQUEST, 8) as other:
+                    assert other  # another request is free
+                with second.claim(Claim.MESSAGE, 7) as message:
+                    assert message  # a message's claim is not its request's
+                assert first.still_holds()
+            with second.claim(Claim.REQUEST, 7) as theirs:
+                assert theirs  # released at the end of the first's work
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_a_killed_holders_claim_is_free_at_once(self, database: str) -> None:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_A_CLAIM, database],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        other = Shared(engine(database), LOG)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            with other.claim(Claim.REQUEST, 42) as mine:
+                assert not mine
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+            deadline = time.monotonic() + 10
+            while True:
+                with other.claim(Claim.REQUEST, 42) as mine:
+                    if mine:
+                        break
+                assert time.monotonic() < deadline, "the dead holder's claim was never freed"
+                time.sleep(0.05)
+        finally:
+            holder.kill()
+            other.stop()
+
+    def test_a_lost_session_is_seen_before_sending(self, database: str) -> None:
+        instance = Shared(engine(database), LOG)
+        with instance.claim(Claim.REQUEST, 1) as mine:
+            assert mine and instance.still_holds()
+            _terminate_sessions_of(database, instance)
+            assert not instance.still_holds()
+        instance.stop()
+
+    def test_the_app_coordinates_on_postgres(self, tmp_path: Path, database: str) -> None:
+        site = Site(tmp_path, [], seed=0, database_url=database)
+        assert isinstance(App.load(site.config).instances, Shared)
+
+
+HOLD_A_CLAIM = textwrap.dedent(
+    """
+    import sys, time
+    import structlog
+    from sqlalchemy import create_engine
+    from sarbot.store.instances import Claim, Shared
+    instance = Shared(create_engine(sys.argv[1]), structlog.get_logger())
+    with instance.claim(Claim.REQUEST, 42) as mine:
+        print("held" if mine else "refused", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _terminate_sessions_of(database: str, instance: Shared) -> None:
+    """End the instance's coordination session from the server side."""
+    assert instance._connection is not None
+    pid = instance._connection.scalar(text("SELECT pg_backend_pid()"))
+    with engine(database).connect() as db:
+        db.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        db.commit()
+
+
+@pytest.mark.mailstack
+class TestTwoDaemons:
+    def test_a_burst_with_the_reader_killed_midway(
+        self, tmp_path: Path, mailstack: MailServer, database: str
+    ) -> None:
+        people = make_requesters(12, random.Random(17), big_share=0.25)
+        findings, daemons = run_instances(
+            tmp_path, mailstack, people, database, instances=2, kill_after=3
+        )
+        assert findings.failures == [], findings.report()
+        assert findings.kills == 1
+        killed = [d for d in daemons if d.life.killed]
+        [survivor] = [d for d in daemons if not d.life.killed]
+        assert len(killed) == 1 and not reads_mailbox(survivor)  # stopped cleanly by now
+        taken = [
+            datetime.fromisoformat(str(e["timestamp"]))
+            for e in survivor.life.events()
+            if e.get("event") == "instance.mailbox_taken"
+        ]
+        assert taken, "the survivor never took over the mailbox"
+        assert killed[0].life.ended is not None and max(taken) >= killed[0].life.ended
+
+
+class TestHealthOfAnInstanceThatDoesNotRead:
+    def test_it_is_healthy_without_polls_and_says_so(self) -> None:
+        now = [datetime(2026, 11, 18, 9, 0, tzinfo=UTC)]
+        metrics = Metrics(clock=lambda: now[0])
+        health = HealthCheck(metrics, lambda: None, stale_after=60)
+        metrics.mailbox_reader(False, now[0])
+        now[0] += timedelta(minutes=10)
+        report = health()
+        assert report.healthy and report.body["reads_mailbox"] is False
+        metrics.mailbox_reader(True, now[0])  # it takes the mailbox over: its clock starts now
+        assert health().healthy
+        now[0] += timedelta(minutes=2)
+        report = health()
+        assert not report.healthy
+        assert any("no completed mailbox poll" in p for p in report.body["problems"])
+        scraped = {m.name: m.samples[0].value for m in metrics.registry.collect() if m.samples}
+        assert scraped["sarbot_reads_mailbox"] == 1.0
