@@ -420,6 +420,7 @@ class TestHealth:
             "imap": {"connected": True, "since": "2026-03-02T09:00:00+00:00"},
             "last_poll": "2026-03-02T09:00:30+00:00",
             "logins_failing": {},
+            "reads_mailbox": True,
             "stale_after_seconds": 300,
             "problems": [],
         }
