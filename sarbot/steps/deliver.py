@@ -1,7 +1,8 @@
 """Sending what the outbox holds, and closing requests whose answer has gone out.
 
 A message is read from the outbox (or from its file in the export folder) and
-handed to SMTP.  A temporary failure is retried later; a permanent refusal
+handed to SMTP, the messages due at one time on one SMTP session; each is marked
+sent in its own commit as soon as the server accepted it.  A temporary failure is retried later; a permanent refusal
 moves the request to ``needs_review``.  A request is delivered when every part
 of its export has been sent.  Export files are deleted once sent, or kept for
 ``[storage] keep_exports_days`` and then deleted by ``sweep``.
@@ -72,28 +73,29 @@ class Deliverer:
         with self.sessions.begin() as session:
             due = outbox.due(session, self.clock())
         cleared = sent = False
-        for position, mail in enumerate(due):
-            # All of one request's messages are sent by one instance at a time: the last
-            # part of an export to be sent is the one that marks the request delivered.
-            kind, key = (
-                (Claim.REQUEST, mail.request_id)
-                if mail.request_id is not None
-                else (Claim.MESSAGE, mail.id)
-            )
-            with self.instances.claim(kind, key) as mine:
-                if not mine:
-                    continue
-                with self.sessions.begin() as session:  # read again: another may have sent it
-                    current = outbox.still_due(session, mail.id, self.clock())
-                    if current is None:
+        async with self.mailer.batch():  # one SMTP session for them all, as far as it lasts
+            for position, mail in enumerate(due):
+                # All of one request's messages are sent by one instance at a time: the last
+                # part of an export to be sent is the one that marks the request delivered.
+                kind, key = (
+                    (Claim.REQUEST, mail.request_id)
+                    if mail.request_id is not None
+                    else (Claim.MESSAGE, mail.id)
+                )
+                with self.instances.claim(kind, key) as mine:
+                    if not mine:
                         continue
-                    _ = current.request  # load while the session is open
-                try:
-                    cleared |= await self._send(current)
-                except SmtpLoginError as exc:  # the rest would fail the same way: all wait
-                    self._put_off(due[position:], exc)
-                    break
-                sent = True
+                    with self.sessions.begin() as session:  # read again: another may have sent it
+                        current = outbox.still_due(session, mail.id, self.clock())
+                        if current is None:
+                            continue
+                        _ = current.request  # load while the session is open
+                    try:
+                        cleared |= await self._send(current)
+                    except SmtpLoginError as exc:  # the rest would fail the same way: all wait
+                        self._put_off(due[position:], exc)
+                        break
+                    sent = True
         if cleared:
             forget_cleared(self.engine)  # a copy kept until sending may have carried a challenge
         return sent
