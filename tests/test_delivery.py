@@ -170,6 +170,55 @@ class TestOneSession:
         bob.wait_for(subject_contains("Please confirm"))
 
 
+class TestSendingAlongside:
+    """The cycle's letters go out while its steps go on: as soon as a commit queues one."""
+
+    @staticmethod
+    def queue_manual_request(bot: Bot, email: str) -> None:
+        """An operator enters a request by phone: its acknowledgement is queued and committed."""
+        with bot.app.sessions.begin() as session:
+            bot.app.acknowledger.open_manual(session, email, "by phone", now=bot.now(), actor="op")
+
+    def test_letters_queued_inside_go_out_by_its_end_on_one_session(
+        self, bot: Bot, person: Person
+    ) -> None:
+        alice, bob = person("alice", "example.test"), person("bob", "example.test")
+        deliverer = bot.app.pipeline(clock=bot.now).steps.deliverer
+
+        async def steps() -> bool:
+            async with deliverer.alongside() as sending:
+                self.queue_manual_request(bot, alice.address)
+                await asyncio.sleep(0)  # a step awaiting its I/O: the sending may go on
+                self.queue_manual_request(bot, bob.address)
+            return sending.sent
+
+        assert asyncio.run(steps())
+        assert [m.state for m in bot.outgoing()] == [MailState.SENT, MailState.SENT]
+        assert deliverer.mailer.sessions == 1
+        alice.wait_for(subject_contains("Please confirm"))
+        bob.wait_for(subject_contains("Please confirm"))
+
+    def test_a_failing_step_is_raised_and_no_letter_is_sent_twice(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """The sending stops after the message in hand; what is left goes at the next cycle."""
+        alice = person("alice", "example.test")
+        deliverer = bot.app.pipeline(clock=bot.now).steps.deliverer
+
+        async def failing_steps() -> None:
+            async with deliverer.alongside():
+                self.queue_manual_request(bot, alice.address)
+                raise RuntimeError("a step failed")
+
+        with pytest.raises(RuntimeError, match="a step failed"):
+            asyncio.run(failing_steps())
+        bot.run_once()
+        [mail] = bot.outgoing()
+        assert mail.state is MailState.SENT and mail.attempts == 1
+        alice.wait_for(subject_contains("Please confirm"))
+        assert len(alice.messages()) == 1
+
+
 class TestLogs:
     def test_logs_hold_no_address_body_secret_or_data(
         self, make_bot: BotFactory, person: Person
