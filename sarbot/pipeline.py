@@ -102,14 +102,17 @@ class Pipeline:
         collects, packages and delivers, each request claimed by one at a time.
         """
         progressed = False
-        if intake and reader:
-            progressed = await self.intake()
-            self.metrics.poll_succeeded(self.clock())
-        if reader:
-            progressed |= self.expire()
-        progressed |= await self.collect_and_package()
-        if reader:
-            progressed |= self.notify()
+        # Letters go out as soon as a step queues them, while the steps go on.
+        async with self.steps.deliverer.alongside() as sending:
+            if intake and reader:
+                progressed = await self.intake()
+                self.metrics.poll_succeeded(self.clock())
+            if reader:
+                progressed |= self.expire()
+            progressed |= await self.collect_and_package()
+            if reader:
+                progressed |= self.notify()
+        progressed |= sending.sent
         progressed |= await self.deliver()
         if reader:
             await self.maintain()

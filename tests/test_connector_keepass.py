@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import secrets
+import time
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -828,3 +829,95 @@ class TestOpening:
         settings = validate(configured.options, KeepassSettings, source="doc", base_dir=tmp_path)
         assert isinstance(settings, KeepassSettings)
         assert settings.custom_fields_secret == ("Door code", "Alarm code")
+
+
+class TestKeptUnlocked:
+    """The decrypted vault is kept between lookups only while the file is unchanged, for a
+    bounded time, in memory; counted by the vault's openings, never by timing."""
+
+    @staticmethod
+    def alice_vault(editor: Any, tmp_path: Path, **extra: Any) -> KeepassConnector:
+        editor.add_entry(editor.root_group, "Alice mail", ALICE, "x")
+        editor.save()
+        return connector(tmp_path / "v.kdbx", **extra)
+
+    def test_lookups_of_an_unchanged_file_open_it_once(self, editor: Any, tmp_path: Path) -> None:
+        """Two lookups (two rounds of one request, or two requests) decrypt the vault once,
+        and nothing is written beside it."""
+        before = sorted(tmp_path.iterdir())
+        keepass = self.alice_vault(editor, tmp_path)
+        first = keepass.collect(Identity.verified(ALICE))
+        second = keepass.collect(Identity.verified(ALICE))
+        assert keepass.unlocked.opens == 1 and keepass.unlocked.held
+        assert [r.key for r in first] == [r.key for r in second] and len(first) == 1
+        assert sorted(tmp_path.iterdir()) == before
+
+    def test_a_changed_file_is_opened_again(self, editor: Any, tmp_path: Path) -> None:
+        """A vault saved anew is read at the next lookup: its new entry is found."""
+        keepass = self.alice_vault(editor, tmp_path)
+        assert len(keepass.collect(Identity.verified(ALICE))) == 1
+        editor.add_entry(editor.root_group, "Alice VPN", ALICE, "y")
+        editor.save()
+        assert len(keepass.collect(Identity.verified(ALICE))) == 2
+        assert keepass.unlocked.opens == 2
+
+    def test_a_replaced_file_is_opened_again(self, editor: Any, tmp_path: Path) -> None:
+        """Another file renamed over the vault (as editors save) is another vault."""
+        keepass = self.alice_vault(editor, tmp_path)
+        keepass.collect(Identity.verified(ALICE))
+        editor.add_entry(editor.root_group, "Alice VPN", ALICE, "y")
+        editor.save(str(tmp_path / "new.kdbx"))
+        os.replace(tmp_path / "new.kdbx", tmp_path / "v.kdbx")
+        assert len(keepass.collect(Identity.verified(ALICE))) == 2
+        assert keepass.unlocked.opens == 2
+
+    def test_kept_no_longer_than_its_time_from_the_opening(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """Use does not extend it: a vault opened 60 s ago is opened again (a moved clock)."""
+        keepass = self.alice_vault(editor, tmp_path, keep_unlocked_seconds=60)
+        now = [1000.0]
+        keepass.unlocked.clock = lambda: now[0]
+        keepass.collect(Identity.verified(ALICE))
+        now[0] += 59
+        keepass.collect(Identity.verified(ALICE))
+        assert keepass.unlocked.opens == 1
+        now[0] += 1
+        keepass.collect(Identity.verified(ALICE))
+        assert keepass.unlocked.opens == 2
+
+    def test_dropped_when_closed(self, editor: Any, tmp_path: Path) -> None:
+        keepass = self.alice_vault(editor, tmp_path)
+        keepass.collect(Identity.verified(ALICE))
+        keepass.close()
+        assert not keepass.unlocked.held
+        keepass.collect(Identity.verified(ALICE))
+        assert keepass.unlocked.opens == 2
+
+    def test_dropped_when_its_time_is_up_without_another_lookup(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """A timer drops it: an idle daemon does not keep the vault open."""
+        keepass = self.alice_vault(editor, tmp_path, keep_unlocked_seconds=0.1)
+        keepass.collect(Identity.verified(ALICE))
+        waited = 0
+        while keepass.unlocked.held and waited < 200:  # the timer runs in its own thread
+            time.sleep(0.05)
+            waited += 1
+        assert not keepass.unlocked.held
+
+    def test_zero_opens_it_for_every_lookup(self, editor: Any, tmp_path: Path) -> None:
+        keepass = self.alice_vault(editor, tmp_path, keep_unlocked_seconds=0)
+        keepass.collect(Identity.verified(ALICE))
+        keepass.collect(Identity.verified(ALICE))
+        assert keepass.unlocked.opens == 2 and not keepass.unlocked.held
+
+    def test_a_vault_that_fails_to_open_is_not_kept(self, tmp_path: Path) -> None:
+        right = canary()
+        new_vault(4, tmp_path / "v.kdbx", right)
+        master_file(tmp_path / "v.kdbx").write_text("wrong", encoding="utf-8")
+        keepass = connector(tmp_path / "v.kdbx")
+        for _ in range(2):
+            with pytest.raises(ConnectorError, match="password or key file is wrong"):
+                keepass.collect(Identity.verified(ALICE))
+        assert not keepass.unlocked.held and keepass.unlocked.opens == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 from collections.abc import Callable, Iterable
@@ -126,6 +127,96 @@ class TestSmtpFailure:
         [mail] = bot.outgoing()
         assert mail.state is MailState.FAILED
         assert mail.raw is None
+
+
+def run_and_count_sessions(bot: Bot) -> int:
+    """One ``run --once``; how many SMTP sessions its deliveries opened."""
+    daemon = bot.app.daemon(clock=bot.now)
+    assert asyncio.run(daemon.run(once=True))
+    return daemon.pipeline.steps.deliverer.mailer.sessions
+
+
+class TestOneSession:
+    def test_the_mail_due_at_once_goes_on_one_smtp_session(self, bot: Bot, person: Person) -> None:
+        """Three acknowledgements due in one cycle: one SMTP session, each marked sent."""
+        people = [person(name, "example.test") for name in ("alice", "bob", "carol")]
+        for someone in people:
+            someone.send(bot.address, "GDPR DATA REQUEST")
+        bot.support.wait_for(lambda _m: len(bot.support.messages()) == 3)
+        assert run_and_count_sessions(bot) == 1
+        assert [m.state for m in bot.outgoing()] == [MailState.SENT] * 3
+        for someone in people:
+            someone.wait_for(subject_contains("Please confirm"))
+
+    def test_a_refused_message_ends_the_session_and_the_rest_go_on(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """A session that failed is never used again: the next message opens a new one."""
+        alice, bob = person("alice", "example.test"), person("bob", "example.test")
+        outsider = person("someone", "elsewhere.test")  # the stack refuses this domain (5xx)
+        support = bot.support
+        for n, sender in enumerate((alice, outsider, bob)):
+            support.append(
+                f"From: {sender.address}\r\nTo: {bot.address}\r\nSubject: GDPR DATA REQUEST\r\n"
+                f"Message-ID: <batch-{n}@example.test>\r\n\r\nplease\r\n".encode()
+            )
+        assert run_and_count_sessions(bot) == 2
+        states = {m.recipient: m.state for m in bot.outgoing()}
+        assert states == {
+            alice.address: MailState.SENT,
+            outsider.address: MailState.FAILED,
+            bob.address: MailState.SENT,
+        }
+        bob.wait_for(subject_contains("Please confirm"))
+
+
+class TestSendingAlongside:
+    """The cycle's letters go out while its steps go on: as soon as a commit queues one."""
+
+    @staticmethod
+    def queue_manual_request(bot: Bot, email: str) -> None:
+        """An operator enters a request by phone: its acknowledgement is queued and committed."""
+        with bot.app.sessions.begin() as session:
+            bot.app.acknowledger.open_manual(session, email, "by phone", now=bot.now(), actor="op")
+
+    def test_letters_queued_inside_go_out_by_its_end_on_one_session(
+        self, bot: Bot, person: Person
+    ) -> None:
+        alice, bob = person("alice", "example.test"), person("bob", "example.test")
+        deliverer = bot.app.pipeline(clock=bot.now).steps.deliverer
+
+        async def steps() -> bool:
+            async with deliverer.alongside() as sending:
+                self.queue_manual_request(bot, alice.address)
+                await asyncio.sleep(0)  # a step awaiting its I/O: the sending may go on
+                self.queue_manual_request(bot, bob.address)
+            return sending.sent
+
+        assert asyncio.run(steps())
+        assert [m.state for m in bot.outgoing()] == [MailState.SENT, MailState.SENT]
+        assert deliverer.mailer.sessions == 1
+        alice.wait_for(subject_contains("Please confirm"))
+        bob.wait_for(subject_contains("Please confirm"))
+
+    def test_a_failing_step_is_raised_and_no_letter_is_sent_twice(
+        self, bot: Bot, person: Person
+    ) -> None:
+        """The sending stops after the message in hand; what is left goes at the next cycle."""
+        alice = person("alice", "example.test")
+        deliverer = bot.app.pipeline(clock=bot.now).steps.deliverer
+
+        async def failing_steps() -> None:
+            async with deliverer.alongside():
+                self.queue_manual_request(bot, alice.address)
+                raise RuntimeError("a step failed")
+
+        with pytest.raises(RuntimeError, match="a step failed"):
+            asyncio.run(failing_steps())
+        bot.run_once()
+        [mail] = bot.outgoing()
+        assert mail.state is MailState.SENT and mail.attempts == 1
+        alice.wait_for(subject_contains("Please confirm"))
+        assert len(alice.messages()) == 1
 
 
 class TestLogs:

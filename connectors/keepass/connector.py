@@ -23,7 +23,7 @@ import base64
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pykeepass import PyKeePass
 from pykeepass.exceptions import CredentialsError, HeaderChecksumError, PayloadChecksumError
 
@@ -51,6 +51,7 @@ from connectors.keepass.mentions import (
     other_addresses_withheld,
     without_other_addresses,
 )
+from connectors.keepass.unlocked import Unlocked
 from sarbot.connector import (
     EMAIL,
     ConfigPath,
@@ -76,6 +77,7 @@ class KeepassSettings(Section):
     include_attachments: bool = False
     custom_fields_secret: tuple[str, ...] = ()
     owner_fields: tuple[str, ...] = ()
+    keep_unlocked_seconds: float = Field(default=60.0, ge=0, le=3600)
 
 
 class KeepassConnector:
@@ -89,11 +91,16 @@ class KeepassConnector:
         self.settings = settings
         self._secret_names = {n.casefold() for n in settings.custom_fields_secret}
         self._owner_names = {n.casefold() for n in settings.owner_fields}
+        files = [settings.path, *([settings.keyfile] if settings.keyfile else [])]
+        self.unlocked = Unlocked(self._open, files, settings.keep_unlocked_seconds)
 
     def collect(self, identity: Identity) -> list[Record]:
         if not any(i.kind in (EMAIL, "username") for i in identity.identifiers):
             return []
-        vault = self._open()
+        with self.unlocked as vault:
+            return self._collect(vault, identity)
+
+    def _collect(self, vault: Any, identity: Identity) -> list[Record]:
         binaries: list[bytes] | None = None
         records = []
         for entry in live_entries(vault):
@@ -128,10 +135,11 @@ class KeepassConnector:
         return None
 
     def check(self) -> None:
-        self._open()
+        self._open()  # afresh: the password and the file as they are now
 
     def close(self) -> None:
-        """Nothing to release: the vault is opened for each lookup."""
+        """Drop the decrypted vault, if one is kept."""
+        self.unlocked.forget()
 
     def _open(self) -> Any:
         """The decrypted vault, or a ConnectorError that names neither secret nor content."""

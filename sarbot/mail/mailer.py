@@ -1,5 +1,11 @@
 """Sending mail over SMTP, with retries for what may succeed later.
 
+Inside ``async with mailer.batch():`` the messages share one SMTP session: it is opened and
+logged in at the first message, used for up to ``MESSAGES_PER_SESSION`` of them, and
+closed with QUIT at the end of the block. A session that fails in any way is dropped, and
+the message's next attempt (and the next message) opens a new one. Outside a batch each
+message has a session of its own.
+
 With ``auth = "oauth2"`` the session logs in with XOAUTH2 or OAUTHBEARER and an access token
 from ``sarbot.mail.oauth``; a token the server refuses is replaced once, and a login that
 still fails is an SmtpLoginError: the message waits, it is not refused.
@@ -10,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 import aiosmtplib
 from tenacity import (
@@ -29,6 +37,10 @@ from sarbot.mail.oauth import (
     refused_by_server,
     token_source,
 )
+
+MESSAGES_PER_SESSION = 100
+"""Messages sent on one SMTP session before it is closed and another opened: some servers
+limit a session's messages, and a long-lived session is where such limits bite."""
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -57,6 +69,25 @@ class Mailer:
         self._tokens: TokenSource | None = None
         if settings.auth == "oauth2" and settings.oauth2 is not None and settings.username:
             self._tokens = token_source(settings.oauth2, settings.username)
+        self._batching = False
+        self._shared: aiosmtplib.SMTP | None = None
+        self._shared_sent = 0
+        self.sessions = 0
+        """How many SMTP sessions were opened (logged in): for the tests and the benchmarks."""
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Send the messages of this block on one SMTP session (not re-entrant; one caller
+        at a time, as the deliver step sends)."""
+        if self._batching:
+            yield
+            return
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            await self._close_shared(quit_first=True)
 
     async def send(self, raw: bytes, *, sender: str, recipient: str) -> None:
         """Send one message; raise TransientMailError or PermanentMailError on failure.
@@ -80,25 +111,28 @@ class Mailer:
         await self._session(None)
 
     async def _session(self, mail: tuple[bytes, str, str] | None) -> None:
-        """One SMTP session: connect, log in, and send ``mail`` (raw, sender, recipient)."""
-        s = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            use_tls=s.security == "tls",
-            start_tls=s.security == "starttls",
-            tls_context=self._tls if s.security != "none" else None,
-            timeout=s.timeout,
-        )
+        """Send ``mail`` (raw, sender, recipient) on the batch's session, or on one of its
+        own; with no mail, connect and log in only."""
+        shared = self._batching and mail is not None
         try:
-            async with client:
-                if self._tokens is not None:
-                    await self._authenticate(client, self._tokens)
-                elif s.username and s.password is not None:
-                    await client.login(s.username, s.password.get_secret_value())
+            client = await self._shared_client() if shared else await self._open()
+            try:
                 if mail is not None:
                     raw, sender, recipient = mail
                     await client.sendmail(sender, [recipient], raw)
+            except BaseException:
+                client.close()  # in an unknown state: never used again
+                if shared:
+                    self._shared = None
+                raise
+            if not shared:
+                with suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+                client.close()
+            else:
+                self._shared_sent += 1
+                if self._shared_sent >= MESSAGES_PER_SESSION:
+                    await self._close_shared(quit_first=True)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [err.code for err in exc.recipients]
             raise _by_code(min(codes, default=554), "recipient refused") from None
@@ -108,6 +142,43 @@ class Mailer:
             raise TransientMailError(f"{type(exc).__name__}: {exc}") from None
         except OAuthError as exc:
             raise SmtpLoginError(exc) from None
+
+    async def _shared_client(self) -> aiosmtplib.SMTP:
+        if self._shared is None or not self._shared.is_connected:
+            self._shared, self._shared_sent = await self._open(), 0
+        return self._shared
+
+    async def _close_shared(self, *, quit_first: bool) -> None:
+        client, self._shared = self._shared, None
+        if client is None:
+            return
+        if quit_first and client.is_connected:
+            with suppress(aiosmtplib.SMTPException, OSError):
+                await client.quit()
+        client.close()
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        """A new session, connected and logged in; closed again if the login fails."""
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=self._tls if s.security != "none" else None,
+            timeout=s.timeout,
+        )
+        await client.connect()
+        try:
+            if self._tokens is not None:
+                await self._authenticate(client, self._tokens)
+            elif s.username and s.password is not None:
+                await client.login(s.username, s.password.get_secret_value())
+        except BaseException:
+            client.close()
+            raise
+        self.sessions += 1
+        return client
 
     async def _authenticate(self, client: aiosmtplib.SMTP, tokens: TokenSource) -> None:
         """AUTH with the source's token; if the server refuses it, once more with a new one."""

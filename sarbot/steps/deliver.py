@@ -1,20 +1,27 @@
 """Sending what the outbox holds, and closing requests whose answer has gone out.
 
 A message is read from the outbox (or from its file in the export folder) and
-handed to SMTP.  A temporary failure is retried later; a permanent refusal
-moves the request to ``needs_review``.  A request is delivered when every part
-of its export has been sent.  Export files are deleted once sent, or kept for
+handed to SMTP, the messages due at one time on one SMTP session; each is marked
+sent in its own commit as soon as the server accepted it.  ``alongside`` sends
+while the other steps of a cycle go on, as soon as they queue a letter.  A
+temporary failure is retried later; a permanent refusal moves the request to
+``needs_review``.  A request is delivered when every part of its export has
+been sent.  Export files are deleted once sent, or kept for
 ``[storage] keep_exports_days`` and then deleted by ``sweep``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
@@ -42,6 +49,20 @@ class Milestones(Protocol):
     ) -> None: ...
 
 
+QUEUED = "sarbot.outbox_queued"
+"""Set in a session's ``info`` when it wrote a message to the outbox."""
+
+
+@dataclass
+class Sending:
+    """What the sending alongside the other steps did."""
+
+    sent: bool = False
+    """Whether it took any message from the outbox (sent, deferred or failed)."""
+    finishing: bool = False
+    stopping: bool = False
+
+
 class Deliverer:
     def __init__(
         self,
@@ -66,13 +87,102 @@ class Deliverer:
         self.log = log
         self.clock = clock
         self.crash_points = crash_points
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def send_due(self) -> bool:
-        """Send every message that is due and not claimed by another instance."""
+        """Send every message that is due and not claimed by another instance, on one SMTP
+        session; True if this instance sent (or deferred, or failed) any."""
+        async with self.mailer.batch():  # one SMTP session for them all, as far as it lasts
+            sent, cleared, _ = await self._send_batch()
+        if cleared:
+            forget_cleared(self.engine)  # a copy kept until sending may have carried a challenge
+        return sent
+
+    @asynccontextmanager
+    async def alongside(self) -> AsyncIterator[Sending]:
+        """Send what the block's steps queue while they go on, not after them.
+
+        Every commit to the state database wakes the sending, which sends what is due then,
+        one message at a time, each marked sent in its own commit as ``send_due`` does. When
+        the block ends, what is due is sent and the sending stops; when it fails, the sending
+        stops after the message in hand (a message is never abandoned between the server's
+        acceptance and its commit). After a failed login by token it sends nothing more
+        until the block ends (the next ``send_due`` tries once again).
+        """
+        sending = Sending()
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        for name, listener in self._listeners():
+            event.listen(self.sessions, name, listener)
+        task = asyncio.create_task(self._send_alongside(sending, self._wake))
+        try:
+            yield sending
+        except BaseException:
+            sending.stopping = True
+            raise
+        finally:
+            sending.finishing = True
+            self._wake.set()
+            self._wake = None
+            for name, listener in self._listeners():
+                event.remove(self.sessions, name, listener)
+            try:
+                await asyncio.shield(task)
+            except BaseException:
+                if not sending.stopping:
+                    raise  # the sending's own failure, as send_due would have raised it
+                with suppress(BaseException):  # the block's exception goes on; this one is logged
+                    task.result()
+
+    async def _send_alongside(self, sending: Sending, wake: asyncio.Event) -> None:
+        cleared = False
+        try:
+            async with self.mailer.batch():
+                while not sending.stopping:
+                    wake.clear()
+                    finishing = sending.finishing
+                    taken, batch_cleared, login_failed = await self._send_batch(sending)
+                    sending.sent |= taken
+                    cleared |= batch_cleared
+                    if finishing or login_failed:
+                        return
+                    if not taken:  # nothing (of this instance's) was due: until the next
+                        await wake.wait()  # commit that queues mail, or the end
+        finally:
+            if cleared:
+                forget_cleared(self.engine)
+
+    def _listeners(self) -> list[tuple[str, Callable[..., None]]]:
+        return [
+            ("pending_to_persistent", self._queued),
+            ("after_commit", self._committed),
+            ("after_rollback", self._rolled_back),
+        ]
+
+    @staticmethod
+    def _queued(session: Session, instance: object) -> None:
+        if isinstance(instance, OutgoingMail):
+            session.info[QUEUED] = True
+
+    def _committed(self, session: Session) -> None:
+        """A commit that queued mail wakes the sending alongside, if one runs."""
+        wake, loop = self._wake, self._loop
+        if session.info.pop(QUEUED, False) and wake is not None and loop is not None:
+            loop.call_soon_threadsafe(wake.set)
+
+    @staticmethod
+    def _rolled_back(session: Session) -> None:
+        session.info.pop(QUEUED, None)
+
+    async def _send_batch(self, sending: Sending | None = None) -> tuple[bool, bool, bool]:
+        """Send what is due now and not claimed by another instance; (any was taken by this
+        one: sent, deferred or failed; a stored copy was cleared; the login failed)."""
         with self.sessions.begin() as session:
             due = outbox.due(session, self.clock())
-        cleared = sent = False
+        cleared = taken = False
         for position, mail in enumerate(due):
+            if sending is not None and sending.stopping:
+                break
             # All of one request's messages are sent by one instance at a time: the last
             # part of an export to be sent is the one that marks the request delivered.
             kind, key = (
@@ -92,11 +202,9 @@ class Deliverer:
                     cleared |= await self._send(current)
                 except SmtpLoginError as exc:  # the rest would fail the same way: all wait
                     self._put_off(due[position:], exc)
-                    break
-                sent = True
-        if cleared:
-            forget_cleared(self.engine)  # a copy kept until sending may have carried a challenge
-        return sent
+                    return True, cleared, True
+                taken = True
+        return taken, cleared, False
 
     async def _send(self, mail: OutgoingMail) -> bool:
         """Send one message and record the outcome; True if its stored copy was cleared."""
