@@ -22,8 +22,8 @@ from connectors.tacticalrmm import (
     WITHHELD_USER,
     TacticalRmmConnector,
     TacticalRmmSettings,
-    like_pattern,
 )
+from connectors.indexed import like_whole
 from sarbot.config import validate
 from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
@@ -899,6 +899,6 @@ class TestLikePattern:
     def test_wildcards_are_escaped_and_non_ascii_left_to_python(self) -> None:
         """``%``, ``_`` and the escape character are literal; a run of non-ASCII characters
         matches anything (databases lower them to more or fewer characters: İ is i and a dot)."""
-        assert like_pattern("A_b%c/d") == "%a/_b/%c//d%"
-        assert like_pattern("Jürgen") == "%j%rgen%"
-        assert like_pattern("İsmaİl") == "%i%smai%l%"
+        assert like_whole("A_b%c/d") == "a/_b/%c//d"
+        assert like_whole("CORP\\Jürgen") == "corp\\j%rgen"
+        assert like_whole("İsmaİl") == "i%smai%l"

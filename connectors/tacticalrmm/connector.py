@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, RowMapping, Select, column, func, or_, select, table
+from sqlalchemy import Connection, RowMapping, Select, column, or_, select, table
 
+from connectors.indexed import Collation, Needed, any_spelling, missing
 from connectors.readonly import read_only_engine
 from connectors.tacticalrmm.inventory import (
     boot_time,
@@ -51,7 +52,6 @@ from connectors.tacticalrmm.people import (
     Subject,
     Withholder,
     is_user,
-    like_pattern,
 )
 from sarbot.connector import (
     Identifier,
@@ -65,6 +65,8 @@ from sarbot.connector import (
 )
 
 CATEGORY = "Monitored computer"
+CHUNK = 100
+"""Linked agents read whole this many at a time."""
 WITHHELD_USER = "[another person: withheld]"
 OTHERS_NOTE = "Information about other people who used this computer was withheld."
 NOW_WITHHELD = "[withheld: the computer may be used by someone else now]"
@@ -109,23 +111,36 @@ class TacticalRmmConnector:
         self.settings = settings
         self.engine = read_only_engine(settings.url)
 
-    def check(self) -> None:
-        """Run the connector's queries with LIMIT 0: the tables and columns exist."""
+    def needed(self) -> list[Needed]:
+        """The indexes the lookups need (docs/connectors/tacticalrmm.md)."""
+        needs = [Needed("agents_agent", name, True, "lookups by user name") for name in USER_FIELDS]
+        if self.settings.include_software:
+            needs.append(
+                Needed("software_installedsoftware", "agent_id", False, "software lookups")
+            )
+        return needs
+
+    def check(self) -> list[str]:
+        """Run the connector's queries with LIMIT 0: the tables and columns exist; a warning
+        for each index the lookups need that is missing."""
         with self._connect() as connection:
             connection.execute(DETAILS.limit(0)).all()
             if self.settings.include_software:
                 connection.execute(select(*SOFTWARE.c).limit(0)).all()
+            return missing(connection, self.needed())
 
     def collect(self, identity: Identity) -> Iterator[Record]:
         subject = Subject.of(identity, self.name)
-        if not subject.needles:
+        if not subject.spellings:
             return
         with self._connect() as connection:
-            for agent_pk in self._candidates(connection, subject):
-                row = connection.execute(DETAILS.where(AGENTS.c.id == agent_pk)).mappings().first()
-                link = subject.linked(row) if row is not None else None
-                if row is not None and link is not None:
-                    yield self._record(connection, row, subject, link)
+            linked = self._candidates(connection, subject)
+            for start in range(0, len(linked), CHUNK):
+                chunk = DETAILS.where(AGENTS.c.id.in_(linked[start : start + CHUNK]))
+                for row in connection.execute(chunk.order_by(AGENTS.c.id)).mappings().all():
+                    link = subject.linked(row)
+                    if link is not None:
+                        yield self._record(connection, row, subject, link)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -137,7 +152,9 @@ class TacticalRmmConnector:
         return connection
 
     def _candidates(self, connection: Connection, subject: Subject) -> list[int]:
-        """Agents whose user fields hold one of the subject's names, coarse in SQL, then exact."""
+        """Agents whose user fields hold one of the subject's spellings (found by index), then
+        linked exactly in Python."""
+        spellings = sorted(subject.spellings)
         users = [AGENTS.c[name] for name in USER_FIELDS]
         query: Select[Any] = (
             select(AGENTS.c.id, *users, CLIENTS.c.name.label("client_name"))
@@ -146,15 +163,7 @@ class TacticalRmmConnector:
                     CLIENTS, CLIENTS.c.id == SITES.c.client_id
                 )
             )
-            .where(
-                or_(
-                    *(
-                        func.lower(user).like(like_pattern(needle), escape="/")
-                        for needle in sorted(subject.needles)
-                        for user in users
-                    )
-                )
-            )
+            .where(or_(*(any_spelling(user, spellings, Collation()) for user in users)))
         )
         if self.settings.clients:
             sites = select(SITES.c.id).join(CLIENTS, CLIENTS.c.id == SITES.c.client_id)

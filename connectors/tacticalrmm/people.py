@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping
 
+from connectors.indexed import spellings_of
 from sarbot.connector import (
     Identifier,
     Identity,
@@ -42,15 +43,13 @@ class Subject:
 
     identity: Identity
     connector: str
-    needles: frozenset[str]
+    spellings: frozenset[str]
+    """How the stored user names that may be the subject's are written (connectors.indexed)."""
 
     @classmethod
     def of(cls, identity: Identity, connector: str) -> Subject:
-        names = [split_account(i.value)[0] for i in identity.of_kind("username")]
-        emails = [i.value for i in identity.of_kind("email")]
-        # SQL's lower() keeps the length of what it lowers; casefold() may not (ß: ss).
-        needles = {value.lower() for value in [*names, *emails] if value.strip()}
-        return cls(identity, connector, frozenset(needles))
+        wanted = [*identity.of_kind("username"), *identity.of_kind("email")]
+        return cls(identity, connector, frozenset(s for i in wanted for s in spellings_of(i)))
 
     def namespace(self, row: RowMapping) -> str:
         """Where an agent's user names belong: the agent's client."""
@@ -127,18 +126,3 @@ class Withholder:
 
 def is_user(value: Any) -> bool:
     return isinstance(value, str) and value.strip().casefold() not in NOBODY
-
-
-def like_pattern(needle: str) -> str:
-    """A LIKE pattern (escape character ``/``) that finds needle anywhere, ignoring case."""
-    out = []
-    for char in needle.lower():
-        if char in "%_/":
-            out.append("/" + char)
-        elif char.isascii():
-            out.append(char)
-        elif not out or out[-1] != "%":
-            # Databases lower non-ASCII letters differently, to more or fewer characters
-            # (İ, ß, a decomposed é): any run of them matches anything; Python decides.
-            out.append("%")
-    return "%" + "".join(out) + "%"

@@ -17,23 +17,29 @@ the database's collation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeAlias
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Row,
     TableClause,
     column,
-    func,
     literal,
-    or_,
     select,
     table,
 )
 
+from connectors.indexed import (
+    Collation,
+    Needed,
+    address_spellings,
+    any_spelling,
+    column_collations,
+    missing,
+    spellings_of,
+)
 from connectors.readonly import read_only_engine
 from connectors.wordpress.php import (
     Unreadable,
@@ -55,7 +61,6 @@ from sarbot.connector import (
     jsonable,
     normalize_address,
     same_address,
-    written_forms,
 )
 
 AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
@@ -147,10 +152,26 @@ class WordpressConnector:
         self.site_url = settings.site_url.rstrip("/")
         self.engine = read_only_engine(settings.url)
         self.namespace = f"wordpress:{name}"
+        self.collations: dict[str, Collation] | None = None
 
-    def check(self) -> None:
+    def needed(self) -> list[Needed]:
+        """The indexes the lookups need (docs/connectors/wordpress.md)."""
+        t = self.t.prefix
+        needs = [
+            Needed(f"{t}users", "user_email", True, "lookups of accounts by address"),
+            Needed(f"{t}comments", "comment_author_email", True, "lookups of comments by address"),
+            Needed(f"{t}comments", "user_id", False, "lookups of comments by account"),
+            Needed(f"{t}usermeta", "user_id", False, "lookups of an account's profile"),
+        ]
+        if self.settings.match_usernames:
+            needs.insert(1, Needed(f"{t}users", "user_login", True, "lookups by login"))
+        return needs
+
+    def check(self) -> list[str]:
+        """The tables are readable; a warning for each index the lookups need that is missing."""
         with self.engine.connect() as connection:
             connection.execute(select(literal(1)).select_from(self.t.users).limit(1)).all()
+            return missing(connection, self.needed())
 
     def close(self) -> None:
         self.engine.dispose()
@@ -163,6 +184,12 @@ class WordpressConnector:
         if not self.settings.match_usernames:
             names = []
         with self.engine.connect() as connection:
+            if self.collations is None:
+                self.collations = {
+                    f"{table}.{name}": collation
+                    for table in (self.t.users.name, self.t.comments.name)
+                    for name, collation in column_collations(connection, table).items()
+                }
             accounts = self._accounts(connection, emails, names)
             for found_by, account in accounts.values():
                 yield from self._account_records(connection, found_by, account)
@@ -181,8 +208,9 @@ class WordpressConnector:
         lookups = [(i, users.user_email) for i in emails] + [(i, users.user_login) for i in names]
         found: dict[int, tuple[Identifier, AnyRow]] = {}
         for identifier, field in lookups:
-            values = _forms(identifier)
-            query = select(self.t.users).where(_equal(field, values)).order_by(users.ID)
+            collation = self._collation(field.name, self.t.users)
+            match = any_spelling(field, spellings_of(identifier), collation)
+            query = select(self.t.users).where(match).order_by(users.ID)
             for row in connection.execute(query):
                 stored = row._mapping[field]
                 if identifier.kind == EMAIL:
@@ -299,7 +327,8 @@ class WordpressConnector:
         if email is None:
             match = c.user_id == user_id
         else:
-            match = _equal(c.comment_author_email, written_forms(email))
+            collation = self._collation("comment_author_email", self.t.comments)
+            match = any_spelling(c.comment_author_email, address_spellings(email), collation)
         query = (
             select(*c, p.post_title.label("post_title"), p.guid.label("post_guid"))
             .select_from(self.t.comments.outerjoin(self.t.posts, c.comment_post_ID == p.ID))
@@ -315,6 +344,9 @@ class WordpressConnector:
                 continue
             seen.add(comment_id)
             yield self._comment_record(row, comment_id, found_by)
+
+    def _collation(self, name: str, table: TableClause) -> Collation:
+        return (self.collations or {}).get(f"{table.name}.{name.lower()}", Collation())
 
     def _comment_record(self, row: AnyRow, comment_id: int, found_by: Identifier) -> Record:
         post_link = self._post_link(row.comment_post_ID, row.post_guid)
@@ -355,16 +387,6 @@ class WordpressConnector:
 
 
 # Values stored by PHP
-
-
-def _equal(field: ColumnElement[Any], values: Iterable[str]) -> ColumnElement[bool]:
-    """Case-insensitive equality in SQL: a superset, narrowed again exactly in Python."""
-    return or_(*(func.lower(field) == func.lower(value.strip()) for value in values))
-
-
-def _forms(identifier: Identifier) -> list[str]:
-    """What to look a value up as: an address in each form it may be stored in."""
-    return written_forms(identifier.value) if identifier.kind == EMAIL else [identifier.value]
 
 
 def _normalized(address: str) -> str | None:
