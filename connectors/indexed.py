@@ -23,11 +23,11 @@ narrows.  So the database must never miss a row the exact check accepts:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, false, func, or_, text
+from sqlalchemy import ColumnElement, Connection, Row, Select, bindparam, func, or_, text
 
 from sarbot.connector import EMAIL, Identifier, fold, split_account, written_forms
 
@@ -101,24 +101,45 @@ def column_collations(connection: Connection, table: str) -> dict[str, Collation
     return {str(name).lower(): Collation.named(collation) for name, collation in rows}
 
 
-def any_spelling(
-    column: ColumnElement[Any], spellings: Iterable[str], collation: Collation
-) -> ColumnElement[bool]:
-    """Rows whose column holds one of the spellings, in a form an index serves; a superset
-    of the exact match, which the caller checks on every row."""
-    values = list(dict.fromkeys(s for s in spellings if s.strip()))
-    if not values:
-        return false()
-    clauses: list[ColumnElement[bool]] = []
-    if collation.ignores_case:
-        clauses.append(column.in_(values))
-        loose = [] if collation.ignores_accents else [v for v in values if not v.isascii()]
-    else:
-        clauses.append(func.lower(column).in_(list(dict.fromkeys(v.lower() for v in values))))
+@dataclass(frozen=True)
+class Spelled:
+    """One lookup's spellings, bound to a clause built once per shape: ``values`` for an
+    ``IN`` an index serves, ``patterns`` for the LIKEs that letters outside ASCII need."""
+
+    values: tuple[str, ...]
+    patterns: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spellings: Iterable[str], collation: Collation) -> Spelled:
+        values = list(dict.fromkeys(s for s in spellings if s.strip()))
         loose = [v for v in values if not v.isascii()]
+        if collation.ignores_case:
+            loose = [] if collation.ignores_accents else loose
+        else:
+            values = list(dict.fromkeys(v.lower() for v in values))
+        return cls(tuple(values), tuple(dict.fromkeys(like_whole(v) for v in loose)))
+
+    @property
+    def shape(self) -> int:
+        """What the clause's shape depends on: the number of LIKE patterns."""
+        return len(self.patterns)
+
+    def params(self, name: str) -> dict[str, Any]:
+        bound: dict[str, Any] = {name: list(self.values)}
+        return bound | {f"{name}_like{n}": p for n, p in enumerate(self.patterns)}
+
+
+def any_spelling(
+    column: ColumnElement[Any], collation: Collation, name: str, shape: int
+) -> ColumnElement[bool]:
+    """Rows whose column holds one of the spellings bound as ``name`` (``Spelled.params``),
+    in a form an index serves; a superset of the exact match, which the caller checks on
+    every row.  Built once per shape and reused: building a statement costs more than
+    running it."""
+    target = column if collation.ignores_case else func.lower(column)
+    clauses = [target.in_(bindparam(name, expanding=True))]
     clauses += [
-        func.lower(column).like(pattern, escape=ESCAPE)
-        for pattern in dict.fromkeys(like_whole(v) for v in loose)
+        func.lower(column).like(bindparam(f"{name}_like{n}"), escape=ESCAPE) for n in range(shape)
     ]
     return or_(*clauses)
 
@@ -135,6 +156,31 @@ def like_whole(value: str) -> str:
         elif not out or out[-1] != "%":
             out.append("%")
     return "".join(out)
+
+
+@dataclass(frozen=True)
+class Paged:
+    """A query read in ``key`` order: the first page fetched whole (one round trip, which
+    answers most lookups), the rest, if any, streamed ``page`` rows at a time, so memory
+    stays flat however many rows one person has.  Both statements are built once."""
+
+    first: Select[Any]
+    rest: Select[Any]
+    key: ColumnElement[Any]
+    page: int
+
+    @classmethod
+    def of(cls, query: Select[Any], key: ColumnElement[Any], page: int = 500) -> Paged:
+        first = query.order_by(key).limit(page + 1)
+        rest = query.where(key > bindparam("paged_after")).order_by(key)
+        return cls(first, rest.execution_options(yield_per=page), key, page)
+
+    def rows(self, connection: Connection, params: dict[str, Any]) -> Iterator[Row[Any]]:
+        first = connection.execute(self.first, params).all()
+        yield from first[: self.page]
+        if len(first) > self.page:
+            after = first[self.page - 1]._mapping[self.key]
+            yield from connection.execute(self.rest, params | {"paged_after": after})
 
 
 # The indexes a connector needs

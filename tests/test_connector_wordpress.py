@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, column, create_engine, event, func, select, table, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from connectors.indexed import Paged
 from connectors.wordpress import (
     UNREADABLE_SESSIONS,
     WITHHELD,
@@ -879,3 +880,15 @@ class TestIndexedLookup:
             on_maria = dump(make(twins, table_prefix="wpi_").collect(Identity.verified(address_)))
             assert on_sqlite == on_maria
             assert {r[3] for r in json.loads(on_sqlite)} == keys
+
+    def test_many_rows_are_streamed_in_order_after_the_first_page(self, twins: str) -> None:
+        """A lookup with more rows than a page gets every row once, in order: the first page
+        whole, the rest streamed."""
+        comments = table("wpi_comments", column("comment_ID"), column("comment_author_email"))
+        query = select(comments.c.comment_ID).where(comments.c.comment_author_email.like("guest%"))
+        engine = create_engine(twins)
+        with engine.connect() as connection:
+            paged = Paged.of(query, comments.c.comment_ID, 7)
+            ids = [row[0] for row in paged.rows(connection, {})]
+        engine.dispose()
+        assert ids == list(range(100, 3100))

@@ -24,22 +24,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import (
     Connection,
     Row,
-    TableClause,
-    column,
     literal,
     select,
-    table,
 )
 
-from connectors.indexed import (
-    Collation,
-    Needed,
-    address_spellings,
-    any_spelling,
-    column_collations,
-    missing,
-    spellings_of,
-)
+from connectors.indexed import Spelled, address_spellings, missing, spellings_of
 from connectors.readonly import read_only_engine
 from connectors.wordpress.php import (
     Unreadable,
@@ -47,6 +36,13 @@ from connectors.wordpress.php import (
     location_of,
     session_keys,
     sessions_of,
+)
+from connectors.wordpress.queries import (
+    LOCATION_KEY,
+    PROFILE_META,
+    SESSION_META,
+    Queries,
+    Tables,
 )
 from sarbot.connector import (
     EMAIL,
@@ -72,14 +68,6 @@ APPROVAL = {
     "trash": "trash",
     "post-trashed": "post trashed",
 }
-PROFILE_META = {
-    "first_name": "First name",
-    "last_name": "Last name",
-    "nickname": "Nickname",
-    "description": "Biographical info",
-}
-SESSION_META = "session_tokens"
-LOCATION_KEY = "community-events-location"
 WITHHELD = (
     "The account's password hash, password-reset key and login session tokens are held "
     "by the website and withheld."
@@ -101,44 +89,6 @@ class WordpressSettings(Section):
     skip_comment_types: tuple[str, ...] = ("order_note", "webhook_delivery", "action_log")
 
 
-class Tables:
-    """The columns the connector may read; ``user_pass`` and activation keys are not among them."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.users = _table(
-            f"{prefix}users",
-            "ID",
-            "user_login",
-            "user_nicename",
-            "user_email",
-            "user_url",
-            "user_registered",
-            "display_name",
-        )
-        self.usermeta = _table(f"{prefix}usermeta", "user_id", "meta_key", "meta_value")
-        self.posts = _table(f"{prefix}posts", "ID", "post_title", "guid")
-        self.comments = _table(
-            f"{prefix}comments",
-            "comment_ID",
-            "comment_post_ID",
-            "comment_author",
-            "comment_author_email",
-            "comment_author_url",
-            "comment_author_IP",
-            "comment_date_gmt",
-            "comment_content",
-            "comment_approved",
-            "comment_agent",
-            "comment_type",
-            "user_id",
-        )
-
-
-def _table(name: str, *columns: str) -> TableClause:
-    return table(name, *(column(c) for c in columns))
-
-
 class WordpressConnector:
     """Finds a person's comments, account and sessions by email address or username."""
 
@@ -152,26 +102,13 @@ class WordpressConnector:
         self.site_url = settings.site_url.rstrip("/")
         self.engine = read_only_engine(settings.url)
         self.namespace = f"wordpress:{name}"
-        self.collations: dict[str, Collation] | None = None
-
-    def needed(self) -> list[Needed]:
-        """The indexes the lookups need (docs/connectors/wordpress.md)."""
-        t = self.t.prefix
-        needs = [
-            Needed(f"{t}users", "user_email", True, "lookups of accounts by address"),
-            Needed(f"{t}comments", "comment_author_email", True, "lookups of comments by address"),
-            Needed(f"{t}comments", "user_id", False, "lookups of comments by account"),
-            Needed(f"{t}usermeta", "user_id", False, "lookups of an account's profile"),
-        ]
-        if self.settings.match_usernames:
-            needs.insert(1, Needed(f"{t}users", "user_login", True, "lookups by login"))
-        return needs
+        self.queries = Queries(self.t, settings.skip_comment_types)
 
     def check(self) -> list[str]:
         """The tables are readable; a warning for each index the lookups need that is missing."""
         with self.engine.connect() as connection:
             connection.execute(select(literal(1)).select_from(self.t.users).limit(1)).all()
-            return missing(connection, self.needed())
+            return missing(connection, self.t.needed(self.settings.match_usernames))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -184,12 +121,6 @@ class WordpressConnector:
         if not self.settings.match_usernames:
             names = []
         with self.engine.connect() as connection:
-            if self.collations is None:
-                self.collations = {
-                    f"{table}.{name}": collation
-                    for table in (self.t.users.name, self.t.comments.name)
-                    for name, collation in column_collations(connection, table).items()
-                }
             accounts = self._accounts(connection, emails, names)
             for found_by, account in accounts.values():
                 yield from self._account_records(connection, found_by, account)
@@ -204,14 +135,13 @@ class WordpressConnector:
     def _accounts(
         self, connection: Connection, emails: list[Identifier], names: list[Identifier]
     ) -> dict[int, tuple[Identifier, AnyRow]]:
-        users = self.t.users.c
-        lookups = [(i, users.user_email) for i in emails] + [(i, users.user_login) for i in names]
+        lookups = [(i, "user_email") for i in emails] + [(i, "user_login") for i in names]
         found: dict[int, tuple[Identifier, AnyRow]] = {}
         for identifier, field in lookups:
-            collation = self._collation(field.name, self.t.users)
-            match = any_spelling(field, spellings_of(identifier), collation)
-            query = select(self.t.users).where(match).order_by(users.ID)
-            for row in connection.execute(query):
+            collation = self.queries.collation(connection, self.t.users, field)
+            spelled = Spelled.of(spellings_of(identifier), collation)
+            query = self.queries.accounts(collation, field, spelled.shape)
+            for row in connection.execute(query, spelled.params("spellings")):
                 stored = row._mapping[field]
                 if identifier.kind == EMAIL:
                     mine = same_address(stored, identifier.value)
@@ -279,16 +209,9 @@ class WordpressConnector:
             )
 
     def _meta(self, connection: Connection, user_id: int) -> dict[str, str]:
-        meta = self.t.usermeta.c
-        wanted = [*PROFILE_META, SESSION_META, LOCATION_KEY]
-        query = (
-            select(meta.meta_key, meta.meta_value)
-            .where(meta.user_id == user_id, meta.meta_key.in_(wanted))
-            .order_by(meta.meta_key)
-        )
         # WordPress keeps one row per key for these; the first non-empty one wins.
         found: dict[str, str] = {}
-        for key, value in connection.execute(query):
+        for key, value in connection.execute(self.queries.meta(), {"user_id": user_id}):
             if isinstance(value, str) and value and key not in found:
                 found[str(key)] = value
         return found
@@ -323,30 +246,25 @@ class WordpressConnector:
         user_id: int | None = None,
     ) -> Iterator[Record]:
         """Comments by one author address or one account, each exported once."""
-        c, p = self.t.comments.c, self.t.posts.c
         if email is None:
-            match = c.user_id == user_id
+            paged, params = self.queries.comments(None), {"user_id": user_id}
         else:
-            collation = self._collation("comment_author_email", self.t.comments)
-            match = any_spelling(c.comment_author_email, address_spellings(email), collation)
-        query = (
-            select(*c, p.post_title.label("post_title"), p.guid.label("post_guid"))
-            .select_from(self.t.comments.outerjoin(self.t.posts, c.comment_post_ID == p.ID))
-            .where(match)
-            .order_by(c.comment_ID)
-            .execution_options(yield_per=500)
-        )
-        if self.settings.skip_comment_types:
-            query = query.where(c.comment_type.not_in(self.settings.skip_comment_types))
-        for row in connection.execute(query):
+            collation = self.queries.collation(connection, self.t.comments, "comment_author_email")
+            spelled = Spelled.of(address_spellings(email), collation)
+            paged, params = (
+                self.queries.comments(collation, spelled.shape),
+                spelled.params("spellings"),
+            )
+        mine: dict[object, bool] = {}  # a person's comments repeat a few spellings
+        for row in paged.rows(connection, params):
             comment_id = int(row.comment_ID)
-            if comment_id in seen or (email and not same_address(row.comment_author_email, email)):
+            stored = row.comment_author_email
+            if email and stored not in mine:
+                mine[stored] = same_address(stored, email)
+            if comment_id in seen or (email and not mine[stored]):
                 continue
             seen.add(comment_id)
             yield self._comment_record(row, comment_id, found_by)
-
-    def _collation(self, name: str, table: TableClause) -> Collation:
-        return (self.collations or {}).get(f"{table.name}.{name.lower()}", Collation())
 
     def _comment_record(self, row: AnyRow, comment_id: int, found_by: Identifier) -> Record:
         post_link = self._post_link(row.comment_post_ID, row.post_guid)
