@@ -29,6 +29,7 @@ from sqlalchemy import Engine, create_engine
 from bench.common import Row, Scale, fastest, peak_rss_mb
 from connectors.indexed import spellings_of
 from connectors.tacticalrmm import TacticalRmmConnector, TacticalRmmSettings
+from connectors.tacticalrmm.people import Subject
 from connectors.wordpress import WordpressConnector, WordpressSettings
 from sarbot.config import validate
 from sarbot.connector import Identity
@@ -343,13 +344,32 @@ def tacticalrmm(url: str, size: int) -> list[Row]:
             f"{found} computers; baseline: the candidate rows whole and their software, "
             "2 statements, raw psycopg",
         )
+        statements = timed(
+            "tacticalrmm: of that lookup, the connector's statements alone",
+            lambda: statements_of(connector, identity),
+            lambda: bare_tacticalrmm(engine, spellings),
+            "the rest of the lookup builds the records: inventory, software, identity checks, "
+            "withholding",
+        )
         return [
             lookup,
+            statements,
             *memory_rows("tacticalrmm", size, before, lambda: list(connector.collect(identity))),
         ]
     finally:
         connector.close()
         engine.dispose()
+
+
+def statements_of(connector: TacticalRmmConnector, identity: Identity) -> int:
+    """What the connector asks the database in a lookup, without building records."""
+    subject = Subject.of(identity, connector.name)
+    fetched = 0
+    with connector._connect() as connection:
+        for page in connector._candidates(connection, subject):
+            linked = [row["id"] for row in page if subject.linked(row)]
+            fetched += len(page) + len(connector._software(connection, linked))
+    return fetched
 
 
 def bare_tacticalrmm(engine: Engine, spellings: list[str]) -> int:
