@@ -994,6 +994,7 @@ class TestIndexedLookup:
         assert "sarbot_agents_agent_logged_in_username" in plan
         assert "sarbot_agents_agent_last_logged_in_user" in plan
         assert "Seq Scan on agents_agent" not in plan
+        assert "agents_agent_pkey" not in plan  # not walked in id order to fill a page
 
     def test_check_warns_until_the_indexes_exist(
         self, postgres_url: str, spellings_url: str

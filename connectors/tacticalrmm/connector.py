@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, RowMapping, Select, bindparam, column, or_, select, table
 
-from connectors.indexed import Collation, Needed, Spelled, any_spelling, missing
+from connectors.indexed import Collation, Needed, Spelled, any_spelling, missing, sort_key
 from connectors.readonly import read_only_engine
 from connectors.tacticalrmm.inventory import (
     boot_time,
@@ -193,7 +193,7 @@ class TacticalRmmConnector:
                 )
             if not first:
                 query = query.where(AGENTS.c.id > bindparam("after"))
-            self.built[key] = query.order_by(AGENTS.c.id).limit(PAGE)
+            self.built[key] = query.order_by(sort_key(AGENTS.c.id)).limit(PAGE)
         return self.built[key]
 
     def _software(self, connection: Connection, agents: list[int]) -> dict[int, list[Any]]:
