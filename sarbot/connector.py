@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -275,8 +275,13 @@ class Connector(Protocol):
         """Every record the store holds on these identifiers."""
         ...
 
-    def check(self) -> None:
-        """Prove the store can be reached and read; raise ConnectorError saying why not."""
+    def check(self) -> Sequence[str] | None:
+        """Prove the store can be reached and read; raise ConnectorError saying why not.
+
+        It may return warnings for the operator (free of personal data): what works but
+        should not stay so, such as an index the lookups need that is missing.  A check
+        that returns None has nothing to warn about.
+        """
         ...
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine
 
 from sarbot.app import App
 from sarbot.cli.common import table
@@ -30,8 +31,9 @@ from sarbot.store.lifecycle import audit
 from sarbot.store.models import utcnow
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
+from sarbot.testing.stores import create_wordpress_tables
 from tests.conftest import CA_FILE, ROOT, unique
-from tests.servers import free_port
+from tests.servers import free_port, mariadb_server
 
 SARBOT = [sys.executable, "-m", "sarbot"]
 
@@ -230,6 +232,40 @@ class TestConnectorCommands:
         assert isinstance(good_row["ms"], int)
         assert (missing_row["name"], missing_row["ok"]) == ("missing", False)
         assert missing_row["error"].startswith("OperationalError: ")
+
+    def test_check_warns_about_a_missing_index(self, tmp_path: Path) -> None:
+        """On a real MariaDB holding WordPress's own tables, the index core lacks is named on a
+        WARNING line (and in --json), the check still passing; once created, no warning."""
+        with mariadb_server() as url:
+            engine = create_engine(url)
+            create_wordpress_tables(engine)
+            config = write_config(tmp_path, "support@redtrain.test")
+            config.write_text(
+                config.read_text()
+                + f'\n[[connectors]]\nname = "website"\ntype = "wordpress"\nurl = "{url}"\n'
+            )
+            code, output = invoke(config, "connectors", "check")
+            lines = output.splitlines()
+            assert code == 0
+            assert lines[0].startswith("ok      website (wordpress): ")
+            assert lines[1:] == [
+                "WARNING website (wordpress): no index on user_id of wp_comments: lookups of "
+                "comments by account read the whole table; create it: CREATE INDEX "
+                "sarbot_wp_comments_user_id ON wp_comments (user_id)"
+            ]
+            code, output = invoke(config, "connectors", "check", "--json")
+            [row] = json.loads(output)
+            assert code == 0 and row["ok"] is True
+            assert [w.split(":")[0] for w in row["warnings"]] == [
+                "no index on user_id of wp_comments"
+            ]
+            with engine.begin() as connection:
+                connection.exec_driver_sql("CREATE INDEX by_user ON wp_comments (user_id)")
+            engine.dispose()
+            code, output = invoke(config, "connectors", "check")
+            assert code == 0 and "WARNING" not in output
+            code, output = invoke(config, "connectors", "check", "--json")
+            assert json.loads(output)[0]["warnings"] == []
 
     def test_list_shows_types_and_configured_connectors(self, tmp_path: Path) -> None:
         """``connectors list`` names the installed types and the configured instances."""

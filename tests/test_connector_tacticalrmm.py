@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
+from connectors.indexed import like_whole
 from connectors.tacticalrmm import (
     LAST_USER_NOTE,
     NOW_WITHHELD,
@@ -22,7 +23,6 @@ from connectors.tacticalrmm import (
     WITHHELD_USER,
     TacticalRmmConnector,
     TacticalRmmSettings,
-    like_pattern,
 )
 from sarbot.config import validate
 from sarbot.connector import Identifier, Identity, Record, Trust
@@ -899,6 +899,114 @@ class TestLikePattern:
     def test_wildcards_are_escaped_and_non_ascii_left_to_python(self) -> None:
         """``%``, ``_`` and the escape character are literal; a run of non-ASCII characters
         matches anything (databases lower them to more or fewer characters: İ is i and a dot)."""
-        assert like_pattern("A_b%c/d") == "%a/_b/%c//d%"
-        assert like_pattern("Jürgen") == "%j%rgen%"
-        assert like_pattern("İsmaİl") == "%i%smai%l%"
+        assert like_whole("A_b%c/d") == "a/_b/%c//d"
+        assert like_whole("CORP\\Jürgen") == "corp\\j%rgen"
+        assert like_whole("İsmaİl") == "i%smai%l"
+
+
+# ----- the lookup an index serves -----------------------------------------------------------
+
+INDEXES = (
+    "CREATE INDEX sarbot_agents_agent_logged_in_username ON agents_agent "
+    "(lower(logged_in_username))",
+    "CREATE INDEX sarbot_agents_agent_last_logged_in_user ON agents_agent "
+    "(lower(last_logged_in_user))",
+)
+SPELLING_AGENTS: Rows = [
+    twin(21, "ACME-21", 1, "ACME.\\ASMITH", "None", "203.0.113.21"),
+    twin(22, "ACME-22", 1, "None", "asmith@ACME.TEST", "203.0.113.22"),
+    twin(23, "ACME-23", 1, "ACME\\asmith2", "xasmith", "203.0.113.23"),
+    twin(24, "ACME-24", 1, "ACME\\a.smith", "asmith@acme.test.evil.test", "203.0.113.24"),
+    twin(25, "ACME-25", 1, "OTHERLTD\\asmith", "None", "203.0.113.25"),
+    twin(26, "OTHER-26", 2, "asmith", "None", "198.51.100.26"),
+    twin(27, "OTHER-27", 2, "None", "OTHERLTD.\\ASMITH", "198.51.100.27"),
+    twin(28, "OTHER-28", 2, "ACME\\asmith", "None", "198.51.100.28"),
+    twin(29, "OTHER-29", 2, "Alice.Smith@Acme.Test.", "None", "198.51.100.29"),
+]
+for spelled in SPELLING_AGENTS:
+    spelled["last_seen"] = "2026-03-01 12:00:00"
+SPELLING_ALICE = asked(
+    address("alice.smith@acme.test"),
+    login(
+        "asmith",
+        "keepass:vault/Clients/Acme Ltd",
+        "ad:ACME",
+        "ad:acme.test",
+        "tacticalrmm:rmm/Acme Ltd",
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def spellings_url(postgres_url: str) -> str:
+    """A third database: each way a name may be written, two asmiths, 20,000 other agents, and
+    the indexes the connector needs."""
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql("CREATE DATABASE spellings")
+    engine.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/spellings"
+    load(url, TWIN_CLIENTS, TWIN_SITES, SPELLING_AGENTS, [])
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO agents_agent (id, agent_id, hostname, site_id, logged_in_username, "
+            "last_logged_in_user) SELECT g, 'filler' || g, 'PC-' || g, 1 + mod(g, 2), "
+            "'ACME\\user' || g, 'user' || g FROM generate_series(100, 20099) g"
+        )
+        for statement in INDEXES:
+            connection.exec_driver_sql(statement)
+        connection.exec_driver_sql("ANALYZE")
+    engine.dispose()
+    return url
+
+
+class TestIndexedLookup:
+    def test_every_spelling_of_each_asmith_and_no_other(self, spellings_url: str) -> None:
+        """Acme's asmith finds every way her login is written at Acme (any case, NetBIOS or DNS
+        domain, a trailing dot) and her address at any client; Other Ltd's asmith finds his;
+        longer names, other domains and the other client's agents are neither's."""
+        alice = by_agent(collect(spellings_url, SPELLING_ALICE))
+        other = by_agent(collect(spellings_url, TWIN_OTHER))
+        assert sorted(alice) == [21, 22, 29]
+        assert alice[29].found_by is SPELLING_ALICE.identifiers[0]
+        assert alice[21].found_by is SPELLING_ALICE.identifiers[1]
+        assert sorted(other) == [26, 27]
+        assert "OTHER-2" not in serialized([alice[21], alice[22]])
+        assert "ACME-2" not in serialized(list(other.values()))
+
+    def test_the_lookup_uses_the_indexes(self, spellings_url: str) -> None:
+        """PostgreSQL answers the connector's own query from the lower() indexes, not a scan."""
+        rmm = connector(spellings_url)
+        seen: list[tuple[str, Any]] = []
+        event.listen(rmm.engine, "before_cursor_execute", lambda *a: seen.append((a[2], a[3])))
+        list(rmm.collect(SPELLING_ALICE))
+        rmm.close()
+        lookups = [(sql, params) for sql, params in seen if "lower(agents_agent." in sql]
+        assert len(lookups) == 1
+        engine = create_engine(spellings_url)
+        with engine.connect() as connection:
+            plan = "\n".join(
+                str(row[0])
+                for row in connection.exec_driver_sql("EXPLAIN " + lookups[0][0], lookups[0][1])
+            )
+        engine.dispose()
+        assert "sarbot_agents_agent_logged_in_username" in plan
+        assert "sarbot_agents_agent_last_logged_in_user" in plan
+        assert "Seq Scan on agents_agent" not in plan
+        assert "agents_agent_pkey" not in plan  # not walked in id order to fill a page
+
+    def test_check_warns_until_the_indexes_exist(
+        self, postgres_url: str, spellings_url: str
+    ) -> None:
+        """Without the lower() indexes check() names each one with the statement creating it;
+        with them it has nothing to say."""
+        rmm = connector(postgres_url)
+        warnings = list(rmm.check() or ())
+        rmm.close()
+        assert len(warnings) == 2
+        for statement, warning in zip(INDEXES, warnings, strict=True):
+            assert statement in warning
+        rmm = connector(spellings_url)
+        assert list(rmm.check() or ()) == []
+        rmm.close()

@@ -11,9 +11,10 @@ from typing import Any
 
 import phpserialize
 import pytest
-from sqlalchemy import Engine, column, create_engine, func, select, table, text
+from sqlalchemy import Engine, column, create_engine, event, func, select, table, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from connectors.indexed import Paged
 from connectors.wordpress import (
     UNREADABLE_SESSIONS,
     WITHHELD,
@@ -727,3 +728,167 @@ class TestSqlite:
         path = sqlite_site.removeprefix("sqlite:///")
         with closing(sqlite3.connect(path)) as check:
             assert check.execute("SELECT count(*) FROM wp_comments").fetchone() == (11,)
+
+
+# Two look-alike people on one site: alice, whose address is written in every case and with
+# the root's trailing dot (all one address: a local part compares ignoring case), and alice2;
+# addresses that only look like alice's are other people's.  3,000 guests make the tables
+# big enough for the database to prefer an index over a scan.
+TWINS: dict[str, list[dict[str, Any]]] = {
+    "users": [
+        {"ID": 1, "user_login": "alice_w", "user_email": "Alice@Example.test"},
+        {"ID": 2, "user_login": "alice2", "user_email": "alice2@example.test"},
+    ],
+    "usermeta": [
+        {"user_id": 1, "meta_key": "first_name", "meta_value": "Alice"},
+        {"user_id": 2, "meta_key": "first_name", "meta_value": "CANARY-ALICE2"},
+    ],
+    "posts": [{"ID": 1, "post_title": "Hello", "guid": "https://wpi.example.test/?p=1"}],
+    "comments": [
+        comment(1, ALICE, "as typed"),
+        comment(2, "ALICE@EXAMPLE.TEST", "shouting"),
+        comment(3, "Alice@Example.Test.", "with the root's dot"),
+        comment(4, "old@elsewhere.test", "logged in", user_id=1),
+        comment(5, "alice+news@example.test", "CANARY-SUBADDRESS", author="?"),
+        comment(6, "alice@example.test.evil.test", "CANARY-LOOKALIKE", author="?"),
+        comment(7, "xalice@example.test", "CANARY-X", author="?"),
+        comment(8, "alice2@example.test", "CANARY-ALICE2", author="Alice Two"),
+        comment(9, "ALICE2@example.test", "CANARY-ALICE2-LOUD", author="Alice Two"),
+        *(
+            comment(100 + n, f"guest{n}@example.test", "CANARY-GUEST", author="Guest")
+            for n in range(3000)
+        ),
+    ],
+}
+ALICE_KEYS = {"user:1", "comment:1", "comment:2", "comment:3", "comment:4"}
+ALICE2_KEYS = {"user:2", "comment:8", "comment:9"}
+
+
+@pytest.fixture(scope="module")
+def twins(mariadb: str) -> str:
+    """The 'wpi_' site on the module's MariaDB, with the index the connector adds to core's."""
+    build_site(mariadb, "wpi_", TWINS)
+    engine = create_engine(mariadb)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE TABLE wpi_comments, wpi_users, wpi_usermeta")
+    engine.dispose()
+    return mariadb
+
+
+def on_mariadb(url: str, *statements: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+class TestIndexedLookup:
+    def test_each_twin_sees_all_their_own_and_nothing_of_the_other(
+        self, twins: str, make: Make
+    ) -> None:
+        """Alice's address in any case, or with the root's dot, is hers; alice2's, a
+        sub-address or a longer domain are not."""
+        connector = make(twins, table_prefix="wpi_")
+        alice = by_key(connector.collect(Identity.verified(ALICE)))
+        alice2 = by_key(connector.collect(Identity.verified("alice2@example.test")))
+        assert set(alice) == ALICE_KEYS
+        assert set(alice2) == ALICE2_KEYS
+        assert "CANARY" not in dump(alice.values())
+        assert "Alice@Example.Test." in dump(alice.values())
+        assert "CANARY-ALICE2-LOUD" in dump(alice2.values())
+        assert "Alice@" not in dump(alice2.values()).replace("Alice Two", "")
+
+    def test_the_lookups_use_the_indexes(self, twins: str, make: Make) -> None:
+        """MariaDB answers each of the connector's own queries from an index, not a scan."""
+        on_mariadb(twins, "CREATE INDEX sarbot_user_id ON wpi_comments (user_id)")
+        try:
+            connector = make(twins, table_prefix="wpi_")
+            seen: list[tuple[str, Any]] = []
+            event.listen(
+                connector.engine, "before_cursor_execute", lambda *a: seen.append((a[2], a[3]))
+            )
+            assert set(by_key(connector.collect(Identity.verified(ALICE)))) == ALICE_KEYS
+            lookups = [(sql, params) for sql, params in seen if "FROM wpi_" in sql]
+            assert len(lookups) == 4  # the account, its profile, comments by address, by account
+            engine = create_engine(twins)
+            with engine.connect() as connection:
+                for sql, params in lookups:
+                    plans = connection.exec_driver_sql("EXPLAIN " + sql, params).mappings().all()
+                    first = plans[0]
+                    assert first["key"], (sql, first)
+                    assert first["type"] != "ALL", (sql, first)
+            engine.dispose()
+        finally:
+            on_mariadb(twins, "DROP INDEX sarbot_user_id ON wpi_comments")
+
+    def test_check_warns_until_the_indexes_exist(self, twins: str, make: Make) -> None:
+        """Core WordPress has no index on comments' user_id: check() names it; with it, and
+        with core's, nothing; without core's index on user_email it names that one."""
+        connector = make(twins, table_prefix="wpi_")
+        [warning] = connector.check()
+        assert "user_id of wpi_comments" in warning
+        assert "CREATE INDEX sarbot_wpi_comments_user_id ON wpi_comments (user_id)" in warning
+        on_mariadb(twins, "CREATE INDEX sarbot_user_id ON wpi_comments (user_id)")
+        try:
+            assert connector.check() == []
+            on_mariadb(twins, "DROP INDEX user_email ON wpi_users")
+            [warning] = connector.check()
+            assert "user_email of wpi_users" in warning
+        finally:
+            on_mariadb(
+                twins,
+                "CREATE INDEX user_email ON wpi_users (user_email)",
+                "DROP INDEX sarbot_user_id ON wpi_comments",
+            )
+
+    def test_a_case_sensitive_collation_is_named_and_still_matched(
+        self, twins: str, make: Make
+    ) -> None:
+        """With a binary collation the index cannot ignore case: check() says so, and the
+        lookup compares lower case instead, so no spelling is missed."""
+        binary = "varchar(100) NOT NULL DEFAULT '' COLLATE utf8mb4_bin"
+        on_mariadb(
+            twins,
+            f"ALTER TABLE wpi_users MODIFY user_email {binary}",
+            f"ALTER TABLE wpi_comments MODIFY comment_author_email {binary}",
+        )
+        try:
+            connector = make(twins, table_prefix="wpi_")
+            warnings = connector.check()
+            assert any("wpi_users.user_email compares case-sensitively" in w for w in warnings)
+            assert any("comment_author_email compares case-sensitively" in w for w in warnings)
+            assert set(by_key(connector.collect(Identity.verified(ALICE)))) == ALICE_KEYS
+            alice2 = by_key(connector.collect(Identity.verified("alice2@example.test")))
+            assert set(alice2) == ALICE2_KEYS
+        finally:
+            collated = "varchar(100) NOT NULL DEFAULT '' COLLATE utf8mb4_unicode_520_ci"
+            on_mariadb(
+                twins,
+                f"ALTER TABLE wpi_users MODIFY user_email {collated}",
+                f"ALTER TABLE wpi_comments MODIFY comment_author_email {collated}",
+            )
+
+    def test_sqlite_finds_the_same(self, twins: str, tmp_path: Path, make: Make) -> None:
+        """On SQLite (no collation ignores case there) the twins get the same records."""
+        url = f"sqlite:///{tmp_path / 'twins.db'}"
+        build_site(url, "wpi_", TWINS)
+        for address_, keys in ((ALICE, ALICE_KEYS), ("alice2@example.test", ALICE2_KEYS)):
+            on_sqlite = dump(make(url, table_prefix="wpi_").collect(Identity.verified(address_)))
+            on_maria = dump(make(twins, table_prefix="wpi_").collect(Identity.verified(address_)))
+            assert on_sqlite == on_maria
+            assert {r[3] for r in json.loads(on_sqlite)} == keys
+
+    def test_many_rows_are_streamed_in_order_after_the_first_page(self, twins: str) -> None:
+        """A lookup with more rows than a page gets every row once, in order: the first page
+        whole, the rest streamed."""
+        comments = table("wpi_comments", column("comment_ID"), column("comment_author_email"))
+        query = select(comments.c.comment_ID).where(comments.c.comment_author_email.like("guest%"))
+        engine = create_engine(twins)
+        with engine.connect() as connection:
+            paged = Paged.of(query, comments.c.comment_ID, 7)
+            ids = [row[0] for row in paged.rows(connection, {})]
+        engine.dispose()
+        assert ids == list(range(100, 3100))

@@ -15,7 +15,7 @@ from connectors.tacticalrmm.connector import (
     TacticalRmmSettings,
 )
 from connectors.tacticalrmm.inventory import WITHHELD_DEVICE
-from connectors.tacticalrmm.people import WITHHELD_TEXT, like_pattern
+from connectors.tacticalrmm.people import WITHHELD_TEXT
 
 __all__ = [
     "CATEGORY",
@@ -27,5 +27,4 @@ __all__ = [
     "WITHHELD_USER",
     "TacticalRmmConnector",
     "TacticalRmmSettings",
-    "like_pattern",
 ]

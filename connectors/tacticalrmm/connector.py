@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, RowMapping, Select, column, func, or_, select, table
+from sqlalchemy import Connection, RowMapping, Select, bindparam, column, or_, select, table
 
+from connectors.indexed import Collation, Needed, Spelled, any_spelling, missing, sort_key
 from connectors.readonly import read_only_engine
 from connectors.tacticalrmm.inventory import (
     boot_time,
@@ -51,7 +52,6 @@ from connectors.tacticalrmm.people import (
     Subject,
     Withholder,
     is_user,
-    like_pattern,
 )
 from sarbot.connector import (
     Identifier,
@@ -65,6 +65,8 @@ from sarbot.connector import (
 )
 
 CATEGORY = "Monitored computer"
+PAGE = 100
+"""Candidate agents read whole this many at a time."""
 WITHHELD_USER = "[another person: withheld]"
 OTHERS_NOTE = "Information about other people who used this computer was withheld."
 NOW_WITHHELD = "[withheld: the computer may be used by someone else now]"
@@ -92,6 +94,13 @@ DETAILS = select(
 )
 
 
+SOFTWARE_OF = (
+    select(SOFTWARE.c.agent_id, SOFTWARE.c.software)
+    .where(SOFTWARE.c.agent_id.in_(bindparam("agents", expanding=True)))
+    .order_by(SOFTWARE.c.id)
+)
+
+
 class TacticalRmmSettings(Section):
     url: MaybeSecretStr
     include_software: bool = True
@@ -108,24 +117,36 @@ class TacticalRmmConnector:
         self.name = name
         self.settings = settings
         self.engine = read_only_engine(settings.url)
+        self.built: dict[tuple[int, bool], Select[Any]] = {}
 
-    def check(self) -> None:
-        """Run the connector's queries with LIMIT 0: the tables and columns exist."""
+    def needed(self) -> list[Needed]:
+        """The indexes the lookups need (docs/connectors/tacticalrmm.md)."""
+        needs = [Needed("agents_agent", name, True, "lookups by user name") for name in USER_FIELDS]
+        if self.settings.include_software:
+            needs.append(
+                Needed("software_installedsoftware", "agent_id", False, "software lookups")
+            )
+        return needs
+
+    def check(self) -> list[str]:
+        """Run the connector's queries with LIMIT 0: the tables and columns exist; a warning
+        for each index the lookups need that is missing."""
         with self._connect() as connection:
             connection.execute(DETAILS.limit(0)).all()
             if self.settings.include_software:
                 connection.execute(select(*SOFTWARE.c).limit(0)).all()
+            return missing(connection, self.needed())
 
     def collect(self, identity: Identity) -> Iterator[Record]:
         subject = Subject.of(identity, self.name)
-        if not subject.needles:
+        if not subject.spellings:
             return
         with self._connect() as connection:
-            for agent_pk in self._candidates(connection, subject):
-                row = connection.execute(DETAILS.where(AGENTS.c.id == agent_pk)).mappings().first()
-                link = subject.linked(row) if row is not None else None
-                if row is not None and link is not None:
-                    yield self._record(connection, row, subject, link)
+            for page in self._candidates(connection, subject):
+                linked = [(row, link) for row in page if (link := subject.linked(row))]
+                programs = self._software(connection, [row["id"] for row, _ in linked])
+                for row, link in linked:
+                    yield self._record(row, subject, link, programs.get(row["id"], []))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -136,46 +157,60 @@ class TacticalRmmConnector:
             connection.execution_options(postgresql_readonly=True)
         return connection
 
-    def _candidates(self, connection: Connection, subject: Subject) -> list[int]:
-        """Agents whose user fields hold one of the subject's names, coarse in SQL, then exact."""
-        users = [AGENTS.c[name] for name in USER_FIELDS]
-        query: Select[Any] = (
-            select(AGENTS.c.id, *users, CLIENTS.c.name.label("client_name"))
-            .select_from(
-                AGENTS.outerjoin(SITES, SITES.c.id == AGENTS.c.site_id).outerjoin(
-                    CLIENTS, CLIENTS.c.id == SITES.c.client_id
-                )
-            )
-            .where(
+    def _candidates(self, connection: Connection, subject: Subject) -> Iterator[list[RowMapping]]:
+        """Agents whose user fields hold one of the subject's spellings (found by index), whole,
+        a page at a time (keyset by id, so memory stays flat); the caller links them exactly."""
+        spelled = Spelled.of(subject.spellings, Collation())
+        params = spelled.params("spellings")
+        after = None
+        while True:
+            query = self._statement(spelled.shape, first=after is None)
+            bound = params if after is None else params | {"after": after}
+            page = connection.execute(query, bound).mappings().all()
+            if page:
+                yield list(page)
+            if len(page) < PAGE:
+                return
+            after = page[-1]["id"]
+
+    def _statement(self, shape: int, *, first: bool) -> Select[Any]:
+        """The page query, built once for each shape of the lookup: building a statement
+        costs more than running it."""
+        key = (shape, first)
+        if key not in self.built:
+            query: Select[Any] = DETAILS.where(
                 or_(
                     *(
-                        func.lower(user).like(like_pattern(needle), escape="/")
-                        for needle in sorted(subject.needles)
-                        for user in users
+                        any_spelling(AGENTS.c[n], Collation(), "spellings", shape)
+                        for n in USER_FIELDS
                     )
                 )
             )
-        )
-        if self.settings.clients:
-            sites = select(SITES.c.id).join(CLIENTS, CLIENTS.c.id == SITES.c.client_id)
-            query = query.where(
-                AGENTS.c.site_id.in_(sites.where(CLIENTS.c.name.in_(self.settings.clients)))
-            )
-        rows = connection.execute(query.order_by(AGENTS.c.id), execution_options={"yield_per": 500})
-        return [row["id"] for row in rows.mappings() if subject.linked(row) is not None]
+            if self.settings.clients:
+                sites = select(SITES.c.id).join(CLIENTS, CLIENTS.c.id == SITES.c.client_id)
+                query = query.where(
+                    AGENTS.c.site_id.in_(sites.where(CLIENTS.c.name.in_(self.settings.clients)))
+                )
+            if not first:
+                query = query.where(AGENTS.c.id > bindparam("after"))
+            self.built[key] = query.order_by(sort_key(AGENTS.c.id)).limit(PAGE)
+        return self.built[key]
 
-    def _record(
-        self,
-        connection: Connection,
-        row: RowMapping,
-        subject: Subject,
-        link: Link,
-    ) -> Record:
+    def _software(self, connection: Connection, agents: list[int]) -> dict[int, list[Any]]:
+        """The installed-software documents of these agents, in one query."""
+        if not agents or not self.settings.include_software:
+            return {}
+        found: dict[int, list[Any]] = {}
+        for agent, document in connection.execute(SOFTWARE_OF, {"agents": agents}):
+            found.setdefault(agent, []).append(document)
+        return found
+
+    def _record(self, row: RowMapping, subject: Subject, link: Link, programs: list[Any]) -> Record:
         users = [row[name] for name in USER_FIELDS]
         others = [user for user in users if subject.other(user, row)]
         own = [user for user in users if subject.match(user, row)] + subject.names()
         withhold = Withholder(others, own)
-        fields = {k: withhold.scrub(v) for k, v in self._machine(connection, row).items()}
+        fields = {k: withhold.scrub(v) for k, v in self._machine(row, programs).items()}
         for name, label in USER_FIELDS.items():
             value = row[name]
             shown = WITHHELD_USER if subject.other(value, row) else value
@@ -213,7 +248,7 @@ class TacticalRmmConnector:
             key=f"agent:{row['agent_id'] or row['id']}",
         )
 
-    def _machine(self, connection: Connection, row: RowMapping) -> dict[str, JSONValue]:
+    def _machine(self, row: RowMapping, programs: list[Any]) -> dict[str, JSONValue]:
         wmi = json_of(row["wmi_detail"])
         wmi = wmi if isinstance(wmi, dict) else {}
         fields: dict[str, JSONValue] = {
@@ -236,9 +271,7 @@ class TacticalRmmConnector:
             "Disks": disks(row["disks"]),
         }
         if self.settings.include_software:
-            query = select(SOFTWARE.c.software).where(SOFTWARE.c.agent_id == row["id"])
-            documents = connection.execute(query.order_by(SOFTWARE.c.id)).scalars()
-            fields["Installed software"] = software(documents)
+            fields["Installed software"] = software(programs)
         return fields
 
 

@@ -52,8 +52,11 @@ def json_of(value: Any) -> Any:
     return value
 
 
+SCALARS = (str, int, float, bool)
+
+
 def scalar(value: Any) -> JSONValue:
-    return value if isinstance(value, str | int | float | bool) else None
+    return value if isinstance(value, SCALARS) else None
 
 
 def texts(value: Any) -> list[str]:
@@ -64,11 +67,18 @@ def texts(value: Any) -> list[str]:
 def entries(items: Any, keys: Mapping[str, str]) -> list[dict[str, JSONValue]]:
     """Chosen properties of each object in a JSON list, under human-readable names."""
     objects = items if isinstance(items, list) else []
-    return [
-        {label: scalar(o.get(key)) for key, label in keys.items()}
-        for o in objects
-        if isinstance(o, dict)
-    ]
+    pairs = list(keys.items())
+    found: list[dict[str, JSONValue]] = []
+    for o in objects:
+        if isinstance(o, dict):
+            values = [o.get(key) for key, _ in pairs]
+            found.append(
+                {
+                    label: value if isinstance(value, SCALARS) else None
+                    for (_, label), value in zip(pairs, values, strict=True)
+                }
+            )
+    return found
 
 
 def timestamp(value: Any) -> JSONValue:

@@ -3,6 +3,7 @@ client's namespace, and withholding everyone else's name."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping
 
+from connectors.indexed import spellings_of
 from sarbot.connector import (
     Identifier,
     Identity,
@@ -42,15 +44,13 @@ class Subject:
 
     identity: Identity
     connector: str
-    needles: frozenset[str]
+    spellings: frozenset[str]
+    """How the stored user names that may be the subject's are written (connectors.indexed)."""
 
     @classmethod
     def of(cls, identity: Identity, connector: str) -> Subject:
-        names = [split_account(i.value)[0] for i in identity.of_kind("username")]
-        emails = [i.value for i in identity.of_kind("email")]
-        # SQL's lower() keeps the length of what it lowers; casefold() may not (ß: ss).
-        needles = {value.lower() for value in [*names, *emails] if value.strip()}
-        return cls(identity, connector, frozenset(needles))
+        wanted = [*identity.of_kind("username"), *identity.of_kind("email")]
+        return cls(identity, connector, frozenset(s for i in wanted for s in spellings_of(i)))
 
     def namespace(self, row: RowMapping) -> str:
         """Where an agent's user names belong: the agent's client."""
@@ -105,10 +105,19 @@ class Withholder:
             )
             for n in sorted(names)
         ]
+        # Any of the names anywhere: text without one cannot match a rule (taking out the
+        # subject's names only removes text), so most text is decided by this one search.
+        self.anywhere = re.compile("|".join(re.escape(n) for n in sorted(names)))
+        self.plain = not any(c in '"\\' or ord(c) < 0x20 for n in names for c in n)
 
     def names_other(self, text: str) -> bool:
+        if not self.rules:
+            return False
+        base = fold(text)
+        if not self.anywhere.search(base):
+            return False
         for pattern, containing in self.rules:
-            folded = fold(text)
+            folded = base
             for name in containing:
                 folded = folded.replace(name, "\0")
             if pattern.search(folded):
@@ -116,29 +125,24 @@ class Withholder:
         return False
 
     def scrub(self, value: JSONValue) -> JSONValue:
+        """The value with every text that names another person withheld.  Most values name
+        nobody: they are passed whole after one search of their JSON text, which holds each
+        of their texts as written when no name has a character JSON escapes."""
+        if not self.rules:
+            return value
+        if self.plain and not self.anywhere.search(fold(json.dumps(value, ensure_ascii=False))):
+            return value
+        return self._scrub(value)
+
+    def _scrub(self, value: JSONValue) -> JSONValue:
         if isinstance(value, str):
             return WITHHELD_TEXT if self.names_other(value) else value
         if isinstance(value, list):
-            return [self.scrub(item) for item in value]
+            return [self._scrub(item) for item in value]
         if isinstance(value, dict):
-            return {key: self.scrub(item) for key, item in value.items()}
+            return {key: self._scrub(item) for key, item in value.items()}
         return value
 
 
 def is_user(value: Any) -> bool:
     return isinstance(value, str) and value.strip().casefold() not in NOBODY
-
-
-def like_pattern(needle: str) -> str:
-    """A LIKE pattern (escape character ``/``) that finds needle anywhere, ignoring case."""
-    out = []
-    for char in needle.lower():
-        if char in "%_/":
-            out.append("/" + char)
-        elif char.isascii():
-            out.append(char)
-        elif not out or out[-1] != "%":
-            # Databases lower non-ASCII letters differently, to more or fewer characters
-            # (İ, ß, a decomposed é): any run of them matches anything; Python decides.
-            out.append("%")
-    return "%" + "".join(out) + "%"

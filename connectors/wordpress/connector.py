@@ -17,23 +17,18 @@ the database's collation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeAlias
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Row,
-    TableClause,
-    column,
-    func,
     literal,
-    or_,
     select,
-    table,
 )
 
+from connectors.indexed import Spelled, address_spellings, missing, spellings_of
 from connectors.readonly import read_only_engine
 from connectors.wordpress.php import (
     Unreadable,
@@ -41,6 +36,13 @@ from connectors.wordpress.php import (
     location_of,
     session_keys,
     sessions_of,
+)
+from connectors.wordpress.queries import (
+    LOCATION_KEY,
+    PROFILE_META,
+    SESSION_META,
+    Queries,
+    Tables,
 )
 from sarbot.connector import (
     EMAIL,
@@ -55,7 +57,6 @@ from sarbot.connector import (
     jsonable,
     normalize_address,
     same_address,
-    written_forms,
 )
 
 AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
@@ -67,14 +68,6 @@ APPROVAL = {
     "trash": "trash",
     "post-trashed": "post trashed",
 }
-PROFILE_META = {
-    "first_name": "First name",
-    "last_name": "Last name",
-    "nickname": "Nickname",
-    "description": "Biographical info",
-}
-SESSION_META = "session_tokens"
-LOCATION_KEY = "community-events-location"
 WITHHELD = (
     "The account's password hash, password-reset key and login session tokens are held "
     "by the website and withheld."
@@ -96,44 +89,6 @@ class WordpressSettings(Section):
     skip_comment_types: tuple[str, ...] = ("order_note", "webhook_delivery", "action_log")
 
 
-class Tables:
-    """The columns the connector may read; ``user_pass`` and activation keys are not among them."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.users = _table(
-            f"{prefix}users",
-            "ID",
-            "user_login",
-            "user_nicename",
-            "user_email",
-            "user_url",
-            "user_registered",
-            "display_name",
-        )
-        self.usermeta = _table(f"{prefix}usermeta", "user_id", "meta_key", "meta_value")
-        self.posts = _table(f"{prefix}posts", "ID", "post_title", "guid")
-        self.comments = _table(
-            f"{prefix}comments",
-            "comment_ID",
-            "comment_post_ID",
-            "comment_author",
-            "comment_author_email",
-            "comment_author_url",
-            "comment_author_IP",
-            "comment_date_gmt",
-            "comment_content",
-            "comment_approved",
-            "comment_agent",
-            "comment_type",
-            "user_id",
-        )
-
-
-def _table(name: str, *columns: str) -> TableClause:
-    return table(name, *(column(c) for c in columns))
-
-
 class WordpressConnector:
     """Finds a person's comments, account and sessions by email address or username."""
 
@@ -147,10 +102,13 @@ class WordpressConnector:
         self.site_url = settings.site_url.rstrip("/")
         self.engine = read_only_engine(settings.url)
         self.namespace = f"wordpress:{name}"
+        self.queries = Queries(self.t, settings.skip_comment_types)
 
-    def check(self) -> None:
+    def check(self) -> list[str]:
+        """The tables are readable; a warning for each index the lookups need that is missing."""
         with self.engine.connect() as connection:
             connection.execute(select(literal(1)).select_from(self.t.users).limit(1)).all()
+            return missing(connection, self.t.needed(self.settings.match_usernames))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -177,13 +135,13 @@ class WordpressConnector:
     def _accounts(
         self, connection: Connection, emails: list[Identifier], names: list[Identifier]
     ) -> dict[int, tuple[Identifier, AnyRow]]:
-        users = self.t.users.c
-        lookups = [(i, users.user_email) for i in emails] + [(i, users.user_login) for i in names]
+        lookups = [(i, "user_email") for i in emails] + [(i, "user_login") for i in names]
         found: dict[int, tuple[Identifier, AnyRow]] = {}
         for identifier, field in lookups:
-            values = _forms(identifier)
-            query = select(self.t.users).where(_equal(field, values)).order_by(users.ID)
-            for row in connection.execute(query):
+            collation = self.queries.collation(connection, self.t.users, field)
+            spelled = Spelled.of(spellings_of(identifier), collation)
+            query = self.queries.accounts(collation, field, spelled.shape)
+            for row in connection.execute(query, spelled.params("spellings")):
                 stored = row._mapping[field]
                 if identifier.kind == EMAIL:
                     mine = same_address(stored, identifier.value)
@@ -251,16 +209,9 @@ class WordpressConnector:
             )
 
     def _meta(self, connection: Connection, user_id: int) -> dict[str, str]:
-        meta = self.t.usermeta.c
-        wanted = [*PROFILE_META, SESSION_META, LOCATION_KEY]
-        query = (
-            select(meta.meta_key, meta.meta_value)
-            .where(meta.user_id == user_id, meta.meta_key.in_(wanted))
-            .order_by(meta.meta_key)
-        )
         # WordPress keeps one row per key for these; the first non-empty one wins.
         found: dict[str, str] = {}
-        for key, value in connection.execute(query):
+        for key, value in connection.execute(self.queries.meta(), {"user_id": user_id}):
             if isinstance(value, str) and value and key not in found:
                 found[str(key)] = value
         return found
@@ -295,23 +246,22 @@ class WordpressConnector:
         user_id: int | None = None,
     ) -> Iterator[Record]:
         """Comments by one author address or one account, each exported once."""
-        c, p = self.t.comments.c, self.t.posts.c
         if email is None:
-            match = c.user_id == user_id
+            paged, params = self.queries.comments(None), {"user_id": user_id}
         else:
-            match = _equal(c.comment_author_email, written_forms(email))
-        query = (
-            select(*c, p.post_title.label("post_title"), p.guid.label("post_guid"))
-            .select_from(self.t.comments.outerjoin(self.t.posts, c.comment_post_ID == p.ID))
-            .where(match)
-            .order_by(c.comment_ID)
-            .execution_options(yield_per=500)
-        )
-        if self.settings.skip_comment_types:
-            query = query.where(c.comment_type.not_in(self.settings.skip_comment_types))
-        for row in connection.execute(query):
+            collation = self.queries.collation(connection, self.t.comments, "comment_author_email")
+            spelled = Spelled.of(address_spellings(email), collation)
+            paged, params = (
+                self.queries.comments(collation, spelled.shape),
+                spelled.params("spellings"),
+            )
+        mine: dict[object, bool] = {}  # a person's comments repeat a few spellings
+        for row in paged.rows(connection, params):
             comment_id = int(row.comment_ID)
-            if comment_id in seen or (email and not same_address(row.comment_author_email, email)):
+            stored = row.comment_author_email
+            if email and stored not in mine:
+                mine[stored] = same_address(stored, email)
+            if comment_id in seen or (email and not mine[stored]):
                 continue
             seen.add(comment_id)
             yield self._comment_record(row, comment_id, found_by)
@@ -355,16 +305,6 @@ class WordpressConnector:
 
 
 # Values stored by PHP
-
-
-def _equal(field: ColumnElement[Any], values: Iterable[str]) -> ColumnElement[bool]:
-    """Case-insensitive equality in SQL: a superset, narrowed again exactly in Python."""
-    return or_(*(func.lower(field) == func.lower(value.strip()) for value in values))
-
-
-def _forms(identifier: Identifier) -> list[str]:
-    """What to look a value up as: an address in each form it may be stored in."""
-    return written_forms(identifier.value) if identifier.kind == EMAIL else [identifier.value]
 
 
 def _normalized(address: str) -> str | None:
