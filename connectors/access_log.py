@@ -203,8 +203,7 @@ class AccessLogConnector:
         limit = self.settings.max_records
         with open_log(path) as stream:
             parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
-            lines = candidate_lines(stream, path, matcher.prefilter(source.format))
-            for number, line in lines:
+            for number, line in self._lines(stream, path, matcher, source.format):
                 # Most lines name nobody sought; they are passed over before being parsed.
                 if line is not None and not matcher.may_concern(line, source.format):
                     continue
@@ -223,6 +222,13 @@ class AccessLogConnector:
                     elif min(shown.values()) > limit:
                         break
         return unreadable
+
+    def _lines(
+        self, stream: BufferedIOBase, path: Path, matcher: Matcher, log_format: str
+    ) -> Iterator[tuple[int, str | None]]:
+        """The numbered lines of one file that ``may_concern`` may be true of (None for one
+        too long to be an entry), searched in blocks of bytes."""
+        return candidate_lines(stream, path, matcher.prefilter(log_format))
 
     def namespace(self, source: LogSource) -> str:
         """Where the user names of one log belong."""
