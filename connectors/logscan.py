@@ -9,11 +9,13 @@ at:
 
 - a line of ASCII bytes only holds a value in lower case exactly when its bytes, in lower
   case, hold the value's bytes;
-- a line with other bytes is handed on when its block, decoded, holds a value (composing
-  and lower-casing may turn other characters into the ones sought);
-- in ``combined`` logs, a line with ``%`` is handed on when its block holds a
-  percent-encoded character of a value (or any non-ASCII one, or ``+`` for a value with a
-  space) and the block, URL-decoded, holds a value;
+- a line with other bytes is handed on when it holds one of the four characters that
+  composing and lower-casing turn into ASCII ones (``_TO_ASCII``), or, when a value is not
+  ASCII itself, when its block, decoded, holds a value;
+- in ``combined`` logs, a line is handed on when it holds a percent-encoded character of
+  a value (in either case, or one a composed character of a value is made of), one of those
+  four characters percent-encoded, ``+`` for a value with a space, or, when a value is not
+  ASCII, any percent-encoded non-ASCII character and its block, URL-decoded, holds a value;
 - in ``jsonl`` logs, every line with a backslash is handed on (a JSON escape may spell a
   value differently);
 - a line of 64 KiB or more is never a log entry: it is handed on as ``None``, and passed
@@ -23,6 +25,7 @@ at:
 from __future__ import annotations
 
 import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from io import BufferedIOBase
@@ -35,8 +38,12 @@ MAX_LINE_BYTES = 64 * 1024
 BLOCK_BYTES = 128 * 1024
 _WINDOW = MAX_LINE_BYTES // 2  # a line of MAX_LINE_BYTES or more holds a whole aligned window
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
-_PERCENT_CODE = re.compile(rb"%[0-9a-f]{2}")
 _HIGH_CODES = frozenset(b"%%%02x" % n for n in range(0x80, 0x100))
+_TO_ASCII = tuple(c.encode() for c in "\u0130\u037e\u1fef\u212a")
+"""The only characters that are not ASCII but put ASCII ones in a text once composed (NFC)
+and lower-cased: U+0130 (i and a combining dot), U+037E (;), U+1FEF (`) and the Kelvin
+sign U+212A (k); ``tests/test_access_log_prefilter.py`` checks it."""
+_TO_ASCII_ENCODED = tuple("".join(f"%{b:02x}" for b in c).encode() for c in _TO_ASCII)
 
 Line = tuple[int, str | None]
 
@@ -48,13 +55,18 @@ class Prefilter:
     def __init__(self, needles: set[str], log_format: str, holds: Callable[[str], bool]) -> None:
         self.holds = holds
         self.plain = [n.encode() for n in needles if n.isascii() and n]
+        self.ascii = all(n.isascii() for n in needles)
         self.jsonl = log_format == "jsonl"
         self.combined = log_format == "combined"
         self.space = any(" " in n for n in needles)
-        self.encoded = set(_HIGH_CODES)
-        for char in {c for n in needles if n.isascii() for c in n}:
+        encoded = set(_TO_ASCII_ENCODED) | (set() if self.ascii else set(_HIGH_CODES))
+        # The ASCII characters of the values, and those a non-ASCII one is composed of (u of ü).
+        for char in {c for n in needles for c in unicodedata.normalize("NFD", n) if c.isascii()}:
             for variant in {char.lower(), char.upper()}:
-                self.encoded.add(b"%%%02x" % ord(variant))
+                encoded.add(b"%%%02x" % ord(variant))
+        # Sought in a block in lower case, longest first (a character before its first byte).
+        spellings = sorted(encoded, key=len, reverse=True)
+        self.triggers = re.compile(b"|".join(re.escape(code) for code in spellings))
 
     def starts(self, block: bytes) -> list[int]:
         """The offsets of the lines of ``block`` that may hold a value, in order."""
@@ -62,22 +74,34 @@ class Prefilter:
         lowered = block.lower()
         for needle in self.plain:
             _lines_at(lowered, needle, found)
-        if not block.isascii() and self.holds(block.decode("utf-8", "replace")):
-            _lines_matching(block, _NON_ASCII, found)
+        if not block.isascii():
+            if self.ascii:  # only four characters become ASCII ones when composed or lowered
+                for spelled in _TO_ASCII:
+                    _lines_at(block, spelled, found)
+            elif self.holds(block.decode("utf-8", "replace")):
+                _lines_matching(block, _NON_ASCII, found)
         if self.jsonl and b"\\" in block:
             _lines_at(block, b"\\", found)
-        if self.combined and b"%" in block and self._decoded_may_hold(block, lowered):
-            _lines_at(block, b"%", found)
+        if self.combined and b"%" in block:
+            self._encoded_lines(block, lowered, found)
         for offset in range(0, len(block) - _WINDOW + 1, _WINDOW):
             if block.find(b"\n", offset, offset + _WINDOW) < 0:  # inside a very long line
                 found.add(block.rfind(b"\n", 0, offset) + 1)
         return sorted(found)
 
-    def _decoded_may_hold(self, block: bytes, lowered: bytes) -> bool:
-        codes = set(_PERCENT_CODE.findall(lowered))
-        if not (codes & self.encoded or (self.space and b"+" in block)):
-            return False  # URL-decoding makes none of the characters sought
-        return self.holds(unquote_plus(block.decode("utf-8", "replace")))
+    def _encoded_lines(self, block: bytes, lowered: bytes, found: set[int]) -> None:
+        """Add the lines that may hold a value once URL-decoded and not before: those with a
+        character of a value (or one composing or lower-casing makes one) percent-encoded,
+        or with ``+`` when a value has a space."""
+        triggers = set(self.triggers.findall(lowered)) if self.triggers.search(lowered) else set()
+        if self.space and b"+" in block:
+            triggers.add(b"+")
+        if not triggers:
+            return
+        if not self.ascii and not self.holds(unquote_plus(block.decode("utf-8", "replace"))):
+            return  # every non-ASCII character is a trigger then: look closer first
+        for trigger in triggers:
+            _lines_at(lowered, trigger, found)
 
 
 def _lines_at(block: bytes, needle: bytes, found: set[int]) -> None:

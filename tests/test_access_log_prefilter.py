@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from io import BufferedIOBase
@@ -81,14 +82,17 @@ def written(draw: st.DrawFn, value: str) -> str:
     out = []
     for char in value:
         char = draw(st.sampled_from([char, char.upper(), char.lower()]))
-        how = draw(st.sampled_from(["as is", "as is", "as is", "encoded", "plus"]))
-        if how == "encoded":
-            hexes = [f"{b:02x}" for b in char.encode()]
-            out.append("".join("%" + draw(st.sampled_from([h, h.upper()])) for h in hexes))
-        elif how == "plus" and char == " ":
-            out.append("+")
-        else:
-            out.append(char)
+        if draw(st.booleans()):
+            char = unicodedata.normalize("NFD", char)  # u and a combining diaeresis for ü
+        for part in char:
+            how = draw(st.sampled_from(["as is", "as is", "as is", "encoded", "plus"]))
+            if how == "encoded":
+                hexes = [f"{b:02x}" for b in part.encode()]
+                out.append("".join("%" + draw(st.sampled_from([h, h.upper()])) for h in hexes))
+            elif how == "plus" and part == " ":
+                out.append("+")
+            else:
+                out.append(part)
     return "".join(out)
 
 
@@ -228,6 +232,7 @@ def test_a_damaged_stream_names_the_lines_read(tmp_path: Path) -> None:
         ("unicode", "combined", "GET /?n=John+Smith%21"),
         ("unicode", "auth", "for JU\u0308RGEN from"),  # composed to Ü
         ("unicode", "combined", "GET /?e=bob%40stra%C3%9Fe.de"),
+        ("unicode", "combined", "GET /?n=j%75\u0308rgen"),  # u encoded, then a combining mark
         ("alice", "jsonl", '{"user": "\\u0061smith"}'),
     ],
 )
@@ -238,3 +243,24 @@ def test_values_spelled_otherwise_are_handed_on(who: str, fmt: str, line: str) -
     assert matcher.may_concern(line, fmt)
     found = candidate_lines(io.BytesIO(data), Path("x"), matcher.prefilter(fmt))
     assert concerning(found, matcher, fmt) == [(51, line)]
+
+
+def test_only_four_characters_turn_into_ascii_ones() -> None:
+    """The block search relies on this: apart from U+0130, U+037E, U+1FEF and U+212A, no
+    character puts an ASCII one into a text once composed (NFC) and lower-cased, alone or
+    followed by combining marks."""
+    found = {
+        char
+        for char in map(chr, range(0x80, 0x30000))
+        if not 0xD800 <= ord(char) < 0xE000
+        and any(c.isascii() for c in unicodedata.normalize("NFC", char).lower())
+    }
+    assert found == {c.decode() for c in logscan._TO_ASCII}
+    marks = [chr(m) for m in range(0x300, 0x370)]
+    latin = [chr(c) for c in range(0xC0, 0x250) if chr(c) not in found]
+    for char in latin:
+        for mark in marks:
+            for second in ("", "\u0323", "\u0301", "\u0334"):
+                text = unicodedata.normalize("NFC", char + mark + second).lower()
+                assert text.isascii() is False or not text, (char, mark, second)
+                assert not any(c.isascii() for c in text), (char, mark, second)
