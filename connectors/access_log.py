@@ -1,7 +1,8 @@
 """``access_log``: the lines of system access logs that are about the person.
 
 Reads sshd/sudo auth logs, nginx/Apache combined logs and JSON-lines logs,
-plain or gzip-rotated, one line at a time.  A line matches when the user it
+plain or gzip-rotated, in blocks searched as bytes (``connectors.logscan``): only
+the lines that may hold a value sought are decoded and parsed.  A line matches when the user it
 names is one of the person's logins *in that log's namespace*
 (``access_log:NAME/LABEL``, which the admin maps into a realm: ``asmith`` in one
 log is not ``asmith`` in another), or holds one of their email addresses; in web
@@ -18,7 +19,6 @@ import ipaddress
 import os
 import re
 import unicodedata
-import zlib
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import replace
@@ -40,6 +40,7 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
+from connectors.logscan import Prefilter, candidate_lines, read_blocks
 from sarbot.connector import (
     EMAIL,
     ConnectorError,
@@ -56,7 +57,6 @@ from sarbot.connector import (
 )
 
 CATEGORY = "Access log entry"
-MAX_LINE_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 JSONL_KEYS = frozenset({"time_field", "user_field", "ip_field", "action_field", "status_field"})
 OWN = "log entries"
@@ -151,7 +151,7 @@ class AccessLogConnector:
         for source in self.settings.sources:
             for path in _files_of(source):
                 with open_log(path) as stream:
-                    next(read_lines(stream, path), None)
+                    next(read_blocks(stream, path), None)
 
     def collect(self, identity: Identity) -> Iterator[Record]:
         matcher = Matcher(identity)
@@ -204,7 +204,7 @@ class AccessLogConnector:
         limit = self.settings.max_records
         with open_log(path) as stream:
             parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
-            for number, line in read_lines(stream, path):
+            for number, line in self._lines(stream, path, matcher, source.format):
                 # Most lines name nobody sought; they are passed over before being parsed.
                 if line is not None and not matcher.may_concern(line, source.format):
                     continue
@@ -223,6 +223,13 @@ class AccessLogConnector:
                     elif min(shown.values()) > limit:
                         break
         return unreadable
+
+    def _lines(
+        self, stream: BufferedIOBase, path: Path, matcher: Matcher, log_format: str
+    ) -> Iterator[tuple[int, str | None]]:
+        """The numbered lines of one file that ``may_concern`` may be true of (None for one
+        too long to be an entry), searched in blocks of bytes."""
+        return candidate_lines(stream, path, matcher.prefilter(log_format))
 
     def namespace(self, source: LogSource) -> str:
         """Where the user names of one log belong."""
@@ -294,6 +301,10 @@ class Matcher:
             return True
         return log_format == "combined" and "%" in line and self._holds_needle(unquote_plus(line))
 
+    def prefilter(self, log_format: str) -> Prefilter:
+        """The byte search that passes over the lines ``may_concern`` is false of."""
+        return Prefilter(self.needles, log_format, self._holds_needle)
+
     def user(self, user: str | None, namespace: str) -> Identifier | None:
         """The identifier the line's user is: a login valid in this log, or an address in it."""
         if not user:
@@ -359,24 +370,6 @@ def _files_of(source: LogSource) -> list[Path]:
             f"access log source '{source.label}': no file matches {', '.join(source.paths)}"
         )
     return files
-
-
-def read_lines(stream: BufferedIOBase, path: Path) -> Iterator[tuple[int, str | None]]:
-    """Numbered lines, decoded with replacement; None for a line too long to be a log entry."""
-    number = 0
-    try:
-        while chunk := stream.readline(MAX_LINE_BYTES):
-            number += 1
-            if chunk.endswith(b"\n") or len(chunk) < MAX_LINE_BYTES:
-                yield number, chunk.decode("utf-8", "replace").rstrip("\r\n")
-                continue
-            while chunk and not chunk.endswith(b"\n"):
-                chunk = stream.readline(MAX_LINE_BYTES)
-            yield number, None
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ConnectorError(
-            f"{path}: cannot be read past line {number} (damaged or truncated data)"
-        ) from exc
 
 
 @contextmanager
