@@ -32,7 +32,7 @@ from typing import IO
 # Space kept free in each part for the manifest and the zip's own structures.
 PART_OVERHEAD = 256 * 1024
 FIRST_FILES = ("index.html", "README.txt")
-BLOCK = 1 << 20
+BLOCK = 1 << 18
 """Bytes read or written at a time."""
 
 NewFile = Callable[[], IO[bytes]]

@@ -31,7 +31,7 @@ from typing import IO, Any, overload
 from sarbot.connector import Identifier, Record, Trust, with_other_people_note
 from sarbot.errors import SarbotError
 
-BATCH = 2000
+BATCH = 500
 """Rows read or written at a time."""
 
 _SCHEMA = """
