@@ -12,8 +12,8 @@ The export's files are written once, as they are generated, to temporary files
 and how small deflate makes them.  The zips are then written from those files a
 block at a time, each to a temporary file of its own (a ``Part``), so neither a
 file of the export nor one of its zips is ever held in memory whole.  Where the
-temporary files live is the caller's choice (``new_file``): anonymous files in
-the export folder when packaging, memory for the small exports of the tests.
+temporary files live is the caller's choice (``new_file``): nameless files in
+the temporary folder when packaging, memory for the small exports of the tests.
 """
 
 from __future__ import annotations
@@ -173,6 +173,11 @@ class Archive:
     def add(self, name: str, data: bytes) -> None:
         with self.binary(name) as writer:
             writer.write(data)
+
+    def close(self) -> None:
+        """Close the files written (the parts are the caller's)."""
+        for writer in self.files.values():
+            writer.file.close()
 
     def read(self, name: str) -> bytes:
         """A whole file (for small exports)."""

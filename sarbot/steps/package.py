@@ -9,7 +9,7 @@ message is on disk and in the outbox.  A full export folder is retried
 later; a key that cannot be encrypted to waits for a person.
 
 Nothing of an export is held in memory whole: its files are streamed from the
-collection's spool into anonymous temporary files in the export folder, the
+collection's spool into nameless files in the temporary folder (``TMPDIR``), the
 zips are written from those, and each letter is written with its attachment
 base64-encoded from the zip's file as it goes.  The largest thing held is one
 part while it is encrypted (at most ``[export] max_attachment_bytes``).
@@ -123,16 +123,17 @@ class Packager:
     def _post(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
         """Write the answer's messages to the export folder and queue them."""
         folder = self.settings.storage.export_dir
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with ExitStack() as work:
 
             def new_file() -> IO[bytes]:
-                """Nameless, so nothing is left behind however packaging ends."""
-                return work.enter_context(tempfile.TemporaryFile(dir=folder))
+                """In the temporary folder, beside the spool, and nameless, so nothing is
+                left behind however packaging ends: only the letters go to the export folder."""
+                return work.enter_context(tempfile.TemporaryFile())
 
             archive = Archive(new_file, limit=self.settings.export.max_attachment_bytes)
             write_files(ctx, self.templates, archive)
             parts = archive.pack(reference=request.reference, generated_at=now)
+            archive.close()  # the zips hold it all now
             if request.pgp_key:
                 parts = [_encrypted(part, request.pgp_key, new_file) for part in parts]
             variables = ctx.template_vars() | {"parts": parts}
@@ -146,6 +147,7 @@ class Packager:
                     thread=False,
                     file=folder / _file_name(request.reference, part),
                 )
+                part.file.close()  # written to its letter
             return len(parts)
 
     def _letter(
