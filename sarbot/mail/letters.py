@@ -11,7 +11,7 @@ loop header, and threads on the request's earlier messages.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -30,8 +30,10 @@ from sarbot.store.exports import write_private_file
 from sarbot.store.models import OutgoingMail, Request
 from sarbot.store.states import MailKind
 
-Compose = Callable[[str], EmailMessage]
-"""Builds a letter once its Message-ID is known."""
+Compose = Callable[[str], EmailMessage | Iterable[bytes]]
+"""Builds a letter once its Message-ID is known: the message, or (one too large to hold in
+memory, an export's part) its bytes as sent, a block at a time, written to ``file`` as they
+come."""
 
 
 def as_bytes(message: EmailMessage) -> bytes:
@@ -89,10 +91,13 @@ class Letters:
         if message_id is None:
             stem = stem or (request.reference if request is not None else "digest")
             message_id = new_message_id(stem, self.domain)
-        raw: bytes | None = as_bytes(compose(message_id))
-        if file is not None and raw is not None:
-            write_private_file(file, raw, self.crash_points)
-            raw = None
+        composed = compose(message_id)
+        blocks = [as_bytes(composed)] if isinstance(composed, EmailMessage) else composed
+        raw: bytes | None = None
+        if file is not None:
+            write_private_file(file, blocks, self.crash_points)
+        else:
+            raw = b"".join(blocks)
         mail = outbox.queue(
             session,
             request,

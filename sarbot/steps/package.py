@@ -7,22 +7,33 @@ and recorded in the outbox before anything is sent, so a crash can never
 send half an export: a request is packaged again from scratch until every
 message is on disk and in the outbox.  A full export folder is retried
 later; a key that cannot be encrypted to waits for a person.
+
+Nothing of an export is held in memory whole: its files are streamed from the
+collection's spool into nameless files in the temporary folder (``TMPDIR``), the
+zips are written from those, and each letter is written with its attachment
+base64-encoded from the zip's file as it goes.  The largest thing held is one
+part while it is encrypted (at most ``[export] max_attachment_bytes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+import base64
+import secrets
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from email.policy import SMTP
+from typing import IO
 
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
 from sarbot.config import Settings
-from sarbot.export.archive import Part, pack
+from sarbot.export.archive import Archive, NewFile, Part, stored_part
 from sarbot.export.encryption import EncryptionError, encrypt
-from sarbot.export.files import ExportContext, build_files
+from sarbot.export.files import ExportContext, write_files
 from sarbot.mail.letters import Letters
 from sarbot.mail.templates import Templates
 from sarbot.registry import ConfiguredConnector
@@ -111,28 +122,33 @@ class Packager:
 
     def _post(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
         """Write the answer's messages to the export folder and queue them."""
-        files = build_files(ctx, self.templates)
-        parts = pack(
-            files,
-            reference=request.reference,
-            generated_at=now,
-            limit=self.settings.export.max_attachment_bytes,
-        )
-        if request.pgp_key:
-            parts = [_encrypted(part, request.pgp_key) for part in parts]
         folder = self.settings.storage.export_dir
-        variables = ctx.template_vars() | {"parts": parts}
-        for part in parts:
-            self.letters.post(
-                session,
-                request,
-                MailKind.EXPORT,
-                lambda message_id: self._letter(request, part, variables, message_id, now),  # noqa: B023
-                now=now,
-                thread=False,
-                file=folder / _file_name(request.reference, part),
-            )
-        return len(parts)
+        with ExitStack() as work:
+
+            def new_file() -> IO[bytes]:
+                """In the temporary folder, beside the spool, and nameless, so nothing is
+                left behind however packaging ends: only the letters go to the export folder."""
+                return work.enter_context(tempfile.TemporaryFile())
+
+            archive = Archive(new_file, limit=self.settings.export.max_attachment_bytes)
+            write_files(ctx, self.templates, archive)
+            parts = archive.pack(reference=request.reference, generated_at=now)
+            archive.close()  # the zips hold it all now
+            if request.pgp_key:
+                parts = [_encrypted(part, request.pgp_key, new_file) for part in parts]
+            variables = ctx.template_vars() | {"parts": parts}
+            for part in parts:
+                self.letters.post(
+                    session,
+                    request,
+                    MailKind.EXPORT,
+                    lambda message_id: self._letter(request, part, variables, message_id, now),  # noqa: B023
+                    now=now,
+                    thread=False,
+                    file=folder / _file_name(request.reference, part),
+                )
+                part.file.close()  # written to its letter
+            return len(parts)
 
     def _letter(
         self,
@@ -141,7 +157,7 @@ class Packager:
         variables: dict[str, object],
         message_id: str,
         now: datetime,
-    ) -> EmailMessage:
+    ) -> Iterator[bytes]:
         """One part of the export; the first carries the letter."""
         subject = "A copy of your personal data"
         if part.count > 1:
@@ -153,11 +169,29 @@ class Packager:
             message.add_alternative(render("export.html", **variables), subtype="html")
         else:
             message.set_content(render("export_part.txt", part=part, **variables))
-        maintype, subtype = part.content_type.split("/")
-        message.add_attachment(
-            part.data, maintype=maintype, subtype=subtype, filename=part.filename
-        )
-        return message
+        return with_attachment(message, part)
+
+
+def with_attachment(message: EmailMessage, part: Part) -> Iterator[bytes]:
+    """The message with the part attached, as sent over SMTP, a block at a time.
+
+    The message is made with a stand-in attachment of one base64 line; its bytes are
+    written around the part's own base64 lines, made from its file as they are written.
+    The result is the message ``add_attachment`` with the whole part would make.
+    """
+    stand_in = secrets.token_bytes(57)  # one base64 line of 76 characters
+    maintype, subtype = part.content_type.split("/")
+    message.add_attachment(stand_in, maintype=maintype, subtype=subtype, filename=part.filename)
+    head, found, tail = message.as_bytes(policy=SMTP).partition(base64.b64encode(stand_in))
+    if not found:
+        raise AssertionError("the stand-in attachment is not in the message")
+    yield head
+    separator = b""
+    for block in part.chunks(57 * 16384):  # whole lines but the last
+        encoded = base64.b64encode(block)
+        yield separator + b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+        separator = b"\r\n"
+    yield tail
 
 
 def verification_summary(request: Request) -> str:
@@ -171,9 +205,14 @@ def verification_summary(request: Request) -> str:
     return how + evidence
 
 
-def _encrypted(part: Part, key_armored: str) -> Part:
+def _encrypted(part: Part, key_armored: str, new_file: NewFile) -> Part:
+    """The part encrypted to the key, in a file of its own."""
     data = encrypt(part.data, key_armored)
-    return replace(part, filename=part.filename + ".pgp", data=data)
+    out = new_file()
+    out.write(data)
+    del data
+    part.file.close()  # its plain text is no longer needed
+    return stored_part(part.number, part.count, part.filename + ".pgp", out)
 
 
 def _file_name(reference: str, part: Part) -> str:

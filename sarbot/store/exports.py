@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from sarbot.faults import CrashPoints
 
 
-def write_private_file(path: Path, data: bytes, crash_points: CrashPoints) -> None:
+def write_private_file(
+    path: Path, data: bytes | Iterable[bytes], crash_points: CrashPoints
+) -> None:
     """Write a 0600 file atomically: temporary name, fsync, rename, fsync the folder.
+
+    ``data`` is the bytes, or blocks of them written as they come (a large file).
 
     The temporary file is new and unique (``mkstemp``: created exclusively, 0600), so a
     stale file or a symlink planted under a guessable name changes nothing, and two writers
@@ -26,7 +31,8 @@ def write_private_file(path: Path, data: bytes, crash_points: CrashPoints) -> No
     partial = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            for block in [data] if isinstance(data, bytes) else data:
+                out.write(block)
             crash_points.point("package.partial")
             out.flush()
             os.fsync(out.fileno())
