@@ -80,7 +80,7 @@ KINDS = (
 def run(scale: Scale) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="sarbot-bench-logs-") as folder:
         base = Path(folder)
-        rng = random.Random(17)  # noqa: S311 (made-up log lines, the same every run)
+        rng = random.Random(17)
         files = generate(base, SIZES[scale], CHUNKS[scale], rng)
         plain = [f for f in files if f.suffix != ".gz"]
         packed = [f for f in files if f.suffix == ".gz"]

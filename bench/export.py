@@ -86,7 +86,7 @@ def run(scale: Scale) -> list[Row]:
 
 def make_store(path: Path, records: int) -> None:
     """N comments by alice, with dates, addresses and some words each."""
-    pick = random.Random(17)  # noqa: S311 (made-up comments, not secrets)
+    pick = random.Random(17)
     start = datetime(2016, 1, 1, tzinfo=UTC)
     with sqlite3.connect(path) as db:
         db.execute(
