@@ -30,6 +30,8 @@ from sarbot.pipeline import Pipeline
 from sarbot.store.instances import FOLLOW_INTERVAL
 
 CONNECT_ATTEMPTS = 3
+GIVE_UP_MAILBOX_AFTER = 3
+"""Failed cycles in a row after which an instance reading the mailbox lets another try it."""
 MAX_BACKOFF = 60.0
 MAX_LOGIN_BACKOFF = 300.0
 """The longest pause between tries while the mailbox's login by token fails."""
@@ -121,6 +123,8 @@ class Daemon:
                 "mailbox.error", error_type=type(exc).__name__, failures=self._failures
             )
             await self.mailbox.call(self.mailbox.mailbox.close)
+            if self._failures >= GIVE_UP_MAILBOX_AFTER:  # another instance may reach it
+                self.pipeline.instances.give_up_mailbox(f"mailbox failed {self._failures} times")
             if isinstance(exc, OAuthError):
                 self.pipeline.logins.failed("imap", exc, at=self.pipeline.clock())
                 await self._without_mailbox()

@@ -235,14 +235,18 @@ class Pipeline:
         collection = await collector.collect(request.email)
         retry_after = timedelta(seconds=self.settings.collection.retry_after)
         with self.sessions.begin() as session:
-            current = session.get_one(Request, request.id)
+            current = self._still_collecting(session, request.id, log)
+            if current is None:
+                return False
             now = self.clock()
             if not record_collection(
                 session, current, collection, now=now, retry_after=retry_after, log=log
             ):
                 return False
         with self.sessions.begin() as session:
-            current = session.get_one(Request, request.id)
+            current = self._still_collecting(session, request.id, log)
+            if current is None:
+                return False
             messages = steps.packager.package(session, current, collection, now=now, log=log)
             if messages is None:
                 return False
@@ -256,6 +260,20 @@ class Pipeline:
             encrypted=bool(request.pgp_key),
         )
         return True
+
+    def _still_collecting(
+        self, session: Session, request_id: int, log: FilteringBoundLogger
+    ) -> Request | None:
+        """The request, locked for this transaction, if this instance may still keep what it
+        collected: its claim still held and the request still collecting; else None."""
+        if not self.instances.still_holds():
+            log.warning("collect.claim_lost")
+            return None
+        current = session.get_one(Request, request_id, with_for_update=True)
+        if current.state is not RequestState.COLLECTING:
+            log.warning("collect.superseded", state=current.state.value)
+            return None
+        return current
 
     # -- notify, deliver, maintain --------------------------------------------------------
 

@@ -95,10 +95,16 @@ class TestSqlite:
         with engine.begin() as connection:  # as a later release's additive migration leaves it
             connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9001'")
         assert db.require_current_schema(engine) == "9001"
+        # the old instance's service runs 'sarbot db upgrade' before it starts: left as it is
+        assert db.upgrade(engine) == "9001"
+        assert db.current_revision(engine) == "9001"
         with engine.begin() as connection:  # a later migration that drops what this code reads
             connection.exec_driver_sql("UPDATE schema_compatibility SET oldest_code = '9001'")
         with pytest.raises(ConfigError, match=f"newer than this sarbot knows \\({head}\\)"):
             db.require_current_schema(engine)
+        with pytest.raises(ConfigError, match="upgrade this instance"):
+            db.upgrade(engine)
+        assert db.current_revision(engine) == "9001"
 
 
 class TestPostgres:

@@ -171,6 +171,106 @@ class TestCoordinationOnPostgres:
             assert not instance.still_holds()
         instance.stop()
 
+    def test_a_reader_whose_session_broke_does_not_read_on_a_new_one(self, database: str) -> None:
+        """A reader's session breaks and another instance takes the mailbox: the first, once
+        connected again (a claim opens a new session), does not think it still reads."""
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            assert first.reads_mailbox()
+            _terminate_sessions_of(database, first)
+            with first.claim(Claim.REQUEST, 1) as mine:
+                assert not mine  # the broken session is seen here, and dropped
+            with first.claim(Claim.REQUEST, 1) as mine:
+                assert mine  # a new session: this instance works on
+            assert second.reads_mailbox()
+            assert not first.reads_mailbox()
+            assert second.reads_mailbox()
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_claims_from_a_broken_session_are_not_held_on_a_new_one(self, database: str) -> None:
+        """A claim taken on a session that broke is gone even after the instance reconnects;
+        another instance may take it, and the first one's work sees that before it keeps
+        anything."""
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            with first.claim(Claim.REQUEST, 3) as mine:
+                assert mine
+                _terminate_sessions_of(database, first)
+                with first.claim(Claim.REQUEST, 4):
+                    pass  # sees the broken session
+                with first.claim(Claim.REQUEST, 4) as other:
+                    assert other  # connected again, on a new session
+                    assert not first.still_holds()  # ... which does not hold request 3
+                with second.claim(Claim.REQUEST, 3) as theirs:
+                    assert theirs
+                with first.claim(Claim.REQUEST, 3) as again:
+                    assert not again  # its own work on 3 is still winding up
+            with first.claim(Claim.REQUEST, 3) as mine:
+                assert mine and first.still_holds()
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_claims_nest_within_one_instance(self, database: str) -> None:
+        """Delivery beside collection may claim a request this instance already holds: the
+        lock is given up when the outermost claim ends, not before."""
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            with first.claim(Claim.REQUEST, 5) as outer:
+                assert outer
+                with first.claim(Claim.REQUEST, 5) as inner:
+                    assert inner
+                with second.claim(Claim.REQUEST, 5) as theirs:
+                    assert not theirs  # still held by the outer claim
+            with second.claim(Claim.REQUEST, 5) as theirs:
+                assert theirs
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_a_reader_that_cannot_reach_the_mailbox_gives_it_up(self, database: str) -> None:
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            assert first.reads_mailbox() and not second.reads_mailbox()
+            first.give_up_mailbox("mailbox failed 3 times")
+            assert second.reads_mailbox()
+            assert not first.reads_mailbox()
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_a_stopped_instance_leaves_no_lock_in_a_pool(self, database: str) -> None:
+        """stop() ends the session even on a pooled engine (a pooled connection would keep it)."""
+        pooled = create_engine(database)
+        first, second = Shared(pooled, LOG), Shared(engine(database), LOG)
+        try:
+            assert first.reads_mailbox()
+            with first.claim(Claim.REQUEST, 9) as mine:
+                assert mine
+                first.stop()
+            assert second.reads_mailbox()
+            with second.claim(Claim.REQUEST, 9) as theirs:
+                assert theirs
+        finally:
+            second.stop()
+            pooled.dispose()
+
+    def test_ids_beyond_the_old_key_range_are_claimed(self, database: str) -> None:
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            big = 2**31 - 1
+            with first.claim(Claim.REQUEST, big) as mine, second.claim(Claim.MESSAGE, big) as m:
+                assert mine and m  # a request and a message with one id are two claims
+                with second.claim(Claim.REQUEST, big) as theirs:
+                    assert not theirs
+            with pytest.raises(ValueError, match="out of range"):
+                first.claim(Claim.REQUEST, 2**31).__enter__()
+        finally:
+            first.stop()
+            second.stop()
+
     def test_the_app_coordinates_on_postgres(self, tmp_path: Path, database: str) -> None:
         site = Site(tmp_path, [], seed=0, database_url=database)
         assert isinstance(App.load(site.config).instances, Shared)

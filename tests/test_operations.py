@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import sqlite3
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -236,6 +238,42 @@ class TestOperatorCommands:
         output = command(bot, "requests", "collect", reference, status=1)
         assert "FAILED  gone (sql): OperationalError" in output
         assert "not complete; the daemon will retry" in output
+
+    def test_a_request_rejected_during_its_collection_is_not_packaged(
+        self, make_bot: BotFactory, person: Person, tmp_path: Path
+    ) -> None:
+        """A collection keeps what it found only if the request is still collecting when it
+        ends: alice's request, rejected by an operator while her connectors answer, gets no
+        export; bob's, collected the same way, gets his."""
+        held = tmp_path / "held.db"
+        query = {"name": "q", "category": "c", "sql": "SELECT :email AS email", "verify": "email"}
+        held_db = {"name": "held", "type": "sql", "url": f"sqlite:///{held}", "queries": [query]}
+        bot = make_bot(connectors=[held_db])
+        alice, bob = person("alice", "example.test"), person("bob", "example.test")
+        for requester in (alice, bob):
+            requester.send(bot.address, "GDPR DATA REQUEST")
+            bot.support.wait_for(lambda m, r=requester: r.address in m["From"])
+        bot.run_once()
+        for requester in (alice, bob):
+            requester.reply(requester.wait_for(ACK))
+            bot.support.wait_for(
+                lambda m, r=requester: "Re: [SAR-" in m["Subject"] and r.address in m["From"]
+            )
+        bot.run_once()  # the database is missing: both stay in collection
+        assert [r.state for r in bot.requests()] == [RequestState.COLLECTING] * 2
+        sqlite3.connect(held).close()
+        pipeline = bot.app.pipeline(clock=bot.now)
+        first, second = bot.requests()
+        rejected = lambda _outcome: command(  # noqa: E731 (an operator, mid-collection)
+            bot, "requests", "reject", first.reference, "--reason", "not who they say"
+        )
+        assert not asyncio.run(pipeline.collect_one(first, [rejected]))
+        assert asyncio.run(pipeline.collect_one(second))
+        by_id = {r.id: r for r in bot.requests()}
+        assert by_id[first.id].state is RequestState.REJECTED
+        assert by_id[second.id].state is not RequestState.REJECTED
+        exports = [m.request_id for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert exports and set(exports) == {second.id}
 
     def test_the_register_lists_dates_and_decisions(self, bot: Bot, person: Person) -> None:
         """export-register gives every request with its dates, state and operators' decisions."""

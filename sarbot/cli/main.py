@@ -65,7 +65,13 @@ def db_group() -> None:
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the state database to the current schema."""
     app = app_from(ctx)
-    db.upgrade(app.engine, crash_points=app.crash_points)
+    newer = db.upgrade(app.engine, crash_points=app.crash_points)
+    if newer is not None:
+        click.echo(
+            f"database at revision {newer}, newer than this sarbot ({db.head_revision()}), "
+            "which runs on it: left as it is"
+        )
+        return
     click.echo(f"database at revision {db.current_revision(app.engine)}")
 
 

@@ -312,11 +312,8 @@ def requests_create(ctx: click.Context, email: str, note: str) -> None:
 def requests_collect(ctx: click.Context, reference: str) -> None:
     """Collect for a confirmed request now, showing each connector as it answers."""
     app = app_from(ctx)
-    with app.sessions.begin() as session:
-        request = _find(app.operations, session, reference)
-        if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
-            raise click.ClickException(f"{reference} is {request.state.value}, not being collected")
-        begin_collection(session, request, at=utcnow(), actor=operator())
+    with app.sessions() as session:
+        request_id = _find(app.operations, session, reference).id
     try:
         pipeline = app.pipeline()
     except SarbotError as exc:
@@ -330,11 +327,17 @@ def requests_collect(ctx: click.Context, reference: str) -> None:
         else:
             click.echo(f"  FAILED  {where}: {outcome.error_type} after {outcome.seconds:.2f} s")
 
-    click.echo(f"{reference}: asking {len(pipeline.connectors)} connector(s)")
     try:
-        with app.instances.claim(Claim.REQUEST, request.id) as mine:
+        with app.instances.claim(Claim.REQUEST, request_id) as mine:
             if not mine:
                 raise click.ClickException(f"{reference}: a running instance is working on it")
+            with app.sessions.begin() as session:  # read again once claimed
+                request = session.get_one(Request, request_id)
+                if request.state not in (RequestState.CONFIRMED, RequestState.COLLECTING):
+                    state = request.state.value
+                    raise click.ClickException(f"{reference} is {state}, not being collected")
+                begin_collection(session, request, at=utcnow(), actor=operator())
+            click.echo(f"{reference}: asking {len(pipeline.connectors)} connector(s)")
             done = asyncio.run(pipeline.collect_one(request, [show]))
     finally:
         app.instances.stop()

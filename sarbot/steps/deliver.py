@@ -183,14 +183,7 @@ class Deliverer:
         for position, mail in enumerate(due):
             if sending is not None and sending.stopping:
                 break
-            # All of one request's messages are sent by one instance at a time: the last
-            # part of an export to be sent is the one that marks the request delivered.
-            kind, key = (
-                (Claim.REQUEST, mail.request_id)
-                if mail.request_id is not None
-                else (Claim.MESSAGE, mail.id)
-            )
-            with self.instances.claim(kind, key) as mine:
+            with self.instances.claim(*_claim_of(mail)) as mine:
                 if not mine:
                     continue
                 with self.sessions.begin() as session:  # read again: another may have sent it
@@ -230,7 +223,9 @@ class Deliverer:
             else:
                 self.logins.worked("smtp", at=self.clock())
         with self.sessions.begin() as session:
-            self._record(session, session.get_one(OutgoingMail, mail.id), error, log)
+            current = session.get_one(OutgoingMail, mail.id, with_for_update=True)
+            if current.state is MailState.PENDING:  # else another instance has recorded it
+                self._record(session, current, error, log)
         if error is None:
             log.info("mail.sent", recipient=mask_address(mail.recipient))
             if mail.file_path and self.settings.storage.keep_exports_days == 0:
@@ -276,15 +271,23 @@ class Deliverer:
             self.milestones.delivered(request.received_at, request.confirmed_at, at=now)
 
     def _put_off(self, mails: list[OutgoingMail], error: SmtpLoginError) -> None:
-        """The SMTP login failed: record it once, and retry every message later."""
+        """The SMTP login failed: record it once, and retry later every message still due
+        that no other instance is sending."""
         now = self.clock()
         trouble = self.logins.failed("smtp", error.oauth, at=now)
         wait = timedelta(seconds=self.settings.smtp.retry_after)
-        with self.sessions.begin() as session:
-            for mail in mails:
-                outbox.mark_retry(session.get_one(OutgoingMail, mail.id), now, wait, str(error))
+        put_off = 0
+        for mail in mails:
+            with self.instances.claim(*_claim_of(mail)) as mine:
+                if not mine:
+                    continue
+                with self.sessions.begin() as session:
+                    current = outbox.still_due(session, mail.id, now)
+                    if current is not None:
+                        outbox.mark_retry(current, now, wait, str(error))
+                        put_off += 1
         self.log.warning(
-            "mail.deferred", messages=len(mails), cause=trouble.cause, retry_in=wait.total_seconds()
+            "mail.deferred", messages=put_off, cause=trouble.cause, retry_in=wait.total_seconds()
         )
 
     def sweep(self, *, settle: float = 0) -> int:
@@ -343,3 +346,11 @@ def _read(path: str | None) -> bytes | None:
         return Path(path).read_bytes()
     except FileNotFoundError:
         return None
+
+
+def _claim_of(mail: OutgoingMail) -> tuple[Claim, int]:
+    """All of one request's messages are sent by one instance at a time (the last part of an
+    export to be sent is the one that marks the request delivered); others one by one."""
+    if mail.request_id is not None:
+        return Claim.REQUEST, mail.request_id
+    return Claim.MESSAGE, mail.id

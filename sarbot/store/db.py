@@ -81,9 +81,19 @@ def _alembic_config(engine: Engine, crash_points: CrashPoints | None = None) -> 
 
 def upgrade(
     engine: Engine, revision: str = "head", *, crash_points: CrashPoints | None = None
-) -> None:
-    """Apply the migrations up to ``revision``."""
+) -> str | None:
+    """Apply the migrations up to ``revision``.
+
+    A schema already ahead of this code (another instance, upgraded first,
+    migrated it) is left as it is when this code runs on it, and its revision
+    is returned; when this code does not, ConfigError says to upgrade it.
+    """
+    if revision == "head":
+        current = current_revision(engine)
+        if current is not None and current not in known_revisions():
+            return require_current_schema(engine)
     command.upgrade(_alembic_config(engine, crash_points), revision)
+    return None
 
 
 def head_revision() -> str | None:

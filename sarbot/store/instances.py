@@ -51,8 +51,8 @@ KEEPALIVE = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepal
 SETTLE_SECONDS = 3600.0
 """A file in the export folder younger than this may belong to another instance's packaging."""
 
-LOCK_SPACE = 0x5A_B0_7
-"""The first key of every sarbot advisory lock (the second names the thing locked)."""
+LOCK_SPACE = 0x5A_B0_70
+"""The first key of every sarbot advisory lock is this plus the kind locked; the second, its id."""
 
 
 class Claim(IntEnum):
@@ -78,6 +78,9 @@ class Instances(Protocol):
 
     def reads_mailbox(self) -> bool:
         """Whether this instance reads the mailbox now (taking the mailbox lock if it is free)."""
+
+    def give_up_mailbox(self, reason: str) -> None:
+        """Let another instance read the mailbox: this one cannot (``reason`` says why)."""
 
     def claim(self, kind: Claim, key: int) -> AbstractContextManager[bool]:
         """A context: True inside it if this instance holds the claim, False if another does."""
@@ -146,6 +149,9 @@ class Alone:
     def reads_mailbox(self) -> bool:
         return True
 
+    def give_up_mailbox(self, reason: str) -> None:
+        pass  # no other instance could take it
+
     @contextmanager
     def claim(self, kind: Claim, key: int) -> Iterator[bool]:
         yield True
@@ -155,7 +161,13 @@ class Alone:
 
 
 class Shared:
-    """One of several instances on PostgreSQL, coordinated by advisory locks."""
+    """One of several instances on PostgreSQL, coordinated by advisory locks.
+
+    Every lock lives as long as the session that took it.  When the session
+    breaks, a new one is opened at the next try, but it holds none of the old
+    one's locks: each session gets a new ``generation``, and a lock counts as
+    held only while the generation it was taken in is the current one.
+    """
 
     shared = True
 
@@ -164,41 +176,81 @@ class Shared:
         self._engine = engine
         self._log = log.bind(instance=self.name)
         self._connection: Connection | None = None
-        self._reading = False
+        self._generation = 0
+        self._reading: int | None = None
+        """The generation whose session holds the mailbox lock, if any."""
+        self._claims: dict[tuple[Claim, int], tuple[int, int]] = {}
+        """Each claim held: the generation of the session that took it, and how deeply nested."""
 
     def start(self) -> None:
         self._session()
 
     def stop(self) -> None:
         if self._connection is not None:
-            self._connection.close()  # ending the session gives up every lock it holds
+            # never back to the pool, where its session (and every lock) would live on
+            self._connection.invalidate()
+            self._connection.close()
             self._connection = None
-        if self._reading:
-            self._reading = False
+        self._claims.clear()
+        if self._reading is not None:
+            self._reading = None
             self._log.info("instance.mailbox_released")
 
     def reads_mailbox(self) -> bool:
-        if self._reading and self._alive():
+        if self._reading is not None and self._alive() and self._reading == self._generation:
             return True
-        if self._reading:
-            self._reading = False
-            self._log.warning("instance.mailbox_lost")  # the session (and its lock) is gone
+        if self._reading is not None:  # the session (and its lock) is gone
+            self._reading = None
+            self._log.warning("instance.mailbox_lost")
         if self._try(Claim.MAILBOX, 0):
-            self._reading = True
+            self._reading = self._generation
             self._log.info("instance.mailbox_taken")
-        return self._reading
+        return self._reading is not None
+
+    def give_up_mailbox(self, reason: str) -> None:
+        if self._reading is None:
+            return
+        if self._reading == self._generation:
+            self._release(Claim.MAILBOX, 0)
+        self._reading = None
+        self._log.warning("instance.mailbox_given_up", reason=reason)
 
     @contextmanager
     def claim(self, kind: Claim, key: int) -> Iterator[bool]:
-        held = self._try(kind, key)
+        """Claims nest within this instance (delivery runs beside collection): the lock is
+        taken by the outermost claim and given up when the last one ends."""
+        held = self._enter(kind, key)
         try:
             yield held
         finally:
             if held:
-                self._release(kind, key)
+                self._leave(kind, key)
 
     def still_holds(self) -> bool:
-        return self._alive()
+        return self._alive() and all(g == self._generation for g, _ in self._claims.values())
+
+    def _enter(self, kind: Claim, key: int) -> bool:
+        entry = self._claims.get((kind, key))
+        if entry is not None:
+            generation, depth = entry
+            if generation != self._generation:
+                return False  # held by a session now gone, and its work is still winding up
+            self._claims[kind, key] = (generation, depth + 1)
+            return True
+        if not self._try(kind, key):
+            return False
+        self._claims[kind, key] = (self._generation, 1)
+        return True
+
+    def _leave(self, kind: Claim, key: int) -> None:
+        entry = self._claims.pop((kind, key), None)
+        if entry is None:
+            return  # stop() gave up every lock meanwhile
+        generation, depth = entry
+        if depth > 1:
+            self._claims[kind, key] = (generation, depth - 1)
+        elif generation == self._generation:
+            self._release(kind, key)
 
     # -- the coordination session ----------------------------------------------------------
 
@@ -208,13 +260,15 @@ class Shared:
             for setting, value in KEEPALIVE.items():
                 connection.execute(text(f"SET {setting} = {int(value)}"))
             self._connection = connection
+            self._generation += 1
         return self._connection
 
     def _try(self, kind: Claim, key: int) -> bool:
+        space, second = _keys(kind, key)
         try:
             taken = self._session().scalar(
                 text("SELECT pg_try_advisory_lock(CAST(:space AS integer), CAST(:key AS integer))"),
-                {"space": LOCK_SPACE, "key": _key(kind, key)},
+                {"space": space, "key": second},
             )
         except DBAPIError:
             self._lost()
@@ -224,10 +278,11 @@ class Shared:
     def _release(self, kind: Claim, key: int) -> None:
         if self._connection is None:
             return  # the session is gone, and the lock with it
+        space, second = _keys(kind, key)
         try:
             self._connection.execute(
                 text("SELECT pg_advisory_unlock(CAST(:space AS integer), CAST(:key AS integer))"),
-                {"space": LOCK_SPACE, "key": _key(kind, key)},
+                {"space": space, "key": second},
             )
         except DBAPIError:
             self._lost()  # the session is gone, and the lock with it
@@ -243,14 +298,18 @@ class Shared:
         return True
 
     def _lost(self) -> None:
+        """The session broke: every lock it held is gone (the next try opens a new one)."""
         if self._connection is not None:
             self._connection.invalidate()
             self._connection.close()
             self._connection = None
+        if self._reading is not None:
+            self._reading = None
+            self._log.warning("instance.mailbox_lost")
 
 
-def _key(kind: Claim, key: int) -> int:
-    """The advisory lock's second key (an int4): the kind in the top bits, the id below."""
-    if not 0 <= key < 1 << 29:
+def _keys(kind: Claim, key: int) -> tuple[int, int]:
+    """The advisory lock's two int4 keys: sarbot's space plus the kind, and the row's id."""
+    if not 0 <= key < 1 << 31:
         raise ValueError(f"cannot claim {kind.name.lower()} {key}: id out of range")
-    return (int(kind) << 29) | key
+    return LOCK_SPACE + int(kind), key
