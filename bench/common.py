@@ -16,6 +16,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,8 +55,21 @@ def fastest(runs: int, work: Callable[[], object]) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    """This process's peak resident memory, in MiB: since it started (exec), or since
+    ``reset_peak_rss``.  Linux's ``VmHWM``: ``getrusage``'s ``ru_maxrss`` would carry a forked
+    child's parent's peak across exec, and could not be reset."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory again from what it holds now (Linux)."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def percentile(values: list[float], share: float) -> float:

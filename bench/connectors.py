@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine
 
-from bench.common import Row, Scale, fastest, peak_rss_mb
+from bench.common import Row, Scale, fastest, peak_rss_mb, reset_peak_rss
 from connectors.indexed import spellings_of
 from connectors.tacticalrmm import TacticalRmmConnector, TacticalRmmSettings
 from connectors.tacticalrmm.people import Subject
@@ -88,10 +88,10 @@ def allocated_mb(lookup: Callable[[], object]) -> float:
 def memory_rows(name: str, size: int, before: float, lookup: Callable[[], object]) -> list[Row]:
     return [
         Row(
-            f"{name}: peak RSS of the process",
+            f"{name}: peak RSS of the process during the lookups",
             peak_rss_mb(),
             unit="MiB",
-            note=f"{before:.0f} MiB before the lookups (data generation streams to the server)",
+            note=f"{before:.0f} MiB as they started",
         ),
         Row(
             f"{name}: Python memory one lookup allocates",
@@ -173,6 +173,7 @@ def wordpress(url: str, size: int) -> list[Row]:
                 )
             connection.exec_driver_sql("CREATE INDEX sarbot_user_id ON wp_comments (user_id)")
             connection.exec_driver_sql("ANALYZE TABLE wp_comments, wp_users, wp_usermeta")
+    reset_peak_rss()  # the lookups' peak, not the data generation's or another bench's
     before = peak_rss_mb()
     settings = validate({"url": url}, WordpressSettings, source="bench", base_dir=Path("."))
     connector = WordpressConnector("website", settings)
@@ -329,6 +330,7 @@ def tacticalrmm(url: str, size: int) -> list[Row]:
         connection_raw.commit()
     finally:
         connection_raw.close()
+    reset_peak_rss()  # the lookups' peak, not the data generation's or another bench's
     before = peak_rss_mb()
     settings = validate({"url": url}, TacticalRmmSettings, source="bench", base_dir=Path("."))
     connector = TacticalRmmConnector("rmm", settings)

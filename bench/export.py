@@ -21,7 +21,6 @@ import email
 import io
 import json
 import random
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -32,7 +31,7 @@ import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import Row, Scale
+from bench.common import Row, Scale, peak_rss_mb
 
 ALICE = "alice@example.test"
 SIZES = {"smoke": 1000, "full": 1_000_000}
@@ -164,10 +163,6 @@ def _child(role: str, folder: Path) -> dict[str, float]:
     return figures
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def export_with_sarbot(folder: Path) -> dict[str, float]:
     """The export step of one confirmed request, as the daemon runs it."""
     from sarbot.app import App
@@ -194,12 +189,12 @@ def export_with_sarbot(folder: Path) -> dict[str, float]:
         )
         session.add(request)
     pipeline = app.pipeline()
-    start_mb = _peak_mb()
+    start_mb = peak_rss_mb()
     started = time.perf_counter()
     if not asyncio.run(pipeline.collect_one(request)):
         raise RuntimeError("the export was not packaged")
     seconds = time.perf_counter() - started
-    peak = _peak_mb()
+    peak = peak_rss_mb()
     with app.sessions.begin() as session:
         files = [
             Path(mail.file_path)
@@ -238,7 +233,7 @@ def _count_records(files: list[Path]) -> int:
 
 def export_baseline(folder: Path) -> dict[str, float]:
     """The same rows, each as a line of JSON, into a zip: the least an export can do."""
-    start_mb = _peak_mb()
+    start_mb = peak_rss_mb()
     started = time.perf_counter()
     with (
         sqlite3.connect(folder / "store.db") as db,
@@ -249,7 +244,7 @@ def export_baseline(folder: Path) -> dict[str, float]:
         for row in db.execute(QUERY, {"email": ALICE}):
             out.write(json.dumps(dict(row), ensure_ascii=False).encode() + b"\n")
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mb": _peak_mb(), "start_mb": start_mb}
+    return {"seconds": seconds, "peak_mb": peak_rss_mb(), "start_mb": start_mb}
 
 
 def _main() -> None:

@@ -11,14 +11,18 @@ the crash tests check theirs: every request answered, nothing sent twice.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+import aiosmtplib
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from bench._site import filler
 from bench.common import Row, Scale
 from sarbot.testing import MailServer
 from tests.conftest import CA_FILE, ROOT
@@ -43,6 +47,8 @@ def run(scale: Scale) -> list[Row]:
             if findings.failures:
                 raise RuntimeError(findings.report())
             seconds[instances] = findings.answered_in
+    recipients = [person.address for person in people]
+    floor = {sessions: _stack_alone(server, recipients, sessions) for sessions in (1, 2)}
     return [
         Row(
             f"{count} requesters answered by two instances (baseline: one)",
@@ -50,8 +56,52 @@ def run(scale: Scale) -> list[Row]:
             seconds[1],
             goal="<= 0.67x (1.5x the throughput)",
             note="request, acknowledgement, confirmation, export; PostgreSQL state",
-        )
+        ),
+        Row(
+            f"the mail stack alone: the run's {4 * count} mails on two SMTP sessions at once "
+            "(baseline: on one)",
+            floor[2],
+            floor[1],
+            note="for each requester a request, a confirmation, an acknowledgement's and an "
+            "export's size; no sarbot",
+        ),
+        Row(
+            "two instances against the mail stack alone on two sessions",
+            seconds[2],
+            floor[2],
+            note="what is left for sarbot to gain: the run's time over the stack's own",
+        ),
     ]
+
+
+SIZES = (1_000, 1_000, 2_000, 15_000)
+"""A request, a confirmation, an acknowledgement and an export, in bytes (as measured)."""
+
+
+def _stack_alone(server: MailServer, recipients: list[str], sessions: int) -> float:
+    """Seconds to send every requester's four mails through the stack on ``sessions``
+    SMTP sessions at once."""
+    mails = [(to, size) for to in recipients for size in SIZES]
+
+    async def one_session(share: list[tuple[str, int]]) -> None:
+        client = aiosmtplib.SMTP(
+            hostname=server.host,
+            port=server.smtp_port,
+            start_tls=True,
+            tls_context=server.tls(),
+            timeout=60,
+        )
+        async with client:
+            for recipient, size in share:
+                sender = "bench@redtrain.test"
+                await client.sendmail(sender, [recipient], filler(sender, recipient, size))
+
+    async def all_sessions() -> None:
+        await asyncio.gather(*(one_session(mails[n::sessions]) for n in range(sessions)))
+
+    started = time.perf_counter()
+    asyncio.run(all_sessions())
+    return time.perf_counter() - started
 
 
 def _fresh_database(url: str, name: str) -> str:

@@ -7,12 +7,14 @@ where it has one, and prints a table.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench.__main__ import benchmarks, main, update
-from bench.common import Row, percentile
+from bench.common import Row, peak_rss_mb, percentile, reset_peak_rss
 
 BENCHMARKS = benchmarks()
 
@@ -21,6 +23,24 @@ def test_the_helpers() -> None:
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
     assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
     assert Row("x", 3.0, 2.0).ratio == 1.5 and Row("x", 1.0).ratio is None
+
+
+def test_peak_memory_is_the_processs_own() -> None:
+    """A child's peak is its own, not its parent's carried across exec (as ru_maxrss would
+    be); and a peak can be started again from what the process holds now."""
+    ballast = b"\x01" * (300 * 1024 * 1024)  # written: every page resident
+    held = peak_rss_mb()
+    assert held > 300
+    child = subprocess.run(
+        [sys.executable, "-c", "from bench.common import peak_rss_mb; print(peak_rss_mb())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(child.stdout) < held - 250
+    del ballast
+    reset_peak_rss()
+    assert peak_rss_mb() < held - 250
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

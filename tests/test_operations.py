@@ -9,6 +9,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from datetime import date, timedelta
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from sarbot.cli.main import cli
+from sarbot.steps.collect import ConnectorOutcome
 from sarbot.store.audit import verify
 from sarbot.store.deadlines import due_date, start_date
 from sarbot.store.models import AuditEvent, OutgoingMail, Request
@@ -46,6 +48,11 @@ def requested(bot: Bot, person: Person, *, confirm: bool = False) -> Corresponde
         alice.reply(alice.wait_for(ACK))
         bot.support.wait_for(subject_contains("Re: [SAR-"))
     return alice
+
+
+def sent_by(requester: Correspondent, subject: str) -> Callable[[EmailMessage], bool]:
+    """A message from the requester whose subject holds ``subject``."""
+    return lambda m: subject in str(m["Subject"]) and requester.address in str(m["From"])
 
 
 def set_due(bot: Bot, due: date) -> None:
@@ -252,21 +259,20 @@ class TestOperatorCommands:
         alice, bob = person("alice", "example.test"), person("bob", "example.test")
         for requester in (alice, bob):
             requester.send(bot.address, "GDPR DATA REQUEST")
-            bot.support.wait_for(lambda m, r=requester: r.address in m["From"])
+            bot.support.wait_for(sent_by(requester, "GDPR"))
         bot.run_once()
         for requester in (alice, bob):
             requester.reply(requester.wait_for(ACK))
-            bot.support.wait_for(
-                lambda m, r=requester: "Re: [SAR-" in m["Subject"] and r.address in m["From"]
-            )
+            bot.support.wait_for(sent_by(requester, "Re: [SAR-"))
         bot.run_once()  # the database is missing: both stay in collection
         assert [r.state for r in bot.requests()] == [RequestState.COLLECTING] * 2
         sqlite3.connect(held).close()
         pipeline = bot.app.pipeline(clock=bot.now)
         first, second = bot.requests()
-        rejected = lambda _outcome: command(  # noqa: E731 (an operator, mid-collection)
-            bot, "requests", "reject", first.reference, "--reason", "not who they say"
-        )
+
+        def rejected(_outcome: ConnectorOutcome) -> None:  # an operator, mid-collection
+            command(bot, "requests", "reject", first.reference, "--reason", "not who they say")
+
         assert not asyncio.run(pipeline.collect_one(first, [rejected]))
         assert asyncio.run(pipeline.collect_one(second))
         by_id = {r.id: r for r in bot.requests()}
