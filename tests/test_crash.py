@@ -118,7 +118,10 @@ class TestCrashPoints:
         )
         assert_sound(findings)
         assert seen["pending"] == [(1,)]
-        assert (findings.duplicate_acks, findings.duplicate_exports) == (0, 0)
+        # The acknowledgement queued by the request's commit is sent alongside the move: the
+        # kill may fall in its send window, and then it may arrive twice (the crash rule,
+        # which assert_sound checks against the logs). Nothing else may.
+        assert findings.duplicate_acks <= 1 and findings.duplicate_exports == 0
 
     def test_kill_after_smtp_accepted_the_acknowledgement(
         self, tmp_path: Path, mailstack: MailServer

@@ -32,7 +32,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from enum import IntEnum
 from pathlib import Path
 from typing import IO, Protocol
@@ -187,6 +187,8 @@ class Shared:
 
     def stop(self) -> None:
         if self._connection is not None:
+            with suppress(DBAPIError):  # at once: a closed session's locks go a moment later
+                self._connection.execute(text("SELECT pg_advisory_unlock_all()"))
             # never back to the pool, where its session (and every lock) would live on
             self._connection.invalidate()
             self._connection.close()
