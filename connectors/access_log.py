@@ -14,7 +14,6 @@ withheld.  Only the parsed fields leave the connector, never the raw line.
 from __future__ import annotations
 
 import glob
-import gzip
 import ipaddress
 import os
 import re
@@ -40,7 +39,8 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
-from connectors.logscan import Prefilter, candidate_lines, read_blocks
+from connectors.logindex import IndexDir, LogIndex, open_index
+from connectors.logscan import Prefilter, candidate_lines, open_log, read_blocks
 from sarbot.connector import (
     EMAIL,
     ConnectorError,
@@ -57,7 +57,6 @@ from sarbot.connector import (
 )
 
 CATEGORY = "Access log entry"
-GZIP_MAGIC = b"\x1f\x8b"
 JSONL_KEYS = frozenset({"time_field", "user_field", "ip_field", "action_field", "status_field"})
 OWN = "log entries"
 VISIT = "visits to web addresses carrying your email address"
@@ -96,6 +95,7 @@ class LogSource(Section):
     ip_field: str = Field(default="ip", min_length=1)
     action_field: str = Field(default="action", min_length=1)
     status_field: str = Field(default="status", min_length=1)
+    index_dir: IndexDir | None = None
 
     @model_validator(mode="after")
     def _keys_fit_format(self) -> LogSource:
@@ -179,15 +179,17 @@ class AccessLogConnector:
         limit = self.settings.max_records
         for source in self.settings.sources:
             shown = {OWN: 0, VISIT: 0}
-            for path in _files_of(source):
-                if min(shown.values()) > limit:
-                    break
-                unreadable = yield from self._scan(matcher, source, path, shown)
-                if unreadable:
-                    notes.append(
-                        f"{unreadable} line(s) of {path} that could concern you could not be "
-                        f"read as {source.format} log lines and were not searched."
-                    )
+            files = _files_of(source)
+            with _index(source, files) as index:
+                for path in files:
+                    if min(shown.values()) > limit:
+                        break
+                    unreadable = yield from self._scan(matcher, source, path, shown, index)
+                    if unreadable:
+                        notes.append(
+                            f"{unreadable} line(s) of {path} that could concern you could not "
+                            f"be read as {source.format} log lines and were not searched."
+                        )
             for kind, count in shown.items():
                 if count > limit:
                     notes.append(
@@ -196,7 +198,12 @@ class AccessLogConnector:
                     )
 
     def _scan(
-        self, matcher: Matcher, source: LogSource, path: Path, shown: dict[str, int]
+        self,
+        matcher: Matcher,
+        source: LogSource,
+        path: Path,
+        shown: dict[str, int],
+        index: LogIndex | None = None,
     ) -> Generator[Record, None, int]:
         """The records of one file, each kind up to the limit (``shown`` counts one past it);
         returns how many lines that might match could not be read."""
@@ -204,7 +211,10 @@ class AccessLogConnector:
         limit = self.settings.max_records
         with open_log(path) as stream:
             parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
-            for number, line in self._lines(stream, path, matcher, source.format):
+            found = index and index.lines(
+                stream, path, matcher.needles, matcher.prefilter(source.format)
+            )
+            for number, line in found or self._lines(stream, path, matcher, source.format):
                 # Most lines name nobody sought; they are passed over before being parsed.
                 if line is not None and not matcher.may_concern(line, source.format):
                     continue
@@ -373,15 +383,10 @@ def _files_of(source: LogSource) -> list[Path]:
 
 
 @contextmanager
-def open_log(path: Path) -> Iterator[BufferedIOBase]:
-    """A log file opened for reading in binary, through gzip when it starts with gzip's magic."""
-    try:
-        raw = path.open("rb")
-    except OSError as exc:
-        raise ConnectorError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    with raw:
-        if raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield unzipped
-        else:
-            yield raw
+def _index(source: LogSource, files: list[Path]) -> Iterator[LogIndex | None]:
+    """The source's index brought up to date, if it has one; None if not."""
+    if source.index_dir is None:
+        yield None
+        return
+    with closing(open_index(source.index_dir, source.label, source.format, files)) as index:
+        yield index

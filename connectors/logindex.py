@@ -1,0 +1,428 @@
+"""An optional index of the ``access_log`` connector's logs: which lines hold which tokens.
+
+One SQLite file per log source, in the source's ``index_dir`` (folder 0700, files 0600).
+It holds, for each log file indexed, the path, a fingerprint (a hash of its first 4 KiB,
+uncompressed, and the length indexed), the length of every line, and for every token the
+numbers of the lines holding it.  A token is a run of characters between separators
+(``SEPARATORS``) in a line's text as the connector's line test sees it (composed, lower
+case), URL-decoded too in ``combined`` logs, and, in ``jsonl`` lines with an escape, in the
+JSON strings decoded.  No line is stored: only its tokens and where it is.
+
+The index is only a prefilter.  A value sought is found in a line's text exactly when it is
+found within one of its tokens (it holds no separator), so the lines read are those with a
+token holding a value sought, the lines no token can answer for (too long to be an entry,
+or ``jsonl`` lines with an escape that are not JSON), and whatever the file gained since it
+was indexed; each then goes through the connector's own test and parser, as in a scan.
+A value holding a separator, or a file whose start no longer matches, is searched by the
+scan instead.  Files that are renamed or compressed whole are recognised by their
+fingerprint and kept; files gone lose their entries; a file that shrank or changed is
+indexed again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import os
+import re
+import sqlite3
+import unicodedata
+import zlib
+from array import array
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from io import BufferedIOBase
+from itertools import accumulate
+from json import loads
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import unquote_plus
+
+from pydantic import BeforeValidator, ValidationInfo
+
+from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
+from sarbot.connector import base_dir
+
+VERSION = "1"
+SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|]+")
+"""Characters that split a line into tokens (rarely, if ever, within an address or a login;
+a value that holds one is searched by scanning)."""
+ALWAYS = ""
+"""The token of lines every lookup reads: too long to be an entry, or JSON lines with an
+escape that are not JSON."""
+HEAD_BYTES = 4096
+BATCH_LINES = 100_000
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, head BLOB NOT NULL,
+    size INTEGER NOT NULL, lines INTEGER NOT NULL, stat TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS tokens(id INTEGER PRIMARY KEY, token TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS postings(token INTEGER NOT NULL, file INTEGER NOT NULL,
+    numbers BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS postings_token ON postings(token, file);
+CREATE INDEX IF NOT EXISTS postings_file ON postings(file);
+CREATE TABLE IF NOT EXISTS batches(file INTEGER NOT NULL, first INTEGER NOT NULL,
+    start INTEGER NOT NULL, lengths BLOB NOT NULL, PRIMARY KEY (file, first));
+"""
+
+
+def _folder(value: Any, info: ValidationInfo) -> Any:
+    """A folder, relative to the config file's folder unless absolute."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        raise ValueError("a folder must not be empty")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir(info) / path
+
+
+IndexDir = Annotated[Path, BeforeValidator(_folder)]
+
+
+def answerable(needles: Iterable[str]) -> bool:
+    """Whether tokens can answer for every value: none holds a separator."""
+    return all(needle and not SEPARATORS.search(needle) for needle in needles)
+
+
+def normal(text: str) -> str:
+    """A text as the connector's line test compares it: composed (NFC), then lower case."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    return text.lower()
+
+
+def tokens_of(line: str, log_format: str) -> set[str]:
+    """The tokens of one line of a log of ``log_format``."""
+    found = set(SEPARATORS.split(normal(line)))
+    if log_format == "combined" and "%" in line:
+        found.update(SEPARATORS.split(normal(unquote_plus(line))))
+    if log_format == "jsonl" and "\\" in line:
+        try:
+            decoded = loads(line)
+        except (ValueError, RecursionError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            return {ALWAYS}
+        for text in _strings(decoded):
+            found.update(SEPARATORS.split(normal(text)))
+            found.update(SEPARATORS.split(text.lower()))
+    found.discard("")
+    return found
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every key, string and integer in a decoded JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        yield str(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+class LogIndex:
+    """The index of one log source, open for updates and lookups."""
+
+    def __init__(self, folder: Path, label: str, log_format: str) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", label)[:40]
+        digest = hashlib.sha256(label.encode()).hexdigest()[:12]
+        self.path = folder / f"{stem}-{digest}.sqlite"
+        self.format = log_format
+        self._wanted: set[str] | None = None
+        self._lock = os.open(folder / f"{stem}-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # one collection updates an index at a time
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.executescript(SCHEMA)
+        wanted = {"version": VERSION, "format": log_format}
+        if dict(self.db.execute("SELECT key, value FROM meta").fetchall()) != wanted:
+            self._clear()
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)", wanted.items())
+
+    def close(self) -> None:
+        self.db.close()
+        os.close(self._lock)
+
+    def _clear(self) -> None:
+        for table in ("meta", "files", "tokens", "postings", "batches"):
+            self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (names above, not input)
+
+    # --- keeping the index up to date ----------------------------------------------------
+
+    def update(self, paths: list[Path]) -> None:
+        """Index what each file gained, keep renamed or compressed files, drop gone ones."""
+        rows = self.db.execute("SELECT id, path, head, size FROM files").fetchall()
+        kept: dict[Path, int] = {}
+        orphans: dict[int, tuple[bytes, int]] = {}
+        for file_id, name, head, size in rows:
+            path = Path(name)
+            if path in paths and path not in kept and _fits(path, head, size):
+                kept[path] = file_id
+            else:
+                orphans[file_id] = (head, size)
+        for path in paths:  # a rotated file (renamed, compressed) keeps its entries
+            if path in kept:
+                continue
+            for file_id, (head, size) in orphans.items():
+                if _fits(path, head, size):
+                    kept[path] = file_id
+                    del orphans[file_id]
+                    self.db.execute("UPDATE files SET path = ? WHERE id = ?", (str(path), file_id))
+                    break
+        for file_id in orphans:
+            self._drop(file_id)
+        if orphans:
+            self.db.execute("DELETE FROM tokens WHERE id NOT IN (SELECT token FROM postings)")
+        for path in paths:
+            self._index(path, kept.get(path))
+
+    def _drop(self, file_id: int) -> None:
+        for table, key in (("postings", "file"), ("batches", "file"), ("files", "id")):
+            self.db.execute(f"DELETE FROM {table} WHERE {key} = ?", (file_id,))  # noqa: S608
+
+    def _index(self, path: Path, file_id: int | None) -> None:
+        """Index what the file gained since (unless it is as it was: same size and time)."""
+        stat = _stat(path)
+        with open_log(path) as stream:
+            size, number = 0, 0
+            if file_id is not None:
+                size, number, before = self.db.execute(
+                    "SELECT size, lines, stat FROM files WHERE id = ?", (file_id,)
+                ).fetchone()
+                if before == stat:
+                    return
+                if not _reaches(stream, size) or stream.seek(size) != size:  # it shrank
+                    self._drop(file_id)
+                    file_id, size, number = None, 0, 0
+                    stream.seek(0)
+            if file_id is None:
+                cursor = self.db.execute(
+                    "INSERT INTO files(path, head, size, lines) VALUES (?, ?, 0, 0)",
+                    (str(path), b""),
+                )
+                file_id = cursor.lastrowid
+                assert file_id is not None
+            for lengths, postings in _batches(stream, self.format):
+                self._store(file_id, number, size, lengths, postings)
+                size += sum(lengths)
+                number += len(lengths)
+            head = _fingerprint(stream, size)
+        self.db.execute("UPDATE files SET head = ?, stat = ? WHERE id = ?", (head, stat, file_id))
+
+    def _store(
+        self,
+        file_id: int,
+        number: int,
+        size: int,
+        lengths: list[int],
+        postings: dict[str, array[int]],
+    ) -> None:
+        """One batch of lines, in one transaction with the length indexed."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(
+            "INSERT OR IGNORE INTO tokens(token) VALUES (?)", ((t,) for t in postings)
+        )
+        ids = self._ids(list(postings))
+        self.db.executemany(
+            "INSERT INTO postings VALUES (?, ?, ?)",
+            ((ids[token], file_id, _pack(numbers, number)) for token, numbers in postings.items()),
+        )
+        self.db.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?)",
+            (file_id, number + 1, size, zlib.compress(array("Q", lengths).tobytes(), 1)),
+        )
+        self.db.execute(
+            "UPDATE files SET size = ?, lines = ? WHERE id = ?",
+            (size + sum(lengths), number + len(lengths), file_id),
+        )
+        self.db.execute("COMMIT")
+
+    def _ids(self, tokens: list[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for at in range(0, len(tokens), 500):
+            part = tokens[at : at + 500]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT token, id FROM tokens WHERE token IN ({marks})"  # noqa: S608
+            ids.update(self.db.execute(query, part).fetchall())
+        return ids
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def lines(
+        self, stream: BufferedIOBase, path: Path, needles: set[str], prefilter: Prefilter
+    ) -> Iterator[Line] | None:
+        """The numbered lines of one file that a scan's prefilter could hand on for these
+        values (and maybe others), or None when the index cannot answer for the file."""
+        row = self.db.execute(
+            "SELECT id, head, size, lines FROM files WHERE path = ?", (str(path),)
+        ).fetchone()
+        if row is None or not answerable(needles):
+            return None
+        file_id, head, size, count = row
+        fingerprint = _fingerprint(stream, size)
+        stream.seek(0)
+        if not fingerprint or fingerprint != head[: len(fingerprint)]:
+            return None
+        self._want(needles)
+        numbers: set[int] = set()
+        for (packed,) in self.db.execute(
+            "SELECT numbers FROM postings WHERE file = ? AND token IN (SELECT id FROM wanted)",
+            (file_id,),
+        ):
+            numbers.update(_unpack(packed))
+        return self._read(stream, path, file_id, sorted(numbers), (size, count), prefilter)
+
+    def _want(self, needles: set[str]) -> None:
+        """Put the tokens that hold one of the values (and the token of lines always read)
+        in the table ``wanted``, once per set of values."""
+        if self._wanted == needles:
+            return
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(id INTEGER PRIMARY KEY)")
+        self.db.execute("DELETE FROM wanted")
+        tests = " OR ".join(["token = ''"] + ["instr(token, ?) > 0"] * len(needles))
+        query = f"INSERT INTO wanted SELECT id FROM tokens WHERE {tests}"  # noqa: S608
+        self.db.execute(query, sorted(needles))
+        self._wanted = set(needles)
+
+    def _read(
+        self,
+        stream: BufferedIOBase,
+        path: Path,
+        file_id: int,
+        numbers: list[int],
+        indexed: tuple[int, int],
+        prefilter: Prefilter,
+    ) -> Iterator[Line]:
+        batches = self.db.execute(
+            "SELECT first, start, lengths FROM batches WHERE file = ? ORDER BY first", (file_id,)
+        ).fetchall()
+        at = 0
+        for first, start, packed in batches:
+            lengths = array("Q", zlib.decompress(packed))
+            end = first + len(lengths)
+            if at >= len(numbers) or numbers[at] >= end:
+                continue
+            offsets = list(accumulate(lengths, initial=start))
+            while at < len(numbers) and numbers[at] < end:
+                number = numbers[at]
+                stream.seek(offsets[number - first])
+                yield number, _line(stream.readline(MAX_LINE_BYTES + 1))
+                at += 1
+        size, count = indexed
+        stream.seek(size)  # what the file gained since
+        for number, line in candidate_lines(stream, path, prefilter):
+            yield number + count, line
+
+
+def _line(chunk: bytes) -> str | None:
+    """One line read back, as a scan hands it on."""
+    content = chunk[:-1] if chunk.endswith(b"\n") else chunk
+    if len(content) >= MAX_LINE_BYTES:
+        return None
+    return content.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _batches(
+    stream: BufferedIOBase, log_format: str
+) -> Iterator[tuple[list[int], dict[str, array[int]]]]:
+    """The lengths and tokens of the whole lines from the stream's position, in batches
+    (line numbers counted from the batch's first); a last line without its newline is left
+    for later, as it may still be being written."""
+    lengths: list[int] = []
+    postings: dict[str, array[int]] = defaultdict(_numbers)
+    while chunk := stream.readline(MAX_LINE_BYTES + 1):
+        length = len(chunk)
+        if not chunk.endswith(b"\n"):
+            if length <= MAX_LINE_BYTES:
+                break  # the last line, without its newline yet
+            while chunk and not chunk.endswith(b"\n"):  # too long to be an entry
+                chunk = stream.readline(1 << 20)
+                length += len(chunk)
+            if not chunk:
+                break
+            tokens = {ALWAYS}
+        elif length > MAX_LINE_BYTES:
+            tokens = {ALWAYS}
+        else:
+            tokens = tokens_of(chunk.decode("utf-8", "replace").rstrip("\r\n"), log_format)
+        lengths.append(length)
+        for token in tokens:
+            postings[token].append(len(lengths))
+        if len(lengths) >= BATCH_LINES:
+            yield lengths, postings
+            lengths, postings = [], defaultdict(_numbers)
+    if lengths:
+        yield lengths, postings
+
+
+def _numbers() -> array[int]:
+    return array("I")
+
+
+def _pack(numbers: array[int], before: int) -> bytes:
+    """Line numbers (counted from a batch's first) as their differences, compressed."""
+    deltas = array("I", (b - a for a, b in zip([0, *numbers], numbers, strict=False)))
+    return zlib.compress(array("Q", [before]).tobytes() + deltas.tobytes(), 1)
+
+
+def _unpack(packed: bytes) -> list[int]:
+    data = zlib.decompress(packed)
+    before = array("Q", data[:8])[0]
+    return list(accumulate(array("I", data[8:]), initial=before))[1:]
+
+
+def _fingerprint(stream: BufferedIOBase, size: int) -> bytes:
+    """A hash of the text's first 4 KiB (or ``size`` bytes), and for a plain file of the
+    4 KiB before ``size`` too; empty if the file is shorter than ``size``."""
+    stream.seek(0)
+    cut = min(size, HEAD_BYTES)
+    head = stream.read(cut)
+    if len(head) < cut:
+        return b""
+    if isinstance(stream, gzip.GzipFile):  # read only as far as needed: rotated, never rewritten
+        return hashlib.sha256(head).digest()
+    stream.seek(size - cut)
+    tail = stream.read(cut)
+    if len(tail) < cut:
+        return b""
+    return hashlib.sha256(head).digest() + hashlib.sha256(tail).digest()
+
+
+def _fits(path: Path, head: bytes, size: int) -> bool:
+    """Whether the file may be the one indexed up to ``size`` with the fingerprint ``head``."""
+    with open_log(path) as stream:
+        fingerprint = _fingerprint(stream, size)
+    return bool(fingerprint) and fingerprint == head[: len(fingerprint)]
+
+
+def _stat(path: Path) -> str:
+    status = path.stat()
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def _reaches(stream: BufferedIOBase, size: int) -> bool:
+    """Whether the stream may be ``size`` bytes long or more (a plain file is; a gzip file
+    is read to there)."""
+    if isinstance(stream, gzip.GzipFile):
+        return True
+    return os.fstat(stream.fileno()).st_size >= size
+
+
+def open_index(folder: Path, label: str, log_format: str, paths: list[Path]) -> LogIndex:
+    """The source's index, brought up to date with its files."""
+    index = LogIndex(folder, label, log_format)
+    try:
+        index.update(paths)
+    except BaseException:
+        index.close()
+        raise
+    return index
