@@ -39,7 +39,7 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
-from connectors.logindex import IndexDir, LogIndex, open_index
+from connectors.logindex import IndexDir, LogIndex
 from connectors.logscan import Prefilter, candidate_lines, open_log, read_blocks
 from sarbot.connector import (
     EMAIL,
@@ -388,5 +388,6 @@ def _index(source: LogSource, files: list[Path]) -> Iterator[LogIndex | None]:
     if source.index_dir is None:
         yield None
         return
-    with closing(open_index(source.index_dir, source.label, source.format, files)) as index:
+    with closing(LogIndex(source.index_dir, source.label, source.format)) as index:
+        index.update(files)
         yield index

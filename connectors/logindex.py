@@ -1,22 +1,16 @@
-"""An optional index of the ``access_log`` connector's logs: which lines hold which tokens.
+"""The optional index of the ``access_log`` connector: which lines of a log hold which tokens.
 
-One SQLite file per log source, in the source's ``index_dir`` (folder 0700, files 0600).
-It holds, for each log file indexed, the path, a fingerprint (a hash of its first 4 KiB,
-uncompressed, and the length indexed), the length of every line, and for every token the
-numbers of the lines holding it.  A token is a run of characters between separators
-(``SEPARATORS``) in a line's text as the connector's line test sees it (composed, lower
-case), URL-decoded too in ``combined`` logs, and, in ``jsonl`` lines with an escape, in the
-JSON strings decoded.  No line is stored: only its tokens and where it is.
+One SQLite file per log source in its ``index_dir`` (folder 0700, files 0600): for each log
+file its path, fingerprint (hashes of its first 4 KiB of text and of the 4 KiB before the
+length indexed) and the length of every line; for each token, the numbers of the lines
+holding it.  A token is a run of characters between ``SEPARATORS`` in a line's text as the
+connector's line test sees it (composed, lower case; URL-decoded too in ``combined`` logs;
+the JSON strings decoded in ``jsonl`` lines with an escape).  No line is stored.
 
-The index is only a prefilter.  A value sought is found in a line's text exactly when it is
-found within one of its tokens (it holds no separator), so the lines read are those with a
-token holding a value sought, the lines no token can answer for (too long to be an entry,
-or ``jsonl`` lines with an escape that are not JSON), and whatever the file gained since it
-was indexed; each then goes through the connector's own test and parser, as in a scan.
-A value holding a separator, or a file whose start no longer matches, is searched by the
-scan instead.  Files that are renamed or compressed whole are recognised by their
-fingerprint and kept; files gone lose their entries; a file that shrank or changed is
-indexed again.
+It is only a prefilter: a value without a separator is in a line's text exactly when it is
+within one of its tokens, so a lookup reads the lines with such a token, the lines no token
+answers for (``ALWAYS``) and what the file gained since; each goes through the connector's
+own test and parser, as in a scan.  Other values, and files not as indexed, are scanned.
 """
 
 from __future__ import annotations
@@ -45,13 +39,11 @@ from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines,
 from sarbot.connector import base_dir
 
 VERSION = "1"
+# Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
 SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|]+")
-"""Characters that split a line into tokens (rarely, if ever, within an address or a login;
-a value that holds one is searched by scanning)."""
-ALWAYS = ""
-"""The token of lines every lookup reads: too long to be an entry, or JSON lines with an
-escape that are not JSON."""
+ALWAYS = ""  # the token of lines too long to be an entry, or jsonl lines escaped but not JSON
 HEAD_BYTES = 4096
+Batch = tuple[list[int], dict[str, "array[int]"]]  # line lengths; line numbers by token
 BATCH_LINES = 100_000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -200,7 +192,8 @@ class LogIndex:
                 ).fetchone()
                 if before == stat:
                     return
-                if not _reaches(stream, size) or stream.seek(size) != size:  # it shrank
+                plain = not isinstance(stream, gzip.GzipFile)
+                if (plain and os.fstat(stream.fileno()).st_size < size) or stream.seek(size) < size:
                     self._drop(file_id)
                     file_id, size, number = None, 0, 0
                     stream.seek(0)
@@ -211,22 +204,16 @@ class LogIndex:
                 )
                 file_id = cursor.lastrowid
                 assert file_id is not None
-            for lengths, postings in _batches(stream, self.format):
-                self._store(file_id, number, size, lengths, postings)
-                size += sum(lengths)
-                number += len(lengths)
+            for batch in _batches(stream, self.format):
+                self._store(file_id, number, size, batch)
+                size += sum(batch[0])
+                number += len(batch[0])
             head = _fingerprint(stream, size)
         self.db.execute("UPDATE files SET head = ?, stat = ? WHERE id = ?", (head, stat, file_id))
 
-    def _store(
-        self,
-        file_id: int,
-        number: int,
-        size: int,
-        lengths: list[int],
-        postings: dict[str, array[int]],
-    ) -> None:
+    def _store(self, file_id: int, number: int, size: int, batch: Batch) -> None:
         """One batch of lines, in one transaction with the length indexed."""
+        lengths, postings = batch
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
             "INSERT OR IGNORE INTO tokens(token) VALUES (?)", ((t,) for t in postings)
@@ -331,14 +318,12 @@ def _line(chunk: bytes) -> str | None:
     return content.decode("utf-8", "replace").rstrip("\r\n")
 
 
-def _batches(
-    stream: BufferedIOBase, log_format: str
-) -> Iterator[tuple[list[int], dict[str, array[int]]]]:
+def _batches(stream: BufferedIOBase, log_format: str) -> Iterator[Batch]:
     """The lengths and tokens of the whole lines from the stream's position, in batches
     (line numbers counted from the batch's first); a last line without its newline is left
     for later, as it may still be being written."""
     lengths: list[int] = []
-    postings: dict[str, array[int]] = defaultdict(_numbers)
+    postings: dict[str, array[int]] = defaultdict(lambda: array("I"))
     while chunk := stream.readline(MAX_LINE_BYTES + 1):
         length = len(chunk)
         if not chunk.endswith(b"\n"):
@@ -359,13 +344,9 @@ def _batches(
             postings[token].append(len(lengths))
         if len(lengths) >= BATCH_LINES:
             yield lengths, postings
-            lengths, postings = [], defaultdict(_numbers)
+            lengths, postings = [], defaultdict(lambda: array("I"))
     if lengths:
         yield lengths, postings
-
-
-def _numbers() -> array[int]:
-    return array("I")
 
 
 def _pack(numbers: array[int], before: int) -> bytes:
@@ -407,22 +388,3 @@ def _fits(path: Path, head: bytes, size: int) -> bool:
 def _stat(path: Path) -> str:
     status = path.stat()
     return f"{status.st_size}:{status.st_mtime_ns}"
-
-
-def _reaches(stream: BufferedIOBase, size: int) -> bool:
-    """Whether the stream may be ``size`` bytes long or more (a plain file is; a gzip file
-    is read to there)."""
-    if isinstance(stream, gzip.GzipFile):
-        return True
-    return os.fstat(stream.fileno()).st_size >= size
-
-
-def open_index(folder: Path, label: str, log_format: str, paths: list[Path]) -> LogIndex:
-    """The source's index, brought up to date with its files."""
-    index = LogIndex(folder, label, log_format)
-    try:
-        index.update(paths)
-    except BaseException:
-        index.close()
-        raise
-    return index

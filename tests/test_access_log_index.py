@@ -26,7 +26,7 @@ from sarbot.connector import Identity, Record
 from sarbot.testing.identity import address, asked, login
 from tests.test_access_log_prefilter import FORMATS, IDENTITIES, TEMPLATES, log_line
 
-STEP = st.one_of(
+STEP: st.SearchStrategy[tuple[str, list[tuple[int, bytes]]]] = st.one_of(
     st.tuples(st.just("append"), st.lists(st.tuples(st.integers(0, 9), log_line()), max_size=8)),
     st.tuples(st.just("rotate"), st.just([])),
     st.tuples(st.just("delete"), st.just([])),
