@@ -38,13 +38,16 @@ from pydantic import BeforeValidator, ValidationInfo
 from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
 from sarbot.connector import base_dir
 
-VERSION = "1"
+VERSION = "2"
 # Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
 SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|]+")
+# Tokens of digits, dots, plus and minus signs only (numbers, IPv4 addresses, times) are not
+# kept: no value sought is made of these alone, or else it is searched by scanning.
+NUMERIC = re.compile(r"[0-9.+-]+")
 ALWAYS = ""  # the token of lines too long to be an entry, or jsonl lines escaped but not JSON
 HEAD_BYTES = 4096
 Batch = tuple[list[int], dict[str, "array[int]"]]  # line lengths; line numbers by token
-BATCH_LINES = 100_000
+BATCH_LINES = 250_000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files(
@@ -52,9 +55,8 @@ CREATE TABLE IF NOT EXISTS files(
     size INTEGER NOT NULL, lines INTEGER NOT NULL, stat TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS tokens(id INTEGER PRIMARY KEY, token TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS postings(token INTEGER NOT NULL, file INTEGER NOT NULL,
-    numbers BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS postings_token ON postings(token, file);
-CREATE INDEX IF NOT EXISTS postings_file ON postings(file);
+    first INTEGER NOT NULL, numbers BLOB NOT NULL, PRIMARY KEY (token, file, first))
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS batches(file INTEGER NOT NULL, first INTEGER NOT NULL,
     start INTEGER NOT NULL, lengths BLOB NOT NULL, PRIMARY KEY (file, first));
 """
@@ -75,7 +77,10 @@ IndexDir = Annotated[Path, BeforeValidator(_folder)]
 
 def answerable(needles: Iterable[str]) -> bool:
     """Whether tokens can answer for every value: none holds a separator."""
-    return all(needle and not SEPARATORS.search(needle) for needle in needles)
+    return all(
+        needle and not SEPARATORS.search(needle) and not NUMERIC.fullmatch(needle)
+        for needle in needles
+    )
 
 
 def normal(text: str) -> str:
@@ -214,14 +219,16 @@ class LogIndex:
     def _store(self, file_id: int, number: int, size: int, batch: Batch) -> None:
         """One batch of lines, in one transaction with the length indexed."""
         lengths, postings = batch
+        for token in [t for t in postings if NUMERIC.fullmatch(t)]:
+            del postings[token]
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
             "INSERT OR IGNORE INTO tokens(token) VALUES (?)", ((t,) for t in postings)
         )
         ids = self._ids(list(postings))
         self.db.executemany(
-            "INSERT INTO postings VALUES (?, ?, ?)",
-            ((ids[token], file_id, _pack(numbers, number)) for token, numbers in postings.items()),
+            "INSERT INTO postings VALUES (?, ?, ?, ?)",
+            ((ids[t], file_id, number, _pack(numbers)) for t, numbers in postings.items()),
         )
         self.db.execute(
             "INSERT INTO batches VALUES (?, ?, ?, ?)",
@@ -261,11 +268,12 @@ class LogIndex:
             return None
         self._want(needles)
         numbers: set[int] = set()
-        for (packed,) in self.db.execute(
-            "SELECT numbers FROM postings WHERE file = ? AND token IN (SELECT id FROM wanted)",
+        for before, packed in self.db.execute(
+            "SELECT first, numbers FROM postings"
+            " WHERE token IN (SELECT id FROM wanted) AND file = ?",
             (file_id,),
         ):
-            numbers.update(_unpack(packed))
+            numbers.update(_unpack(packed, before))
         return self._read(stream, path, file_id, sorted(numbers), (size, count), prefilter)
 
     def _want(self, needles: set[str]) -> None:
@@ -349,16 +357,17 @@ def _batches(stream: BufferedIOBase, log_format: str) -> Iterator[Batch]:
         yield lengths, postings
 
 
-def _pack(numbers: array[int], before: int) -> bytes:
-    """Line numbers (counted from a batch's first) as their differences, compressed."""
+def _pack(numbers: array[int]) -> bytes:
+    """Line numbers (counted from a batch's first) as their differences, compressed when
+    that pays (the first byte says which)."""
     deltas = array("I", (b - a for a, b in zip([0, *numbers], numbers, strict=False)))
-    return zlib.compress(array("Q", [before]).tobytes() + deltas.tobytes(), 1)
+    raw = deltas.tobytes()
+    return b"z" + zlib.compress(raw, 1) if len(raw) > 32 else b"r" + raw
 
 
-def _unpack(packed: bytes) -> list[int]:
-    data = zlib.decompress(packed)
-    before = array("Q", data[:8])[0]
-    return list(accumulate(array("I", data[8:]), initial=before))[1:]
+def _unpack(packed: bytes, before: int) -> list[int]:
+    raw = zlib.decompress(packed[1:]) if packed[:1] == b"z" else packed[1:]
+    return list(accumulate(array("I", raw), initial=before))[1:]
 
 
 def _fingerprint(stream: BufferedIOBase, size: int) -> bytes:
