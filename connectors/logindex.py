@@ -1,16 +1,10 @@
-"""The optional index of the ``access_log`` connector: which lines of a log hold which tokens.
+"""The optional index of the ``access_log`` connector (docs/connectors/access_log.md).
 
-One SQLite file per log source in its ``index_dir`` (folder 0700, files 0600): for each log
-file its path, fingerprint (hashes of its first 4 KiB of text and of the 4 KiB before the
-length indexed) and the length of every line; for each token, the numbers of the lines
-holding it.  A token is a run of characters between ``SEPARATORS`` in a line's text as the
-connector's line test sees it (composed, lower case; URL-decoded too in ``combined`` logs;
-the JSON strings decoded in ``jsonl`` lines with an escape).  No line is stored.
-
-It is only a prefilter: a value without a separator is in a line's text exactly when it is
-within one of its tokens, so a lookup reads the lines with such a token, the lines no token
-answers for (``ALWAYS``) and what the file gained since; each goes through the connector's
-own test and parser, as in a scan.  Other values, and files not as indexed, are scanned.
+One SQLite file per log source (folder 0700, files 0600): per log file its path, fingerprint
+and line lengths; per token, the numbers of the lines holding it.  A token is a run between
+``SEPARATORS`` of a line's text as the connector's line test sees it.  No line is stored.
+Only a prefilter: a value without a separator is in a text exactly when it is within one of
+its tokens; the lines read go through the connector's own test and parser, as in a scan.
 """
 
 from __future__ import annotations
@@ -38,7 +32,7 @@ from pydantic import BeforeValidator, ValidationInfo
 from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
 from sarbot.connector import base_dir
 
-VERSION = "2"
+VERSION = "3"
 # Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
 SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|]+")
 # Tokens of digits, dots, plus and minus signs only (numbers, IPv4 addresses, times) are not
@@ -52,7 +46,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files(
     id INTEGER PRIMARY KEY, path TEXT NOT NULL, head BLOB NOT NULL,
-    size INTEGER NOT NULL, lines INTEGER NOT NULL, stat TEXT NOT NULL DEFAULT '');
+    size INTEGER NOT NULL, lines INTEGER NOT NULL, stat TEXT NOT NULL DEFAULT '',
+    end_ INTEGER NOT NULL DEFAULT -1);
 CREATE TABLE IF NOT EXISTS tokens(id INTEGER PRIMARY KEY, token TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS postings(token INTEGER NOT NULL, file INTEGER NOT NULL,
     first INTEGER NOT NULL, numbers BLOB NOT NULL, PRIMARY KEY (token, file, first))
@@ -142,16 +137,14 @@ class LogIndex:
         self.db.executescript(SCHEMA)
         wanted = {"version": VERSION, "format": log_format}
         if dict(self.db.execute("SELECT key, value FROM meta").fetchall()) != wanted:
-            self._clear()
+            for table in ("meta", "files", "tokens", "postings", "batches"):
+                self.db.execute(f"DROP TABLE {table}")  # names above, not input
+            self.db.executescript(SCHEMA)
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", wanted.items())
 
     def close(self) -> None:
         self.db.close()
         os.close(self._lock)
-
-    def _clear(self) -> None:
-        for table in ("meta", "files", "tokens", "postings", "batches"):
-            self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (names above, not input)
 
     # --- keeping the index up to date ----------------------------------------------------
 
@@ -213,8 +206,11 @@ class LogIndex:
                 self._store(file_id, number, size, batch)
                 size += sum(batch[0])
                 number += len(batch[0])
+            end = stream.tell()  # past a last line without its newline
             head = _fingerprint(stream, size)
-        self.db.execute("UPDATE files SET head = ?, stat = ? WHERE id = ?", (head, stat, file_id))
+        self.db.execute(
+            "UPDATE files SET head = ?, stat = ?, end_ = ? WHERE id = ?", (head, stat, end, file_id)
+        )
 
     def _store(self, file_id: int, number: int, size: int, batch: Batch) -> None:
         """One batch of lines, in one transaction with the length indexed."""
@@ -257,11 +253,13 @@ class LogIndex:
         """The numbered lines of one file that a scan's prefilter could hand on for these
         values (and maybe others), or None when the index cannot answer for the file."""
         row = self.db.execute(
-            "SELECT id, head, size, lines FROM files WHERE path = ?", (str(path),)
+            "SELECT id, head, size, lines, stat, end_ FROM files WHERE path = ?", (str(path),)
         ).fetchone()
         if row is None or not answerable(needles):
             return None
-        file_id, head, size, count = row
+        file_id, head, size, count, stat, end = row
+        # Unchanged since indexed, to its end: nothing to read past the lines indexed.
+        count = -1 if end == size and stat == _stat(path) else count
         fingerprint = _fingerprint(stream, size)
         stream.seek(0)
         if not fingerprint or fingerprint != head[: len(fingerprint)]:
@@ -313,6 +311,8 @@ class LogIndex:
                 yield number, _line(stream.readline(MAX_LINE_BYTES + 1))
                 at += 1
         size, count = indexed
+        if count < 0:
+            return
         stream.seek(size)  # what the file gained since
         for number, line in candidate_lines(stream, path, prefilter):
             yield number + count, line
