@@ -17,6 +17,7 @@ import glob
 import ipaddress
 import os
 import re
+import sqlite3
 import unicodedata
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
@@ -180,7 +181,7 @@ class AccessLogConnector:
         for source in self.settings.sources:
             shown = {OWN: 0, VISIT: 0}
             files = _files_of(source)
-            with _index(source, files) as index:
+            with _index(self.name, source, files) as index:
                 for path in files:
                     if min(shown.values()) > limit:
                         break
@@ -383,11 +384,15 @@ def _files_of(source: LogSource) -> list[Path]:
 
 
 @contextmanager
-def _index(source: LogSource, files: list[Path]) -> Iterator[LogIndex | None]:
+def _index(name: str, source: LogSource, files: list[Path]) -> Iterator[LogIndex | None]:
     """The source's index brought up to date, if it has one; None if not."""
     if source.index_dir is None:
         yield None
         return
-    with closing(LogIndex(source.index_dir, source.label, source.format)) as index:
-        index.update(files)
-        yield index
+    try:
+        with closing(LogIndex(source.index_dir, f"{name}/{source.label}", source.format)) as index:
+            index.update(files)
+            yield index
+    except (OSError, sqlite3.Error) as exc:
+        what = f"access log source '{source.label}': its index in {source.index_dir}"
+        raise ConnectorError(f"{what} cannot be kept up to date or read: {exc}") from None

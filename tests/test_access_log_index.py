@@ -23,6 +23,7 @@ from connectors.logindex import LogIndex, tokens_of
 from connectors.logscan import open_log
 from sarbot.config import validate
 from sarbot.connector import Identity, Record
+from sarbot.errors import ConnectorError
 from sarbot.testing.identity import address, asked, login
 from tests.test_access_log_prefilter import FORMATS, IDENTITIES, TEMPLATES, log_line
 
@@ -190,7 +191,7 @@ def test_the_index_is_private_follows_the_files_and_keeps_no_line(tmp_path: Path
     made = list(folder.iterdir())
     assert made
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in made)
-    (database,) = [p for p in made if p.suffix == ".sqlite" and p.name.startswith("B")]
+    (database,) = [p for p in made if p.suffix == ".sqlite" and p.name.startswith("logs_B")]
     stored = database.read_bytes()
     assert b"zebedee" in stored  # a token: the index holds personal data
     assert b"Zebedee" not in stored and b"canary phrase kept" not in stored  # never a line
@@ -259,3 +260,30 @@ def test_a_rotated_compressed_log_keeps_its_entries(tmp_path: Path) -> None:
         kept = db.execute("SELECT id, path FROM files").fetchall()
     db.close()
     assert kept == [(first[0], str(tmp_path / "auth.log.2.gz"))]
+
+
+def test_an_index_that_cannot_be_kept_fails_the_collection(tmp_path: Path) -> None:
+    """A folder that cannot be made is an error naming the source, not a silent scan."""
+    (tmp_path / "auth.log").write_text(AUTH.format(n=1, user="asmith") + "\n")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    sources = [{"paths": ["auth.log"], "format": "auth", "label": "auth", "index_dir": "taken/ix"}]
+    checked = validate({"sources": sources}, AccessLogSettings, source="t", base_dir=tmp_path)
+    assert isinstance(checked, AccessLogSettings)
+    connector = AccessLogConnector("logs", checked)
+    with pytest.raises(ConnectorError, match=r"source 'auth': its index in .*taken/ix cannot"):
+        list(connector.collect(asked(login("asmith", "access_log:logs/auth"))))
+
+
+def test_an_index_of_another_format_or_version_is_rebuilt(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text('{"user": "asmith"}\n')
+    for fmt in ("jsonl", "auth", "jsonl"):
+        index = LogIndex(tmp_path / "ix", "x", fmt)
+        try:
+            index.update([log])
+            assert index.db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
+                fmt,
+            )
+            assert index.db.execute("SELECT count(*) FROM files").fetchone() == (1,)
+        finally:
+            index.close()
