@@ -20,9 +20,10 @@ import zlib
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from io import BufferedIOBase
 from itertools import accumulate
-from json import loads
+from json import dumps, loads
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
@@ -30,7 +31,7 @@ from urllib.parse import unquote_plus
 from pydantic import BeforeValidator, ValidationInfo
 
 from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
-from sarbot.connector import base_dir
+from sarbot.connector import ConnectorError, base_dir
 
 VERSION = "3"
 # Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
@@ -106,13 +107,11 @@ def tokens_of(line: str, log_format: str) -> set[str]:
 
 def _strings(value: Any) -> Iterator[str]:
     """Every key, string and integer in a decoded JSON value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         yield str(value)
     elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
+        yield from value
+        for item in value.values():
             yield from _strings(item)
     elif isinstance(value, list):
         for item in value:
@@ -146,8 +145,6 @@ class LogIndex:
         self.db.close()
         os.close(self._lock)
 
-    # --- keeping the index up to date ----------------------------------------------------
-
     def update(self, paths: list[Path]) -> None:
         """Index what each file gained, keep renamed or compressed files, drop gone ones."""
         rows = self.db.execute("SELECT id, path, head, size FROM files").fetchall()
@@ -173,7 +170,8 @@ class LogIndex:
         if orphans:
             self.db.execute("DELETE FROM tokens WHERE id NOT IN (SELECT token FROM postings)")
         for path in paths:
-            self._index(path, kept.get(path))
+            with _reading(path):
+                self._index(path, kept.get(path))
 
     def _drop(self, file_id: int) -> None:
         for table, key in (("postings", "file"), ("batches", "file"), ("files", "id")):
@@ -237,15 +235,8 @@ class LogIndex:
         self.db.execute("COMMIT")
 
     def _ids(self, tokens: list[str]) -> dict[str, int]:
-        ids: dict[str, int] = {}
-        for at in range(0, len(tokens), 500):
-            part = tokens[at : at + 500]
-            marks = ",".join("?" * len(part))
-            query = f"SELECT token, id FROM tokens WHERE token IN ({marks})"  # noqa: S608
-            ids.update(self.db.execute(query, part).fetchall())
-        return ids
-
-    # --- lookups ---------------------------------------------------------------------------
+        query = "SELECT token, id FROM tokens WHERE token IN (SELECT value FROM json_each(?))"
+        return dict(self.db.execute(query, (dumps(tokens),)).fetchall())
 
     def lines(
         self, stream: BufferedIOBase, path: Path, needles: set[str], prefilter: Prefilter
@@ -272,11 +263,13 @@ class LogIndex:
             (file_id,),
         ):
             numbers.update(_unpack(packed, before))
-        return self._read(stream, path, file_id, sorted(numbers), (size, count), prefilter)
+        batches = self.db.execute(
+            "SELECT first, start, lengths FROM batches WHERE file = ? ORDER BY first", (file_id,)
+        ).fetchall()
+        return _read(stream, path, batches, sorted(numbers), (size, count), prefilter)
 
     def _want(self, needles: set[str]) -> None:
-        """Put the tokens that hold one of the values (and the token of lines always read)
-        in the table ``wanted``, once per set of values."""
+        """Put the tokens holding a value, and ``ALWAYS``, in the table ``wanted``."""
         if self._wanted == needles:
             return
         self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(id INTEGER PRIMARY KEY)")
@@ -286,19 +279,19 @@ class LogIndex:
         self.db.execute(query, sorted(needles))
         self._wanted = set(needles)
 
-    def _read(
-        self,
-        stream: BufferedIOBase,
-        path: Path,
-        file_id: int,
-        numbers: list[int],
-        indexed: tuple[int, int],
-        prefilter: Prefilter,
-    ) -> Iterator[Line]:
-        batches = self.db.execute(
-            "SELECT first, start, lengths FROM batches WHERE file = ? ORDER BY first", (file_id,)
-        ).fetchall()
-        at = 0
+
+def _read(
+    stream: BufferedIOBase,
+    path: Path,
+    batches: list[Any],
+    numbers: list[int],
+    indexed: tuple[int, int],
+    prefilter: Prefilter,
+) -> Iterator[Line]:
+    """The lines numbered, read where they start; then what the file gained since (unless
+    ``indexed`` says nothing: a line count of -1)."""
+    at = 0
+    with _reading(path):
         for first, start, packed in batches:
             lengths = array("Q", zlib.decompress(packed))
             end = first + len(lengths)
@@ -306,16 +299,22 @@ class LogIndex:
                 continue
             offsets = list(accumulate(lengths, initial=start))
             while at < len(numbers) and numbers[at] < end:
-                number = numbers[at]
-                stream.seek(offsets[number - first])
-                yield number, _line(stream.readline(MAX_LINE_BYTES + 1))
+                stream.seek(offsets[numbers[at] - first])
+                yield numbers[at], _line(stream.readline(MAX_LINE_BYTES + 1))
                 at += 1
-        size, count = indexed
-        if count < 0:
-            return
-        stream.seek(size)  # what the file gained since
+    size, count = indexed
+    if count >= 0:
+        stream.seek(size)
         for number, line in candidate_lines(stream, path, prefilter):
             yield number + count, line
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ConnectorError(f"{path}: cannot be read (damaged or truncated data)") from exc
 
 
 def _line(chunk: bytes) -> str | None:

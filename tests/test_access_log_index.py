@@ -287,3 +287,18 @@ def test_an_index_of_another_format_or_version_is_rebuilt(tmp_path: Path) -> Non
             assert index.db.execute("SELECT count(*) FROM files").fetchone() == (1,)
         finally:
             index.close()
+
+
+def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path) -> None:
+    """Damage found while indexing fails the collection with the file named, as a scan does."""
+    good = "".join(AUTH.format(n=n % 10, user=f"user{n}") + "\n" for n in range(50_000))
+    data = gzip.compress(good.encode())
+    (tmp_path / "auth.log.2.gz").write_bytes(data[:-4] + b"\0\0\0\0")  # a wrong length
+    identity = asked(login("asmith", "access_log:logs/auth"))
+    for index in ({}, {"index_dir": "ix"}):
+        source = {"paths": ["auth.log*"], "format": "auth", "label": "auth", **index}
+        raw = {"sources": [source]}
+        checked = validate(raw, AccessLogSettings, source="t", base_dir=tmp_path)
+        assert isinstance(checked, AccessLogSettings)
+        with pytest.raises(ConnectorError, match=r"auth\.log\.2\.gz: cannot be read"):
+            list(AccessLogConnector("logs", checked).collect(identity))
