@@ -133,6 +133,7 @@ class LogIndex:
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # one collection updates an index at a time
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA secure_delete = ON")  # entries deleted are overwritten
         self.db.executescript(SCHEMA)
         wanted = {"version": VERSION, "format": log_format}
         if dict(self.db.execute("SELECT key, value FROM meta").fetchall()) != wanted:

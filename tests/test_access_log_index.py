@@ -205,6 +205,7 @@ def test_the_index_is_private_follows_the_files_and_keeps_no_line(tmp_path: Path
         assert db.execute("SELECT count(*) FROM postings").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM tokens").fetchone() == (0,)
     db.close()
+    assert b"zebedee" not in database.read_bytes()  # overwritten, not only unlinked
 
 
 def lookalike_logs_without_b(folder: Path) -> AccessLogConnector:
