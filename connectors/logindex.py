@@ -20,7 +20,7 @@ import zlib
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from io import BufferedIOBase
 from itertools import accumulate
 from json import dumps, loads
@@ -30,8 +30,18 @@ from urllib.parse import unquote_plus
 
 from pydantic import BeforeValidator, ValidationInfo
 
-from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
-from sarbot.connector import ConnectorError, base_dir
+from connectors.logread import (
+    Plan,
+    checked,
+    compressed,
+    fingerprint,
+    fits,
+    prefetched,
+    read,
+    reading,
+)
+from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, open_log
+from sarbot.connector import base_dir
 
 VERSION = "3"
 # Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
@@ -40,7 +50,6 @@ SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|]+")
 # kept: no value sought is made of these alone, or else it is searched by scanning.
 NUMERIC = re.compile(r"[0-9.+-]+")
 ALWAYS = ""  # the token of lines too long to be an entry, or jsonl lines escaped but not JSON
-HEAD_BYTES = 4096
 Batch = tuple[list[int], dict[str, "array[int]"]]  # line lengths; line numbers by token
 BATCH_LINES = 250_000
 SCHEMA = """
@@ -129,6 +138,10 @@ class LogIndex:
         self.path = folder / f"{stem}-{digest}.sqlite"
         self.format = log_format
         self._wanted: set[str] | None = None
+        self._paths: list[Path] = []
+        self._ahead: set[str] | None = None
+        self._jobs: dict[Path, Future[list[Line] | None]] = {}
+        self._pool = ThreadPoolExecutor(max(1, min(3, (os.cpu_count() or 2) - 1)))
         self._lock = os.open(folder / f"{stem}-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # one collection updates an index at a time
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -143,17 +156,19 @@ class LogIndex:
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", wanted.items())
 
     def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
         self.db.close()
         os.close(self._lock)
 
     def update(self, paths: list[Path]) -> None:
         """Index what each file gained, keep renamed or compressed files, drop gone ones."""
+        self._paths = list(paths)
         rows = self.db.execute("SELECT id, path, head, size FROM files").fetchall()
         kept: dict[Path, int] = {}
         orphans: dict[int, tuple[bytes, int]] = {}
         for file_id, name, head, size in rows:
             path = Path(name)
-            if path in paths and path not in kept and _fits(path, head, size):
+            if path in paths and path not in kept and fits(path, head, size):
                 kept[path] = file_id
             else:
                 orphans[file_id] = (head, size)
@@ -161,7 +176,7 @@ class LogIndex:
             if path in kept:
                 continue
             for file_id, (head, size) in orphans.items():
-                if _fits(path, head, size):
+                if fits(path, head, size):
                     kept[path] = file_id
                     del orphans[file_id]
                     self.db.execute("UPDATE files SET path = ? WHERE id = ?", (str(path), file_id))
@@ -171,7 +186,7 @@ class LogIndex:
         if orphans:
             self.db.execute("DELETE FROM tokens WHERE id NOT IN (SELECT token FROM postings)")
         for path in paths:
-            with _reading(path):
+            with reading(path):
                 self._index(path, kept.get(path))
 
     def _drop(self, file_id: int) -> None:
@@ -206,7 +221,7 @@ class LogIndex:
                 size += sum(batch[0])
                 number += len(batch[0])
             end = stream.tell()  # past a last line without its newline
-            head = _fingerprint(stream, size)
+            head = fingerprint(stream, size)
         self.db.execute(
             "UPDATE files SET head = ?, stat = ?, end_ = ? WHERE id = ?", (head, stat, end, file_id)
         )
@@ -244,18 +259,34 @@ class LogIndex:
     ) -> Iterator[Line] | None:
         """The numbered lines of one file that a scan's prefilter could hand on for these
         values (and maybe others), or None when the index cannot answer for the file."""
+        plan = self._plan(path, needles) if answerable(needles) else None
+        job = self._jobs.pop(path, None)
+        if plan is None:
+            return None
+        if job is not None and not job.cancel():  # read ahead (or being read)
+            found = job.result()
+            return None if found is None else iter(found)
+        if not checked(stream, plan):
+            return None
+        if self._ahead != needles and path in self._paths:  # read compressed files ahead
+            self._ahead = set(needles)
+            later = self._paths[self._paths.index(path) + 1 :]
+            plans = [(p, self._plan(p, needles)) for p in later]
+            for later_path, later_plan in reversed(plans):
+                if later_plan and later_plan.numbers and compressed(later_plan.head):
+                    job = self._pool.submit(prefetched, later_path, later_plan, prefilter)
+                    self._jobs[later_path] = job
+        return read(stream, path, plan, prefilter)
+
+    def _plan(self, path: Path, needles: set[str]) -> Plan | None:
         row = self.db.execute(
             "SELECT id, head, size, lines, stat, end_ FROM files WHERE path = ?", (str(path),)
         ).fetchone()
-        if row is None or not answerable(needles):
+        if row is None:
             return None
         file_id, head, size, count, stat, end = row
         # Unchanged since indexed, to its end: nothing to read past the lines indexed.
         count = -1 if end == size and stat == _stat(path) else count
-        fingerprint = _fingerprint(stream, size)
-        stream.seek(0)
-        if not fingerprint or fingerprint != head[: len(fingerprint)]:
-            return None
         self._want(needles)
         numbers: set[int] = set()
         for before, packed in self.db.execute(
@@ -265,9 +296,10 @@ class LogIndex:
         ):
             numbers.update(_unpack(packed, before))
         batches = self.db.execute(
-            "SELECT first, start, lengths FROM batches WHERE file = ? ORDER BY first", (file_id,)
+            "SELECT first, start, lengths FROM batches WHERE file = ? AND ? ORDER BY first",
+            (file_id, bool(numbers)),
         ).fetchall()
-        return _read(stream, path, batches, sorted(numbers), (size, count), prefilter)
+        return Plan(head, size, count, batches, sorted(numbers))
 
     def _want(self, needles: set[str]) -> None:
         """Put the tokens holding a value, and ``ALWAYS``, in the table ``wanted``."""
@@ -279,51 +311,6 @@ class LogIndex:
         query = f"INSERT INTO wanted SELECT id FROM tokens WHERE {tests}"  # noqa: S608
         self.db.execute(query, sorted(needles))
         self._wanted = set(needles)
-
-
-def _read(
-    stream: BufferedIOBase,
-    path: Path,
-    batches: list[Any],
-    numbers: list[int],
-    indexed: tuple[int, int],
-    prefilter: Prefilter,
-) -> Iterator[Line]:
-    """The lines numbered, read where they start; then what the file gained since (unless
-    ``indexed`` says nothing: a line count of -1)."""
-    at = 0
-    with _reading(path):
-        for first, start, packed in batches:
-            lengths = array("Q", zlib.decompress(packed))
-            end = first + len(lengths)
-            if at >= len(numbers) or numbers[at] >= end:
-                continue
-            offsets = list(accumulate(lengths, initial=start))
-            while at < len(numbers) and numbers[at] < end:
-                stream.seek(offsets[numbers[at] - first])
-                yield numbers[at], _line(stream.readline(MAX_LINE_BYTES + 1))
-                at += 1
-    size, count = indexed
-    if count >= 0:
-        stream.seek(size)
-        for number, line in candidate_lines(stream, path, prefilter):
-            yield number + count, line
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ConnectorError(f"{path}: cannot be read (damaged or truncated data)") from exc
-
-
-def _line(chunk: bytes) -> str | None:
-    """One line read back, as a scan hands it on."""
-    content = chunk[:-1] if chunk.endswith(b"\n") else chunk
-    if len(content) >= MAX_LINE_BYTES:
-        return None
-    return content.decode("utf-8", "replace").rstrip("\r\n")
 
 
 def _batches(stream: BufferedIOBase, log_format: str) -> Iterator[Batch]:
@@ -368,30 +355,6 @@ def _pack(numbers: array[int]) -> bytes:
 def _unpack(packed: bytes, before: int) -> list[int]:
     raw = zlib.decompress(packed[1:]) if packed[:1] == b"z" else packed[1:]
     return list(accumulate(array("I", raw), initial=before))[1:]
-
-
-def _fingerprint(stream: BufferedIOBase, size: int) -> bytes:
-    """A hash of the text's first 4 KiB (or ``size`` bytes), and for a plain file of the
-    4 KiB before ``size`` too; empty if the file is shorter than ``size``."""
-    stream.seek(0)
-    cut = min(size, HEAD_BYTES)
-    head = stream.read(cut)
-    if len(head) < cut:
-        return b""
-    if isinstance(stream, gzip.GzipFile):  # read only as far as needed: rotated, never rewritten
-        return hashlib.sha256(head).digest()
-    stream.seek(size - cut)
-    tail = stream.read(cut)
-    if len(tail) < cut:
-        return b""
-    return hashlib.sha256(head).digest() + hashlib.sha256(tail).digest()
-
-
-def _fits(path: Path, head: bytes, size: int) -> bool:
-    """Whether the file may be the one indexed up to ``size`` with the fingerprint ``head``."""
-    with open_log(path) as stream:
-        fingerprint = _fingerprint(stream, size)
-    return bool(fingerprint) and fingerprint == head[: len(fingerprint)]
 
 
 def _stat(path: Path) -> str:

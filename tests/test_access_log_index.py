@@ -303,3 +303,28 @@ def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path) -> 
         assert isinstance(checked, AccessLogSettings)
         with pytest.raises(ConnectorError, match=r"auth\.log\.2\.gz: cannot be read"):
             list(AccessLogConnector("logs", checked).collect(identity))
+
+
+def test_compressed_files_read_ahead_give_what_a_scan_gives(tmp_path: Path) -> None:
+    """Several compressed rotations, read ahead while the live log is read: the same records,
+    in the same order, as scanning them, however many are needed."""
+
+    def lines(first: int) -> bytes:
+        users = ("asmith", "basmith", "user1", "ASMITH")
+        text = (AUTH.format(n=n % 10, user=users[n % 4]) + "\n" for n in range(first, first + 400))
+        return "".join(text).encode()
+
+    (tmp_path / "auth.log").write_bytes(lines(0))
+    for rotation in range(1, 5):
+        (tmp_path / f"auth.log.{rotation}.gz").write_bytes(gzip.compress(lines(rotation * 400)))
+    identity = asked(login("asmith", "access_log:logs/auth"))
+    for limit in (10_000, 250, 30):
+        found = []
+        for index in ({}, {"index_dir": "ix"}):
+            source = {"paths": ["auth.log*"], "format": "auth", "label": "auth", **index}
+            raw = {"sources": [source], "max_records": limit}
+            checked = validate(raw, AccessLogSettings, source="t", base_dir=tmp_path)
+            assert isinstance(checked, AccessLogSettings)
+            found.append(list(AccessLogConnector("logs", checked).collect(identity)))
+        assert found[0] == found[1]
+        assert len(found[1]) == min(limit, 1000)
