@@ -259,14 +259,12 @@ class LogIndex:
     ) -> Iterator[Line] | None:
         """The numbered lines of one file that a scan's prefilter could hand on for these
         values (and maybe others), or None when the index cannot answer for the file."""
-        plan = self._plan(path, needles) if answerable(needles) else None
         job = self._jobs.pop(path, None)
-        if plan is None:
-            return None
         if job is not None and not job.cancel():  # read ahead (or being read)
             found = job.result()
             return None if found is None else iter(found)
-        if not checked(stream, plan):
+        plan = self._plan(path, needles) if answerable(needles) else None
+        if plan is None or not checked(stream, plan):
             return None
         if self._ahead != needles and path in self._paths:  # read compressed files ahead
             self._ahead = set(needles)

@@ -56,7 +56,7 @@ def read(stream: BufferedIOBase, path: Path, plan: Plan, prefilter: Prefilter) -
                 continue
             offsets = list(accumulate(lengths, initial=start))
             while at < len(numbers) and numbers[at] < end:
-                stream.seek(offsets[numbers[at] - first])
+                _seek(stream, offsets[numbers[at] - first])
                 yield numbers[at], _line(stream.readline(MAX_LINE_BYTES + 1))
                 at += 1
     if plan.indexed >= 0:
@@ -79,6 +79,15 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ConnectorError(f"{path}: cannot be read (damaged or truncated data)") from exc
+
+
+def _seek(stream: BufferedIOBase, offset: int) -> None:
+    """Go to ``offset``: in a gzip file forward, inflating in large reads (faster than its
+    ``seek``, which reads 8 KiB at a time)."""
+    if isinstance(stream, gzip.GzipFile):
+        while (ahead := offset - stream.tell()) > 0 and stream.read(min(ahead, 1 << 20)):
+            pass
+    stream.seek(offset)
 
 
 def _line(chunk: bytes) -> str | None:
