@@ -17,10 +17,9 @@ import glob
 import ipaddress
 import os
 import re
-import sqlite3
 import unicodedata
 from collections.abc import Generator, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import replace
 from datetime import datetime
 from io import BufferedIOBase
@@ -40,7 +39,7 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
-from connectors.logindex import IndexDir, LogIndex
+from connectors.logindex import IndexDir, LogIndex, opened
 from connectors.logscan import Prefilter, candidate_lines, open_log, read_blocks
 from sarbot.connector import (
     EMAIL,
@@ -177,12 +176,16 @@ class AccessLogConnector:
         lines and as many of its visits to links carrying the address: each source is read
         whatever the others hold, and visits anyone can make cannot crowd out the person's
         own entries."""
-        limit = self.settings.max_records
-        for source in self.settings.sources:
-            shown = {OWN: 0, VISIT: 0}
-            files = _files_of(source)
-            with _index(self.name, source, files) as index:
-                for path in files:
+        limit, sources = self.settings.max_records, self.settings.sources
+        files = [_files_of(source) for source in sources]
+        where = [(s.label, s.format, s.index_dir, f) for s, f in zip(sources, files, strict=True)]
+        with opened(self.name, where) as indexes:
+            for source, index in reversed(list(zip(sources, indexes, strict=True))):
+                if index is not None:  # compressed files read ahead, the last first
+                    index.start(matcher.needles, matcher.prefilter(source.format))
+            for source, paths, index in zip(sources, files, indexes, strict=True):
+                shown = {OWN: 0, VISIT: 0}
+                for path in paths:
                     if min(shown.values()) > limit:
                         break
                     unreadable = yield from self._scan(matcher, source, path, shown, index)
@@ -191,12 +194,12 @@ class AccessLogConnector:
                             f"{unreadable} line(s) of {path} that could concern you could not "
                             f"be read as {source.format} log lines and were not searched."
                         )
-            for kind, count in shown.items():
-                if count > limit:
-                    notes.append(
-                        f"More {kind} in {source.label} match than the {limit} shown here; "
-                        "the search of them stopped at that limit."
-                    )
+                for kind, count in shown.items():
+                    if count > limit:
+                        notes.append(
+                            f"More {kind} in {source.label} match than the {limit} shown "
+                            "here; the search of them stopped at that limit."
+                        )
 
     def _scan(
         self,
@@ -381,18 +384,3 @@ def _files_of(source: LogSource) -> list[Path]:
             f"access log source '{source.label}': no file matches {', '.join(source.paths)}"
         )
     return files
-
-
-@contextmanager
-def _index(name: str, source: LogSource, files: list[Path]) -> Iterator[LogIndex | None]:
-    """The source's index brought up to date, if it has one; None if not."""
-    if source.index_dir is None:
-        yield None
-        return
-    try:
-        with closing(LogIndex(source.index_dir, f"{name}/{source.label}", source.format)) as index:
-            index.update(files)
-            yield index
-    except (OSError, sqlite3.Error) as exc:
-        what = f"access log source '{source.label}': its index in {source.index_dir}"
-        raise ConnectorError(f"{what} cannot be kept up to date or read: {exc}") from None

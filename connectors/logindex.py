@@ -19,8 +19,9 @@ import unicodedata
 import zlib
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing, contextmanager
 from io import BufferedIOBase
 from itertools import accumulate
 from json import dumps, loads
@@ -33,7 +34,6 @@ from pydantic import BeforeValidator, ValidationInfo
 from connectors.logread import (
     Plan,
     checked,
-    compressed,
     fingerprint,
     fits,
     prefetched,
@@ -41,7 +41,7 @@ from connectors.logread import (
     reading,
 )
 from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, open_log
-from sarbot.connector import base_dir
+from sarbot.connector import ConnectorError, base_dir
 
 VERSION = "3"
 # Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
@@ -130,7 +130,9 @@ def _strings(value: Any) -> Iterator[str]:
 class LogIndex:
     """The index of one log source, open for updates and lookups."""
 
-    def __init__(self, folder: Path, label: str, log_format: str) -> None:
+    def __init__(
+        self, folder: Path, label: str, log_format: str, pool: ThreadPoolExecutor | None = None
+    ) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.chmod(0o700)
         stem = re.sub(r"[^A-Za-z0-9_-]+", "_", label)[:40]
@@ -139,9 +141,8 @@ class LogIndex:
         self.format = log_format
         self._wanted: set[str] | None = None
         self._paths: list[Path] = []
-        self._ahead: set[str] | None = None
         self._jobs: dict[Path, Future[list[Line] | None]] = {}
-        self._pool = ThreadPoolExecutor(max(1, min(3, (os.cpu_count() or 2) - 1)))
+        self._pool = pool
         self._lock = os.open(folder / f"{stem}-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # one collection updates an index at a time
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -156,7 +157,8 @@ class LogIndex:
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", wanted.items())
 
     def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
+        for job in self._jobs.values():
+            job.cancel()
         self.db.close()
         os.close(self._lock)
 
@@ -266,15 +268,18 @@ class LogIndex:
         plan = self._plan(path, needles) if answerable(needles) else None
         if plan is None or not checked(stream, plan):
             return None
-        if self._ahead != needles and path in self._paths:  # read compressed files ahead
-            self._ahead = set(needles)
-            later = self._paths[self._paths.index(path) + 1 :]
-            plans = [(p, self._plan(p, needles)) for p in later]
-            for later_path, later_plan in reversed(plans):
-                if later_plan and later_plan.numbers and compressed(later_plan.head):
-                    job = self._pool.submit(prefetched, later_path, later_plan, prefilter)
-                    self._jobs[later_path] = job
         return read(stream, path, plan, prefilter)
+
+    def start(self, needles: set[str], prefilter: Prefilter) -> None:
+        """Have the compressed files with lines to read read ahead, the last first."""
+        if self._pool is None or not answerable(needles):
+            return
+        query = "SELECT path FROM files WHERE length(head) = 32"  # a gzip file's: one hash
+        packed = {Path(name) for (name,) in self.db.execute(query)}
+        for path in reversed(self._paths):
+            plan = self._plan(path, needles) if path in packed else None
+            if plan and plan.numbers:
+                self._jobs[path] = self._pool.submit(prefetched, path, plan, prefilter)
 
     def _plan(self, path: Path, needles: set[str]) -> Plan | None:
         row = self.db.execute(
@@ -358,3 +363,31 @@ def _unpack(packed: bytes, before: int) -> list[int]:
 def _stat(path: Path) -> str:
     status = path.stat()
     return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+Source = tuple[str, str, Path | None, list[Path]]  # label, format, index_dir, files
+
+
+@contextmanager
+def opened(name: str, sources: Sequence[Source]) -> Iterator[list[LogIndex | None]]:
+    """The sources' indexes brought up to date (None for a source without one), sharing
+    threads that read compressed files ahead; index errors name the source."""
+    found: list[LogIndex | None] = []
+    what = "an access log index"
+    try:
+        with ExitStack() as stack:
+            workers = max(1, min(3, (os.cpu_count() or 2) - 1))
+            pool = stack.enter_context(ThreadPoolExecutor(workers))
+            stack.callback(pool.shutdown, cancel_futures=True)
+            for label, log_format, folder, paths in sources:
+                index = None
+                if folder is not None:
+                    what = f"access log source '{label}': its index in {folder}"
+                    index = LogIndex(folder, f"{name}/{label}", log_format, pool)
+                    stack.enter_context(closing(index))
+                    index.update(paths)
+                found.append(index)
+            what = "an access log index"
+            yield found
+    except (OSError, sqlite3.Error) as exc:
+        raise ConnectorError(f"{what} cannot be kept up to date or read: {exc}") from None

@@ -120,8 +120,3 @@ def fits(path: Path, head: bytes, size: int) -> bool:
     with open_log(path) as stream:
         found = fingerprint(stream, size)
     return bool(found) and found == head[: len(found)]
-
-
-def compressed(head: bytes) -> bool:
-    """Whether a fingerprint is a gzip file's (of its first bytes only)."""
-    return len(head) == hashlib.sha256().digest_size
