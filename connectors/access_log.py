@@ -14,13 +14,12 @@ withheld.  Only the parsed fields leave the connector, never the raw line.
 from __future__ import annotations
 
 import glob
-import gzip
 import ipaddress
 import os
 import re
 import unicodedata
 from collections.abc import Generator, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import replace
 from datetime import datetime
 from io import BufferedIOBase
@@ -40,7 +39,8 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
-from connectors.logscan import Prefilter, candidate_lines, read_blocks
+from connectors.logindex import IndexDir, LogIndex, opened
+from connectors.logscan import Prefilter, candidate_lines, open_log, read_blocks
 from sarbot.connector import (
     EMAIL,
     ConnectorError,
@@ -57,7 +57,6 @@ from sarbot.connector import (
 )
 
 CATEGORY = "Access log entry"
-GZIP_MAGIC = b"\x1f\x8b"
 JSONL_KEYS = frozenset({"time_field", "user_field", "ip_field", "action_field", "status_field"})
 OWN = "log entries"
 VISIT = "visits to web addresses carrying your email address"
@@ -96,6 +95,7 @@ class LogSource(Section):
     ip_field: str = Field(default="ip", min_length=1)
     action_field: str = Field(default="action", min_length=1)
     status_field: str = Field(default="status", min_length=1)
+    index_dir: IndexDir | None = None
 
     @model_validator(mode="after")
     def _keys_fit_format(self) -> LogSource:
@@ -176,27 +176,38 @@ class AccessLogConnector:
         lines and as many of its visits to links carrying the address: each source is read
         whatever the others hold, and visits anyone can make cannot crowd out the person's
         own entries."""
-        limit = self.settings.max_records
-        for source in self.settings.sources:
-            shown = {OWN: 0, VISIT: 0}
-            for path in _files_of(source):
-                if min(shown.values()) > limit:
-                    break
-                unreadable = yield from self._scan(matcher, source, path, shown)
-                if unreadable:
-                    notes.append(
-                        f"{unreadable} line(s) of {path} that could concern you could not be "
-                        f"read as {source.format} log lines and were not searched."
-                    )
-            for kind, count in shown.items():
-                if count > limit:
-                    notes.append(
-                        f"More {kind} in {source.label} match than the {limit} shown here; "
-                        "the search of them stopped at that limit."
-                    )
+        limit, sources = self.settings.max_records, self.settings.sources
+        files = [_files_of(source) for source in sources]
+        where = [(s.label, s.format, s.index_dir, f) for s, f in zip(sources, files, strict=True)]
+        with opened(self.name, where) as indexes:
+            for source, index in reversed(list(zip(sources, indexes, strict=True))):
+                if index is not None:  # compressed files read ahead, the last first
+                    index.start(matcher.needles, matcher.prefilter(source.format))
+            for source, paths, index in zip(sources, files, indexes, strict=True):
+                shown = {OWN: 0, VISIT: 0}
+                for path in paths:
+                    if min(shown.values()) > limit:
+                        break
+                    unreadable = yield from self._scan(matcher, source, path, shown, index)
+                    if unreadable:
+                        notes.append(
+                            f"{unreadable} line(s) of {path} that could concern you could not "
+                            f"be read as {source.format} log lines and were not searched."
+                        )
+                for kind, count in shown.items():
+                    if count > limit:
+                        notes.append(
+                            f"More {kind} in {source.label} match than the {limit} shown "
+                            "here; the search of them stopped at that limit."
+                        )
 
     def _scan(
-        self, matcher: Matcher, source: LogSource, path: Path, shown: dict[str, int]
+        self,
+        matcher: Matcher,
+        source: LogSource,
+        path: Path,
+        shown: dict[str, int],
+        index: LogIndex | None = None,
     ) -> Generator[Record, None, int]:
         """The records of one file, each kind up to the limit (``shown`` counts one past it);
         returns how many lines that might match could not be read."""
@@ -204,7 +215,10 @@ class AccessLogConnector:
         limit = self.settings.max_records
         with open_log(path) as stream:
             parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
-            for number, line in self._lines(stream, path, matcher, source.format):
+            found = index and index.lines(
+                stream, path, matcher.needles, matcher.prefilter(source.format)
+            )
+            for number, line in found or self._lines(stream, path, matcher, source.format):
                 # Most lines name nobody sought; they are passed over before being parsed.
                 if line is not None and not matcher.may_concern(line, source.format):
                     continue
@@ -370,18 +384,3 @@ def _files_of(source: LogSource) -> list[Path]:
             f"access log source '{source.label}': no file matches {', '.join(source.paths)}"
         )
     return files
-
-
-@contextmanager
-def open_log(path: Path) -> Iterator[BufferedIOBase]:
-    """A log file opened for reading in binary, through gzip when it starts with gzip's magic."""
-    try:
-        raw = path.open("rb")
-    except OSError as exc:
-        raise ConnectorError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    with raw:
-        if raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield unzipped
-        else:
-            yield raw

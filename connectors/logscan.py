@@ -24,16 +24,19 @@ at:
 
 from __future__ import annotations
 
+import gzip
 import re
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import BufferedIOBase
 from pathlib import Path
 from urllib.parse import unquote_plus
 
 from sarbot.connector import ConnectorError
 
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE_BYTES = 64 * 1024
 BLOCK_BYTES = 128 * 1024
 _WINDOW = MAX_LINE_BYTES // 2  # a line of MAX_LINE_BYTES or more holds a whole aligned window
@@ -177,3 +180,18 @@ def read_blocks(stream: BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes
         raise ConnectorError(
             f"{path}: cannot be read past line {number - 1} (damaged or truncated data)"
         ) from exc
+
+
+@contextmanager
+def open_log(path: Path) -> Iterator[BufferedIOBase]:
+    """A log file opened for reading in binary, through gzip when it starts with gzip's magic."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise ConnectorError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with raw:
+        if raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield unzipped
+        else:
+            yield raw

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors import logscan
-from connectors.access_log import AccessLogConnector, AccessLogSettings, Matcher, open_log
-from connectors.logscan import MAX_LINE_BYTES, candidate_lines
+from connectors.access_log import AccessLogConnector, AccessLogSettings, Matcher
+from connectors.logscan import MAX_LINE_BYTES, candidate_lines, open_log
 from sarbot.config import validate
 from sarbot.connector import Identity
 from sarbot.errors import ConnectorError
