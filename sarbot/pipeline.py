@@ -266,7 +266,7 @@ class Pipeline:
     ) -> Request | None:
         """The request, locked for this transaction, if this instance may still keep what it
         collected: its claim still held and the request still collecting; else None."""
-        if not self.instances.still_holds():
+        if not self.instances.still_holds(Claim.REQUEST, request_id):
             log.warning("collect.claim_lost")
             return None
         current = session.get_one(Request, request_id, with_for_update=True)

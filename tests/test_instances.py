@@ -132,7 +132,8 @@ class TestCoordinationOnPostgres:
                     assert other  # another request is free
                 with second.claim(Claim.MESSAGE, 7) as message:
                     assert message  # a message's claim is not its request's
-                assert first.still_holds()
+                assert first.still_holds(Claim.REQUEST, 7)
+                assert not first.still_holds(Claim.REQUEST, 8)  # never claimed by the first
             with second.claim(Claim.REQUEST, 7) as theirs:
                 assert theirs  # released at the end of the first's work
         finally:
@@ -166,9 +167,9 @@ class TestCoordinationOnPostgres:
     def test_a_lost_session_is_seen_before_sending(self, database: str) -> None:
         instance = Shared(engine(database), LOG)
         with instance.claim(Claim.REQUEST, 1) as mine:
-            assert mine and instance.still_holds()
+            assert mine and instance.still_holds(Claim.REQUEST, 1)
             _terminate_sessions_of(database, instance)
-            assert not instance.still_holds()
+            assert not instance.still_holds(Claim.REQUEST, 1)
         instance.stop()
 
     def test_a_reader_whose_session_broke_does_not_read_on_a_new_one(self, database: str) -> None:
@@ -202,13 +203,16 @@ class TestCoordinationOnPostgres:
                     pass  # sees the broken session
                 with first.claim(Claim.REQUEST, 4) as other:
                     assert other  # connected again, on a new session
-                    assert not first.still_holds()  # ... which does not hold request 3
+                    assert not first.still_holds(Claim.REQUEST, 3)  # ... which does not hold 3
+                    # ... but holds what it claimed on it: work under that claim goes on
+                    # (a claim from the broken session must not stop every other one)
+                    assert first.still_holds(Claim.REQUEST, 4)
                 with second.claim(Claim.REQUEST, 3) as theirs:
                     assert theirs
                 with first.claim(Claim.REQUEST, 3) as again:
                     assert not again  # its own work on 3 is still winding up
             with first.claim(Claim.REQUEST, 3) as mine:
-                assert mine and first.still_holds()
+                assert mine and first.still_holds(Claim.REQUEST, 3)
         finally:
             first.stop()
             second.stop()

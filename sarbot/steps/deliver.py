@@ -183,7 +183,8 @@ class Deliverer:
         for position, mail in enumerate(due):
             if sending is not None and sending.stopping:
                 break
-            with self.instances.claim(*_claim_of(mail)) as mine:
+            claim = _claim_of(mail)
+            with self.instances.claim(*claim) as mine:
                 if not mine:
                     continue
                 with self.sessions.begin() as session:  # read again: another may have sent it
@@ -192,15 +193,19 @@ class Deliverer:
                         continue
                     _ = current.request  # load while the session is open
                 try:
-                    cleared |= await self._send(current)
+                    outcome = await self._send(current, claim)
                 except SmtpLoginError as exc:  # the rest would fail the same way: all wait
                     self._put_off(due[position:], exc)
                     return True, cleared, True
+                if outcome is None:  # the claim was lost: not taken, whoever claims it sends it
+                    continue
+                cleared |= outcome
                 taken = True
         return taken, cleared, False
 
-    async def _send(self, mail: OutgoingMail) -> bool:
-        """Send one message and record the outcome; True if its stored copy was cleared."""
+    async def _send(self, mail: OutgoingMail, claim: tuple[Claim, int]) -> bool | None:
+        """Send one message and record the outcome; True if its stored copy was cleared,
+        None if it was not sent because this instance no longer holds its claim."""
         reference = mail.request.reference if mail.request is not None else None
         log = self.log.bind(reference=reference, kind=mail.kind.value)
         error: MailSendError | None = None
@@ -208,9 +213,9 @@ class Deliverer:
         if raw is None:
             error = PermanentMailError("the prepared message is missing from the export folder")
         else:
-            if not self.instances.still_holds():
+            if not self.instances.still_holds(*claim):
                 self.log.warning("mail.claim_lost", kind=mail.kind.value)
-                return False  # another instance sends it
+                return None  # another instance sends it
             try:
                 await self.mailer.send(
                     raw, sender=self.settings.controller.email, recipient=mail.recipient

@@ -85,8 +85,9 @@ class Instances(Protocol):
     def claim(self, kind: Claim, key: int) -> AbstractContextManager[bool]:
         """A context: True inside it if this instance holds the claim, False if another does."""
 
-    def still_holds(self) -> bool:
-        """Whether the claims taken are still held (asked just before a message is sent)."""
+    def still_holds(self, kind: Claim, key: int) -> bool:
+        """Whether this instance still holds that claim (asked before a message is sent and
+        before a collection's findings are kept)."""
 
 
 def instances_for(engine: Engine, log: FilteringBoundLogger) -> Instances:
@@ -156,7 +157,7 @@ class Alone:
     def claim(self, kind: Claim, key: int) -> Iterator[bool]:
         yield True
 
-    def still_holds(self) -> bool:
+    def still_holds(self, kind: Claim, key: int) -> bool:
         return True
 
 
@@ -228,8 +229,11 @@ class Shared:
             if held:
                 self._leave(kind, key)
 
-    def still_holds(self) -> bool:
-        return self._alive() and all(g == self._generation for g, _ in self._claims.values())
+    def still_holds(self, kind: Claim, key: int) -> bool:
+        """Held in the current session (a claim from a session that broke is not, even after
+        reconnecting), and that session still alive."""
+        entry = self._claims.get((kind, key))
+        return entry is not None and entry[0] == self._generation and self._alive()
 
     def _enter(self, kind: Claim, key: int) -> bool:
         entry = self._claims.get((kind, key))
