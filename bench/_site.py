@@ -219,16 +219,19 @@ def bare_fetch(site: Site, folder: str, count: int) -> int:
     return fetched
 
 
-async def _bare_send(site: Site, mails: Sequence[tuple[str, int]]) -> None:
-    server = site.server
-    client = aiosmtplib.SMTP(
+def smtp(server: MailServer) -> aiosmtplib.SMTP:
+    """A client for the stack's SMTP submission, STARTTLS with its CA (``async with`` it)."""
+    return aiosmtplib.SMTP(
         hostname=server.host,
         port=server.smtp_port,
         start_tls=True,
         tls_context=server.tls(),
         timeout=60,
     )
-    async with client:
+
+
+async def _bare_send(site: Site, mails: Sequence[tuple[str, int]]) -> None:
+    async with smtp(site.server) as client:
         for recipient, size in mails:
             await client.sendmail(site.support, [recipient], filler(site.support, recipient, size))
 

@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiosmtplib
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from bench._site import filler
+from bench._site import filler, smtp
 from bench.common import Row, Scale
 from sarbot.testing import MailServer
 from tests.conftest import CA_FILE, ROOT
@@ -84,14 +83,7 @@ def _stack_alone(server: MailServer, recipients: list[str], sessions: int) -> fl
     mails = [(to, size) for to in recipients for size in SIZES]
 
     async def one_session(share: list[tuple[str, int]]) -> None:
-        client = aiosmtplib.SMTP(
-            hostname=server.host,
-            port=server.smtp_port,
-            start_tls=True,
-            tls_context=server.tls(),
-            timeout=60,
-        )
-        async with client:
+        async with smtp(server) as client:
             for recipient, size in share:
                 sender = "bench@redtrain.test"
                 await client.sendmail(sender, [recipient], filler(sender, recipient, size))

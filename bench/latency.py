@@ -34,7 +34,7 @@ from pathlib import Path
 import aiosmtplib
 from imapclient import IMAPClient
 
-from bench._site import Site, confirmation, ensure_stack, filler
+from bench._site import Site, confirmation, ensure_stack, filler, smtp
 from bench.common import Row, Scale, percentile
 from sarbot.testing import MailServer
 
@@ -127,15 +127,9 @@ async def submit(smtp: aiosmtplib.SMTP, sender: str, recipient: str, raw: bytes)
 
 
 async def connected(site: Site) -> aiosmtplib.SMTP:
-    smtp = aiosmtplib.SMTP(
-        hostname=site.server.host,
-        port=site.server.smtp_port,
-        start_tls=True,
-        tls_context=site.server.tls(),
-        timeout=60,
-    )
-    await smtp.connect()
-    return smtp
+    client = smtp(site.server)
+    await client.connect()
+    return client
 
 
 class Daemon:
