@@ -178,8 +178,8 @@ class Shared:
         self._log = log.bind(instance=self.name)
         self._connection: Connection | None = None
         self._generation = 0
-        self._reading: int | None = None
-        """The generation whose session holds the mailbox lock, if any."""
+        self._reading = False
+        """Whether this session holds the mailbox lock (``_lost`` clears it with the session)."""
         self._claims: dict[tuple[Claim, int], tuple[int, int]] = {}
         """Each claim held: the generation of the session that took it, and how deeply nested."""
 
@@ -195,27 +195,23 @@ class Shared:
             self._connection.close()
             self._connection = None
         self._claims.clear()
-        if self._reading is not None:
-            self._reading = None
+        if self._reading:
+            self._reading = False
             self._log.info("instance.mailbox_released")
 
     def reads_mailbox(self) -> bool:
-        if self._reading is not None and self._alive() and self._reading == self._generation:
+        if self._reading and self._alive():  # a broken session is seen (and let go) here
             return True
-        if self._reading is not None:  # the session (and its lock) is gone
-            self._reading = None
-            self._log.warning("instance.mailbox_lost")
         if self._try(Claim.MAILBOX, 0):
-            self._reading = self._generation
+            self._reading = True
             self._log.info("instance.mailbox_taken")
-        return self._reading is not None
+        return self._reading
 
     def give_up_mailbox(self, reason: str) -> None:
-        if self._reading is None:
+        if not self._reading:
             return
-        if self._reading == self._generation:
-            self._release(Claim.MAILBOX, 0)
-        self._reading = None
+        self._release(Claim.MAILBOX, 0)
+        self._reading = False
         self._log.warning("instance.mailbox_given_up", reason=reason)
 
     @contextmanager
@@ -309,8 +305,8 @@ class Shared:
             self._connection.invalidate()
             self._connection.close()
             self._connection = None
-        if self._reading is not None:
-            self._reading = None
+        if self._reading:
+            self._reading = False
             self._log.warning("instance.mailbox_lost")
 
 
