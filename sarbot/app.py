@@ -140,7 +140,9 @@ class App:
     @cached_property
     def operations(self) -> Operations:
         """The operators' decisions on requests."""
-        return Operations(self.settings, self.letters, self.acknowledger, self.calendar)
+        return Operations(
+            self.settings, self.letters, self.acknowledger, self.calendar, self.instances
+        )
 
     # -- built for a run -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ mailboxes, the state database and the logs).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import subprocess
@@ -22,17 +23,32 @@ from pathlib import Path
 
 import pytest
 import structlog
-from sqlalchemy import Engine, create_engine, text
+from click.testing import CliRunner
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from sarbot.app import App
+from sarbot.cli.main import cli
 from sarbot.errors import ConfigError
+from sarbot.mail.mailer import Mailer
 from sarbot.ops.health import HealthCheck
 from sarbot.ops.metrics import Metrics
 from sarbot.store.instances import Alone, Claim, Shared, instances_for
-from sarbot.testing import MailServer
-from tests.crashkit import Daemon, Site, make_requesters, reads_mailbox, run_instances
+from sarbot.store.models import AuditEvent
+from sarbot.store.states import MailKind, MailState, RequestState
+from sarbot.testing import MailServer, subject_contains
+from tests.conftest import BotFactory
+from tests.crashkit import (
+    Daemon,
+    Site,
+    Traffic,
+    make_requesters,
+    reads_mailbox,
+    run_instances,
+)
 from tests.servers import postgres_server
+from tests.test_operations import Person
 
 LOG = structlog.get_logger("test")
 
@@ -77,6 +93,23 @@ class TestOneInstanceOnSqlite:
         second.start()  # once the first has stopped, the next one may run
         second.stop()
 
+    def test_an_operators_command_sees_whether_a_daemon_runs(self, tmp_path: Path) -> None:
+        """An operator's decision asks whether a daemon may be sending (``held_elsewhere``):
+        on SQLite, whether one runs at all; asking does not stop one from starting."""
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        daemon, command = instances_for(engine(url), LOG), instances_for(engine(url), LOG)
+        with Session(engine(url)) as session:
+            assert not command.held_elsewhere(session, Claim.REQUEST, 7)  # no daemon yet
+            daemon.start()
+            try:
+                assert command.held_elsewhere(session, Claim.REQUEST, 7)
+                assert daemon.held_elsewhere(session, Claim.REQUEST, 7)  # it is the daemon
+            finally:
+                daemon.stop()
+            assert not command.held_elsewhere(session, Claim.REQUEST, 7)
+        daemon.start()  # the command's test left no lock behind
+        daemon.stop()
+
     @pytest.mark.mailstack
     def test_sarbot_run_refuses_while_another_runs(
         self, tmp_path: Path, mailstack: MailServer
@@ -113,6 +146,30 @@ class TestCoordinationOnPostgres:
         finally:
             first.stop()
             second.stop()
+
+    def test_an_operators_command_waits_for_a_claim_and_holds_a_free_one(
+        self, database: str
+    ) -> None:
+        """While an instance holds a request's claim, an operator's transaction sees it held;
+        once it is free, the transaction takes it until it ends, and no instance can start
+        work on that request meanwhile."""
+        daemon = Shared(engine(database), LOG)
+        operator = engine(database)
+        try:
+            with daemon.claim(Claim.REQUEST, 7) as mine, Session(operator) as session:
+                assert mine
+                assert daemon.held_elsewhere(session, Claim.REQUEST, 7)
+                assert not daemon.held_elsewhere(session, Claim.REQUEST, 8)
+                session.commit()
+            with Session(operator) as session, session.begin():
+                assert not daemon.held_elsewhere(session, Claim.REQUEST, 7)
+                with daemon.claim(Claim.REQUEST, 7) as mine:
+                    assert not mine  # the operator's transaction holds it
+            with daemon.claim(Claim.REQUEST, 7) as mine:
+                assert mine  # free again once the decision committed
+        finally:
+            daemon.stop()
+            operator.dispose()
 
     def test_a_stopped_reader_hands_over_at_once(self, database: str) -> None:
         first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
@@ -343,3 +400,83 @@ class TestHealthOfAnInstanceThatDoesNotRead:
         assert any("no completed mailbox poll" in p for p in report.body["problems"])
         scraped = {m.name: m.samples[0].value for m in metrics.registry.collect() if m.samples}
         assert scraped["sarbot_reads_mailbox"] == 1.0
+
+
+@pytest.mark.mailstack
+class TestDecisionsBesideSending:
+    @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+    def test_a_rejection_after_a_kill_mid_send_withdraws_and_warns(
+        self, tmp_path: Path, mailstack: MailServer, backend: str, request: pytest.FixtureRequest
+    ) -> None:
+        """The daemon is killed just after the mail server accepted an export: its mark is
+        left.  With no daemon at work on it, an operator's rejection withdraws the export and
+        warns that it may have gone; a daemon started afterwards does not send it again."""
+        url = request.getfixturevalue("database") if backend == "postgresql" else None
+        people = make_requesters(1, random.Random(3), big_share=0)
+        site = Site(tmp_path, people, seed=0, database_url=url)
+        daemon = Daemon(site)
+        traffic = Traffic(mailstack, site.support, people, random.Random(0))
+        daemon.start(crash_at="deliver.accepted:2")  # the acknowledgement, then the export
+        traffic.start(spread=0)
+        try:
+            assert daemon.wait_exit(90) == -signal.SIGKILL
+        finally:
+            traffic.stop()
+        [(stored,)] = site.query("SELECT reference FROM requests")
+        reference = str(stored)
+        [(marked,)] = site.query("SELECT sending_since FROM outgoing_mail WHERE kind = 'export'")
+        assert marked is not None
+        rejected = site.cli("requests", "reject", reference, "--reason", "not who they say")
+        assert rejected.returncode == 0, rejected.stderr
+        assert f"WARNING {reference}: its export" in rejected.stderr
+        assert "may have gone" in rejected.stderr
+        again = site.cli("run", "--once")
+        assert again.returncode == 0, again.stderr
+        exports = site.query("SELECT state, file_path FROM outgoing_mail WHERE kind = 'export'")
+        assert exports == [("failed", None)]
+        [(state,)] = site.query("SELECT state FROM requests")
+        assert state == "rejected"
+
+    def test_an_export_that_goes_as_it_is_withdrawn_is_recorded_as_sent(
+        self, make_bot: BotFactory, person: Person, database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On PostgreSQL the sending instance's coordination session breaks just as it hands
+        the export over, so its claim is free and its mark looks left behind: an operator's
+        rejection withdraws the export (and warns it may have gone).  It went: the outbox
+        says sent, and the audit trail says it went as it was being withdrawn."""
+        bot = make_bot(storage={"database_url": database})
+        alice = person("alice", "example.test")
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        bot.support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        alice.reply(alice.wait_for(subject_contains("Please confirm")))
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        reference = bot.request().reference
+        real_send = Mailer.send
+        outputs: list[str] = []
+
+        async def send(self: Mailer, raw: bytes, *, sender: str, recipient: str) -> None:
+            if b"A copy of your personal data" in raw and not outputs:
+                instances = bot.app.instances
+                assert isinstance(instances, Shared)
+                _terminate_sessions_of(database, instances)
+                operator = App(bot.app.config_path, bot.app.settings)
+                args = ["requests", "reject", reference, "--reason", "not who they say"]
+                result = await asyncio.to_thread(
+                    CliRunner().invoke, cli, args, obj={"app": operator}
+                )
+                operator.engine.dispose()
+                outputs.append(result.output)
+            await real_send(self, raw, sender=sender, recipient=recipient)
+
+        monkeypatch.setattr(Mailer, "send", send)
+        bot.run_once()
+        assert outputs and "may have gone" in outputs[0] and "rejected" in outputs[0]
+        alice.wait_for(subject_contains("A copy of your personal data"))
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert export.state is MailState.SENT and export.sending_since is None
+        assert "sent as it was being withdrawn" in str(export.last_error)
+        with bot.app.sessions() as session:
+            events = list(session.scalars(select(AuditEvent.event)))
+        assert "mail.withdrawn" in events and "mail.sent_after_withdrawal" in events
+        assert bot.request().state is RequestState.REJECTED

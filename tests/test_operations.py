@@ -7,16 +7,20 @@ import csv
 import io
 import json
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from sarbot.app import App
 from sarbot.cli.main import cli
+from sarbot.mail.mailer import Mailer
 from sarbot.steps.collect import ConnectorOutcome
 from sarbot.store.audit import verify
 from sarbot.store.deadlines import due_date, start_date
@@ -245,6 +249,46 @@ class TestOperatorCommands:
         output = command(bot, "requests", "collect", reference, status=1)
         assert "FAILED  gone (sql): OperationalError" in output
         assert "not complete; the daemon will retry" in output
+
+    def test_a_rejection_while_the_export_is_being_sent_waits_for_the_outcome(
+        self, bot: Bot, person: Person, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An operator (another process) rejects alice's request while the daemon is handing
+        her export to the mail server: the decision waits for the outcome instead of recording
+        a withdrawal that did not happen, then finds the export sent and says so."""
+        alice = requested(bot, person, confirm=True)
+        reference = bot.request().reference
+        real_send = Mailer.send
+        decision: dict[str, Any] = {}
+
+        def reject() -> None:  # a separate App, as the sarbot command would be
+            obj = {"app": App(bot.app.config_path, bot.app.settings)}
+            args = ["requests", "reject", reference, "--reason", "not who they say"]
+            decision["result"] = CliRunner().invoke(cli, args, obj=obj)
+
+        async def send(self: Mailer, raw: bytes, *, sender: str, recipient: str) -> None:
+            if b"A copy of your personal data" in raw and "thread" not in decision:
+                [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+                decision["marked"] = export.sending_since is not None
+                decision["thread"] = thread = threading.Thread(target=reject)
+                thread.start()
+                await asyncio.sleep(2)  # the decision cannot end before the send does
+                decision["waiting"] = thread.is_alive()
+            await real_send(self, raw, sender=sender, recipient=recipient)
+
+        monkeypatch.setattr(Mailer, "send", send)
+        bot.run_once()
+        decision["thread"].join(timeout=120)
+        result = decision["result"]
+        assert decision["marked"] and decision["waiting"], result.output
+        assert result.exit_code == 1, result.output
+        assert "being handed to the mail server" in result.output
+        assert f"{reference} is delivered and cannot be rejected" in result.output
+        alice.wait_for(EXPORT)
+        assert bot.request().state is RequestState.DELIVERED
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert (export.state, export.sending_since) == (MailState.SENT, None)
+        assert not any(m.kind is MailKind.REJECTION for m in bot.outgoing())
 
     def test_a_request_rejected_during_its_collection_is_not_packaged(
         self, make_bot: BotFactory, person: Person, tmp_path: Path

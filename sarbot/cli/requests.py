@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import sys
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,12 +15,20 @@ from sqlalchemy import select
 
 from sarbot.cli.common import app_from, iso, operator, table
 from sarbot.errors import SarbotError
-from sarbot.ops.decisions import REGISTER_COLUMNS, Operations, encryption_failed, register
+from sarbot.ops.decisions import (
+    REGISTER_COLUMNS,
+    InFlight,
+    Operations,
+    encryption_failed,
+    register,
+)
 from sarbot.steps.collect import ConnectorOutcome, begin_collection
 from sarbot.store.instances import Claim
 from sarbot.store.models import Request, utcnow
 from sarbot.store.states import TERMINAL, RequestState
 
+IN_FLIGHT_WAIT = 600.0
+"""Seconds a decision waits for a message being handed to SMTP (a send with its retries)."""
 LIST_COLUMNS = ["reference", "state", "email", "received_at", "due", "delivered_at"]
 GRAPH_COLUMNS = ["kind", "value", "namespace", "realm", "trust", "scope", "reason", "origin"]
 
@@ -154,13 +163,23 @@ def _decide(ctx: click.Context, action: str, reference: str, **kwargs: Any) -> A
     """Run one operator decision in a transaction; errors are the operator's to read."""
     app = app_from(ctx)
     ops = app.operations
-    try:
-        with app.sessions.begin() as session:
-            return getattr(ops, action)(
-                session, reference, now=utcnow(), actor=operator(), **kwargs
-            )
-    except SarbotError as exc:
-        raise click.ClickException(str(exc)) from None
+    waited_since: float | None = None
+    while True:
+        try:
+            with app.sessions.begin() as session:
+                return getattr(ops, action)(
+                    session, reference, now=utcnow(), actor=operator(), **kwargs
+                )
+        except InFlight as exc:  # asked again, outside any transaction, once sending ended
+            now = time.monotonic()
+            if waited_since is None:
+                waited_since = now
+                click.echo(f"{exc} ...", err=True)
+            elif now - waited_since > IN_FLIGHT_WAIT:
+                raise click.ClickException(f"{exc}; still sending: try again later") from None
+            time.sleep(0.2)
+        except SarbotError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @requests_group.command("approve")
@@ -202,7 +221,9 @@ def requests_dismiss(ctx: click.Context, reference: str, reason: str) -> None:
 @click.pass_context
 def requests_reject(ctx: click.Context, reference: str, reason: str) -> None:
     """Close a request without sending data; the requester gets the reason."""
-    _decide(ctx, "reject", reference, reason=reason)
+    _, warnings = _decide(ctx, "reject", reference, reason=reason)
+    for warning in warnings:
+        click.echo(f"WARNING {warning}", err=True)
     click.echo(f"{reference}: rejected; the requester will be told why")
 
 

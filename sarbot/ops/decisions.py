@@ -22,6 +22,7 @@ from sarbot.steps.intake import Verdict
 from sarbot.steps.package import ENCRYPTION_FAILED
 from sarbot.store import outbox
 from sarbot.store.deadlines import Calendar, can_extend, extended_due_date, start_date
+from sarbot.store.instances import Claim, Instances
 from sarbot.store.lifecycle import audit, transition
 from sarbot.store.models import AuditEvent, OutgoingMail, Request
 from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
@@ -31,14 +32,25 @@ class OperationError(SarbotError):
     """An operator's command does not fit the request's state."""
 
 
+class InFlight(OperationError):
+    """The decision must wait: a message it would withdraw is being handed to SMTP now.
+    Asked again once that has ended, it finds the outcome (sent, or still to withdraw)."""
+
+
 class Operations:
     def __init__(
-        self, settings: Settings, letters: Letters, acknowledger: Acknowledger, calendar: Calendar
+        self,
+        settings: Settings,
+        letters: Letters,
+        acknowledger: Acknowledger,
+        calendar: Calendar,
+        instances: Instances,
     ) -> None:
         self.settings = settings
         self.letters = letters
         self.acknowledger = acknowledger
         self.calendar = calendar
+        self.instances = instances
 
     def find(self, session: Session, reference: str) -> Request:
         request = session.scalar(select(Request).where(Request.reference == reference))
@@ -127,13 +139,30 @@ class Operations:
 
     def reject(
         self, session: Session, reference: str, reason: str, *, now: datetime, actor: str
-    ) -> Request:
-        """Close a request without an answer; the requester gets the reason."""
+    ) -> tuple[Request, list[str]]:
+        """Close a request without an answer; the requester gets the reason.  Also returned:
+        a warning for each withdrawn message that may have gone already."""
         request = self.find(session, reference)
         if RequestState.REJECTED not in ALLOWED[request.state]:
             raise OperationError(f"{reference} is {request.state.value} and cannot be rejected")
-        for mail in request_mail(session, request, MailKind.EXPORT, MailState.PENDING):
-            outbox.cancel(mail, "cancelled: the request was rejected")
+        exports = request_mail(session, request, MailKind.EXPORT, MailState.PENDING, lock=True)
+        marked = [mail for mail in exports if mail.sending_since is not None]
+        if marked and self.instances.held_elsewhere(session, Claim.REQUEST, request.id):
+            raise InFlight(
+                f"{reference}: its export is being handed to the mail server; "
+                "the decision waits for the outcome"
+            )
+        warnings = []
+        for mail in exports:
+            why = "cancelled: the request was rejected"
+            if mail.sending_since is not None:  # a daemon died handing it over
+                why += (
+                    "; a daemon stopped while handing it to the mail server at "
+                    f"{mail.sending_since.isoformat(timespec='seconds')}, so it may have gone"
+                )
+                warnings.append(f"{reference}: its export {why.partition('; ')[2]}")
+            outbox.cancel(mail, why)
+            audit(session, request, "mail.withdrawn", at=now, reason=why, actor=actor)
         transition(session, request, RequestState.REJECTED, at=now, reason=reason, actor=actor)
         self.letters.send_letter(
             session,
@@ -144,7 +173,7 @@ class Operations:
             now=now,
             reason=reason,
         )
-        return request
+        return request, warnings
 
     def create(
         self, session: Session, email: str, note: str, *, now: datetime, actor: str
@@ -252,8 +281,15 @@ def unencrypted_note(reason: str) -> str:
 
 
 def request_mail(
-    session: Session, request: Request, kind: MailKind | None, state: MailState
+    session: Session,
+    request: Request,
+    kind: MailKind | None,
+    state: MailState,
+    *,
+    lock: bool = False,
 ) -> list[OutgoingMail]:
+    """The request's messages of that kind and state; with ``lock``, their rows locked until
+    the transaction ends (a sender marking one waits, or is waited for)."""
     query = (
         select(OutgoingMail)
         .where(OutgoingMail.request_id == request.id)
@@ -261,6 +297,8 @@ def request_mail(
     )
     if kind is not None:
         query = query.where(OutgoingMail.kind == kind)
+    if lock:
+        query = query.with_for_update()
     return list(session.scalars(query))
 
 

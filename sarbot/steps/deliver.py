@@ -34,7 +34,7 @@ from sarbot.mail.mailer import Mailer, SmtpLoginError
 from sarbot.store import outbox
 from sarbot.store.db import forget_cleared
 from sarbot.store.instances import Claim, Instances
-from sarbot.store.lifecycle import transition
+from sarbot.store.lifecycle import audit, transition
 from sarbot.store.models import Clock, OutgoingMail
 from sarbot.store.states import ALLOWED, MailKind, MailState, RequestState
 
@@ -192,6 +192,10 @@ class Deliverer:
                     if current is None:
                         continue
                     _ = current.request  # load while the session is open
+                    # Committed before the first byte goes: an operator's decision that would
+                    # withdraw it waits for the outcome.  Left set if the claim turns out lost
+                    # below: whoever sends it sets it again.
+                    outbox.mark_sending(current, self.clock())
                 try:
                     outcome = await self._send(current, claim)
                 except SmtpLoginError as exc:  # the rest would fail the same way: all wait
@@ -229,8 +233,10 @@ class Deliverer:
                 self.logins.worked("smtp", at=self.clock())
         with self.sessions.begin() as session:
             current = session.get_one(OutgoingMail, mail.id, with_for_update=True)
-            if current.state is MailState.PENDING:  # else another instance has recorded it
+            if current.state is MailState.PENDING:
                 self._record(session, current, error, log)
+            elif error is None and current.state is not MailState.SENT:
+                self._sent_anyway(session, current, log)
         if error is None:
             log.info("mail.sent", recipient=mask_address(mail.recipient))
             if mail.file_path and self.settings.storage.keep_exports_days == 0:
@@ -274,6 +280,22 @@ class Deliverer:
             request.delivered_at = now
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
             self.milestones.delivered(request.received_at, request.confirmed_at, at=now)
+
+    def _sent_anyway(self, session: Session, mail: OutgoingMail, log: FilteringBoundLogger) -> None:
+        """The message went, but was withdrawn while it was being handed over (a decision
+        that found no daemon at work on it): the record says what happened."""
+        why = mail.last_error or "withdrawn"
+        outbox.mark_sent(mail, self.clock())
+        mail.last_error = f"sent as it was being withdrawn ({why})"
+        if mail.request is not None:
+            audit(
+                session,
+                mail.request,
+                "mail.sent_after_withdrawal",
+                at=self.clock(),
+                reason=f"the {mail.kind.value} message went as it was being withdrawn",
+            )
+        log.error("mail.sent_after_withdrawal")
 
     def _put_off(self, mails: list[OutgoingMail], error: SmtpLoginError) -> None:
         """The SMTP login failed: record it once, and retry later every message still due

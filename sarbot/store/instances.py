@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from enum import IntEnum
@@ -40,6 +41,7 @@ from typing import IO, Protocol
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
 from sarbot.errors import ConfigError
@@ -89,6 +91,11 @@ class Instances(Protocol):
         """Whether this instance still holds that claim (asked before a message is sent and
         before a collection's findings are kept)."""
 
+    def held_elsewhere(self, session: Session, kind: Claim, key: int) -> bool:
+        """Asked by an operator's command in its transaction: whether a daemon may be at
+        work on that claim now.  Where it can, the answer holds until the transaction ends
+        (no instance takes the claim meanwhile)."""
+
 
 def instances_for(engine: Engine, log: FilteringBoundLogger) -> Instances:
     """``Shared`` on PostgreSQL, ``Alone`` on anything else."""
@@ -126,7 +133,7 @@ class Alone:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+", encoding="utf-8")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_soon(handle)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -159,6 +166,22 @@ class Alone:
 
     def still_holds(self, kind: Claim, key: int) -> bool:
         return True
+
+    def held_elsewhere(self, session: Session, kind: Claim, key: int) -> bool:
+        """Whether a daemon runs on this database (the only one that could work on anything):
+        this process, or the one holding the lock file.  The test takes a shared lock for an
+        instant; a daemon starting in that instant tries again (``start``)."""
+        if self._lock is not None:
+            return True
+        path = self.lock_path
+        if path is None or not path.exists():
+            return False
+        with path.open("r", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False  # closing the file gave the shared lock up
 
 
 class Shared:
@@ -230,6 +253,19 @@ class Shared:
         reconnecting), and that session still alive."""
         entry = self._claims.get((kind, key))
         return entry is not None and entry[0] == self._generation and self._alive()
+
+    def held_elsewhere(self, session: Session, kind: Claim, key: int) -> bool:
+        """Whether another session holds the claim.  If none does, the operator's transaction
+        takes it (``pg_try_advisory_xact_lock``) until it ends, so no instance starts work
+        under it meanwhile."""
+        space, second = _keys(kind, key)
+        taken = session.scalar(
+            text(
+                "SELECT pg_try_advisory_xact_lock(CAST(:space AS integer), CAST(:key AS integer))"
+            ),
+            {"space": space, "key": second},
+        )
+        return not taken
 
     def _enter(self, kind: Claim, key: int) -> bool:
         entry = self._claims.get((kind, key))
@@ -308,6 +344,19 @@ class Shared:
         if self._reading:
             self._reading = False
             self._log.warning("instance.mailbox_lost")
+
+
+def _lock_soon(handle: IO[str], tries: int = 10) -> None:
+    """An exclusive lock on the file, tried for about a second: an operator's command may
+    hold a shared one for an instant (``Alone.held_elsewhere``)."""
+    for _ in range(tries - 1):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.1)
+        else:
+            return
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _keys(kind: Claim, key: int) -> tuple[int, int]:

@@ -237,6 +237,10 @@ class OutgoingMail(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    sending_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Set, in a transaction of its own, just before the message is handed to SMTP; cleared
+    when the outcome is recorded.  Still set on a pending message, the handing over was cut
+    short by a crash (the message may have gone, and goes again: the crash rule)."""
 
     request: Mapped[Request | None] = relationship()
 

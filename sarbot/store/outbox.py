@@ -60,8 +60,9 @@ def due(session: Session, now: datetime) -> list[OutgoingMail]:
 
 
 def still_due(session: Session, mail_id: int, now: datetime) -> OutgoingMail | None:
-    """The message read again, if still pending and due (another instance may have sent it)."""
-    mail = session.get(OutgoingMail, mail_id, populate_existing=True)
+    """The message read again, if still pending and due (another instance may have sent it),
+    its row locked until the transaction ends (an operator's decision waits for it)."""
+    mail = session.get(OutgoingMail, mail_id, populate_existing=True, with_for_update=True)
     if mail is None or mail.state is not MailState.PENDING:
         return None
     if mail.next_attempt_at is not None and mail.next_attempt_at > now:
@@ -86,7 +87,24 @@ def acknowledgements_since(
     return int(session.scalar(query) or 0)
 
 
+def mark_sending(mail: OutgoingMail, now: datetime) -> None:
+    """The message is about to be handed to SMTP: committed before the first byte goes, so
+    an operator's decision that would withdraw it waits for the outcome (``in_flight``)."""
+    mail.sending_since = now
+
+
+def in_flight(mail: OutgoingMail, now: datetime, limit: timedelta) -> bool:
+    """Whether the message is being handed to SMTP now: marked sending, less than ``limit``
+    ago (a mark older than any send can last was left by a process that died sending)."""
+    return (
+        mail.state is MailState.PENDING
+        and mail.sending_since is not None
+        and now - mail.sending_since < limit
+    )
+
+
 def mark_sent(mail: OutgoingMail, now: datetime) -> None:
+    mail.sending_since = None
     mail.state = MailState.SENT
     mail.sent_at = now
     mail.attempts += 1
@@ -95,12 +113,14 @@ def mark_sent(mail: OutgoingMail, now: datetime) -> None:
 
 
 def mark_retry(mail: OutgoingMail, now: datetime, wait: timedelta, error: str) -> None:
+    mail.sending_since = None
     mail.attempts += 1
     mail.next_attempt_at = now + wait
     mail.last_error = error
 
 
 def mark_failed(mail: OutgoingMail, error: str) -> None:
+    mail.sending_since = None
     mail.attempts += 1
     mail.state = MailState.FAILED
     mail.raw = None
