@@ -16,10 +16,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -428,7 +430,7 @@ class TestDecisionsBesideSending:
         assert marked is not None
         rejected = site.cli("requests", "reject", reference, "--reason", "not who they say")
         assert rejected.returncode == 0, rejected.stderr
-        assert f"WARNING {reference}: its export" in rejected.stderr
+        assert f"WARNING {reference}: a daemon stopped while handing its export" in rejected.stderr
         assert "may have gone" in rejected.stderr
         again = site.cli("run", "--once")
         assert again.returncode == 0, again.stderr
@@ -480,3 +482,47 @@ class TestDecisionsBesideSending:
             events = list(session.scalars(select(AuditEvent.event)))
         assert "mail.withdrawn" in events and "mail.sent_after_withdrawal" in events
         assert bot.request().state is RequestState.REJECTED
+
+    def test_a_rejection_while_the_export_is_being_sent_waits_on_postgres(
+        self, make_bot: BotFactory, person: Person, database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On PostgreSQL, an operator (another App, as the command would be) rejects while an
+        instance holds the claim and hands the export over: the decision waits, then reads the
+        request again and finds it delivered; the request is not rejected over it."""
+        bot = make_bot(storage={"database_url": database})
+        alice = person("alice", "example.test")
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        bot.support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        alice.reply(alice.wait_for(subject_contains("Please confirm")))
+        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        reference = bot.request().reference
+        real_send = Mailer.send
+        decision: dict[str, Any] = {}
+
+        def reject() -> None:
+            operator = App(bot.app.config_path, bot.app.settings)
+            args = ["requests", "reject", reference, "--reason", "not who they say"]
+            decision["result"] = CliRunner().invoke(cli, args, obj={"app": operator})
+            operator.engine.dispose()
+
+        async def send(self: Mailer, raw: bytes, *, sender: str, recipient: str) -> None:
+            if b"A copy of your personal data" in raw and "thread" not in decision:
+                decision["thread"] = thread = threading.Thread(target=reject)
+                thread.start()
+                await asyncio.sleep(2)  # the decision cannot end before the send does
+                decision["waiting"] = thread.is_alive()
+            await real_send(self, raw, sender=sender, recipient=recipient)
+
+        monkeypatch.setattr(Mailer, "send", send)
+        bot.run_once()
+        decision["thread"].join(timeout=120)
+        result = decision["result"]
+        assert decision["waiting"], result.output
+        assert result.exit_code == 1, result.output
+        assert f"{reference} is delivered and cannot be rejected" in result.output
+        alice.wait_for(subject_contains("A copy of your personal data"))
+        assert bot.request().state is RequestState.DELIVERED
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert (export.state, export.sending_since) == (MailState.SENT, None)
+        assert not any(m.kind is MailKind.REJECTION for m in bot.outgoing())

@@ -176,7 +176,11 @@ def _decide(ctx: click.Context, action: str, reference: str, **kwargs: Any) -> A
                 waited_since = now
                 click.echo(f"{exc} ...", err=True)
             elif now - waited_since > IN_FLIGHT_WAIT:
-                raise click.ClickException(f"{exc}; still sending: try again later") from None
+                raise click.ClickException(
+                    f"{exc}; still not ended after {IN_FLIGHT_WAIT:.0f} s. If no daemon is "
+                    "sending it (a mark left by one that was killed), stop the daemon and run "
+                    "the command again: it then withdraws the export"
+                ) from None
             time.sleep(0.2)
         except SarbotError as exc:
             raise click.ClickException(str(exc)) from None

@@ -143,24 +143,39 @@ class Operations:
         """Close a request without an answer; the requester gets the reason.  Also returned:
         a warning for each withdrawn message that may have gone already."""
         request = self.find(session, reference)
+        # Locked in the order sending locks them (its messages, then the request), and read
+        # again: sending or packaging may have changed both while this transaction waited.
+        request_mail(session, request, MailKind.EXPORT, MailState.PENDING, lock=True)
+        session.refresh(request, with_for_update=True)
         if RequestState.REJECTED not in ALLOWED[request.state]:
             raise OperationError(f"{reference} is {request.state.value} and cannot be rejected")
         exports = request_mail(session, request, MailKind.EXPORT, MailState.PENDING, lock=True)
-        marked = [mail for mail in exports if mail.sending_since is not None]
-        if marked and self.instances.held_elsewhere(session, Claim.REQUEST, request.id):
+        busy = self.instances.held_elsewhere(session, Claim.REQUEST, request.id)
+        marked = [mail.sending_since for mail in exports if mail.sending_since is not None]
+        if marked and busy:
             raise InFlight(
-                f"{reference}: its export is being handed to the mail server; "
-                "the decision waits for the outcome"
+                f"{reference}: its export is being handed to the mail server (marked at "
+                f"{min(marked).isoformat(timespec='seconds')}); the decision waits for the outcome"
             )
         warnings = []
+        sent = request_mail(session, request, MailKind.EXPORT, MailState.SENT)
+        if sent:
+            warnings.append(
+                f"{reference}: {len(sent)} of {len(sent) + len(exports)} parts of its export "
+                "were sent already; the rest are withdrawn"
+            )
         for mail in exports:
-            why = "cancelled: the request was rejected"
+            why = "the request was rejected"
             if mail.sending_since is not None:  # a daemon died handing it over
                 why += (
                     "; a daemon stopped while handing it to the mail server at "
                     f"{mail.sending_since.isoformat(timespec='seconds')}, so it may have gone"
                 )
-                warnings.append(f"{reference}: its export {why.partition('; ')[2]}")
+                warnings.append(
+                    f"{reference}: a daemon stopped while handing its export to the mail "
+                    f"server at {mail.sending_since.isoformat(timespec='seconds')}: it may "
+                    "have gone (the mail server's log says); it is withdrawn"
+                )
             outbox.cancel(mail, why)
             audit(session, request, "mail.withdrawn", at=now, reason=why, actor=actor)
         transition(session, request, RequestState.REJECTED, at=now, reason=reason, actor=actor)

@@ -193,8 +193,7 @@ class Deliverer:
                         continue
                     _ = current.request  # load while the session is open
                     # Committed before the first byte goes: an operator's decision that would
-                    # withdraw it waits for the outcome.  Left set if the claim turns out lost
-                    # below: whoever sends it sets it again.
+                    # withdraw it waits for the outcome.
                     outbox.mark_sending(current, self.clock())
                 try:
                     outcome = await self._send(current, claim)
@@ -219,6 +218,7 @@ class Deliverer:
         else:
             if not self.instances.still_holds(*claim):
                 self.log.warning("mail.claim_lost", kind=mail.kind.value)
+                self._unmark(mail)
                 return None  # another instance sends it
             try:
                 await self.mailer.send(
@@ -235,7 +235,7 @@ class Deliverer:
             current = session.get_one(OutgoingMail, mail.id, with_for_update=True)
             if current.state is MailState.PENDING:
                 self._record(session, current, error, log)
-            elif error is None and current.state is not MailState.SENT:
+            elif error is None and outbox.withdrawn(current):
                 self._sent_anyway(session, current, log)
         if error is None:
             log.info("mail.sent", recipient=mask_address(mail.recipient))
@@ -281,10 +281,17 @@ class Deliverer:
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
             self.milestones.delivered(request.received_at, request.confirmed_at, at=now)
 
+    def _unmark(self, mail: OutgoingMail) -> None:
+        """Not sent after all: take this instance's mark back, unless another has marked it."""
+        with self.sessions.begin() as session:
+            current = session.get_one(OutgoingMail, mail.id, with_for_update=True)
+            if current.state is MailState.PENDING and current.sending_since == mail.sending_since:
+                current.sending_since = None
+
     def _sent_anyway(self, session: Session, mail: OutgoingMail, log: FilteringBoundLogger) -> None:
         """The message went, but was withdrawn while it was being handed over (a decision
         that found no daemon at work on it): the record says what happened."""
-        why = mail.last_error or "withdrawn"
+        why = (mail.last_error or "").removeprefix(outbox.WITHDRAWN)
         outbox.mark_sent(mail, self.clock())
         mail.last_error = f"sent as it was being withdrawn ({why})"
         if mail.request is not None:

@@ -89,18 +89,13 @@ def acknowledgements_since(
 
 def mark_sending(mail: OutgoingMail, now: datetime) -> None:
     """The message is about to be handed to SMTP: committed before the first byte goes, so
-    an operator's decision that would withdraw it waits for the outcome (``in_flight``)."""
+    an operator's decision that would withdraw it waits for the outcome."""
     mail.sending_since = now
 
 
-def in_flight(mail: OutgoingMail, now: datetime, limit: timedelta) -> bool:
-    """Whether the message is being handed to SMTP now: marked sending, less than ``limit``
-    ago (a mark older than any send can last was left by a process that died sending)."""
-    return (
-        mail.state is MailState.PENDING
-        and mail.sending_since is not None
-        and now - mail.sending_since < limit
-    )
+def withdrawn(mail: OutgoingMail) -> bool:
+    """Whether a decision withdrew the message (``cancel``)."""
+    return mail.state is MailState.FAILED and (mail.last_error or "").startswith(WITHDRAWN)
 
 
 def mark_sent(mail: OutgoingMail, now: datetime) -> None:
@@ -127,9 +122,14 @@ def mark_failed(mail: OutgoingMail, error: str) -> None:
     mail.last_error = error
 
 
+WITHDRAWN = "cancelled: "
+"""How the error of a message withdrawn by a decision begins (``cancel``)."""
+
+
 def cancel(mail: OutgoingMail, reason: str) -> None:
     """Withdraw a message for good: failed, with nothing left that could be sent again."""
-    mail.state, mail.raw, mail.last_error = MailState.FAILED, None, reason
+    mail.state, mail.raw, mail.sending_since = MailState.FAILED, None, None
+    mail.last_error = WITHDRAWN + reason
     if mail.file_path:
         Path(mail.file_path).unlink(missing_ok=True)
         mail.file_path = None
