@@ -211,8 +211,12 @@ class Pipeline:
                 if not mine:
                     continue
                 with self.sessions.begin() as session:  # read again: another may have finished it
+                    # ... or an operator rejected it: locked, so a decision either comes first
+                    # (and the row no longer matches) or waits for this transaction.
                     request = session.scalar(
-                        select(Request).where(Request.id == request_id, *_due_for_collection(now))
+                        select(Request)
+                        .where(Request.id == request_id, *_due_for_collection(now))
+                        .with_for_update()
                     )
                     if request is None:
                         continue

@@ -161,8 +161,8 @@ class Operations:
         sent = request_mail(session, request, MailKind.EXPORT, MailState.SENT)
         if sent:
             warnings.append(
-                f"{reference}: {len(sent)} of {len(sent) + len(exports)} parts of its export "
-                "were sent already; the rest are withdrawn"
+                f"{reference}: {len(sent)} export message(s) of this request were sent "
+                "already; what was still to send is withdrawn"
             )
         for mail in exports:
             why = "the request was rejected"
@@ -313,7 +313,7 @@ def request_mail(
     if kind is not None:
         query = query.where(OutgoingMail.kind == kind)
     if lock:
-        query = query.with_for_update()
+        query = query.order_by(OutgoingMail.id).with_for_update()  # one order: no deadlock
     return list(session.scalars(query))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.typing import FilteringBoundLogger
 
@@ -283,7 +284,7 @@ class Deliverer:
 
     def _unmark(self, mail: OutgoingMail) -> None:
         """Not sent after all: take this instance's mark back, unless another has marked it."""
-        with self.sessions.begin() as session:
+        with suppress(DBAPIError), self.sessions.begin() as session:  # else it stays, as a crash's
             current = session.get_one(OutgoingMail, mail.id, with_for_update=True)
             if current.state is MailState.PENDING and current.sending_since == mail.sending_since:
                 current.sending_since = None

@@ -190,6 +190,8 @@ class Verifier:
             select(Request)
             .where(Request.state == RequestState.AWAITING_CONFIRMATION)
             .where(Request.expires_at <= now)
+            .order_by(Request.id)
+            .with_for_update()  # each row before the audit head, in the order decisions lock them
         )
         expired = list(session.scalars(query))
         for request in expired:
