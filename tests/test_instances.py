@@ -16,12 +16,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
@@ -50,7 +48,7 @@ from tests.crashkit import (
     run_instances,
 )
 from tests.servers import postgres_server
-from tests.test_operations import Person
+from tests.test_operations import Person, rejected_while_sending, requested
 
 LOG = structlog.get_logger("test")
 
@@ -447,12 +445,7 @@ class TestDecisionsBesideSending:
         rejection withdraws the export (and warns it may have gone).  It went: the outbox
         says sent, and the audit trail says it went as it was being withdrawn."""
         bot = make_bot(storage={"database_url": database})
-        alice = person("alice", "example.test")
-        alice.send(bot.address, "GDPR DATA REQUEST")
-        bot.support.wait_for(subject_contains("GDPR"))
-        bot.run_once()
-        alice.reply(alice.wait_for(subject_contains("Please confirm")))
-        bot.support.wait_for(subject_contains("Re: [SAR-"))
+        alice = requested(bot, person, confirm=True)
         reference = bot.request().reference
         real_send = Mailer.send
         outputs: list[str] = []
@@ -489,40 +482,4 @@ class TestDecisionsBesideSending:
         """On PostgreSQL, an operator (another App, as the command would be) rejects while an
         instance holds the claim and hands the export over: the decision waits, then reads the
         request again and finds it delivered; the request is not rejected over it."""
-        bot = make_bot(storage={"database_url": database})
-        alice = person("alice", "example.test")
-        alice.send(bot.address, "GDPR DATA REQUEST")
-        bot.support.wait_for(subject_contains("GDPR"))
-        bot.run_once()
-        alice.reply(alice.wait_for(subject_contains("Please confirm")))
-        bot.support.wait_for(subject_contains("Re: [SAR-"))
-        reference = bot.request().reference
-        real_send = Mailer.send
-        decision: dict[str, Any] = {}
-
-        def reject() -> None:
-            operator = App(bot.app.config_path, bot.app.settings)
-            args = ["requests", "reject", reference, "--reason", "not who they say"]
-            decision["result"] = CliRunner().invoke(cli, args, obj={"app": operator})
-            operator.engine.dispose()
-
-        async def send(self: Mailer, raw: bytes, *, sender: str, recipient: str) -> None:
-            if b"A copy of your personal data" in raw and "thread" not in decision:
-                decision["thread"] = thread = threading.Thread(target=reject)
-                thread.start()
-                await asyncio.sleep(2)  # the decision cannot end before the send does
-                decision["waiting"] = thread.is_alive()
-            await real_send(self, raw, sender=sender, recipient=recipient)
-
-        monkeypatch.setattr(Mailer, "send", send)
-        bot.run_once()
-        decision["thread"].join(timeout=120)
-        result = decision["result"]
-        assert decision["waiting"], result.output
-        assert result.exit_code == 1, result.output
-        assert f"{reference} is delivered and cannot be rejected" in result.output
-        alice.wait_for(subject_contains("A copy of your personal data"))
-        assert bot.request().state is RequestState.DELIVERED
-        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
-        assert (export.state, export.sending_since) == (MailState.SENT, None)
-        assert not any(m.kind is MailKind.REJECTION for m in bot.outgoing())
+        rejected_while_sending(make_bot(storage={"database_url": database}), person, monkeypatch)

@@ -256,39 +256,7 @@ class TestOperatorCommands:
         """An operator (another process) rejects alice's request while the daemon is handing
         her export to the mail server: the decision waits for the outcome instead of recording
         a withdrawal that did not happen, then finds the export sent and says so."""
-        alice = requested(bot, person, confirm=True)
-        reference = bot.request().reference
-        real_send = Mailer.send
-        decision: dict[str, Any] = {}
-
-        def reject() -> None:  # a separate App, as the sarbot command would be
-            obj = {"app": App(bot.app.config_path, bot.app.settings)}
-            args = ["requests", "reject", reference, "--reason", "not who they say"]
-            decision["result"] = CliRunner().invoke(cli, args, obj=obj)
-
-        async def send(self: Mailer, raw: bytes, *, sender: str, recipient: str) -> None:
-            if b"A copy of your personal data" in raw and "thread" not in decision:
-                [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
-                decision["marked"] = export.sending_since is not None
-                decision["thread"] = thread = threading.Thread(target=reject)
-                thread.start()
-                await asyncio.sleep(2)  # the decision cannot end before the send does
-                decision["waiting"] = thread.is_alive()
-            await real_send(self, raw, sender=sender, recipient=recipient)
-
-        monkeypatch.setattr(Mailer, "send", send)
-        bot.run_once()
-        decision["thread"].join(timeout=120)
-        result = decision["result"]
-        assert decision["marked"] and decision["waiting"], result.output
-        assert result.exit_code == 1, result.output
-        assert "being handed to the mail server" in result.output
-        assert f"{reference} is delivered and cannot be rejected" in result.output
-        alice.wait_for(EXPORT)
-        assert bot.request().state is RequestState.DELIVERED
-        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
-        assert (export.state, export.sending_since) == (MailState.SENT, None)
-        assert not any(m.kind is MailKind.REJECTION for m in bot.outgoing())
+        rejected_while_sending(bot, person, monkeypatch)
 
     def test_a_request_rejected_during_its_collection_is_not_packaged(
         self, make_bot: BotFactory, person: Person, tmp_path: Path
@@ -461,6 +429,46 @@ class TestRetention:
         bot.run_once()
         assert message_ids(bot.support, "GDPR") == ["<recent@example.test>"]
         assert [e.actor for e in bot.audit() if e.event == "retention.purged"] == ["daemon"]
+
+
+def rejected_while_sending(bot: Bot, person: Person, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alice's request is rejected by an operator (another App, as the sarbot command would
+    be) while the daemon hands her export to the mail server: the decision waits for the
+    outcome, then finds the export sent and says so; the request is not rejected."""
+    alice = requested(bot, person, confirm=True)
+    reference = bot.request().reference
+    real_send = Mailer.send
+    decision: dict[str, Any] = {}
+
+    def reject() -> None:  # a separate App, as the sarbot command would be
+        operator = App(bot.app.config_path, bot.app.settings)
+        args = ["requests", "reject", reference, "--reason", "not who they say"]
+        decision["result"] = CliRunner().invoke(cli, args, obj={"app": operator})
+        operator.engine.dispose()
+
+    async def send(self: Mailer, raw: bytes, *, sender: str, recipient: str) -> None:
+        if b"A copy of your personal data" in raw and "thread" not in decision:
+            [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+            decision["marked"] = export.sending_since is not None
+            decision["thread"] = thread = threading.Thread(target=reject)
+            thread.start()
+            await asyncio.sleep(2)  # the decision cannot end before the send does
+            decision["waiting"] = thread.is_alive()
+        await real_send(self, raw, sender=sender, recipient=recipient)
+
+    monkeypatch.setattr(Mailer, "send", send)
+    bot.run_once()
+    decision["thread"].join(timeout=120)
+    result = decision["result"]
+    assert decision["marked"] and decision["waiting"], result.output
+    assert result.exit_code == 1, result.output
+    assert "being handed to the mail server" in result.output
+    assert f"{reference} is delivered and cannot be rejected" in result.output
+    alice.wait_for(EXPORT)
+    assert bot.request().state is RequestState.DELIVERED
+    [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+    assert (export.state, export.sending_since) == (MailState.SENT, None)
+    assert not any(m.kind is MailKind.REJECTION for m in bot.outgoing())
 
 
 def copy(bot: Bot, message_id: str) -> bytes:
