@@ -10,8 +10,9 @@ database (1M agents at 500 clients, software for 1 agent in 100), loaded with
 ``COPY``, plus the two ``lower()`` indexes.  Each lookup is the connector's
 ``collect`` as the collect step calls it (``list(connector.collect(identity))``); its
 baseline sends the same statements for the same rows through the bare driver and
-fetches them.  Fastest of 3 after a warm-up; peak RSS of the process and the Python
-memory one lookup allocates (tracemalloc) show that memory stays flat.
+fetches them.  Fastest of 30 of each, taken in turns, after a warm-up; peak RSS of
+the process and the Python memory one lookup allocates (tracemalloc) show that
+memory stays flat.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tests.servers import mariadb_server, postgres_server
 
 SIZES = {"smoke": 3_000, "full": 1_000_000}
 GOAL = "<= 1.5x"
+RUNS = 30
 ALICE = "alice@example.test"
 GUEST = "guest42@mail42.test"
 ALICE_SPELLINGS = ("Alice@Example.test", "ALICE@EXAMPLE.TEST", ALICE, "alice@example.test.")
@@ -71,8 +73,14 @@ def run(scale: Scale) -> list[Row]:
 
 
 def timed(work: str, lookup: Callable[[], object], bare: Callable[[], object], note: str) -> Row:
+    """The fastest of ``RUNS`` of each, taken in turns: a lookup takes milliseconds, so a
+    moment's noise on the machine would otherwise decide the ratio."""
     lookup(), bare()  # warm: connection pool, plans, caches
-    return Row(work, fastest(3, lookup), fastest(3, bare), goal=GOAL, note=note)
+    best_lookup = best_bare = float("inf")
+    for _ in range(RUNS):
+        best_lookup = min(best_lookup, fastest(1, lookup))
+        best_bare = min(best_bare, fastest(1, bare))
+    return Row(work, best_lookup, best_bare, goal=GOAL, note=note)
 
 
 def allocated_mb(lookup: Callable[[], object]) -> float:

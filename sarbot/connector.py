@@ -304,8 +304,15 @@ class ConnectorType(Protocol):
     def __call__(self, name: str, settings: Any, /) -> Connector: ...
 
 
+_PLAIN: frozenset[type[JSONValue]] = frozenset((str, int, float, bool))
+"""The types most stored values have: a connector converts every field, so they go first."""
+
+
 def jsonable(value: Any) -> JSONValue:
     """A stored value as a JSON value: dates as ISO 8601, binary as a size note."""
+    if type(value) in _PLAIN:
+        plain: JSONValue = value
+        return plain
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if hasattr(value, "isoformat"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -11,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import OperationalError
 
+from connectors import readonly
 from connectors.indexed import like_whole
 from connectors.tacticalrmm import (
     LAST_USER_NOTE,
@@ -24,6 +29,8 @@ from connectors.tacticalrmm import (
     TacticalRmmConnector,
     TacticalRmmSettings,
 )
+from connectors.tacticalrmm.inventory import ip_of
+from connectors.tacticalrmm.people import Withholder
 from sarbot.config import validate
 from sarbot.connector import Identifier, Identity, Record, Trust
 from sarbot.errors import ConfigError
@@ -798,6 +805,50 @@ class TestSqlite:
         assert serialized(other) == serialized(collect(postgres_url, OTHER_ASMITH))
 
 
+# Text made of what folding treats specially: cases, final and other sigmas, the dotted I,
+# a combining accent, NUL, quotes and backslashes, spaces.
+TRICKY = st.text(alphabet="abAB \u03a3\u03c3\u03c2\u0130iIe\u0301\u00e9\0'\"\\-.", max_size=8)
+
+
+def json_values(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | text,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+class TestWithholding:
+    @settings(max_examples=300)
+    @given(data=st.data())
+    def test_the_one_search_never_lets_a_name_through(self, data: st.DataObject) -> None:
+        """Scrubbing a whole value after one search of its joined texts gives what going
+        through every text does; the texts hold the names, written in other cases."""
+        others = data.draw(st.lists(TRICKY, max_size=3), "others")
+        own = data.draw(st.lists(TRICKY, max_size=2), "own")
+        names = st.sampled_from([*others, *own, "x"])
+        written = names.flatmap(lambda n: st.sampled_from([n, n.upper(), n.lower(), n.title()]))
+        texts = st.lists(written | TRICKY, max_size=3).map("".join)
+        value = data.draw(json_values(texts), "value")
+        withhold = Withholder(others, own)
+        assert withhold.scrub(value) == withhold._scrub(value)
+
+    @given(
+        text=st.ip_addresses().map(str) | TRICKY,
+        prefix=st.sampled_from(["", "/24", "/64", "/33", "/255.255.255.0", "/x"]),
+        space=st.sampled_from(["", " ", "\t"]),
+    )
+    def test_an_address_is_read_as_an_interface_is(
+        self, text: str, prefix: str, space: str
+    ) -> None:
+        written = f"{space}{text}{prefix}{space}"
+        try:
+            expected: object = ipaddress.ip_interface(written.strip()).ip
+        except ValueError:
+            expected = None
+        assert ip_of(written) == expected
+
+
 class TestReadOnly:
     def test_postgresql_transactions_are_read_only(self, postgres_url: str) -> None:
         """On PostgreSQL the connector's connections cannot write, whatever the account may do."""
@@ -814,6 +865,50 @@ class TestReadOnly:
             connection.exec_driver_sql("DELETE FROM agents_agent")
         rmm.close()
         assert len(collect(sqlite_url, usernames("asmith"))) == 3
+
+
+class TestDroppedConnection:
+    """A pooled connection the server closed: replaced before use after a pause, and in the
+    short window of one collection's lookups, only the attempt that met it fails."""
+
+    @staticmethod
+    def backend(rmm: TacticalRmmConnector) -> int:
+        with rmm._connect() as connection:
+            return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+    @staticmethod
+    def terminate(url: str, pid: int) -> None:
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        engine.dispose()
+
+    def test_an_idle_connection_is_checked_and_replaced(
+        self, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(readonly, "PING_AFTER", 0.0)
+        rmm = connector(postgres_url)
+        try:
+            before = serialized(list(rmm.collect(usernames("asmith"))))
+            killed = self.backend(rmm)
+            self.terminate(postgres_url, killed)
+            assert serialized(list(rmm.collect(usernames("asmith")))) == before
+            assert self.backend(rmm) != killed
+        finally:
+            rmm.close()
+
+    def test_within_the_window_one_attempt_fails_and_the_next_reconnects(
+        self, postgres_url: str
+    ) -> None:
+        rmm = connector(postgres_url)
+        try:
+            before = serialized(list(rmm.collect(usernames("asmith"))))
+            self.terminate(postgres_url, self.backend(rmm))
+            with pytest.raises(OperationalError):
+                list(rmm.collect(usernames("asmith")))
+            assert serialized(list(rmm.collect(usernames("asmith")))) == before
+        finally:
+            rmm.close()
 
 
 # The column grants docs/connectors/tacticalrmm.md recommends for the connector's account.

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, column, create_engine, event, func, select, table, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from connectors import readonly
 from connectors.indexed import Paged
 from connectors.wordpress import (
     UNREADABLE_SESSIONS,
@@ -728,6 +729,37 @@ class TestSqlite:
         path = sqlite_site.removeprefix("sqlite:///")
         with closing(sqlite3.connect(path)) as check:
             assert check.execute("SELECT count(*) FROM wp_comments").fetchone() == (11,)
+
+
+class TestDroppedConnection:
+    """A pooled connection the server closed: replaced before use after a pause, and in the
+    short window of one collection's lookups, only the attempt that met it fails."""
+
+    @staticmethod
+    def connection_id(connector: WordpressConnector) -> int:
+        with connector.engine.connect() as connection:
+            return int(connection.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
+
+    def test_an_idle_connection_is_checked_and_replaced(
+        self, mariadb: str, make: Make, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(readonly, "PING_AFTER", 0.0)
+        connector = make(mariadb)
+        before = dump(connector.collect(Identity.verified(ALICE)))
+        killed = self.connection_id(connector)
+        on_mariadb(mariadb, f"KILL {killed}")
+        assert dump(connector.collect(Identity.verified(ALICE))) == before
+        assert self.connection_id(connector) != killed
+
+    def test_within_the_window_one_attempt_fails_and_the_next_reconnects(
+        self, mariadb: str, make: Make
+    ) -> None:
+        connector = make(mariadb)
+        before = dump(connector.collect(Identity.verified(ALICE)))
+        on_mariadb(mariadb, f"KILL {self.connection_id(connector)}")
+        with pytest.raises(OperationalError):
+            list(connector.collect(Identity.verified(ALICE)))
+        assert dump(connector.collect(Identity.verified(ALICE))) == before
 
 
 # Two look-alike people on one site: alice, whose address is written in every case and with

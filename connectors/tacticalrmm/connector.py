@@ -50,6 +50,7 @@ from connectors.tacticalrmm.people import (
     WITHHELD_TEXT,
     Link,
     Subject,
+    Whose,
     Withholder,
     is_user,
 )
@@ -206,14 +207,15 @@ class TacticalRmmConnector:
         return found
 
     def _record(self, row: RowMapping, subject: Subject, link: Link, programs: list[Any]) -> Record:
-        users = [row[name] for name in USER_FIELDS]
-        others = [user for user in users if subject.other(user, row)]
-        own = [user for user in users if subject.match(user, row)] + subject.names()
-        withhold = Withholder(others, own)
-        fields = {k: withhold.scrub(v) for k, v in self._machine(row, programs).items()}
+        users = {name: row[name] for name in USER_FIELDS}
+        whose = {name: subject.whose(value, row) for name, value in users.items()}
+        others = [users[name] for name, who in whose.items() if who is Whose.OTHER]
+        own = [users[name] for name, who in whose.items() if who is Whose.SUBJECT]
+        withhold = Withholder(others, own + subject.names())
+        fields = withhold.scrub_fields(self._machine(row, programs))
         for name, label in USER_FIELDS.items():
-            value = row[name]
-            shown = WITHHELD_USER if subject.other(value, row) else value
+            value = users[name]
+            shown = WITHHELD_USER if whose[name] is Whose.OTHER else value
             fields[label] = shown if is_user(value) else None
         notes = [OTHERS_NOTE] if others else []
         if not link.now:

@@ -53,6 +53,7 @@ def json_of(value: Any) -> Any:
 
 
 SCALARS = (str, int, float, bool)
+SCALAR_TYPES: frozenset[type[JSONValue]] = frozenset(SCALARS)
 
 
 def scalar(value: Any) -> JSONValue:
@@ -65,19 +66,21 @@ def texts(value: Any) -> list[str]:
 
 
 def entries(items: Any, keys: Mapping[str, str]) -> list[dict[str, JSONValue]]:
-    """Chosen properties of each object in a JSON list, under human-readable names."""
-    objects = items if isinstance(items, list) else []
-    pairs = list(keys.items())
+    """Chosen properties of each object in a JSON list, under human-readable names; a value
+    that is not a plain JSON scalar (an object, a list, null) is left empty.  A computer can
+    list hundreds of programs, so this loop is kept plain."""
+    if not isinstance(items, list):
+        return []
+    pairs = tuple(keys.items())
     found: list[dict[str, JSONValue]] = []
-    for o in objects:
+    for o in items:
         if isinstance(o, dict):
-            values = [o.get(key) for key, _ in pairs]
-            found.append(
-                {
-                    label: value if isinstance(value, SCALARS) else None
-                    for (_, label), value in zip(pairs, values, strict=True)
-                }
-            )
+            get = o.get
+            entry: dict[str, JSONValue] = {}
+            for key, label in pairs:
+                value = get(key)
+                entry[label] = value if type(value) in SCALAR_TYPES else None
+            found.append(entry)
     return found
 
 
@@ -103,8 +106,12 @@ def boot_time(value: Any) -> JSONValue:
 
 
 def ip_of(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address, written alone or with its prefix (``10.0.0.15/24``)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
     try:
-        return ipaddress.ip_interface(value.strip()).ip if isinstance(value, str) else None
+        return ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
     except ValueError:
         return None
 

@@ -3,10 +3,10 @@ client's namespace, and withholding everyone else's name."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import RowMapping
@@ -29,6 +29,13 @@ NOBODY = {"", "none"}  # the agent reports the text "None" when nobody is logged
 USER_FIELDS = {"logged_in_username": "Logged-in user", "last_logged_in_user": "Last logged-in user"}
 
 
+class Whose(Enum):
+    NOBODY = "nobody"
+    SUBJECT = "the subject, by an identifier of this round"
+    SUBJECT_EARLIER = "the subject, by an identifier of an earlier round"
+    OTHER = "another person"
+
+
 @dataclass(frozen=True)
 class Link:
     """How an agent is linked to the person: by which identifier, and through whom."""
@@ -46,6 +53,9 @@ class Subject:
     connector: str
     spellings: frozenset[str]
     """How the stored user names that may be the subject's are written (connectors.indexed)."""
+    answers: dict[tuple[str, str, bool], Identifier | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, identity: Identity, connector: str) -> Subject:
@@ -59,12 +69,18 @@ class Subject:
         return f"{base}/{client}" if isinstance(client, str) and client else base
 
     def match(self, stored: Any, row: RowMapping, *, known: bool = False) -> Identifier | None:
+        """The identifier a stored user name is, in its client's namespace.  The answers are
+        kept for the lookup: the same user names recur on many computers of a client."""
         if not is_user(stored):
             return None
-        identity = self.identity
-        return identity.address(stored, known=known) or identity.account(
-            stored, self.namespace(row), known=known
-        )
+        namespace = self.namespace(row)
+        key = (stored, namespace, known)
+        if key not in self.answers:
+            identity = self.identity
+            self.answers[key] = identity.address(stored, known=known) or identity.account(
+                stored, namespace, known=known
+            )
+        return self.answers[key]
 
     def linked(self, row: RowMapping) -> Link | None:
         """How the agent links to the subject, or None."""
@@ -80,11 +96,16 @@ class Subject:
         own = [*self.identity.of_kind("username"), *self.identity.known]
         return [split_account(i.value)[0] for i in own if i.kind == "username"]
 
-    def other(self, stored: Any, row: RowMapping) -> bool:
-        """Whether a user field names somebody else than the person (in any round)."""
-        if not is_user(stored) or self.match(stored, row) is not None:
-            return False
-        return self.match(stored, row, known=True) is None
+    def whose(self, stored: Any, row: RowMapping) -> Whose:
+        """Whom a user field names: the person by an identifier of this round, the person
+        by one of an earlier round, somebody else, or nobody."""
+        if not is_user(stored):
+            return Whose.NOBODY
+        if self.match(stored, row) is not None:
+            return Whose.SUBJECT
+        if self.match(stored, row, known=True) is not None:
+            return Whose.SUBJECT_EARLIER
+        return Whose.OTHER
 
 
 class Withholder:
@@ -108,7 +129,6 @@ class Withholder:
         # Any of the names anywhere: text without one cannot match a rule (taking out the
         # subject's names only removes text), so most text is decided by this one search.
         self.anywhere = re.compile("|".join(re.escape(n) for n in sorted(names)))
-        self.plain = not any(c in '"\\' or ord(c) < 0x20 for n in names for c in n)
 
     def names_other(self, text: str) -> bool:
         if not self.rules:
@@ -125,14 +145,26 @@ class Withholder:
         return False
 
     def scrub(self, value: JSONValue) -> JSONValue:
-        """The value with every text that names another person withheld.  Most values name
-        nobody: they are passed whole after one search of their JSON text, which holds each
-        of their texts as written when no name has a character JSON escapes."""
+        """The value with every text that names another person withheld.
+
+        Most values name nobody: they are passed whole after one search of all their texts
+        joined by NUL.  Folding works on the joined texts as on each one (NUL is no letter
+        and composes with nothing), so a name in one text is found in the join; a match
+        across two texts only costs the text-by-text pass."""
         if not self.rules:
             return value
-        if self.plain and not self.anywhere.search(fold(json.dumps(value, ensure_ascii=False))):
+        found: list[str] = []
+        _texts_of(value, found)
+        if not self.anywhere.search(fold("\0".join(found))):
             return value
         return self._scrub(value)
+
+    def scrub_fields(self, fields: dict[str, JSONValue]) -> dict[str, JSONValue]:
+        """A record's fields, scrubbed as one value: one search decides a record that names
+        nobody (the usual case), instead of one search a field."""
+        scrubbed = self.scrub(fields)
+        assert isinstance(scrubbed, dict)
+        return scrubbed
 
     def _scrub(self, value: JSONValue) -> JSONValue:
         if isinstance(value, str):
@@ -142,6 +174,17 @@ class Withholder:
         if isinstance(value, dict):
             return {key: self._scrub(item) for key, item in value.items()}
         return value
+
+
+def _texts_of(value: JSONValue, found: list[str]) -> None:
+    if isinstance(value, str):
+        found.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _texts_of(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _texts_of(item, found)
 
 
 def is_user(value: Any) -> bool:

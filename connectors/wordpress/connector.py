@@ -41,6 +41,7 @@ from connectors.wordpress.queries import (
     LOCATION_KEY,
     PROFILE_META,
     SESSION_META,
+    Comment,
     Queries,
     Tables,
 )
@@ -257,16 +258,17 @@ class WordpressConnector:
             )
         mine: dict[object, bool] = {}  # a person's comments repeat a few spellings
         for row in paged.rows(connection, params):
-            comment_id = int(row.comment_ID)
-            stored = row.comment_author_email
+            comment = Comment._make(row)
+            comment_id = int(comment.comment_ID)
+            stored = comment.comment_author_email
             if email and stored not in mine:
                 mine[stored] = same_address(stored, email)
             if comment_id in seen or (email and not mine[stored]):
                 continue
             seen.add(comment_id)
-            yield self._comment_record(row, comment_id, found_by)
+            yield self._comment_record(comment, comment_id, found_by)
 
-    def _comment_record(self, row: AnyRow, comment_id: int, found_by: Identifier) -> Record:
+    def _comment_record(self, row: Comment, comment_id: int, found_by: Identifier) -> Record:
         post_link = self._post_link(row.comment_post_ID, row.post_guid)
         approved = str(row.comment_approved)
         location = f"table {self.t.prefix}comments, comment_ID {comment_id}"

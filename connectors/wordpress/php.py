@@ -89,9 +89,12 @@ def gmt(value: object) -> JSONValue:
         if not value or value.startswith("0000-00-00"):
             return None
         try:
-            return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
+            when: object = datetime.fromisoformat(value)
         except ValueError:
             return value
+        value = when
     if isinstance(value, datetime):
+        if value.tzinfo is None:  # as stored: ISO 8601 of the time, then UTC's offset
+            return value.isoformat() + "+00:00"
         return value.replace(tzinfo=UTC).isoformat()
     return jsonable(value)

@@ -3,7 +3,7 @@ and the indexes they need."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Select, TableClause, bindparam, column, select, table
 
@@ -17,6 +17,27 @@ PROFILE_META = {
 }
 SESSION_META = "session_tokens"
 LOCATION_KEY = "community-events-location"
+
+
+class Comment(NamedTuple):
+    """A comment row as the comments statement selects it, in its column order (a plain
+    tuple reads each field several times faster than a result row, and a person may have
+    thousands of comments)."""
+
+    comment_ID: Any
+    comment_post_ID: Any
+    comment_author: Any
+    comment_author_email: Any
+    comment_author_url: Any
+    comment_author_IP: Any
+    comment_date_gmt: Any
+    comment_content: Any
+    comment_approved: Any
+    comment_agent: Any
+    comment_type: Any
+    user_id: Any
+    post_title: Any
+    post_guid: Any
 
 
 class Tables:
@@ -36,21 +57,7 @@ class Tables:
         )
         self.usermeta = _table(f"{prefix}usermeta", "user_id", "meta_key", "meta_value")
         self.posts = _table(f"{prefix}posts", "ID", "post_title", "guid")
-        self.comments = _table(
-            f"{prefix}comments",
-            "comment_ID",
-            "comment_post_ID",
-            "comment_author",
-            "comment_author_email",
-            "comment_author_url",
-            "comment_author_IP",
-            "comment_date_gmt",
-            "comment_content",
-            "comment_approved",
-            "comment_agent",
-            "comment_type",
-            "user_id",
-        )
+        self.comments = _table(f"{prefix}comments", *Comment._fields[:-2])
 
     def needed(self, match_usernames: bool) -> list[Needed]:
         """The indexes the lookups need (docs/connectors/wordpress.md)."""
@@ -116,7 +123,7 @@ class Queries:
 
     def comments(self, collation: Collation | None, shape: int = 0) -> Paged:
         """Comments with their post, by the address bound as ``spellings`` (with a collation)
-        or by the account bound as ``user_id`` (without)."""
+        or by the account bound as ``user_id`` (without); each row in ``Comment``'s order."""
         key = (f"comments {collation}", shape)
         if key not in self.built:
             c, p = self.t.comments.c, self.t.posts.c
