@@ -51,7 +51,6 @@ from connectors.tacticalrmm.people import (
     Link,
     Subject,
     Whose,
-    Withholder,
     is_user,
 )
 from sarbot.connector import (
@@ -211,7 +210,7 @@ class TacticalRmmConnector:
         whose = {name: subject.whose(value, row) for name, value in users.items()}
         others = [users[name] for name, who in whose.items() if who is Whose.OTHER]
         own = [users[name] for name, who in whose.items() if who is Whose.SUBJECT]
-        withhold = Withholder(others, own + subject.names())
+        withhold = subject.withholder(others, own)
         fields = withhold.scrub_fields(self._machine(row, programs))
         for name, label in USER_FIELDS.items():
             value = users[name]

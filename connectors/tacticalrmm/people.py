@@ -56,6 +56,9 @@ class Subject:
     answers: dict[tuple[str, str, bool], Identifier | None] = field(
         default_factory=dict, compare=False, repr=False
     )
+    withholders: dict[tuple[tuple[str, ...], tuple[str, ...]], Withholder] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, identity: Identity, connector: str) -> Subject:
@@ -91,6 +94,14 @@ class Subject:
             current = self.match(row["logged_in_username"], row, known=True)
             return Link(found, now=current is not None)
         return None
+
+    def withholder(self, others: list[str], own: list[str]) -> Withholder:
+        """What withholds these other people's names, built once a lookup for each set of
+        names (a client's computers share their users)."""
+        key = (tuple(others), tuple(own))
+        if key not in self.withholders:
+            self.withholders[key] = Withholder(others, own + self.names())
+        return self.withholders[key]
 
     def names(self) -> list[str]:
         own = [*self.identity.of_kind("username"), *self.identity.known]
