@@ -835,7 +835,9 @@ class TestWithholding:
 
     @given(
         text=st.ip_addresses().map(str) | TRICKY,
-        prefix=st.sampled_from(["", "/24", "/64", "/33", "/255.255.255.0", "/x"]),
+        prefix=st.sampled_from(
+            ["", "/24", "/64", "/33", "/255.255.255.0", "/x", "%eth0", "%Carol Jones", "%2/64"]
+        ),
         space=st.sampled_from(["", " ", "\t"]),
     )
     def test_an_address_is_read_as_an_interface_is(
@@ -847,6 +849,7 @@ class TestWithholding:
         except ValueError:
             expected = None
         assert ip_of(written) == expected
+        assert "%" not in str(ip_of(written))  # a zone is any text: never exported
 
 
 class TestReadOnly:

@@ -106,12 +106,15 @@ def boot_time(value: Any) -> JSONValue:
 
 
 def ip_of(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address, written alone or with its prefix (``10.0.0.15/24``)."""
+    """An address, written alone or with its prefix (``10.0.0.15/24``); an IPv6 zone
+    (``fe80::1%eth0``, any text the agent stored) is left out."""
     if not isinstance(value, str):
         return None
     text = value.strip()
     try:
-        return ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
+        if "/" in text or "%" in text:
+            return ipaddress.ip_interface(text).ip
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
 
