@@ -209,6 +209,21 @@ def test_long_lines_at_every_boundary(
     assert [n for n, _ in found][:4] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("block", [1, 2, 3, 11, 12, 13, 64, logscan.BLOCK_BYTES])
+def test_empty_lines_where_blocks_start_keep_the_numbers(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines are numbered as written whether a block starts with an empty line, a CRLF or
+    the line sought: the count of newlines before each line handed on is exact."""
+    monkeypatch.setattr(logscan, "BLOCK_BYTES", block)
+    data = b"\nasmith one\n\r\n\n\nx\nasmith two\r\n\n\nasmith three"
+    matcher = Matcher(IDENTITIES["alice"])
+    found = concerning(
+        candidate_lines(io.BytesIO(data), Path("x"), matcher.prefilter("auth")), matcher, "auth"
+    )
+    assert found == [(2, "asmith one"), (7, "asmith two"), (10, "asmith three")]
+
+
 def test_a_damaged_stream_names_the_lines_read(tmp_path: Path) -> None:
     """Damage in a compressed log fails with the number of the lines read before it."""
     good = b"".join(b"Mar  1 09:00:00 gw1 sshd[1]: line %d\n" % n for n in range(100_000))
