@@ -901,8 +901,9 @@ class TestDroppedConnection:
             rmm.close()
 
     def test_within_the_window_one_attempt_fails_and_the_next_reconnects(
-        self, postgres_url: str
+        self, postgres_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        monkeypatch.setattr(readonly, "PING_AFTER", 3600.0)  # however slow this machine is
         rmm = connector(postgres_url)
         try:
             before = serialized(list(rmm.collect(usernames("asmith"))))

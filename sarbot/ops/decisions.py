@@ -167,14 +167,15 @@ class Operations:
         for mail in exports:
             why = "the request was rejected"
             if mail.sending_since is not None:  # a daemon died handing it over
+                at = mail.sending_since.isoformat(timespec="seconds")
                 why += (
-                    "; a daemon stopped while handing it to the mail server at "
-                    f"{mail.sending_since.isoformat(timespec='seconds')}, so it may have gone"
+                    f"; a daemon stopped while handing it to the mail server at {at}, "
+                    "so it may have gone"
                 )
                 warnings.append(
                     f"{reference}: a daemon stopped while handing its export to the mail "
-                    f"server at {mail.sending_since.isoformat(timespec='seconds')}: it may "
-                    "have gone (the mail server's log says); it is withdrawn"
+                    f"server at {at}: it may have gone (the mail server's log says); "
+                    "it is withdrawn"
                 )
             outbox.cancel(mail, why)
             audit(session, request, "mail.withdrawn", at=now, reason=why, actor=actor)
