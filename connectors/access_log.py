@@ -306,6 +306,7 @@ class Matcher:
         ]
         names = [fold(split_account(i.value)[0]) for i in identity.of_kind("username")]
         self.needles = {v.lower() for v in names + [form for _, form, _ in self.addresses] if v}
+        self._prefilters: dict[str, Prefilter] = {}
 
     def may_concern(self, line: str, log_format: str) -> bool:
         """False only for a line that cannot match: it holds none of the values sought."""
@@ -316,8 +317,11 @@ class Matcher:
         return log_format == "combined" and "%" in line and self._holds_needle(unquote_plus(line))
 
     def prefilter(self, log_format: str) -> Prefilter:
-        """The byte search that passes over the lines ``may_concern`` is false of."""
-        return Prefilter(self.needles, log_format, self._holds_needle)
+        """The byte search that passes over the lines ``may_concern`` is false of (compiled
+        once per format for the lookup)."""
+        if log_format not in self._prefilters:
+            self._prefilters[log_format] = Prefilter(self.needles, log_format, self._holds_needle)
+        return self._prefilters[log_format]
 
     def user(self, user: str | None, namespace: str) -> Identifier | None:
         """The identifier the line's user is: a login valid in this log, or an address in it."""

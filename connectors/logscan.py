@@ -1,11 +1,11 @@
 """Reading logs for the ``access_log`` connector: large blocks of whole lines, searched as bytes.
 
-A log is read in blocks of whole lines.  Each block is searched, as bytes, for the values
-sought (in lower case, the way the connector compares); only the lines that may hold one
-are cut out, numbered, decoded and handed on.  A line is handed on whenever the connector's
-own test (``Matcher.may_concern``) could be true of it, so what is found is exactly what
-reading every line would find; the byte search only decides which lines need not be looked
-at:
+A log is read in blocks of whole lines.  Each block is searched once, as bytes, for the
+values sought in any case (the connector compares in lower case) and the other spellings
+below, by a compiled multi-literal matcher; only the lines that may hold one are cut out,
+numbered, decoded and handed on.  A line is handed on whenever the connector's own test
+(``Matcher.may_concern``) could be true of it, so what is found is exactly what reading
+every line would find; the byte search only decides which lines need not be looked at:
 
 - a line of ASCII bytes only holds a value in lower case exactly when its bytes, in lower
   case, hold the value's bytes;
@@ -24,8 +24,10 @@ at:
 
 from __future__ import annotations
 
+import enum
 import gzip
 import re
+import threading
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
@@ -33,6 +35,8 @@ from contextlib import contextmanager
 from io import BufferedIOBase
 from pathlib import Path
 from urllib.parse import unquote_plus
+
+import hyperscan
 
 from sarbot.connector import ConnectorError
 
@@ -53,58 +57,107 @@ Line = tuple[int, str | None]
 
 class Prefilter:
     """Which lines of a block may hold one of ``needles`` (values in lower case), as the
-    connector's test ``holds(text)`` would find them in a line of a log of ``log_format``."""
+    connector's test ``holds(text)`` would find them in a line of a log of ``log_format``.
+
+    The ASCII values, the four characters that become ASCII ones and, in ``combined`` logs,
+    the percent-encoded spellings are all sought in one pass over the block by a compiled
+    multi-literal matcher (Hyperscan), values and codes in either case.  Each thread that
+    searches has scratch space of its own (the index reads compressed files ahead in
+    threads)."""
 
     def __init__(self, needles: set[str], log_format: str, holds: Callable[[str], bool]) -> None:
         self.holds = holds
-        self.plain = [n.encode() for n in needles if n.isascii() and n]
         self.ascii = all(n.isascii() for n in needles)
         self.jsonl = log_format == "jsonl"
         self.combined = log_format == "combined"
         self.space = any(" " in n for n in needles)
-        encoded = set(_TO_ASCII_ENCODED) | (set() if self.ascii else set(_HIGH_CODES))
-        # The ASCII characters of the values, and those a non-ASCII one is composed of (u of ü).
-        for char in {c for n in needles for c in unicodedata.normalize("NFD", n) if c.isascii()}:
-            for variant in {char.lower(), char.upper()}:
-                encoded.add(b"%%%02x" % ord(variant))
-        # Sought in a block in lower case, longest first (a character before its first byte).
-        spellings = sorted(encoded, key=len, reverse=True)
-        self.triggers = re.compile(b"|".join(re.escape(code) for code in spellings))
+        sought: list[tuple[bytes, Sought]] = [
+            (n.encode(), Sought.VALUE) for n in sorted(needles) if n.isascii() and n
+        ]
+        if self.ascii:  # only four characters become ASCII ones when composed or lowered
+            sought += [(spelled, Sought.COMPOSED) for spelled in _TO_ASCII]
+        if self.combined:
+            encoded = set(_TO_ASCII_ENCODED) | (set() if self.ascii else set(_HIGH_CODES))
+            # The ASCII characters of the values, and those a non-ASCII one is composed of
+            # (u of ü); the matcher finds each code in either case, as lower-casing would.
+            for char in {c for n in needles for c in unicodedata.normalize("NFD", n)}:
+                if char.isascii():
+                    encoded.add(b"%%%02x" % ord(char.lower()))
+                    encoded.add(b"%%%02x" % ord(char.upper()))
+            sought += [(code, Sought.ENCODED) for code in sorted(encoded)]
+        self.lengths = [len(pattern) for pattern, _ in sought]
+        self.kinds = [kind for _, kind in sought]
+        self.database: hyperscan.Database | None = None
+        if sought:
+            self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self.database.compile(
+                expressions=[pattern for pattern, _ in sought],
+                ids=list(range(len(sought))),
+                elements=len(sought),
+                # In either case: the four characters have no ASCII letter in their bytes,
+                # and one matcher that ignores case throughout is the faster.
+                flags=hyperscan.HS_FLAG_CASELESS,
+                literal=True,
+            )
+        self._scratch = threading.local()
 
     def starts(self, block: bytes) -> list[int]:
         """The offsets of the lines of ``block`` that may hold a value, in order."""
         found: set[int] = set()
-        lowered = block.lower()
-        for needle in self.plain:
-            _lines_at(lowered, needle, found)
-        if not block.isascii():
-            if self.ascii:  # only four characters become ASCII ones when composed or lowered
-                for spelled in _TO_ASCII:
-                    _lines_at(block, spelled, found)
-            elif self.holds(block.decode("utf-8", "replace")):
-                _lines_matching(block, _NON_ASCII, found)
+        encoded: list[int] = []
+        for kind, at in self._search(block):
+            if kind is Sought.ENCODED:
+                encoded.append(at)
+            else:
+                found.add(block.rfind(b"\n", 0, at) + 1)
+        if not self.ascii and not block.isascii() and self.holds(block.decode("utf-8", "replace")):
+            _lines_matching(block, _NON_ASCII, found)
         if self.jsonl and b"\\" in block:
             _lines_at(block, b"\\", found)
-        if self.combined and b"%" in block:
-            self._encoded_lines(block, lowered, found)
+        if self.combined and self.space and b"+" in block:
+            encoded.append(-1)  # a ``+`` may be a space once decoded: its lines, below
+        if encoded:
+            self._encoded_lines(block, encoded, found)
         for offset in range(0, len(block) - _WINDOW + 1, _WINDOW):
             if block.find(b"\n", offset, offset + _WINDOW) < 0:  # inside a very long line
                 found.add(block.rfind(b"\n", 0, offset) + 1)
         return sorted(found)
 
-    def _encoded_lines(self, block: bytes, lowered: bytes, found: set[int]) -> None:
+    def _search(self, block: bytes) -> list[tuple[Sought, int]]:
+        """What the matcher found in ``block``: each kind with the offset it starts at."""
+        if self.database is None:
+            return []
+        scratch = getattr(self._scratch, "space", None)
+        if scratch is None:
+            scratch = self._scratch.space = hyperscan.Scratch(self.database)
+        hits: list[tuple[Sought, int]] = []
+        kinds, lengths = self.kinds, self.lengths
+
+        def hit(which: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            hits.append((kinds[which], end - lengths[which]))
+
+        self.database.scan(block, match_event_handler=hit, scratch=scratch)
+        return hits
+
+    def _encoded_lines(self, block: bytes, encoded: list[int], found: set[int]) -> None:
         """Add the lines that may hold a value once URL-decoded and not before: those with a
         character of a value (or one composing or lower-casing makes one) percent-encoded,
-        or with ``+`` when a value has a space."""
-        triggers = set(self.triggers.findall(lowered)) if self.triggers.search(lowered) else set()
-        if self.space and b"+" in block:
-            triggers.add(b"+")
-        if not triggers:
-            return
+        or with ``+`` when a value has a space (offset -1)."""
         if not self.ascii and not self.holds(unquote_plus(block.decode("utf-8", "replace"))):
             return  # every non-ASCII character is a trigger then: look closer first
-        for trigger in triggers:
-            _lines_at(lowered, trigger, found)
+        for at in encoded:
+            if at >= 0:
+                found.add(block.rfind(b"\n", 0, at) + 1)
+            else:
+                _lines_at(block, b"+", found)
+
+
+class Sought(enum.Enum):
+    """What the matcher of a ``Prefilter`` looks for."""
+
+    VALUE = "a value, in any case"
+    COMPOSED = "a character that composing or lower-casing turns into an ASCII one"
+    ENCODED = "a percent-encoded character of a value (combined logs)"
 
 
 def _lines_at(block: bytes, needle: bytes, found: set[int]) -> None:

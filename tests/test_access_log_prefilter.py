@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 import unicodedata
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from io import BufferedIOBase
 from pathlib import Path
 from typing import Any
@@ -279,3 +281,29 @@ def test_only_four_characters_turn_into_ascii_ones() -> None:
                 text = unicodedata.normalize("NFC", char + mark + second).lower()
                 assert text.isascii() is False or not text, (char, mark, second)
                 assert not any(c.isascii() for c in text), (char, mark, second)
+
+
+def test_one_prefilter_searches_in_many_threads_at_once() -> None:
+    """The index reads compressed files ahead in threads with one prefilter: each thread
+    searches with scratch space of its own and finds what one thread alone finds."""
+    matcher = Matcher(IDENTITIES["alice"])
+    prefilter = matcher.prefilter("combined")
+    line = b'192.0.2.1 - - [01/Mar/2026:10:00:00 +0000] "GET /?q=%s HTTP/1.1" 200 1 "-" "x"\n'
+    blocks = [
+        b"".join(
+            line % (b"ALICE%40Example.test" if (n + k) % 97 == 0 else b"nobody%20here")
+            for n in range(4000)
+        )
+        for k in range(8)
+    ]
+    alone = [prefilter.starts(block) for block in blocks]
+    assert all(alone) and len({tuple(s) for s in alone}) > 1
+    start = threading.Barrier(8)
+
+    def search(block: bytes) -> list[list[int]]:
+        start.wait()
+        return [prefilter.starts(block) for _ in range(20)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(search, blocks))
+    assert together == [[found] * 20 for found in alone]
