@@ -59,11 +59,14 @@ class Prefilter:
     """Which lines of a block may hold one of ``needles`` (values in lower case), as the
     connector's test ``holds(text)`` would find them in a line of a log of ``log_format``.
 
-    The ASCII values, the four characters that become ASCII ones and, in ``combined`` logs,
-    the percent-encoded spellings are all sought in one pass over the block by a compiled
-    multi-literal matcher (Hyperscan), values and codes in either case.  Each thread that
-    searches has scratch space of its own (the index reads compressed files ahead in
-    threads)."""
+    Everything sought is found in one pass over the block by a compiled matcher
+    (Hyperscan), in either case.  When every value is ASCII (as addresses and logins
+    nearly always are), a value in a ``combined`` log is sought in every way a URL may
+    spell it: each character itself, percent-encoded, ``+`` for a space, or one of the
+    four characters that become it, percent-encoded.  Otherwise the percent-encoded
+    characters are sought one by one, and only in a block that holds a value once
+    URL-decoded.  Each thread that searches has scratch space of its own (the index reads
+    compressed files ahead in threads)."""
 
     def __init__(self, needles: set[str], log_format: str, holds: Callable[[str], bool]) -> None:
         self.holds = holds
@@ -71,21 +74,23 @@ class Prefilter:
         self.jsonl = log_format == "jsonl"
         self.combined = log_format == "combined"
         self.space = any(" " in n for n in needles)
+        in_urls = self.combined and self.ascii
         sought: list[tuple[bytes, Sought]] = [
-            (n.encode(), Sought.VALUE) for n in sorted(needles) if n.isascii() and n
+            (_in_url(n) if in_urls else _literal(n.encode()), Sought.VALUE)
+            for n in sorted(needles)
+            if n.isascii() and n
         ]
         if self.ascii:  # only four characters become ASCII ones when composed or lowered
-            sought += [(spelled, Sought.COMPOSED) for spelled in _TO_ASCII]
-        if self.combined:
-            encoded = set(_TO_ASCII_ENCODED) | (set() if self.ascii else set(_HIGH_CODES))
+            sought += [(_literal(spelled), Sought.COMPOSED) for spelled in _TO_ASCII]
+        elif self.combined:
+            encoded = set(_TO_ASCII_ENCODED) | set(_HIGH_CODES)
             # The ASCII characters of the values, and those a non-ASCII one is composed of
             # (u of ü); the matcher finds each code in either case, as lower-casing would.
             for char in {c for n in needles for c in unicodedata.normalize("NFD", n)}:
                 if char.isascii():
                     encoded.add(b"%%%02x" % ord(char.lower()))
                     encoded.add(b"%%%02x" % ord(char.upper()))
-            sought += [(code, Sought.ENCODED) for code in sorted(encoded)]
-        self.lengths = [len(pattern) for pattern, _ in sought]
+            sought += [(_literal(code), Sought.ENCODED) for code in sorted(encoded)]
         self.kinds = [kind for _, kind in sought]
         self.database: hyperscan.Database | None = None
         if sought:
@@ -97,7 +102,6 @@ class Prefilter:
                 # In either case: the four characters have no ASCII letter in their bytes,
                 # and one matcher that ignores case throughout is the faster.
                 flags=hyperscan.HS_FLAG_CASELESS,
-                literal=True,
             )
         self._scratch = threading.local()
 
@@ -105,16 +109,16 @@ class Prefilter:
         """The offsets of the lines of ``block`` that may hold a value, in order."""
         found: set[int] = set()
         encoded: list[int] = []
-        for kind, at in self._search(block):
+        for kind, end in self._search(block):
             if kind is Sought.ENCODED:
-                encoded.append(at)
-            else:
-                found.add(block.rfind(b"\n", 0, at) + 1)
+                encoded.append(end)
+            else:  # no pattern holds a newline: the last one before the end starts the line
+                found.add(block.rfind(b"\n", 0, end) + 1)
         if not self.ascii and not block.isascii() and self.holds(block.decode("utf-8", "replace")):
             _lines_matching(block, _NON_ASCII, found)
         if self.jsonl and b"\\" in block:
             _lines_at(block, b"\\", found)
-        if self.combined and self.space and b"+" in block:
+        if self.combined and not self.ascii and self.space and b"+" in block:
             encoded.append(-1)  # a ``+`` may be a space once decoded: its lines, below
         if encoded:
             self._encoded_lines(block, encoded, found)
@@ -124,17 +128,17 @@ class Prefilter:
         return sorted(found)
 
     def _search(self, block: bytes) -> list[tuple[Sought, int]]:
-        """What the matcher found in ``block``: each kind with the offset it starts at."""
+        """What the matcher found in ``block``: each kind with the offset its match ends at."""
         if self.database is None:
             return []
         scratch = getattr(self._scratch, "space", None)
         if scratch is None:
             scratch = self._scratch.space = hyperscan.Scratch(self.database)
         hits: list[tuple[Sought, int]] = []
-        kinds, lengths = self.kinds, self.lengths
+        kinds = self.kinds
 
         def hit(which: int, _start: int, end: int, _flags: int, _context: object) -> None:
-            hits.append((kinds[which], end - lengths[which]))
+            hits.append((kinds[which], end))
 
         self.database.scan(block, match_event_handler=hit, scratch=scratch)
         return hits
@@ -145,19 +149,51 @@ class Prefilter:
         or with ``+`` when a value has a space (offset -1)."""
         if not self.ascii and not self.holds(unquote_plus(block.decode("utf-8", "replace"))):
             return  # every non-ASCII character is a trigger then: look closer first
-        for at in encoded:
-            if at >= 0:
-                found.add(block.rfind(b"\n", 0, at) + 1)
+        for end in encoded:
+            if end >= 0:
+                found.add(block.rfind(b"\n", 0, end) + 1)
             else:
                 _lines_at(block, b"+", found)
+
+
+def _in_url(value: str) -> bytes:
+    """A pattern for an ASCII ``value`` however a URL may spell it, once decoded, composed
+    and lower-cased: each character itself, percent-encoded (either case), ``+`` for a space,
+    or the percent-encoded UTF-8 of the one character among ``_TO_ASCII`` that becomes it."""
+    return b"".join(_one_of(_url_spellings(char)) for char in value)
+
+
+def _url_spellings(char: str) -> set[bytes]:
+    forms = {char.encode(), *(b"%%%02x" % ord(case) for case in {char.lower(), char.upper()})}
+    if char == " ":
+        forms.add(b"+")
+    forms.update(
+        encoded
+        for composed, encoded in zip(_TO_ASCII, _TO_ASCII_ENCODED, strict=True)
+        if unicodedata.normalize("NFC", composed.decode()).lower().startswith(char)
+    )
+    return forms
+
+
+def _one_of(forms: set[bytes]) -> bytes:
+    return b"(?:" + b"|".join(_literal(form) for form in sorted(forms)) + b")"
+
+
+def _literal(text: bytes) -> bytes:
+    """``text`` as a pattern that matches it and nothing else: letters and digits as they
+    are, every other byte by its code."""
+    return b"".join(
+        bytes([byte]) if chr(byte).isascii() and chr(byte).isalnum() else b"\\x%02x" % byte
+        for byte in text
+    )
 
 
 class Sought(enum.Enum):
     """What the matcher of a ``Prefilter`` looks for."""
 
-    VALUE = "a value, in any case"
+    VALUE = "a value, in any case (in combined logs of ASCII values, however a URL spells it)"
     COMPOSED = "a character that composing or lower-casing turns into an ASCII one"
-    ENCODED = "a percent-encoded character of a value (combined logs)"
+    ENCODED = "a percent-encoded character of a value (combined logs, values not all ASCII)"
 
 
 def _lines_at(block: bytes, needle: bytes, found: set[int]) -> None:

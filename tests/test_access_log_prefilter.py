@@ -43,8 +43,14 @@ IDENTITIES = {
     ),
     # The Kelvin sign composes to K, and İ lower-cases to i and a combining dot.
     "lookalikes": asked(login("kai", *NAMESPACES), login("ali", *NAMESPACES)),
+    # ASCII values only, one with a space: a URL may write it with + (the values are then
+    # sought however a URL spells them, in one pattern each).
+    "spaced": asked(address("mary.ann@example.test"), login("mary ann", *NAMESPACES)),
 }
-VALUES = ("alice@example.test", "asmith", "bob@straße.de", "jürgen", "john smith", "kai", "ali")
+VALUES = (
+    "alice@example.test", "asmith", "bob@straße.de", "jürgen", "john smith", "kai", "ali",
+    "mary.ann@example.test", "mary ann",
+)  # fmt: skip
 NOISE = (
     "x", " ", "%", "%2", "%zz", "+", "\\", "\\u0040", "@", ".", "é", "e\u0301", "\u212a", "İ",
     "ß", "Σ", "\r", "\ufffd", "GET /", "\u00a0", "%C3%A9", "%c3", "%E2%84%AA", "%40", "mallory",
@@ -251,6 +257,11 @@ def test_a_damaged_stream_names_the_lines_read(tmp_path: Path) -> None:
         ("unicode", "combined", "GET /?e=bob%40stra%C3%9Fe.de"),
         ("unicode", "combined", "GET /?n=j%75\u0308rgen"),  # u encoded, then a combining mark
         ("alice", "jsonl", '{"user": "\\u0061smith"}'),
+        ("spaced", "combined", "GET /?n=Mary+Ann&x=%20"),  # + for the space of an ASCII value
+        ("spaced", "combined", "GET /?n=mary%20ANN"),
+        ("spaced", "combined", "GET /?e=%6D%61%72%79%2E%61%6E%6E%40example.test"),
+        ("lookalikes", "combined", "GET /?u=AL%C4%B0"),  # İ percent-encoded, in an ASCII value
+        ("lookalikes", "combined", "GET /?u=%4b%41%49"),  # every letter encoded, upper case
     ],
 )
 def test_values_spelled_otherwise_are_handed_on(who: str, fmt: str, line: str) -> None:
