@@ -51,6 +51,9 @@ _TO_ASCII = tuple(c.encode() for c in "\u0130\u037e\u1fef\u212a")
 and lower-cased: U+0130 (i and a combining dot), U+037E (;), U+1FEF (`) and the Kelvin
 sign U+212A (k); ``tests/test_access_log_prefilter.py`` checks it."""
 _TO_ASCII_ENCODED = tuple("".join(f"%{b:02x}" for b in c).encode() for c in _TO_ASCII)
+URL_CHARS = 100
+"""The longest ASCII value sought in one pattern of all its URL spellings; the pattern of a
+longer one takes too long to compile (half a second at 250 characters)."""
 
 Line = tuple[int, str | None]
 
@@ -62,31 +65,43 @@ class Prefilter:
     Everything sought is found in one pass over the block by a compiled matcher
     (Hyperscan), in either case.  When every value is ASCII (as addresses and logins
     nearly always are), a value in a ``combined`` log is sought in every way a URL may
-    spell it: each character itself, percent-encoded, ``+`` for a space, or one of the
-    four characters that become it, percent-encoded.  Otherwise the percent-encoded
-    characters are sought one by one, and only in a block that holds a value once
-    URL-decoded.  Each thread that searches has scratch space of its own (the index reads
-    compressed files ahead in threads)."""
+    spell it, in one pattern (each character itself, percent-encoded, or ``+`` for a
+    space), and a line with one of the four ``_TO_ASCII`` characters, percent-encoded or
+    not, is always handed on.  Otherwise, and for values longer than ``URL_CHARS``, each
+    percent-encoded character of a value is sought by itself (when not every value is
+    ASCII, only in a block that holds a value once URL-decoded).  Each thread that
+    searches has scratch space of its own (the index reads compressed files ahead in
+    threads)."""
 
     def __init__(self, needles: set[str], log_format: str, holds: Callable[[str], bool]) -> None:
         self.holds = holds
         self.ascii = all(n.isascii() for n in needles)
         self.jsonl = log_format == "jsonl"
         self.combined = log_format == "combined"
-        self.space = any(" " in n for n in needles)
-        in_urls = self.combined and self.ascii
+        # In combined logs a value may be percent-encoded.  An ASCII value is sought in one
+        # pattern that allows every spelling; values that are not all ASCII, and ASCII ones
+        # too long for such a pattern to compile quickly, by each encoded character.
+        by_code = [
+            n for n in sorted(needles) if self.combined and (not self.ascii or len(n) > URL_CHARS)
+        ]
+        self.space = any(" " in n for n in by_code)
         sought: list[tuple[bytes, Sought]] = [
-            (_in_url(n) if in_urls else _literal(n.encode()), Sought.VALUE)
+            (
+                _in_url(n) if self.combined and n not in by_code else _literal(n.encode()),
+                Sought.VALUE,
+            )
             for n in sorted(needles)
             if n.isascii() and n
         ]
         if self.ascii:  # only four characters become ASCII ones when composed or lowered
             sought += [(_literal(spelled), Sought.COMPOSED) for spelled in _TO_ASCII]
-        elif self.combined:
-            encoded = set(_TO_ASCII_ENCODED) | set(_HIGH_CODES)
+            if self.combined:  # the same, percent-encoded: too rare to be worth a closer look
+                sought += [(_literal(spelled), Sought.COMPOSED) for spelled in _TO_ASCII_ENCODED]
+        if by_code:
+            encoded = set() if self.ascii else set(_TO_ASCII_ENCODED) | set(_HIGH_CODES)
             # The ASCII characters of the values, and those a non-ASCII one is composed of
             # (u of ü); the matcher finds each code in either case, as lower-casing would.
-            for char in {c for n in needles for c in unicodedata.normalize("NFD", n)}:
+            for char in {c for n in by_code for c in unicodedata.normalize("NFD", n)}:
                 if char.isascii():
                     encoded.add(b"%%%02x" % ord(char.lower()))
                     encoded.add(b"%%%02x" % ord(char.upper()))
@@ -118,7 +133,7 @@ class Prefilter:
             _lines_matching(block, _NON_ASCII, found)
         if self.jsonl and b"\\" in block:
             _lines_at(block, b"\\", found)
-        if self.combined and not self.ascii and self.space and b"+" in block:
+        if self.space and b"+" in block:
             encoded.append(-1)  # a ``+`` may be a space once decoded: its lines, below
         if encoded:
             self._encoded_lines(block, encoded, found)
@@ -157,9 +172,9 @@ class Prefilter:
 
 
 def _in_url(value: str) -> bytes:
-    """A pattern for an ASCII ``value`` however a URL may spell it, once decoded, composed
-    and lower-cased: each character itself, percent-encoded (either case), ``+`` for a space,
-    or the percent-encoded UTF-8 of the one character among ``_TO_ASCII`` that becomes it."""
+    """A pattern for an ASCII ``value`` however a URL may spell it, once decoded and
+    lower-cased: each character itself, percent-encoded (either case), or ``+`` for a space.
+    (A percent-encoded ``_TO_ASCII`` character is sought by itself.)"""
     return b"".join(_one_of(_url_spellings(char)) for char in value)
 
 
@@ -167,11 +182,6 @@ def _url_spellings(char: str) -> set[bytes]:
     forms = {char.encode(), *(b"%%%02x" % ord(case) for case in {char.lower(), char.upper()})}
     if char == " ":
         forms.add(b"+")
-    forms.update(
-        encoded
-        for composed, encoded in zip(_TO_ASCII, _TO_ASCII_ENCODED, strict=True)
-        if unicodedata.normalize("NFC", composed.decode()).lower().startswith(char)
-    )
     return forms
 
 
@@ -192,8 +202,8 @@ class Sought(enum.Enum):
     """What the matcher of a ``Prefilter`` looks for."""
 
     VALUE = "a value, in any case (in combined logs of ASCII values, however a URL spells it)"
-    COMPOSED = "a character that composing or lower-casing turns into an ASCII one"
-    ENCODED = "a percent-encoded character of a value (combined logs, values not all ASCII)"
+    COMPOSED = "a character that composing or lower-casing turns into an ASCII one (or encoded)"
+    ENCODED = "a percent-encoded character of a value (combined logs; values not all ASCII, or long)"
 
 
 def _lines_at(block: bytes, needle: bytes, found: set[int]) -> None:

@@ -318,3 +318,24 @@ def test_one_prefilter_searches_in_many_threads_at_once() -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         together = list(pool.map(search, blocks))
     assert together == [[found] * 20 for found in alone]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /?u=" + "%4B" * 450 + "+" + "i" * 49 + "%2E HTTP/1.1",
+        "GET /?u=" + "k" * 450 + "%20" + "%49" * 49 + ". HTTP/1.1",
+        "GET /?u=" + "K" * 450 + " " + "I" * 49 + ". HTTP/1.1",
+    ],
+)
+def test_a_value_too_long_for_one_pattern_is_sought_by_its_codes(line: str) -> None:
+    """A value longer than ``URL_CHARS`` (a login has no length limit) is not sought in one
+    pattern of all its URL spellings, which would take long to compile or not compile at
+    all: each of its encoded characters is sought instead, and its lines are still found."""
+    value = "k" * 450 + " " + "i" * 49 + "."
+    assert len(value) > logscan.URL_CHARS
+    matcher = Matcher(asked(address("alice@example.test"), login(value, *NAMESPACES)))
+    data = b"filler line 100%25\n" * 50 + line.encode() + b"\n" + b"filler line\n" * 50
+    assert matcher.may_concern(line, "combined")
+    found = candidate_lines(io.BytesIO(data), Path("x"), matcher.prefilter("combined"))
+    assert concerning(found, matcher, "combined") == [(51, line)]
