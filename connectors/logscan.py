@@ -51,9 +51,14 @@ _TO_ASCII = tuple(c.encode() for c in "\u0130\u037e\u1fef\u212a")
 and lower-cased: U+0130 (i and a combining dot), U+037E (;), U+1FEF (`) and the Kelvin
 sign U+212A (k); ``tests/test_access_log_prefilter.py`` checks it."""
 _TO_ASCII_ENCODED = tuple("".join(f"%{b:02x}" for b in c).encode() for c in _TO_ASCII)
-URL_CHARS = 100
+_STANDS_IN = tuple(
+    (unicodedata.normalize("NFC", c.decode()).lower(), encoded)
+    for c, encoded in zip(_TO_ASCII, _TO_ASCII_ENCODED, strict=True)
+)
+"""What each of those characters becomes, and how a URL encodes it."""
+URL_CHARS = 64
 """The longest ASCII value sought in one pattern of all its URL spellings; the pattern of a
-longer one takes too long to compile (half a second at 250 characters)."""
+longer one takes too long to compile (up to 0.2 s at 64 characters, seconds at 250)."""
 
 Line = tuple[int, str | None]
 
@@ -65,13 +70,13 @@ class Prefilter:
     Everything sought is found in one pass over the block by a compiled matcher
     (Hyperscan), in either case.  When every value is ASCII (as addresses and logins
     nearly always are), a value in a ``combined`` log is sought in every way a URL may
-    spell it, in one pattern (each character itself, percent-encoded, or ``+`` for a
-    space), and a line with one of the four ``_TO_ASCII`` characters, percent-encoded or
-    not, is always handed on.  Otherwise, and for values longer than ``URL_CHARS``, each
-    percent-encoded character of a value is sought by itself (when not every value is
-    ASCII, only in a block that holds a value once URL-decoded).  Each thread that
-    searches has scratch space of its own (the index reads compressed files ahead in
-    threads)."""
+    spell it, in one pattern (each character itself, percent-encoded, ``+`` for a space,
+    or a ``_TO_ASCII`` character that becomes it, percent-encoded), and a line with one of
+    those characters as it is is always handed on.  Otherwise, and for values longer than
+    ``URL_CHARS``, each percent-encoded character of a value is sought by itself (when not
+    every value is ASCII, only in a block that holds a value once URL-decoded).  Each
+    thread that searches has scratch space of its own (the index reads compressed files
+    ahead in threads)."""
 
     def __init__(self, needles: set[str], log_format: str, holds: Callable[[str], bool]) -> None:
         self.holds = holds
@@ -95,8 +100,6 @@ class Prefilter:
         ]
         if self.ascii:  # only four characters become ASCII ones when composed or lowered
             sought += [(_literal(spelled), Sought.COMPOSED) for spelled in _TO_ASCII]
-            if self.combined:  # the same, percent-encoded: too rare to be worth a closer look
-                sought += [(_literal(spelled), Sought.COMPOSED) for spelled in _TO_ASCII_ENCODED]
         if by_code:
             encoded = set() if self.ascii else set(_TO_ASCII_ENCODED) | set(_HIGH_CODES)
             # The ASCII characters of the values, and those a non-ASCII one is composed of
@@ -172,16 +175,23 @@ class Prefilter:
 
 
 def _in_url(value: str) -> bytes:
-    """A pattern for an ASCII ``value`` however a URL may spell it, once decoded and
-    lower-cased: each character itself, percent-encoded (either case), or ``+`` for a space.
-    (A percent-encoded ``_TO_ASCII`` character is sought by itself.)"""
-    return b"".join(_one_of(_url_spellings(char)) for char in value)
+    """A pattern for an ASCII ``value`` however a URL may spell it, once decoded, composed
+    and lower-cased: each character itself, percent-encoded (either case), ``+`` for a space,
+    or the percent-encoded character among ``_TO_ASCII`` that becomes it."""
+    last = len(value) - 1
+    return b"".join(_one_of(_url_spellings(char, at == last)) for at, char in enumerate(value))
 
 
-def _url_spellings(char: str) -> set[bytes]:
+def _url_spellings(char: str, last: bool) -> set[bytes]:
     forms = {char.encode(), *(b"%%%02x" % ord(case) for case in {char.lower(), char.upper()})}
     if char == " ":
         forms.add(b"+")
+    # U+0130 becomes i and a combining dot, so it can only be a value's last character.
+    forms.update(
+        encoded
+        for becomes, encoded in _STANDS_IN
+        if becomes[0] == char and (len(becomes) == 1 or last)
+    )
     return forms
 
 
@@ -202,8 +212,8 @@ class Sought(enum.Enum):
     """What the matcher of a ``Prefilter`` looks for."""
 
     VALUE = "a value, in any case (in combined logs of ASCII values, however a URL spells it)"
-    COMPOSED = "a character that composing or lower-casing turns into an ASCII one (or encoded)"
-    ENCODED = "a percent-encoded character of a value (combined logs; values not all ASCII, or long)"
+    COMPOSED = "a character that composing or lower-casing turns into an ASCII one"
+    ENCODED = "a percent-encoded character of a value (combined logs: not all ASCII, or long)"
 
 
 def _lines_at(block: bytes, needle: bytes, found: set[int]) -> None:
