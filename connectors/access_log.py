@@ -317,8 +317,8 @@ class Matcher:
         return log_format == "combined" and "%" in line and self._holds_needle(unquote_plus(line))
 
     def prefilter(self, log_format: str) -> Prefilter:
-        """The byte search that passes over the lines ``may_concern`` is false of (compiled
-        once per format for the lookup)."""
+        """The byte search that passes over the lines ``may_concern`` is false of (built
+        once per format for the lookup, not once per file)."""
         if log_format not in self._prefilters:
             self._prefilters[log_format] = Prefilter(self.needles, log_format, self._holds_needle)
         return self._prefilters[log_format]

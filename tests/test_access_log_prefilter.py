@@ -43,8 +43,7 @@ IDENTITIES = {
     ),
     # The Kelvin sign composes to K, and İ lower-cases to i and a combining dot.
     "lookalikes": asked(login("kai", *NAMESPACES), login("ali", *NAMESPACES)),
-    # ASCII values only, one with a space: a URL may write it with + (the values are then
-    # sought however a URL spells them, in one pattern each).
+    # ASCII values only, one with a space: a URL may write it with +.
     "spaced": asked(address("mary.ann@example.test"), login("mary ann", *NAMESPACES)),
 }
 CASES = IDENTITIES | {
@@ -266,9 +265,10 @@ def test_a_damaged_stream_names_the_lines_read(tmp_path: Path) -> None:
         ("spaced", "combined", "GET /?e=%6D%61%72%79%2E%61%6E%6E%40example.test"),
         ("lookalikes", "combined", "GET /?u=AL%C4%B0"),  # İ percent-encoded, in an ASCII value
         ("lookalikes", "combined", "GET /?u=%4b%41%49"),  # every letter encoded, upper case
-        # Lines a compiled matcher (Vectorscan 5.4) failed to report, kept as cases:
+        # Lines a compiled matcher (Vectorscan 5.4.12) failed to report, kept as cases:
         ("backtick", "combined", "GET /?u=`ka%69 HTTP/1.1"),
         ("backtick", "combined", "GET /?u=" + "x" * 30 + "`k%20;k HTTP/1.1"),
+        # and one its long-value path missed: a value's only encoded character a stand-in.
         ("long", "combined", "GET /?u=%E2%84%AA" + "k" * 64 + " HTTP/1.1"),
     ],
 )
