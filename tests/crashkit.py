@@ -586,8 +586,15 @@ def _wait_answered(
 
 
 def _finish(daemon: Daemon, findings: Findings) -> None:
-    """Stop the last life with SIGTERM, as an operator would; it must stop cleanly."""
+    """Stop the last life with SIGTERM, as an operator would; it must stop cleanly.
+
+    A life started just before the work ran out may still be starting: SIGTERM before
+    the daemon handles signals ends it as the signal's default does, which says nothing
+    about a clean stop, so the signal waits until the life says it has started.
+    """
     if daemon.running():
+        if not daemon.wait_for("daemon.started", 60) and daemon.running():
+            findings.failures.append(f"life {daemon.life.number} hung in start-up{tail(daemon)}")
         code = daemon.stop()
         if code != 0:
             findings.failures.append(f"the last life did not stop cleanly: status {code}")
