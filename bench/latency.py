@@ -10,9 +10,10 @@ mail to the support mailbox, seen there through IDLE (as sarbot waits), FETCHed,
 with a mail of the acknowledgement's (export's) size on an open SMTP connection. Its floor is
 Dovecot's: IDLE announces new mail 0.5 s after it arrived.
 
-Then the same again with sarbot told to poll instead (``use_idle = false``,
-``poll_interval = 0.1``: docs/performance.md), beside the bare round trip that polls the
-support mailbox as often.
+Then the same again with sarbot told to check the mailbox instead (``use_idle = false``,
+``check_interval = 0.1``: a NOOP every 0.1 s, a cycle once one reports new mail or the poll
+is over; docs/performance.md), beside the bare round trip that polls the support mailbox as
+often.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ ACK_SUBJECT = "Please confirm your data request"
 EXPORT_SUBJECT = "A copy of your personal data"
 EXPORT_GOALS = ("sarbot <= 0.5 s", "sarbot <= 2 s")
 FAST_POLL = 0.1
-"""The poll interval of the second run, instead of IDLE (seconds)."""
+"""How often the second run checks the mailbox for new mail, instead of IDLE (seconds)."""
 
 
 class Watch:
@@ -238,9 +239,9 @@ def run(scale: Scale) -> list[Row]:
 
 
 def _rows(server: MailServer, count: int, quiet: float, *, poll: float | None) -> list[Row]:
-    """Both latencies with sarbot in IDLE (``poll`` None) or polling every ``poll`` seconds,
-    and the processor time sarbot spends waiting for mail."""
-    imap: dict[str, object] = {} if poll is None else {"use_idle": False, "poll_interval": poll}
+    """Both latencies with sarbot in IDLE (``poll`` None) or checking the mailbox every ``poll``
+    seconds, and the processor time sarbot spends waiting for mail."""
+    imap: dict[str, object] = {} if poll is None else {"use_idle": False, "check_interval": poll}
     with tempfile.TemporaryDirectory(prefix="sarbot-latency-") as folder:
         site = Site(Path(folder), server, count, imap=imap)
         daemon = Daemon(site)

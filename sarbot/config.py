@@ -86,9 +86,22 @@ class ImapSettings(ImapLogin):
     max_message_bytes: int = Field(default=25_000_000, gt=0)
     use_idle: bool = True
     poll_interval: float = Field(default=60.0, gt=0, le=1500)
+    check_interval: float | None = Field(default=None, gt=0, le=1500)
+    """Without IDLE: how often the server is asked (NOOP) whether mail came.  A cycle runs as
+    soon as it has, and at least every ``poll_interval``; None asks every ``poll_interval``."""
     start: Literal["now"] | date = "now"
     """Mail already in the folder when sarbot first watches it is only listed for operators
     ("now"), or only mail that arrived before this date is (a date)."""
+
+    @model_validator(mode="after")
+    def _checks_within_a_poll(self) -> ImapSettings:
+        if self.check_interval is not None and self.check_interval > self.poll_interval:
+            raise ValueError(
+                f"check_interval ({self.check_interval:g} s) is longer than poll_interval "
+                f"({self.poll_interval:g} s): the mailbox is asked for new mail at least once "
+                "a poll"
+            )
+        return self
 
     def start_at(self, timezone: str) -> datetime | None:
         """The moment ``start`` names: the date's midnight in ``timezone``; None for "now"."""

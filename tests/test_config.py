@@ -161,6 +161,18 @@ class TestErrors:
         assert "connector names must be unique: a" in self.error(tmp_path, MINIMAL + extra)
 
 
+class TestMailboxChecks:
+    def test_a_check_interval_longer_than_the_poll_is_refused(self, tmp_path: Path) -> None:
+        """check_interval asks for mail within a poll: longer than poll_interval is an error."""
+        text = MINIMAL.replace("[imap]\n", "[imap]\nuse_idle = false\ncheck_interval = 90\n")
+        with pytest.raises(ConfigError, match=r"check_interval \(90 s\) is longer than "):
+            load_settings(write(tmp_path, text))
+        within = text.replace("check_interval = 90", "check_interval = 0.1")
+        imap = load_settings(write(tmp_path, within)).imap
+        assert (imap.check_interval, imap.poll_interval) == (0.1, 60.0)
+        assert load_settings(write(tmp_path, MINIMAL)).imap.check_interval is None
+
+
 class TestTransportSecurity:
     @pytest.mark.parametrize("section", ["imap", "smtp"])
     def test_plaintext_is_refused_unless_allowed(self, tmp_path: Path, section: str) -> None:

@@ -191,9 +191,7 @@ class Mailbox:
         client = self._client()
         deadline = time.monotonic() + timeout
         if not (self.settings.use_idle and b"IDLE" in self.capabilities):
-            stop.wait(timeout)
-            client.noop()
-            return False
+            return self._poll(client, deadline, stop)
         client.idle()
         # idle_check hides the end of the connection: once the server has hung up it
         # returns nothing at once, every time.  The socket itself tells.
@@ -209,6 +207,20 @@ class Mailbox:
             return False
         finally:
             client.idle_done()
+
+    def _poll(self, client: IMAPClient, deadline: float, stop: threading.Event) -> bool:
+        """Without IDLE: a NOOP every ``check_interval`` (once, at the end, without it) until
+        the server reports mail that came, or the time is up."""
+        every = self.settings.check_interval
+        while True:
+            left = deadline - time.monotonic()
+            if stop.wait(max(0.0, min(every or left, left))):
+                return False
+            _, responses = client.noop()
+            if any(_is_exists(r) for r in responses):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
 
 def _utc(value: object) -> datetime | None:

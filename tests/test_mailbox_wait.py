@@ -1,0 +1,150 @@
+"""Waiting for mail without IDLE, on the real Dovecot: a NOOP every ``check_interval``, and
+the wait ends as soon as the server reports new mail."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sarbot.app import App
+from sarbot.mail.mailbox import Mailbox
+from sarbot.testing import Correspondent, MailServer
+from sarbot.testing import config as testconfig
+from tests.conftest import unique
+
+pytestmark = pytest.mark.mailstack
+LONG_POLL = 120.0
+"""A poll no test waits out: a wait that ends before it ended because mail came."""
+
+
+@pytest.fixture
+def support(mailstack: MailServer) -> Correspondent:
+    return Correspondent(mailstack, unique("support", "redtrain.test"))
+
+
+@pytest.fixture
+def waiter() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+def polling(tmp_path: Path, server: MailServer, support: str, **imap: Any) -> Mailbox:
+    """The support mailbox, connected, with IDLE turned off and ``imap`` settings."""
+    config = testconfig.write_config(
+        tmp_path / "config.toml",
+        support,
+        server=server,
+        database_url=f"sqlite:///{tmp_path / 'state.db'}",
+        imap={"use_idle": False, **imap},
+    )
+    box = Mailbox(App.load(config).settings.imap)
+    box.connect()
+    return box
+
+
+def count_noops(box: Mailbox, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one for each NOOP the real client sends."""
+    sent: list[int] = []
+    client = box.client
+    assert client is not None
+    real = client.noop
+
+    def counted() -> Any:
+        sent.append(1)
+        return real()
+
+    monkeypatch.setattr(client, "noop", counted)
+    return sent
+
+
+class TestWaitWithoutIdle:
+    def test_new_mail_ends_the_wait_at_the_next_check(
+        self,
+        tmp_path: Path,
+        mailstack: MailServer,
+        support: Correspondent,
+        waiter: ThreadPoolExecutor,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Mail that comes while sarbot waits is reported by a NOOP, long before the poll
+        is over, and the wait says mail came."""
+        box = polling(
+            tmp_path, mailstack, support.address, check_interval=0.1, poll_interval=LONG_POLL
+        )
+        try:
+            noops = count_noops(box, monkeypatch)
+            stop = threading.Event()
+            came: Future[bool] = waiter.submit(box.wait_for_mail, LONG_POLL, stop)
+            support.send(support.address, "GDPR DATA REQUEST")
+            try:
+                assert came.result(timeout=LONG_POLL / 2) is True
+            finally:
+                stop.set()
+            assert len(noops) >= 1
+            assert [h.uid for h in box.new_headers(0)] == [1]
+        finally:
+            box.close()
+
+    def test_a_quiet_mailbox_is_asked_each_check_until_the_poll_is_over(
+        self,
+        tmp_path: Path,
+        mailstack: MailServer,
+        support: Correspondent,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """No mail: NOOPs every check_interval, and the wait ends with the poll, saying none
+        came."""
+        box = polling(tmp_path, mailstack, support.address, check_interval=0.1)
+        try:
+            noops = count_noops(box, monkeypatch)
+            assert box.wait_for_mail(1.0, threading.Event()) is False
+            assert len(noops) >= 2  # ten checks in a quiet second; at least two on any machine
+        finally:
+            box.close()
+
+    def test_without_a_check_interval_the_server_is_asked_once_a_poll(
+        self,
+        tmp_path: Path,
+        mailstack: MailServer,
+        support: Correspondent,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The default: one NOOP when the poll is over, and a cycle after it, as before."""
+        box = polling(tmp_path, mailstack, support.address)
+        try:
+            noops = count_noops(box, monkeypatch)
+            assert box.wait_for_mail(0.3, threading.Event()) is False
+            assert len(noops) == 1
+        finally:
+            box.close()
+
+    def test_a_stop_ends_the_wait_without_asking_the_server(
+        self,
+        tmp_path: Path,
+        mailstack: MailServer,
+        support: Correspondent,
+        waiter: ThreadPoolExecutor,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """SIGTERM while waiting: the wait ends, having reported no mail."""
+        box = polling(
+            tmp_path,
+            mailstack,
+            support.address,
+            check_interval=LONG_POLL / 4,
+            poll_interval=LONG_POLL,
+        )
+        try:
+            noops = count_noops(box, monkeypatch)
+            stop = threading.Event()
+            came = waiter.submit(box.wait_for_mail, LONG_POLL, stop)
+            stop.set()
+            assert came.result(timeout=LONG_POLL / 2) is False
+            assert noops == []
+        finally:
+            box.close()
