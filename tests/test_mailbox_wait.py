@@ -4,6 +4,7 @@ the wait ends as soon as the server reports new mail."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +35,8 @@ def waiter() -> Iterator[ThreadPoolExecutor]:
 
 
 def polling(tmp_path: Path, server: MailServer, support: str, **imap: Any) -> Mailbox:
-    """The support mailbox, connected, with IDLE turned off and ``imap`` settings."""
+    """The support mailbox, connected, with IDLE turned off (unless ``imap`` says otherwise)
+    and ``imap`` settings."""
     config = testconfig.write_config(
         tmp_path / "config.toml",
         support,
@@ -102,7 +104,9 @@ class TestWaitWithoutIdle:
         box = polling(tmp_path, mailstack, support.address, check_interval=0.1)
         try:
             noops = count_noops(box, monkeypatch)
+            began = time.monotonic()
             assert box.wait_for_mail(1.0, threading.Event()) is False
+            assert time.monotonic() - began >= 1.0  # the whole poll, never less
             assert len(noops) >= 2  # ten checks in a quiet second; at least two on any machine
         finally:
             box.close()
@@ -148,3 +152,65 @@ class TestWaitWithoutIdle:
             assert noops == []
         finally:
             box.close()
+
+
+class TestMailAnnouncedToAnotherCommand:
+    @pytest.mark.parametrize("use_idle", [False, True], ids=["checks", "idle"])
+    def test_mail_that_came_during_the_search_ends_the_next_wait(
+        self,
+        tmp_path: Path,
+        mailstack: MailServer,
+        support: Correspondent,
+        waiter: ThreadPoolExecutor,
+        monkeypatch: pytest.MonkeyPatch,
+        use_idle: bool,
+    ) -> None:
+        """Mail delivered between the cycle's NOOP and its SEARCH is not in the search, and
+        Dovecot announces it once, at the end of the SEARCH; neither a NOOP nor IDLE tells of
+        it again.  The next wait ends at once, so the next cycle takes it, instead of waiting
+        out the poll."""
+        box = polling(
+            tmp_path,
+            mailstack,
+            support.address,
+            use_idle=use_idle,
+            check_interval=0.1,
+            poll_interval=LONG_POLL,
+        )
+        try:
+            client = box.client
+            assert client is not None
+            search = client.search
+
+            def delivered_first(*args: Any, **kwargs: Any) -> Any:
+                support.append(REQUEST)  # another session: in the mailbox when it returns
+                return search(*args, **kwargs)
+
+            monkeypatch.setattr(client, "search", delivered_first)
+            assert box.new_headers(0) == []  # the search did not see it
+            monkeypatch.setattr(client, "search", search)
+            came = waiter.submit(box.wait_for_mail, LONG_POLL, threading.Event())
+            assert came.result(timeout=LONG_POLL / 2) is True
+            assert [h.uid for h in box.new_headers(0)] == [1]
+        finally:
+            box.close()
+
+    def test_a_cycle_that_finds_nothing_new_leaves_the_wait_to_wait(
+        self, tmp_path: Path, mailstack: MailServer, support: Correspondent
+    ) -> None:
+        """What the cycle's own NOOP was told of is in its search: it does not end the next
+        wait early (else sarbot would cycle without end)."""
+        support.append(REQUEST)
+        box = polling(tmp_path, mailstack, support.address, check_interval=0.1)
+        try:
+            support.append(REQUEST)  # after the SELECT: announced to the cycle's NOOP
+            assert [h.uid for h in box.new_headers(0)] == [1, 2]
+            assert box.wait_for_mail(0.5, threading.Event()) is False
+        finally:
+            box.close()
+
+
+REQUEST = (
+    b"From: alice@example.test\r\nTo: support@redtrain.test\r\n"
+    b"Subject: GDPR DATA REQUEST\r\nMessage-ID: <wait@example.test>\r\n\r\nMy data, please.\r\n"
+)

@@ -75,6 +75,7 @@ class Mailbox:
         self.client = client
         self.uidvalidity = int(selected[b"UIDVALIDITY"])
         self.capabilities = frozenset(client.capabilities())
+        _announced(client)  # the count SELECT gives: the first cycle searches the folder
 
     def close(self) -> None:
         client, self.client = self.client, None
@@ -103,6 +104,7 @@ class Mailbox:
         first; the first ``limit`` of them if given."""
         client = self._client()
         client.noop()  # the server shows mail that came since the last command only after one
+        _announced(client)  # the search below sees what those announcements were about
         uids = sorted(
             uid for uid in client.search(["UID", f"{after_uid + 1}:*"]) if uid > after_uid
         )[:limit]
@@ -190,6 +192,8 @@ class Mailbox:
         """Wait up to ``timeout`` seconds for new mail (IDLE when offered); True if some came."""
         client = self._client()
         deadline = time.monotonic() + timeout
+        if _announced(client):
+            return True  # came after the last search: the server will not announce it again
         if not (self.settings.use_idle and b"IDLE" in self.capabilities):
             return self._poll(client, deadline, stop)
         client.idle()
@@ -221,6 +225,21 @@ class Mailbox:
                 return True
             if time.monotonic() >= deadline:
                 return False
+
+
+def _announced(client: IMAPClient) -> bool:
+    """Whether the server announced new mail (EXISTS) in answer to any command since the
+    last time this was asked, and forget it.
+
+    Dovecot tells a session of new mail once, at the end of whichever command comes next:
+    mail delivered between the cycle's NOOP and its SEARCH is not in the search's result
+    but announced after it, and an IDLE or NOOP later says nothing more of it.  imapclient
+    returns the untagged responses of NOOP and IDLE only; imaplib keeps every command's,
+    and its ``response()`` hands them over (imapclient has no public way to them).
+    """
+    session: imaplib.IMAP4 = client._imap
+    _, counts = session.response("EXISTS")
+    return counts != [None]
 
 
 def _utc(value: object) -> datetime | None:
