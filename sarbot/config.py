@@ -142,37 +142,11 @@ class RequestSettings(Section):
 
 WEAK_KINDS = frozenset({"ip", "name", "hostname"})
 DEFAULT_NEVER_FOLLOW = (
-    "admin",
-    "administrator",
-    "root",
-    "user",
-    "guest",
-    "test",
-    "support",
-    "info",
-    "sa",
-    "system",
-    "service",
-    "backup",
-    "operator",
-    "webmaster",
-    "postmaster",
-    "nobody",
-    "office",
-    "reception",
-    "contact",
-    "hello",
-    "sales",
-    "billing",
-    "accounts",
-    "finance",
-    "enquiries",
-    "helpdesk",
-    "hr",
-    "it",
-    "noreply",
-    "no-reply",
-)
+    "admin", "administrator", "root", "user", "guest", "test", "support", "info", "sa",
+    "system", "service", "backup", "operator", "webmaster", "postmaster", "nobody", "office",
+    "reception", "contact", "hello", "sales", "billing", "accounts", "finance", "enquiries",
+    "helpdesk", "hr", "it", "noreply", "no-reply",
+)  # fmt: skip
 
 
 class RecognitionSettings(Section):
