@@ -20,7 +20,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
+from connectors.logscan import DAMAGED, MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
 from sarbot.connector import ConnectorError
 
 HEAD_BYTES = 4096
@@ -77,7 +77,7 @@ def reading(path: Path) -> Iterator[None]:
     """Damaged compressed data named as a scan names it."""
     try:
         yield
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except DAMAGED as exc:
         raise ConnectorError(f"{path}: cannot be read (damaged or truncated data)") from exc
 
 

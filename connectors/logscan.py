@@ -32,7 +32,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BufferedIOBase
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote_plus
+
+from isal import igzip, isal_zlib
 
 from sarbot.connector import ConnectorError
 
@@ -47,6 +50,14 @@ _TO_ASCII = tuple(c.encode() for c in "\u0130\u037e\u1fef\u212a")
 and lower-cased: U+0130 (i and a combining dot), U+037E (;), U+1FEF (`) and the Kelvin
 sign U+212A (k); ``tests/test_access_log_prefilter.py`` checks it."""
 _TO_ASCII_ENCODED = tuple("".join(f"%{b:02x}" for b in c).encode() for c in _TO_ASCII)
+DAMAGED: tuple[type[Exception], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    cast(type[Exception], isal_zlib.error),  # its stub types it as an instance
+)
+"""What reading a damaged or truncated log raises: gzip's header and CRC checks raise an
+``OSError`` (``BadGzipFile``), a cut stream ``EOFError``, a broken deflate block ISA-L's error."""
 
 Line = tuple[int, str | None]
 
@@ -182,7 +193,7 @@ def read_blocks(stream: BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes
                 carry, skipping = b"", True
         if carry:
             yield number, carry
-    except (OSError, EOFError, zlib.error) as exc:
+    except DAMAGED as exc:
         raise ConnectorError(
             f"{path}: cannot be read past line {number - 1} (damaged or truncated data)"
         ) from exc
@@ -190,14 +201,18 @@ def read_blocks(stream: BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes
 
 @contextmanager
 def open_log(path: Path) -> Iterator[BufferedIOBase]:
-    """A log file opened for reading in binary, through gzip when it starts with gzip's magic."""
+    """A log file opened for reading in binary, through gzip when it starts with gzip's magic
+    (inflated by ISA-L, about three times as fast as zlib; a ``gzip.GzipFile`` all the same)."""
     try:
         raw = path.open("rb")
     except OSError as exc:
         raise ConnectorError(f"{path}: cannot open: {exc.strerror or exc}") from None
     with raw:
         if raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+            with _inflating(fileobj=raw, mode="rb") as unzipped:
                 yield unzipped
         else:
             yield raw
+
+
+_inflating = cast(Callable[..., gzip.GzipFile], igzip.GzipFile)  # its __init__ is unannotated

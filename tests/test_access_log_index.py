@@ -290,11 +290,16 @@ def test_an_index_of_another_format_or_version_is_rebuilt(tmp_path: Path) -> Non
             index.close()
 
 
-def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["wrong length", "broken block"])
+def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path, damage: str) -> None:
     """Damage found while indexing fails the collection with the file named, as a scan does."""
     good = "".join(AUTH.format(n=n % 10, user=f"user{n}") + "\n" for n in range(50_000))
     data = gzip.compress(good.encode())
-    (tmp_path / "auth.log.2.gz").write_bytes(data[:-4] + b"\0\0\0\0")  # a wrong length
+    damaged = {
+        "wrong length": data[:-4] + b"\0\0\0\0",
+        "broken block": data[: len(data) // 2] + b"\0" * 64 + data[len(data) // 2 + 64 :],
+    }[damage]
+    (tmp_path / "auth.log.2.gz").write_bytes(damaged)
     identity = asked(login("asmith", "access_log:logs/auth"))
     for index in ({}, {"index_dir": "ix"}):
         source = {"paths": ["auth.log*"], "format": "auth", "label": "auth", **index}

@@ -530,36 +530,54 @@ class TestLimits:
                    for n in records[-1].notes)  # fmt: skip
 
     def test_large_gzip_log_is_streamed(self, tmp_path: Path) -> None:
-        """A 200,000-line gzip log is read to its end in far less memory than its size."""
+        """A 200,000-line gzip log is read to its end in far less memory than its size, and
+        in no more than half of it takes: memory does not grow with the log."""
 
         def line(n: int) -> str:
             user = "asmith" if n % 20_000 == 19_999 else "basmith" if n % 10 == 0 else f"u{n % 977}"
             stamp = f"Mar  1 09:{n // 3600 % 60:02d}:{n % 60:02d}"
             return f"{stamp} gw1 sshd[{n}]: Accepted publickey for {user} from 198.51.100.{n % 250}"
 
-        path = tmp_path / "big.log.gz"
-        size = 0
-        with gzip.open(path, "wb", compresslevel=1) as out:
-            for start in range(0, 200_000, 10_000):
-                chunk = "".join(f"{line(n)} port {n} ssh2\n" for n in range(start, start + 10_000))
-                size += len(chunk)
-                out.write(chunk.encode())
-        found = connector(tmp_path, [{**AUTH_SOURCE, "paths": ["big.log.gz"]}])
-        tracemalloc.start()
-        try:
-            records = list(found.collect(ALICE))
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        def lookup(lines: int) -> tuple[int, int, list[Record]]:
+            """The log's size, the lookup's traced peak, and its records."""
+            path = tmp_path / f"big-{lines}.log.gz"
+            size = 0
+            with gzip.open(path, "wb", compresslevel=1) as out:
+                for start in range(0, lines, 10_000):
+                    numbers = range(start, start + 10_000)
+                    chunk = "".join(f"{line(n)} port {n} ssh2\n" for n in numbers)
+                    size += len(chunk)
+                    out.write(chunk.encode())
+            found = connector(tmp_path, [{**AUTH_SOURCE, "paths": [path.name]}])
+            tracemalloc.start()
+            try:
+                records = list(found.collect(ALICE))
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            return size, peak, records
+
+        half_size, half_peak, half = lookup(100_000)
+        size, peak, records = lookup(200_000)
         assert size > 15_000_000
+        assert len(half) == 5
         assert [r.key.rsplit(":", 1)[1] for r in records][-1] == "200000"
         assert len(records) == 10
-        assert peak < size / 20, f"peak {peak} bytes for a {size}-byte log"
+        assert peak < size / 10, f"peak {peak} bytes for a {size}-byte log"
+        # Twice the log, the same buffers: what grows is at most a few records' worth.
+        assert peak < half_peak + 256 * 1024, (peak, size, half_peak, half_size)
 
-    def test_damaged_gzip_fails_the_collection(self, tmp_path: Path) -> None:
-        """A truncated rotated log is an error naming the file, not a silently short answer."""
+    @pytest.mark.parametrize("damage", ["truncated", "broken block", "wrong checksum"])
+    def test_damaged_gzip_fails_the_collection(self, tmp_path: Path, damage: str) -> None:
+        """A truncated or damaged rotated log is an error naming the file, not a silently
+        short answer, whichever way inflating it fails."""
         data = gzip.compress(encoded(AUTH_LOG * 500))
-        (tmp_path / "auth.log.2.gz").write_bytes(data[: len(data) // 2])
+        damaged = {
+            "truncated": data[: len(data) // 2],
+            "broken block": data[:10] + b"\0" * 50 + data[60:],
+            "wrong checksum": data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:],
+        }[damage]
+        (tmp_path / "auth.log.2.gz").write_bytes(damaged)
         with pytest.raises(ConnectorError, match=r"auth\.log\.2\.gz: cannot be read past line"):
             collect(tmp_path, [{**AUTH_SOURCE, "paths": ["auth.log.*.gz"]}])
 
