@@ -59,22 +59,25 @@ def read(stream: BufferedIOBase, path: Path, plan: Plan, prefilter: Prefilter) -
                 _seek(stream, offsets[numbers[at] - first])
                 yield numbers[at], _line(stream.readline(MAX_LINE_BYTES + 1))
                 at += 1
-    if plan.indexed >= 0:
-        stream.seek(plan.size)
-        for number, line in candidate_lines(stream, path, prefilter):
-            yield number + plan.indexed, line
+        if plan.indexed >= 0:
+            stream.seek(plan.size)
+            for number, line in candidate_lines(stream, path, prefilter):
+                yield number + plan.indexed, line
 
 
 def prefetched(path: Path, plan: Plan, prefilter: Prefilter) -> list[Line] | None:
     """The lines ``read`` hands on, read at once in a file of its own; None if the file is
     not the one indexed (it is then scanned)."""
     with open_log(path) as stream:
-        return list(read(stream, path, plan, prefilter)) if checked(stream, plan) else None
+        with reading(path):
+            fresh = checked(stream, plan)
+        return list(read(stream, path, plan, prefilter)) if fresh else None
 
 
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
-    """Damaged compressed data named as a scan names it."""
+    """Damaged compressed data named as a scan names it: every read of a log the index
+    points into (its fingerprint too) is made within this."""
     try:
         yield
     except DAMAGED as exc:
@@ -117,6 +120,6 @@ def fingerprint(stream: BufferedIOBase, size: int) -> bytes:
 
 def fits(path: Path, head: bytes, size: int) -> bool:
     """Whether the file may be the one indexed up to ``size`` with the fingerprint ``head``."""
-    with open_log(path) as stream:
+    with open_log(path) as stream, reading(path):
         found = fingerprint(stream, size)
     return bool(found) and found == head[: len(found)]

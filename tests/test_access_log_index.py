@@ -297,7 +297,7 @@ def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path, dam
     data = gzip.compress(good.encode())
     damaged = {
         "wrong length": data[:-4] + b"\0\0\0\0",
-        "broken block": data[: len(data) // 2] + b"\0" * 64 + data[len(data) // 2 + 64 :],
+        "broken block": data[:10] + b"\0" * 50 + data[60:],  # ISA-L's own error, not zlib's
     }[damage]
     (tmp_path / "auth.log.2.gz").write_bytes(damaged)
     identity = asked(login("asmith", "access_log:logs/auth"))
@@ -308,6 +308,26 @@ def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path, dam
         assert isinstance(checked, AccessLogSettings)
         with pytest.raises(ConnectorError, match=r"auth\.log\.2\.gz: cannot be read"):
             list(AccessLogConnector("logs", checked).collect(identity))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "broken block"])
+def test_a_damaged_new_rotation_fails_naming_it(tmp_path: Path, damage: str) -> None:
+    """A compressed file the index has no entry for is first compared with the entries of
+    files gone (a rotation keeps its entries): damage found there fails the collection with
+    the file named, as a scan does, never with the inflater's own exception."""
+    text = "".join(AUTH.format(n=n % 10, user=f"user{n}") + "\n" for n in range(5_000))
+    data = gzip.compress(text.encode())
+    (tmp_path / "auth.log.1").write_text(text)
+    identity = asked(login("asmith", "access_log:logs/auth"))
+    source = {"paths": ["auth.log*"], "format": "auth", "label": "auth", "index_dir": "ix"}
+    checked = validate({"sources": [source]}, AccessLogSettings, source="t", base_dir=tmp_path)
+    assert isinstance(checked, AccessLogSettings)
+    assert list(AccessLogConnector("logs", checked).collect(identity)) == []  # indexed
+    (tmp_path / "auth.log.1").unlink()
+    damaged = {"cut short": data[:200], "broken block": data[:10] + b"\0" * 50 + data[60:]}
+    (tmp_path / "auth.log.2.gz").write_bytes(damaged[damage])
+    with pytest.raises(ConnectorError, match=r"auth\.log\.2\.gz: cannot be read"):
+        list(AccessLogConnector("logs", checked).collect(identity))
 
 
 def test_compressed_files_read_ahead_give_what_a_scan_gives(tmp_path: Path) -> None:
