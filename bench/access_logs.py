@@ -389,10 +389,7 @@ def _tool(name: str) -> str:
 
 def _size(path: Path) -> int:
     """The bytes of the log's text (a gzip file's, uncompressed)."""
-    if path.suffix != ".gz":
-        return path.stat().st_size
-    with gzip.open(path, "rb") as stream:
-        return sum(len(block) for block in iter(lambda: stream.read(1 << 20), b""))
+    return path.stat().st_size if path.suffix != ".gz" else _inflate([path], _zlib)
 
 
 def _count_lines(files: list[Path]) -> int:
