@@ -266,11 +266,8 @@ class LogIndex:
             found = job.result()
             return None if found is None else iter(found)
         plan = self._plan(path, needles) if answerable(needles) else None
-        if plan is None:
+        if plan is None or not checked(stream, path, plan):
             return None
-        with reading(path):
-            if not checked(stream, plan):
-                return None
         return read(stream, path, plan, prefilter)
 
     def start(self, needles: set[str], prefilter: Prefilter) -> None:

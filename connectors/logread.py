@@ -38,10 +38,11 @@ class Plan(NamedTuple):
     numbers: list[int]
 
 
-def checked(stream: BufferedIOBase, plan: Plan) -> bool:
+def checked(stream: BufferedIOBase, path: Path, plan: Plan) -> bool:
     """Whether the file is still the one indexed (its fingerprint); leaves it at its start."""
-    found = fingerprint(stream, plan.size)
-    stream.seek(0)
+    with reading(path):
+        found = fingerprint(stream, plan.size)
+        stream.seek(0)
     return bool(found) and found == plan.head[: len(found)]
 
 
@@ -69,9 +70,7 @@ def prefetched(path: Path, plan: Plan, prefilter: Prefilter) -> list[Line] | Non
     """The lines ``read`` hands on, read at once in a file of its own; None if the file is
     not the one indexed (it is then scanned)."""
     with open_log(path) as stream:
-        with reading(path):
-            fresh = checked(stream, plan)
-        return list(read(stream, path, plan, prefilter)) if fresh else None
+        return list(read(stream, path, plan, prefilter)) if checked(stream, path, plan) else None
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ def waiter() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-def polling(tmp_path: Path, server: MailServer, support: str, **imap: Any) -> Mailbox:
+@contextmanager
+def polling(tmp_path: Path, server: MailServer, support: str, **imap: Any) -> Iterator[Mailbox]:
     """The support mailbox, connected, with IDLE turned off (unless ``imap`` says otherwise)
-    and ``imap`` settings."""
+    and ``imap`` settings; closed when the block ends."""
     config = testconfig.write_config(
         tmp_path / "config.toml",
         support,
@@ -46,7 +48,10 @@ def polling(tmp_path: Path, server: MailServer, support: str, **imap: Any) -> Ma
     )
     box = Mailbox(App.load(config).settings.imap)
     box.connect()
-    return box
+    try:
+        yield box
+    finally:
+        box.close()
 
 
 def count_noops(box: Mailbox, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -75,10 +80,9 @@ class TestWaitWithoutIdle:
     ) -> None:
         """Mail that comes while sarbot waits is reported by a NOOP, long before the poll
         is over, and the wait says mail came."""
-        box = polling(
+        with polling(
             tmp_path, mailstack, support.address, check_interval=0.1, poll_interval=LONG_POLL
-        )
-        try:
+        ) as box:
             noops = count_noops(box, monkeypatch)
             stop = threading.Event()
             came: Future[bool] = waiter.submit(box.wait_for_mail, LONG_POLL, stop)
@@ -89,8 +93,6 @@ class TestWaitWithoutIdle:
                 stop.set()
             assert len(noops) >= 1
             assert [h.uid for h in box.new_headers(0)] == [1]
-        finally:
-            box.close()
 
     def test_a_quiet_mailbox_is_asked_each_check_until_the_poll_is_over(
         self,
@@ -101,15 +103,12 @@ class TestWaitWithoutIdle:
     ) -> None:
         """No mail: NOOPs every check_interval, and the wait ends with the poll, saying none
         came."""
-        box = polling(tmp_path, mailstack, support.address, check_interval=0.1)
-        try:
+        with polling(tmp_path, mailstack, support.address, check_interval=0.1) as box:
             noops = count_noops(box, monkeypatch)
             began = time.monotonic()
             assert box.wait_for_mail(1.0, threading.Event()) is False
             assert time.monotonic() - began >= 1.0  # the whole poll, never less
             assert len(noops) >= 2  # ten checks in a quiet second; at least two on any machine
-        finally:
-            box.close()
 
     def test_without_a_check_interval_the_server_is_asked_once_a_poll(
         self,
@@ -119,13 +118,10 @@ class TestWaitWithoutIdle:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """The default: one NOOP when the poll is over, and a cycle after it, as before."""
-        box = polling(tmp_path, mailstack, support.address)
-        try:
+        with polling(tmp_path, mailstack, support.address) as box:
             noops = count_noops(box, monkeypatch)
             assert box.wait_for_mail(0.3, threading.Event()) is False
             assert len(noops) == 1
-        finally:
-            box.close()
 
     def test_a_stop_ends_the_wait_without_asking_the_server(
         self,
@@ -136,14 +132,13 @@ class TestWaitWithoutIdle:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """SIGTERM while waiting: the wait ends, having reported no mail."""
-        box = polling(
+        with polling(
             tmp_path,
             mailstack,
             support.address,
             check_interval=LONG_POLL / 4,
             poll_interval=LONG_POLL,
-        )
-        try:
+        ) as box:
             noops = count_noops(box, monkeypatch)
             stop = threading.Event()
             came = waiter.submit(box.wait_for_mail, LONG_POLL, stop)
@@ -151,8 +146,6 @@ class TestWaitWithoutIdle:
             stop.set()
             assert came.result(timeout=LONG_POLL / 2) is False
             assert noops == []
-        finally:
-            box.close()
 
 
 class TestMailAnnouncedToAnotherCommand:
@@ -170,15 +163,14 @@ class TestMailAnnouncedToAnotherCommand:
         Dovecot announces it once, at the end of the SEARCH; neither a NOOP nor IDLE tells of
         it again.  The next wait ends at once, so the next cycle takes it, instead of waiting
         out the poll."""
-        box = polling(
+        with polling(
             tmp_path,
             mailstack,
             support.address,
             use_idle=use_idle,
             check_interval=0.1,
             poll_interval=LONG_POLL,
-        )
-        try:
+        ) as box:
             client = box.client
             assert client is not None
             search = client.search
@@ -193,8 +185,6 @@ class TestMailAnnouncedToAnotherCommand:
             came = waiter.submit(box.wait_for_mail, LONG_POLL, threading.Event())
             assert came.result(timeout=LONG_POLL / 2) is True
             assert [h.uid for h in box.new_headers(0)] == [1]
-        finally:
-            box.close()
 
     def test_a_cycle_that_finds_nothing_new_leaves_the_wait_to_wait(
         self, tmp_path: Path, mailstack: MailServer, support: Correspondent
@@ -202,13 +192,10 @@ class TestMailAnnouncedToAnotherCommand:
         """What the cycle's own NOOP was told of is in its search: it does not end the next
         wait early (else sarbot would cycle without end)."""
         support.append(REQUEST)
-        box = polling(tmp_path, mailstack, support.address, check_interval=0.1)
-        try:
+        with polling(tmp_path, mailstack, support.address, check_interval=0.1) as box:
             support.append(REQUEST)  # after the SELECT: announced to the cycle's NOOP
             assert [h.uid for h in box.new_headers(0)] == [1, 2]
             assert box.wait_for_mail(0.5, threading.Event()) is False
-        finally:
-            box.close()
 
 
 REQUEST = (
