@@ -27,7 +27,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, bindparam, func, or_, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Dialect,
+    Row,
+    RowMapping,
+    Select,
+    bindparam,
+    func,
+    or_,
+    text,
+)
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from sarbot.connector import EMAIL, Identifier, fold, split_account, written_forms
 
@@ -191,6 +203,66 @@ class Paged:
         if len(first) > self.page:
             after = first[self.page - 1]._mapping[self.key]
             yield from connection.execute(self.rest, params | {"paged_after": after})
+
+
+class Prepared:
+    """A statement compiled once for a dialect, with each ``IN`` list it expands rendered
+    once for each length, then sent as SQL text (``exec_driver_sql``).
+
+    At a few milliseconds a lookup, compiling and expanding a statement on every run
+    costs more than the database's answer.  Sent as text, SQLAlchemy still hides the
+    parameters in its errors and notices a dropped connection, as for any statement."""
+
+    def __init__(self, query: Select[Any], dialect: Dialect) -> None:
+        self.compiled = query.compile(dialect=dialect)
+        self.positional = dialect.positional
+        self.expanded: dict[tuple[int, ...], _Expanded] = {}
+
+    def mappings(self, connection: Connection, params: dict[str, Any]) -> Sequence[RowMapping]:
+        lengths = tuple(len(v) for v in params.values() if isinstance(v, list))
+        if lengths not in self.expanded:
+            self.expanded[lengths] = _Expanded.of(self.compiled, params)
+        statement, bound = self.expanded[lengths].bind(params, self.positional)
+        return connection.exec_driver_sql(statement, bound).mappings().all()
+
+
+@dataclass(frozen=True)
+class _Expanded:
+    """One expansion of a compiled statement: its SQL and how to bind a lookup's values."""
+
+    statement: str
+    defaults: dict[str, Any]
+    """The statement's own values (a LIMIT, a constant), bound with every run."""
+    expansion: dict[str, list[str]]
+    """Each list parameter's expanded names, one per item."""
+    order: tuple[str, ...]
+    """The parameters' order, for a positional paramstyle (SQLite's ``?``)."""
+    processors: dict[str, Any]
+
+    @classmethod
+    def of(cls, compiled: SQLCompiler, params: dict[str, Any]) -> _Expanded:
+        state = compiled.construct_expanded_state(params)
+        return cls(
+            state.statement,
+            dict(state.parameters),
+            {name: list(names) for name, names in state.parameter_expansion.items()},
+            tuple(state.positiontup or ()),
+            dict(state.processors),
+        )
+
+    def bind(self, params: dict[str, Any], positional: bool) -> tuple[str, Any]:
+        bound = dict(self.defaults)
+        for name, value in params.items():
+            if name in self.expansion:
+                bound.update(zip(self.expansion[name], value, strict=True))
+            else:
+                bound[name] = value
+        for name, process in self.processors.items():
+            if name in bound:
+                bound[name] = process(bound[name])
+        if positional:
+            return self.statement, tuple(bound[name] for name in self.order)
+        return self.statement, bound
 
 
 # The indexes a connector needs

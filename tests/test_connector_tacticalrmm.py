@@ -29,6 +29,7 @@ from connectors.tacticalrmm import (
     TacticalRmmConnector,
     TacticalRmmSettings,
 )
+from connectors.tacticalrmm import connector as rmm_connector
 from connectors.tacticalrmm.inventory import ip_of
 from connectors.tacticalrmm.people import Withholder
 from sarbot.config import validate
@@ -868,6 +869,71 @@ class TestReadOnly:
             connection.exec_driver_sql("DELETE FROM agents_agent")
         rmm.close()
         assert len(collect(sqlite_url, usernames("asmith"))) == 3
+
+
+class TestPreparedStatements:
+    """The lookup's statements are compiled once and sent as SQL text: every page, every
+    number of spellings and both databases give what a connector built afresh gives, and
+    a failing statement still keeps what was looked for out of its error."""
+
+    @pytest.mark.parametrize("database", ["postgres_url", "sqlite_url"])
+    def test_a_person_on_several_pages_is_read_whole(
+        self, database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Read two computers a page, the three of asmith at Acme take two pages: the second
+        starts after the first's last computer, and together they are the whole lookup."""
+        url = request.getfixturevalue(database)
+        whole = serialized(collect(url, usernames("asmith")))
+        monkeypatch.setattr(rmm_connector, "PAGE", 2)
+        rmm = connector(url)
+        sent: list[str] = []
+        event.listen(rmm.engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        try:
+            assert serialized(list(rmm.collect(usernames("asmith")))) == whole
+        finally:
+            rmm.close()
+        pages = [sql for sql in sent if "FROM agents_agent" in sql]
+        assert len(pages) == 2
+        assert "agents_agent.id >" not in pages[0]
+        assert "agents_agent.id >" in pages[1]
+
+    def test_one_connector_answers_lookups_of_every_shape(
+        self, postgres_url: str, sqlite_url: str
+    ) -> None:
+        """Lookups with more and fewer spellings, and with letters outside ASCII, one after
+        another on one connector (each statement expanded once for its shape) find what a
+        connector built for each finds: neither more nor another person's."""
+        lookups = [
+            usernames("asmith"),
+            usernames("asmith", "CORP\\asmith", "basmith"),
+            OTHER_ASMITH,
+            usernames("jürgen.straßer"),
+            Identity.verified("asmith@corp.test"),
+            usernames("asmith"),
+            usernames(),
+        ]
+        for url in (postgres_url, sqlite_url):
+            rmm = connector(url)
+            try:
+                for identity in lookups:
+                    found = serialized(list(rmm.collect(identity)))
+                    assert found == serialized(collect(url, identity)), (url, identity)
+            finally:
+                rmm.close()
+        assert keys(collect(postgres_url, lookups[0])) == ALICE_KEYS
+        assert keys(collect(sqlite_url, lookups[3])) == ["agent:AgEnTjUeRgEn000000006"]
+
+    def test_a_failing_lookup_does_not_show_what_it_looked_for(self, tmp_path: Path) -> None:
+        path = tmp_path / "empty.db"
+        sqlite3.connect(path).close()
+        rmm = connector(f"sqlite:///{path}")
+        try:
+            with pytest.raises(Exception, match="no such table") as failed:
+                list(rmm.collect(usernames("zz-looked-for")))
+        finally:
+            rmm.close()
+        assert "zz-looked-for" not in str(failed.value)
+        assert "zz-looked-for" not in repr(failed.value)
 
 
 class TestDroppedConnection:

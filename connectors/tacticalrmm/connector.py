@@ -24,13 +24,21 @@ only named hardware properties are.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, RowMapping, Select, bindparam, column, or_, select, table
 
-from connectors.indexed import Collation, Needed, Spelled, any_spelling, missing, sort_key
+from connectors.indexed import (
+    Collation,
+    Needed,
+    Prepared,
+    Spelled,
+    any_spelling,
+    missing,
+    sort_key,
+)
 from connectors.readonly import read_only_engine
 from connectors.tacticalrmm.inventory import (
     boot_time,
@@ -117,7 +125,8 @@ class TacticalRmmConnector:
         self.name = name
         self.settings = settings
         self.engine = read_only_engine(settings.url)
-        self.built: dict[tuple[int, bool], Select[Any]] = {}
+        self.built: dict[tuple[int, bool], Prepared] = {}
+        self.software_of = Prepared(SOFTWARE_OF, self.engine.dialect)
 
     def needed(self) -> list[Needed]:
         """The indexes the lookups need (docs/connectors/tacticalrmm.md)."""
@@ -157,7 +166,9 @@ class TacticalRmmConnector:
             connection.execution_options(postgresql_readonly=True)
         return connection
 
-    def _candidates(self, connection: Connection, subject: Subject) -> Iterator[list[RowMapping]]:
+    def _candidates(
+        self, connection: Connection, subject: Subject
+    ) -> Iterator[Sequence[RowMapping]]:
         """Agents whose user fields hold one of the subject's spellings (found by index), whole,
         a page at a time (keyset by id, so memory stays flat); the caller links them exactly."""
         spelled = Spelled.of(subject.spellings, Collation())
@@ -166,16 +177,16 @@ class TacticalRmmConnector:
         while True:
             query = self._statement(spelled.shape, first=after is None)
             bound = params if after is None else params | {"after": after}
-            page = connection.execute(query, bound).mappings().all()
+            page = query.mappings(connection, bound)
             if page:
-                yield list(page)
+                yield page
             if len(page) < PAGE:
                 return
             after = page[-1]["id"]
 
-    def _statement(self, shape: int, *, first: bool) -> Select[Any]:
-        """The page query, built once for each shape of the lookup: building a statement
-        costs more than running it."""
+    def _statement(self, shape: int, *, first: bool) -> Prepared:
+        """The page query, built and compiled once for each shape of the lookup: building a
+        statement costs more than running it."""
         key = (shape, first)
         if key not in self.built:
             query: Select[Any] = DETAILS.where(
@@ -193,7 +204,8 @@ class TacticalRmmConnector:
                 )
             if not first:
                 query = query.where(AGENTS.c.id > bindparam("after"))
-            self.built[key] = query.order_by(sort_key(AGENTS.c.id)).limit(PAGE)
+            query = query.order_by(sort_key(AGENTS.c.id)).limit(PAGE)
+            self.built[key] = Prepared(query, self.engine.dialect)
         return self.built[key]
 
     def _software(self, connection: Connection, agents: list[int]) -> dict[int, list[Any]]:
@@ -201,8 +213,8 @@ class TacticalRmmConnector:
         if not agents or not self.settings.include_software:
             return {}
         found: dict[int, list[Any]] = {}
-        for agent, document in connection.execute(SOFTWARE_OF, {"agents": agents}):
-            found.setdefault(agent, []).append(document)
+        for row in self.software_of.mappings(connection, {"agents": agents}):
+            found.setdefault(row["agent_id"], []).append(row["software"])
         return found
 
     def _record(self, row: RowMapping, subject: Subject, link: Link, programs: list[Any]) -> Record:

@@ -56,7 +56,7 @@ class Subject:
     answers: dict[tuple[str, str, bool], Identifier | None] = field(
         default_factory=dict, compare=False, repr=False
     )
-    withholders: dict[tuple[tuple[str, ...], tuple[str, ...]], Withholder] = field(
+    withholders: dict[tuple[frozenset[str], frozenset[str]], Withholder] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -97,8 +97,9 @@ class Subject:
 
     def withholder(self, others: list[str], own: list[str]) -> Withholder:
         """What withholds these other people's names, built once a lookup for each set of
-        names (a client's computers share their users)."""
-        key = (tuple(others), tuple(own))
+        names as the withholder compares them (a client's computers share their users,
+        written ``ACME\\asmith`` on one and ``asmith`` on the next)."""
+        key = (user_names(others), user_names(own))
         if key not in self.withholders:
             self.withholders[key] = Withholder(others, own + self.names())
         return self.withholders[key]
@@ -123,8 +124,8 @@ class Withholder:
     """Replaces any text that names one of the other people who used the computer."""
 
     def __init__(self, others: Iterable[str], own: Iterable[str]) -> None:
-        names = {fold(split_account(other)[0]) for other in others} - {""}
-        mine = {fold(split_account(name)[0]) for name in own}
+        names = user_names(others) - {""}
+        mine = user_names(own)
         # Short names are only matched as a whole word, so that "al" keeps "Visual" intact.
         # The subject's own names are taken out first when they contain another's
         # (alice's "basmith-pc" does not name a bob who is "asmith").
@@ -186,14 +187,32 @@ class Withholder:
 
 
 def _texts_of(value: JSONValue, found: list[str]) -> None:
+    """Every text in the value, in no particular order (one search of them all asks only
+    whether a name is in any).  A record can hold hundreds of programs, so this walk
+    keeps a list of what is left to see instead of calling itself for every value."""
     if isinstance(value, str):
         found.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            _texts_of(item, found)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _texts_of(item, found)
+        return
+    append = found.append
+    waiting: list[JSONValue] = [value]
+    while waiting:
+        container = waiting.pop()
+        if isinstance(container, dict):
+            items: Iterable[JSONValue] = container.values()
+        elif isinstance(container, list):
+            items = container
+        else:
+            continue
+        for item in items:
+            if isinstance(item, str):
+                append(item)
+            elif isinstance(item, (dict, list)):
+                waiting.append(item)
+
+
+def user_names(accounts: Iterable[str]) -> frozenset[str]:
+    """The user names of these accounts, as the withholder compares them."""
+    return frozenset(fold(split_account(account)[0]) for account in accounts)
 
 
 def is_user(value: Any) -> bool:
