@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ColumnClause,
     ColumnElement,
     Connection,
-    Dialect,
+    CursorResult,
     Row,
     RowMapping,
     Select,
@@ -180,50 +181,36 @@ def sort_key(key: ColumnElement[Any]) -> ColumnElement[Any]:
     return key + 0
 
 
-@dataclass(frozen=True)
-class Paged:
-    """A query read in ``key`` order: the first page fetched whole (one round trip, which
-    answers most lookups), the rest, if any, streamed ``page`` rows at a time, so memory
-    stays flat however many rows one person has.  Both statements are built once."""
-
-    first: Select[Any]
-    rest: Select[Any]
-    key: ColumnElement[Any]
-    page: int
-
-    @classmethod
-    def of(cls, query: Select[Any], key: ColumnElement[Any], page: int = 500) -> Paged:
-        first = query.order_by(sort_key(key)).limit(page + 1)
-        rest = query.where(key > bindparam("paged_after")).order_by(sort_key(key))
-        return cls(first, rest.execution_options(yield_per=page), key, page)
-
-    def rows(self, connection: Connection, params: dict[str, Any]) -> Iterator[Row[Any]]:
-        first = connection.execute(self.first, params).all()
-        yield from first[: self.page]
-        if len(first) > self.page:
-            after = first[self.page - 1]._mapping[self.key]
-            yield from connection.execute(self.rest, params | {"paged_after": after})
-
-
 class Prepared:
-    """A statement compiled once for a dialect, with each ``IN`` list it expands rendered
-    once for each length, then sent as SQL text (``exec_driver_sql``).
+    """A statement compiled once for the database it runs on, with each ``IN`` list it
+    expands rendered once for each length, then sent as SQL text (``exec_driver_sql``).
 
     At a few milliseconds a lookup, compiling and expanding a statement on every run
     costs more than the database's answer.  Sent as text, SQLAlchemy still hides the
     parameters in its errors and notices a dropped connection, as for any statement."""
 
-    def __init__(self, query: Select[Any], dialect: Dialect) -> None:
-        self.compiled = query.compile(dialect=dialect)
-        self.positional = dialect.positional
-        self.expanded: dict[tuple[int, ...], _Expanded] = {}
+    def __init__(self, query: Select[Any]) -> None:
+        self.query = query
+        self.compiled: dict[str, SQLCompiler] = {}
+        self.expanded: dict[tuple[str, tuple[int, ...]], _Expanded] = {}
+
+    def all(self, connection: Connection, params: dict[str, Any]) -> Sequence[Row[Any]]:
+        return self._execute(connection, params).all()
 
     def mappings(self, connection: Connection, params: dict[str, Any]) -> Sequence[RowMapping]:
-        lengths = tuple(len(v) for v in params.values() if isinstance(v, list))
-        if lengths not in self.expanded:
-            self.expanded[lengths] = _Expanded.of(self.compiled, params)
-        statement, bound = self.expanded[lengths].bind(params, self.positional)
-        return connection.exec_driver_sql(statement, bound).mappings().all()
+        return self._execute(connection, params).mappings().all()
+
+    def _execute(self, connection: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+        dialect = connection.dialect
+        key = (dialect.name, tuple(len(v) for v in params.values() if isinstance(v, list)))
+        if key not in self.expanded:
+            if dialect.name not in self.compiled:
+                compiled = self.query.compile(dialect=dialect)
+                assert isinstance(compiled, SQLCompiler)
+                self.compiled[dialect.name] = compiled
+            self.expanded[key] = _Expanded.of(self.compiled[dialect.name], params)
+        statement, bound = self.expanded[key].bind(params, dialect.positional)
+        return connection.exec_driver_sql(statement, bound)
 
 
 @dataclass(frozen=True)
@@ -263,6 +250,32 @@ class _Expanded:
         if positional:
             return self.statement, tuple(bound[name] for name in self.order)
         return self.statement, bound
+
+
+@dataclass(frozen=True)
+class Paged:
+    """A query read in ``key`` order: the first page fetched whole (one round trip, which
+    answers most lookups, its statement ``Prepared``), the rest, if any, streamed ``page``
+    rows at a time, so memory stays flat however many rows one person has.  Both
+    statements are built once."""
+
+    first: Prepared
+    rest: Select[Any]
+    key: ColumnClause[Any]
+    page: int
+
+    @classmethod
+    def of(cls, query: Select[Any], key: ColumnClause[Any], page: int = 500) -> Paged:
+        first = query.order_by(sort_key(key)).limit(page + 1)
+        rest = query.where(key > bindparam("paged_after")).order_by(sort_key(key))
+        return cls(Prepared(first), rest.execution_options(yield_per=page), key, page)
+
+    def rows(self, connection: Connection, params: dict[str, Any]) -> Iterator[Row[Any]]:
+        first = self.first.all(connection, params)
+        yield from first[: self.page]
+        if len(first) > self.page:
+            after = first[self.page - 1]._mapping[self.key.name]
+            yield from connection.execute(self.rest, params | {"paged_after": after})
 
 
 # The indexes a connector needs

@@ -126,7 +126,7 @@ class TacticalRmmConnector:
         self.settings = settings
         self.engine = read_only_engine(settings.url)
         self.built: dict[tuple[int, bool], Prepared] = {}
-        self.software_of = Prepared(SOFTWARE_OF, self.engine.dialect)
+        self.software_of = Prepared(SOFTWARE_OF)
 
     def needed(self) -> list[Needed]:
         """The indexes the lookups need (docs/connectors/tacticalrmm.md)."""
@@ -205,7 +205,7 @@ class TacticalRmmConnector:
             if not first:
                 query = query.where(AGENTS.c.id > bindparam("after"))
             query = query.order_by(sort_key(AGENTS.c.id)).limit(PAGE)
-            self.built[key] = Prepared(query, self.engine.dialect)
+            self.built[key] = Prepared(query)
         return self.built[key]
 
     def _software(self, connection: Connection, agents: list[int]) -> dict[int, list[Any]]:

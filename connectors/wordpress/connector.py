@@ -142,7 +142,7 @@ class WordpressConnector:
             collation = self.queries.collation(connection, self.t.users, field)
             spelled = Spelled.of(spellings_of(identifier), collation)
             query = self.queries.accounts(collation, field, spelled.shape)
-            for row in connection.execute(query, spelled.params("spellings")):
+            for row in query.all(connection, spelled.params("spellings")):
                 stored = row._mapping[field]
                 if identifier.kind == EMAIL:
                     mine = same_address(stored, identifier.value)
@@ -212,7 +212,8 @@ class WordpressConnector:
     def _meta(self, connection: Connection, user_id: int) -> dict[str, str]:
         # WordPress keeps one row per key for these; the first non-empty one wins.
         found: dict[str, str] = {}
-        for key, value in connection.execute(self.queries.meta(), {"user_id": user_id}):
+        for row in self.queries.meta().all(connection, {"user_id": user_id}):
+            key, value = row.meta_key, row.meta_value
             if isinstance(value, str) and value and key not in found:
                 found[str(key)] = value
         return found

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Select, TableClause, bindparam, column, select, table
+from sqlalchemy import Connection, TableClause, bindparam, column, select, table
 
-from connectors.indexed import Collation, Needed, Paged, any_spelling, column_collations
+from connectors.indexed import (
+    Collation,
+    Needed,
+    Paged,
+    Prepared,
+    any_spelling,
+    column_collations,
+)
 
 PROFILE_META = {
     "first_name": "First name",
@@ -97,28 +104,28 @@ class Queries:
             }
         return self.collations.get(f"{table.name}.{name.lower()}", Collation())
 
-    def accounts(self, collation: Collation, field: str, shape: int) -> Select[Any]:
+    def accounts(self, collation: Collation, field: str, shape: int) -> Prepared:
         """Accounts whose ``field`` holds one of the spellings bound as ``spellings``."""
         key = (f"accounts {field} {collation}", shape)
         if key not in self.built:
             users = self.t.users
             match = any_spelling(users.c[field], collation, "spellings", shape)
-            self.built[key] = select(users).where(match).order_by(users.c.ID)
-        built: Select[Any] = self.built[key]
+            self.built[key] = Prepared(select(users).where(match).order_by(users.c.ID))
+        built: Prepared = self.built[key]
         return built
 
-    def meta(self) -> Select[Any]:
+    def meta(self) -> Prepared:
         """The profile rows of the account bound as ``user_id``."""
         key = ("meta", 0)
         if key not in self.built:
             meta = self.t.usermeta.c
             wanted = [*PROFILE_META, SESSION_META, LOCATION_KEY]
-            self.built[key] = (
+            self.built[key] = Prepared(
                 select(meta.meta_key, meta.meta_value)
                 .where(meta.user_id == bindparam("user_id"), meta.meta_key.in_(wanted))
                 .order_by(meta.meta_key)
             )
-        built: Select[Any] = self.built[key]
+        built: Prepared = self.built[key]
         return built
 
     def comments(self, collation: Collation | None, shape: int = 0) -> Paged:
