@@ -23,7 +23,7 @@ narrows.  So the database must never miss a row the exact check accepts:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     CursorResult,
+    Dialect,
     Row,
     RowMapping,
     Select,
@@ -187,11 +188,14 @@ class Prepared:
 
     At a few milliseconds a lookup, compiling and expanding a statement on every run
     costs more than the database's answer.  Sent as text, SQLAlchemy still hides the
-    parameters in its errors and notices a dropped connection, as for any statement."""
+    parameters in its errors and notices a dropped connection, as for any statement.
+    Each column is labelled with its key, so that every database names it as SQLAlchemy
+    does (SQLite would name it as its table declares it: ``id`` for ``ID``)."""
 
     def __init__(self, query: Select[Any]) -> None:
-        self.query = query
-        self.compiled: dict[str, SQLCompiler] = {}
+        labelled = (column.label(key) for key, column in query.selected_columns.items())
+        self.query = query.with_only_columns(*labelled, maintain_column_froms=True)
+        self.compiled: dict[str, tuple[SQLCompiler, dict[str, Processor]]] = {}
         self.expanded: dict[tuple[str, tuple[int, ...]], _Expanded] = {}
 
     def all(self, connection: Connection, params: dict[str, Any]) -> Sequence[Row[Any]]:
@@ -205,12 +209,27 @@ class Prepared:
         key = (dialect.name, tuple(len(v) for v in params.values() if isinstance(v, list)))
         if key not in self.expanded:
             if dialect.name not in self.compiled:
-                compiled = self.query.compile(dialect=dialect)
-                assert isinstance(compiled, SQLCompiler)
-                self.compiled[dialect.name] = compiled
-            self.expanded[key] = _Expanded.of(self.compiled[dialect.name], params)
+                self.compiled[dialect.name] = self._compile(dialect)
+            compiled, processors = self.compiled[dialect.name]
+            self.expanded[key] = _Expanded.of(compiled, processors, params)
         statement, bound = self.expanded[key].bind(params, dialect.positional)
         return connection.exec_driver_sql(statement, bound)
+
+    def _compile(self, dialect: Dialect) -> tuple[SQLCompiler, dict[str, Processor]]:
+        compiled = self.query.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        processors: dict[str, Processor] = {}
+        for name, bind in compiled.binds.items():
+            if bind.literal_execute:
+                # Its value would be written into the SQL kept for every later lookup.
+                raise TypeError(f"a Prepared statement cannot render {name!r} into its text")
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        return compiled, processors
+
+
+Processor = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -218,35 +237,44 @@ class _Expanded:
     """One expansion of a compiled statement: its SQL and how to bind a lookup's values."""
 
     statement: str
-    defaults: dict[str, Any]
+    asked: frozenset[str]
+    """The parameters each run binds: exactly these, so none is left from an earlier run."""
+    constants: dict[str, Any]
     """The statement's own values (a LIMIT, a constant), bound with every run."""
     expansion: dict[str, list[str]]
     """Each list parameter's expanded names, one per item."""
     order: tuple[str, ...]
     """The parameters' order, for a positional paramstyle (SQLite's ``?``)."""
-    processors: dict[str, Any]
+    processors: dict[str, Processor]
+    """What the driver needs done to a parameter's value (or each of a list's) first."""
 
     @classmethod
-    def of(cls, compiled: SQLCompiler, params: dict[str, Any]) -> _Expanded:
+    def of(
+        cls, compiled: SQLCompiler, processors: dict[str, Processor], params: dict[str, Any]
+    ) -> _Expanded:
         state = compiled.construct_expanded_state(params)
-        return cls(
-            state.statement,
-            dict(state.parameters),
-            {name: list(names) for name, names in state.parameter_expansion.items()},
-            tuple(state.positiontup or ()),
-            dict(state.processors),
-        )
+        expansion = {name: list(names) for name, names in state.parameter_expansion.items()}
+        items_of = {item: name for name, items in expansion.items() for item in items}
+        constants = {}  # the rest, a list written in the statement's IN included
+        for name, value in state.parameters.items():
+            original = items_of.get(name, name)
+            if original not in params:
+                process = processors.get(original)
+                constants[name] = process(value) if process else value
+        order = tuple(state.positiontup or ())
+        return cls(state.statement, frozenset(params), constants, expansion, order, processors)
 
     def bind(self, params: dict[str, Any], positional: bool) -> tuple[str, Any]:
-        bound = dict(self.defaults)
+        if params.keys() != self.asked:
+            raise TypeError(f"the statement takes {sorted(self.asked)}, not {sorted(params)}")
+        bound = dict(self.constants)
         for name, value in params.items():
+            process = self.processors.get(name)
             if name in self.expansion:
-                bound.update(zip(self.expansion[name], value, strict=True))
+                items = [process(item) for item in value] if process else value
+                bound.update(zip(self.expansion[name], items, strict=True))
             else:
-                bound[name] = value
-        for name, process in self.processors.items():
-            if name in bound:
-                bound[name] = process(bound[name])
+                bound[name] = process(value) if process else value
         if positional:
             return self.statement, tuple(bound[name] for name in self.order)
         return self.statement, bound
