@@ -15,7 +15,7 @@ from sqlalchemy import Engine, column, create_engine, event, func, select, table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from connectors import readonly
-from connectors.indexed import Paged
+from connectors.statements import Paged
 from connectors.wordpress import (
     UNREADABLE_SESSIONS,
     WITHHELD,

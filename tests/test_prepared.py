@@ -1,4 +1,4 @@
-"""``connectors.indexed.Prepared``: a statement compiled once and sent as SQL text gives what
+"""``connectors.statements.Prepared``: a statement compiled once and sent as SQL text gives what
 SQLAlchemy's own execution of it gives, run after run, on a real SQLite database."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from sqlalchemy import (
     table,
 )
 
-from connectors.indexed import Paged, Prepared, sort_key
+from connectors.indexed import sort_key
+from connectors.statements import Paged, Prepared
 
 NAMES = ["asmith", "ASmith", "bjones", "carol", "CAROL", "jürgen", "asmith@acme.test", "", "x%y"]
 # Declared in lower case; the statements name the columns as WordPress does (``ID``).

@@ -33,13 +33,13 @@ from sqlalchemy import Connection, RowMapping, Select, bindparam, column, or_, s
 from connectors.indexed import (
     Collation,
     Needed,
-    Prepared,
     Spelled,
     any_spelling,
     missing,
     sort_key,
 )
 from connectors.readonly import read_only_engine
+from connectors.statements import Prepared
 from connectors.tacticalrmm.inventory import (
     boot_time,
     cpus,

@@ -10,11 +10,10 @@ from sqlalchemy import Connection, TableClause, bindparam, column, select, table
 from connectors.indexed import (
     Collation,
     Needed,
-    Paged,
-    Prepared,
     any_spelling,
     column_collations,
 )
+from connectors.statements import Paged, Prepared
 
 PROFILE_META = {
     "first_name": "First name",
