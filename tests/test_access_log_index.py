@@ -26,6 +26,7 @@ from sarbot.connector import Identity, Record
 from sarbot.errors import ConnectorError
 from sarbot.testing.identity import address, asked, login
 from tests.test_access_log_prefilter import FORMATS, IDENTITIES, TEMPLATES, log_line
+from tests.test_connector_access_log import with_a_broken_block
 
 STEP: st.SearchStrategy[tuple[str, list[tuple[int, bytes]]]] = st.one_of(
     st.tuples(st.just("append"), st.lists(st.tuples(st.integers(0, 9), log_line()), max_size=8)),
@@ -297,7 +298,7 @@ def test_a_damaged_compressed_log_fails_as_without_the_index(tmp_path: Path, dam
     data = gzip.compress(good.encode())
     damaged = {
         "wrong length": data[:-4] + b"\0\0\0\0",
-        "broken block": data[:10] + b"\0" * 50 + data[60:],  # ISA-L's own error, not zlib's
+        "broken block": with_a_broken_block(data),
     }[damage]
     (tmp_path / "auth.log.2.gz").write_bytes(damaged)
     identity = asked(login("asmith", "access_log:logs/auth"))
@@ -324,7 +325,7 @@ def test_a_damaged_new_rotation_fails_naming_it(tmp_path: Path, damage: str) -> 
     assert isinstance(checked, AccessLogSettings)
     assert list(AccessLogConnector("logs", checked).collect(identity)) == []  # indexed
     (tmp_path / "auth.log.1").unlink()
-    damaged = {"cut short": data[:200], "broken block": data[:10] + b"\0" * 50 + data[60:]}
+    damaged = {"cut short": data[:200], "broken block": with_a_broken_block(data)}
     (tmp_path / "auth.log.2.gz").write_bytes(damaged[damage])
     with pytest.raises(ConnectorError, match=r"auth\.log\.2\.gz: cannot be read"):
         list(AccessLogConnector("logs", checked).collect(identity))
