@@ -16,16 +16,13 @@ from __future__ import annotations
 import glob
 import ipaddress
 import os
-import re
-import unicodedata
 from collections.abc import Generator, Iterator
-from contextlib import closing
+from contextlib import AbstractContextManager, ExitStack, closing
 from dataclasses import replace
 from datetime import datetime
 from io import BufferedIOBase
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, model_validator
 
@@ -39,10 +36,11 @@ from connectors.logformats import (
     combined_parser,
     jsonl_parser,
 )
+from connectors.loggrep import Ahead, Search
 from connectors.logindex import IndexDir, LogIndex, opened
-from connectors.logscan import Prefilter, candidate_lines, open_log, read_blocks
+from connectors.logmatch import Matcher
+from connectors.logscan import candidate_lines, open_log, read_blocks
 from sarbot.connector import (
-    EMAIL,
     ConnectorError,
     Identifier,
     Identity,
@@ -51,9 +49,6 @@ from sarbot.connector import (
     Section,
     Trust,
     base_dir,
-    fold,
-    split_account,
-    written_forms,
 )
 
 CATEGORY = "Access log entry"
@@ -65,9 +60,6 @@ VISITOR_WITHHELD = (
     "visit: who made the request, from where and when were withheld."
 )
 OTHER_ADDRESSES_WITHHELD = "Email addresses of other people in this entry were withheld."
-# Characters that may stand next to an address inside a longer one (a local part's).
-_ADDRESS_NEIGHBOUR = r"[\w.!#$%&'*+/=?^`{|}~-]"
-_ANY_ADDRESS = re.compile(r"[\w.!#$%&'*+^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 
 
 def _pattern(value: Any, info: ValidationInfo) -> Any:
@@ -134,6 +126,7 @@ class LogSource(Section):
 class AccessLogSettings(Section):
     sources: tuple[LogSource, ...] = Field(min_length=1)
     max_records: int = Field(default=10_000, ge=1)
+    use_grep: bool = True
 
 
 class AccessLogConnector:
@@ -179,16 +172,20 @@ class AccessLogConnector:
         limit, sources = self.settings.max_records, self.settings.sources
         files = [_files_of(source) for source in sources]
         where = [(s.label, s.format, s.index_dir, f) for s, f in zip(sources, files, strict=True)]
-        with opened(self.name, where) as indexes:
+        with opened(self.name, where) as indexes, ExitStack() as searches:
             for source, index in reversed(list(zip(sources, indexes, strict=True))):
                 if index is not None:  # compressed files read ahead, the last first
                     index.start(matcher.needles, matcher.prefilter(source.format))
             for source, paths, index in zip(sources, files, indexes, strict=True):
                 shown = {OWN: 0, VISIT: 0}
-                for path in paths:
+                ahead = None
+                if index is None and self.settings.use_grep:  # plain files searched by grep
+                    ahead = searches.enter_context(Ahead(paths, matcher.prefilter(source.format)))
+                for position, path in enumerate(paths):
                     if min(shown.values()) > limit:
                         break
-                    unreadable = yield from self._scan(matcher, source, path, shown, index)
+                    search = ahead.take(position) if ahead else None
+                    unreadable = yield from self._scan(matcher, source, path, shown, index, search)
                     if unreadable:
                         notes.append(
                             f"{unreadable} line(s) of {path} that could concern you could not "
@@ -208,17 +205,19 @@ class AccessLogConnector:
         path: Path,
         shown: dict[str, int],
         index: LogIndex | None = None,
+        search: Search | None = None,
     ) -> Generator[Record, None, int]:
         """The records of one file, each kind up to the limit (``shown`` counts one past it);
         returns how many lines that might match could not be read."""
         unreadable = 0
         limit = self.settings.max_records
-        with open_log(path) as stream:
+        reading: AbstractContextManager[BufferedIOBase] = search or open_log(path)
+        with reading as stream:
             parse = source.parser(datetime.fromtimestamp(os.fstat(stream.fileno()).st_mtime))
             found = index and index.lines(
                 stream, path, matcher.needles, matcher.prefilter(source.format)
             )
-            for number, line in found or self._lines(stream, path, matcher, source.format):
+            for number, line in found or self._lines(stream, path, matcher, source.format, search):
                 # Most lines name nobody sought; they are passed over before being parsed.
                 if line is not None and not matcher.may_concern(line, source.format):
                     continue
@@ -239,10 +238,17 @@ class AccessLogConnector:
         return unreadable
 
     def _lines(
-        self, stream: BufferedIOBase, path: Path, matcher: Matcher, log_format: str
+        self,
+        stream: BufferedIOBase,
+        path: Path,
+        matcher: Matcher,
+        log_format: str,
+        search: Search | None = None,
     ) -> Iterator[tuple[int, str | None]]:
         """The numbered lines of one file that ``may_concern`` may be true of (None for one
-        too long to be an entry), searched in blocks of bytes."""
+        too long to be an entry), found by grep or searched in blocks of bytes."""
+        if search is not None:
+            return search.lines()
         return candidate_lines(stream, path, matcher.prefilter(log_format))
 
     def namespace(self, source: LogSource) -> str:
@@ -287,86 +293,6 @@ class AccessLogConnector:
             notes=tuple(notes),
             key=f"{path}:{number}",
         )
-
-
-class Matcher:
-    """The person's logins (compared whole, in their namespace) and addresses (found whole
-    within a value).
-
-    Values are compared in lower case, so that ``may_concern`` (a substring search
-    for any of them) is true of every line that a parsed comparison could match.
-    """
-
-    def __init__(self, identity: Identity) -> None:
-        self.identity = identity
-        self.addresses = [
-            (i, form, _address_pattern(form.lower()))
-            for i in identity.of_kind(EMAIL)
-            for form in written_forms(i.value)
-        ]
-        names = [fold(split_account(i.value)[0]) for i in identity.of_kind("username")]
-        self.needles = {v.lower() for v in names + [form for _, form, _ in self.addresses] if v}
-        self._prefilters: dict[str, Prefilter] = {}
-
-    def may_concern(self, line: str, log_format: str) -> bool:
-        """False only for a line that cannot match: it holds none of the values sought."""
-        if log_format == "jsonl" and "\\" in line:
-            return True  # a JSON escape may spell a value differently
-        if self._holds_needle(line):
-            return True
-        return log_format == "combined" and "%" in line and self._holds_needle(unquote_plus(line))
-
-    def prefilter(self, log_format: str) -> Prefilter:
-        """The byte search that passes over the lines ``may_concern`` is false of (built
-        once per format for the lookup, not once per file)."""
-        if log_format not in self._prefilters:
-            self._prefilters[log_format] = Prefilter(self.needles, log_format, self._holds_needle)
-        return self._prefilters[log_format]
-
-    def user(self, user: str | None, namespace: str) -> Identifier | None:
-        """The identifier the line's user is: a login valid in this log, or an address in it."""
-        if not user:
-            return None
-        if found := self.identity.account(user, namespace):
-            return found
-        lowered = user.lower()
-        return next((i for i, _, pattern in self.addresses if pattern.search(lowered)), None)
-
-    def query(self, pairs: tuple[tuple[str, str], ...]) -> tuple[Identifier | None, str]:
-        """The address found in the query, and only the parameters that hold it."""
-        for identifier, form, pattern in self.addresses:
-            shown = [
-                _shown(name, value, form)
-                for name, value in pairs
-                if pattern.search((value or name).lower())
-            ]
-            if shown:
-                return identifier, "&".join(shown)
-        return None, ""
-
-    def without_other_addresses(self, text: str) -> str:
-        """The text with every address that is not one of the person's replaced."""
-        return _ANY_ADDRESS.sub(
-            lambda m: m[0] if m[0].lower() in self.needles else "(address withheld)", text
-        )
-
-    def _holds_needle(self, text: str) -> bool:
-        if not text.isascii():  # as fold() compares: composed (NFC), then lower case
-            text = unicodedata.normalize("NFC", text)
-        lowered = text.lower()
-        return any(needle in lowered for needle in self.needles)
-
-
-def _address_pattern(address: str) -> re.Pattern[str]:
-    """The address, but not as part of a longer one (``xalice@`` or ``.test.org``)."""
-    return re.compile(rf"(?<!{_ADDRESS_NEIGHBOUR}){re.escape(address)}(?![\w-]|\.[\w-])")
-
-
-def _shown(name: str, value: str, address: str) -> str:
-    text = value or name
-    if text.lower() != address.lower():
-        text = f"(a value containing {address})"
-    return f"{name}={text}" if value else text
 
 
 def _is_ip(text: str) -> bool:

@@ -80,6 +80,7 @@ class Prefilter:
                 encoded.add(b"%%%02x" % ord(variant))
         # Sought in a block in lower case, longest first (a character before its first byte).
         spellings = sorted(encoded, key=len, reverse=True)
+        self.encoded = spellings
         self.triggers = re.compile(b"|".join(re.escape(code) for code in spellings))
 
     def starts(self, block: bytes) -> list[int]:
@@ -102,6 +103,22 @@ class Prefilter:
             if block.find(b"\n", offset, offset + _WINDOW) < 0:  # inside a very long line
                 found.add(block.rfind(b"\n", 0, offset) + 1)
         return sorted(found)
+
+    def fixed_strings(self) -> list[bytes] | None:
+        """The strings whose presence in a line, ASCII letters in either case, makes
+        ``starts`` hand the line on, or None when it needs more than that (a value that is
+        not ASCII: whole blocks are decoded for it).  A line of ``MAX_LINE_BYTES`` or more
+        is handed on whatever it holds, which no string can say."""
+        if not self.ascii:
+            return None
+        strings = [*self.plain, *_TO_ASCII]
+        if self.jsonl:
+            strings.append(b"\\")
+        if self.combined:
+            strings += self.encoded
+            if self.space:
+                strings.append(b"+")
+        return strings
 
     def _encoded_lines(self, block: bytes, lowered: bytes, found: set[int]) -> None:
         """Add the lines that may hold a value once URL-decoded and not before: those with a

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.access_log import AccessLogConnector, AccessLogSettings, Matcher
+from connectors.access_log import AccessLogConnector, AccessLogSettings
+from connectors.logmatch import Matcher
 from connectors.logindex import LogIndex, tokens_of
 from connectors.logscan import open_log
 from sarbot.config import validate

@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors import logscan
-from connectors.access_log import AccessLogConnector, AccessLogSettings, Matcher
+from connectors.access_log import AccessLogConnector, AccessLogSettings
+from connectors.loggrep import Search
+from connectors.logmatch import Matcher
 from connectors.logscan import MAX_LINE_BYTES, candidate_lines, open_log
 from sarbot.config import validate
 from sarbot.connector import Identity
@@ -82,7 +84,12 @@ class LineByLine(AccessLogConnector):
     """The connector as it was: every line read and tested."""
 
     def _lines(
-        self, stream: BufferedIOBase, path: Path, matcher: Matcher, log_format: str
+        self,
+        stream: BufferedIOBase,
+        path: Path,
+        matcher: Matcher,
+        log_format: str,
+        search: Search | None = None,
     ) -> Iterator[tuple[int, str | None]]:
         return read_lines(stream)
 
