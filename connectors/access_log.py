@@ -17,7 +17,7 @@ import glob
 import ipaddress
 import os
 from collections.abc import Generator, Iterator
-from contextlib import AbstractContextManager, ExitStack, closing
+from contextlib import AbstractContextManager, closing
 from dataclasses import replace
 from datetime import datetime
 from io import BufferedIOBase
@@ -172,25 +172,26 @@ class AccessLogConnector:
         limit, sources = self.settings.max_records, self.settings.sources
         files = [_files_of(source) for source in sources]
         where = [(s.label, s.format, s.index_dir, f) for s, f in zip(sources, files, strict=True)]
-        with opened(self.name, where) as indexes, ExitStack() as searches:
+        with opened(self.name, where) as indexes:
             for source, index in reversed(list(zip(sources, indexes, strict=True))):
                 if index is not None:  # compressed files read ahead, the last first
                     index.start(matcher.needles, matcher.prefilter(source.format))
             for source, paths, index in zip(sources, files, indexes, strict=True):
                 shown = {OWN: 0, VISIT: 0}
-                ahead = None
-                if index is None and self.settings.use_grep:  # plain files searched by grep
-                    ahead = searches.enter_context(Ahead(paths, matcher.prefilter(source.format)))
-                for position, path in enumerate(paths):
-                    if min(shown.values()) > limit:
-                        break
-                    search = ahead.take(position) if ahead else None
-                    unreadable = yield from self._scan(matcher, source, path, shown, index, search)
-                    if unreadable:
-                        notes.append(
-                            f"{unreadable} line(s) of {path} that could concern you could not "
-                            f"be read as {source.format} log lines and were not searched."
+                grep = index is None and self.settings.use_grep  # else each file read here
+                with Ahead(paths, matcher.prefilter(source.format), grep) as ahead:
+                    for position, path in enumerate(paths):
+                        if min(shown.values()) > limit:
+                            break
+                        search = ahead.take(position)
+                        unreadable = yield from self._scan(
+                            matcher, source, path, shown, index, search
                         )
+                        if unreadable:
+                            notes.append(
+                                f"{unreadable} line(s) of {path} that could concern you could "
+                                f"not be read as {source.format} log lines and were not searched."
+                            )
                 for kind, count in shown.items():
                     if count > limit:
                         notes.append(

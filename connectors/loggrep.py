@@ -160,10 +160,11 @@ class Search:
 
 
 class Ahead:
-    """The searches of one source's files, each started a few files before it is read."""
+    """The searches of one source's files, each started a few files before it is read (none
+    unless ``use``); those not taken are ended on exit."""
 
-    def __init__(self, paths: Sequence[Path], prefilter: Prefilter) -> None:
-        strings = prefilter.fixed_strings()
+    def __init__(self, paths: Sequence[Path], prefilter: Prefilter, use: bool = True) -> None:
+        strings = prefilter.fixed_strings() if use else None
         patterns = b"".join(s + b"\n" for s in strings or ())
         usable = strings and len(patterns) <= PATTERN_BYTES and b"\n" not in b"".join(strings)
         self.grep = gnu_grep() if usable else None
