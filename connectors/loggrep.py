@@ -27,6 +27,7 @@ ended.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
@@ -76,7 +77,11 @@ class Search:
 
     def start(self, grep: str, patterns: bytes) -> None:
         """Start grep on its own description of the file, the patterns through a pipe."""
-        read_end, write_end = os.pipe()
+        low_end, write_end = os.pipe()
+        # Above 0-2: a descriptor there is overwritten in the child by its stdin, stdout or
+        # stderr (a process started with one closed), and grep would read another file.
+        read_end = fcntl.fcntl(low_end, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(low_end)
         try:
             with open(f"/proc/self/fd/{self.stream.fileno()}", "rb") as own:
                 self.process = subprocess.Popen(
@@ -102,17 +107,20 @@ class Search:
         the Python scan if the file has a long line, or grep could not be started or
         failed before it found a line (a file that cannot be read then fails there)."""
         process = self.process
-        if process is None or process.stdout is None or _has_long_lines(self.stream):
+        if process is None or process.stdout is None or _has_long_lines(self.stream, self.path):
             yield from self._scanned()
             return
         out, limit = process.stdout, MAX_LINE_BYTES + 24  # a line's number, then the line
-        found = False
+        found = cut = False
         while chunk := out.readline(limit):
             found = True
             head, _, text = chunk.partition(b":")
             if not head.isdigit():
                 self.end()
                 raise ConnectorError(f"{self.path}: grep's output could not be read")
+            if not chunk.endswith(b"\n") and len(chunk) < limit:  # grep ended inside a line
+                cut = True
+                break
             if not chunk.endswith(b"\n") and len(chunk) == limit:  # the rest of a long line
                 while chunk and not chunk.endswith(b"\n"):
                     chunk = out.readline(limit)
@@ -124,10 +132,13 @@ class Search:
             else:
                 yield int(head), content.decode("utf-8", "replace").rstrip("\r\n")
         status = process.wait()
-        if status in (0, 1):  # 1: no line found
+        if status in (0, 1) and not cut:  # 1: no line found
             return
         if found:
-            raise ConnectorError(f"{self.path}: cannot be read (grep ended with status {status})")
+            within = ", inside a line" if cut else ""
+            raise ConnectorError(
+                f"{self.path}: cannot be read (grep ended with status {status}{within})"
+            )
         yield from self._scanned()
 
     def _scanned(self) -> Iterator[Line]:
@@ -217,12 +228,12 @@ class Ahead:
         self.started.clear()
 
 
-def _has_long_lines(stream: BufferedReader) -> bool:
+def _has_long_lines(stream: BufferedReader, path: Path) -> bool:
     """Whether the file has ``WINDOW`` bytes or more without a newline, read at its own
     offsets (the stream's position is left as it is).  A run within a chunk that long
     holds a window aligned to the chunk's start; one across chunks is counted on."""
     fd, offset, run = stream.fileno(), 0, 0
-    while chunk := os.pread(fd, CHECK_BYTES, offset):
+    while chunk := _pread(fd, offset, path):
         offset += len(chunk)
         first = chunk.find(b"\n")
         if first < 0:
@@ -237,3 +248,10 @@ def _has_long_lines(stream: BufferedReader) -> bool:
                 return True
         run = len(chunk) - 1 - chunk.rfind(b"\n")
     return False
+
+
+def _pread(fd: int, offset: int, path: Path) -> bytes:
+    try:
+        return os.pread(fd, CHECK_BYTES, offset)
+    except OSError as exc:
+        raise ConnectorError(f"{path}: cannot be read: {exc.strerror or exc}") from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,7 +125,7 @@ def test_a_long_line_anywhere_is_read_by_the_python_scan(
     path.write_bytes(before + b"for asmith " + b"y" * (size - 11) + b"\nfor asmith\n" + b"z" * size)
     matcher = Matcher(IDENTITIES["alice"])
     with path.open("rb") as stream:
-        long = loggrep._has_long_lines(stream)  # between the two, either: the results agree
+        long = loggrep._has_long_lines(stream, path)  # between the two, either: the results agree
         assert long if size >= MAX_LINE_BYTES else (not long if size < WINDOW else True)
         assert stream.tell() == 0
     expected = concerning(read_lines(io.BytesIO(path.read_bytes())), matcher, "auth")
@@ -136,7 +138,7 @@ def test_a_file_of_short_lines_is_not_sent_to_the_python_scan(tmp_path: Path) ->
     path = tmp_path / "x.log"
     path.write_bytes((b"y" * (WINDOW - 1) + b"\n") * 70)  # longer than one read of the check
     with path.open("rb") as stream:
-        assert loggrep._has_long_lines(stream) is False
+        assert loggrep._has_long_lines(stream, path) is False
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -248,29 +250,97 @@ def test_without_grep_the_python_scan_finds_the_same(
     assert without == with_grep and not recorded.args
 
 
-@pytest.mark.parametrize("found", [0, 1])
-def test_a_grep_that_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, found: int) -> None:
+@pytest.mark.parametrize("output", ["nothing", "a line", "half a line"])
+def test_a_grep_that_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str) -> None:
     """A read error inside grep cannot be caused on a healthy disk; a grep that ends with
     status 2 stands in for it, beside the real grep in every other test.  Before it has
     handed on a line, the Python scan reads the file instead (and fails there if the
-    file cannot be read); after, the collection fails."""
+    file cannot be read); after, or inside a line, the collection fails."""
     settings_ = many_files(tmp_path, 1)
     expected = list(AccessLogConnector("logs", settings_).collect(IDENTITIES["alice"]))
-    failing = tmp_path / "grep"
     line = "5001:Mar  1 09:00:00 gw1 sshd[1]: Accepted password for asmith from 192.0.2.1"
+    printed = {"nothing": "", "a line": f"echo '{line}'\n", "half a line": "printf '5001:Mar'\n"}
+    failing = tmp_path / "grep"
     failing.write_text(
-        "#!/bin/sh\n"
-        + (f"echo '{line}'\n" if found else "")
-        + "echo 'grep: (standard input): Input/output error' >&2\nexit 2\n"
+        f"#!/bin/sh\n{printed[output]}echo 'grep: (standard input): I/O error' >&2\nexit 2\n"
     )
     failing.chmod(0o755)
     monkeypatch.setattr(loggrep, "gnu_grep", lambda: str(failing))
     connector = AccessLogConnector("logs", settings_)
-    if not found:
+    if output == "nothing":
         assert list(connector.collect(IDENTITIES["alice"])) == expected
         return
     with pytest.raises(ConnectorError, match=r"log\.0: cannot be read \(grep ended with status 2"):
         list(connector.collect(IDENTITIES["alice"]))
+
+
+def test_output_that_ends_inside_a_line_is_not_taken_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GNU grep ends every line it prints; a cut one is an error even with status 0."""
+    cutting = tmp_path / "grep"
+    cutting.write_text("#!/bin/sh\nprintf '5001:Mar  1 09:00:00 gw1 sshd[1]: Accepted pass'\n")
+    cutting.chmod(0o755)
+    monkeypatch.setattr(loggrep, "gnu_grep", lambda: str(cutting))
+    connector = AccessLogConnector("logs", many_files(tmp_path, 1))
+    with pytest.raises(ConnectorError, match=r"status 0, inside a line"):
+        list(connector.collect(IDENTITIES["alice"]))
+
+
+def test_a_file_that_cannot_be_read_for_the_check_fails_the_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error while the file is checked for long lines (caused here: a healthy disk
+    does not fail a read) names the file."""
+
+    def failing_pread(fd: int, size: int, offset: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "pread", failing_pread)
+    connector = AccessLogConnector("logs", many_files(tmp_path, 1))
+    with pytest.raises(ConnectorError, match=r"auth\.log\.0: cannot be read: Input/output"):
+        list(connector.collect(IDENTITIES["alice"]))
+
+
+LOW_DESCRIPTORS = """
+import os, sys
+from pathlib import Path
+from connectors.access_log import AccessLogConnector, AccessLogSettings
+from sarbot.config import validate
+from sarbot.testing.identity import asked, login
+out = os.dup(1)
+for fd in map(int, sys.argv[2:]):
+    os.close(fd)
+settings = validate(
+    {"sources": [{"paths": ["auth.log"], "format": "auth", "label": "auth"}]},
+    AccessLogSettings, source="t", base_dir=Path(sys.argv[1]),
+)
+who = asked(login("asmith", "access_log:logs/auth"))
+found = [r.location for r in AccessLogConnector("logs", settings).collect(who)]
+os.write(out, repr(found).encode())
+"""
+
+
+@pytest.mark.parametrize("closed", [["0", "2"], ["0", "1"], ["0", "1", "2"]])
+def test_a_daemon_started_with_standard_descriptors_closed(
+    tmp_path: Path, closed: list[str]
+) -> None:
+    """With 0, 1 or 2 free, the pipe of values could take one, which the child's own
+    stdin, stdout or stderr would then replace: grep would read no values (and find
+    nothing) or wait on its own output.  The search finds the line all the same."""
+    log = tmp_path / "auth.log"
+    log.write_bytes(
+        b"Mar  1 09:00:00 gw1 sshd[1]: Accepted password for asmith from 192.0.2.1 port 1 ssh2\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", LOW_DESCRIPTORS, str(tmp_path), *closed],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == repr([f"{log} line 1"])
 
 
 def test_a_value_that_is_not_ascii_is_searched_in_python(tmp_path: Path) -> None:
