@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.access_log import AccessLogConnector, AccessLogSettings
-from connectors.logmatch import Matcher
 from connectors.logindex import LogIndex, tokens_of
+from connectors.logmatch import Matcher
 from connectors.logscan import open_log
 from sarbot.config import validate
 from sarbot.connector import Identity, Record
