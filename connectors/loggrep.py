@@ -36,7 +36,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from io import BufferedReader
 from pathlib import Path
-from types import TracebackType
 
 from connectors.logscan import GZIP_MAGIC, MAX_LINE_BYTES, Line, Prefilter, candidate_lines
 from sarbot.connector import ConnectorError
@@ -155,19 +154,18 @@ class Search:
                 self.process.stdout.close()
             self.process.wait()
 
-    def __enter__(self) -> BufferedReader:
-        return self.stream
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """End grep and close the file."""
         try:
             self.end()
         finally:
             self.stream.close()
+
+    def __enter__(self) -> BufferedReader:
+        return self.stream
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class Ahead:
@@ -209,22 +207,17 @@ class Ahead:
         except OSError:
             pass  # grep could not be started: the Python scan reads the file
         except BaseException:
-            search.__exit__(None, None, None)
+            search.close()
             raise
         return search
 
     def __enter__(self) -> Ahead:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         for search in self.started.values():
             if search is not None:
-                search.__exit__(None, None, None)
+                search.close()
         self.started.clear()
 
 
