@@ -1,8 +1,10 @@
 """``access_log``: the lines of system access logs that are about the person.
 
 Reads sshd/sudo auth logs, nginx/Apache combined logs and JSON-lines logs,
-plain or gzip-rotated, in blocks searched as bytes (``connectors.logscan``): only
-the lines that may hold a value sought are decoded and parsed.  A line matches when the user it
+plain or gzip-rotated, in blocks searched as bytes (``connectors.logscan``; plain
+files by GNU grep where it is installed, ``connectors.loggrep``): only the lines
+that may hold a value sought (``connectors.logmatch``) are decoded and parsed.
+A line matches when the user it
 names is one of the person's logins *in that log's namespace*
 (``access_log:NAME/LABEL``, which the admin maps into a realm: ``asmith`` in one
 log is not ``asmith`` in another), or holds one of their email addresses; in web
