@@ -77,10 +77,14 @@ class Search:
     def start(self, grep: str, patterns: bytes) -> None:
         """Start grep on its own description of the file, the patterns through a pipe."""
         low_end, write_end = os.pipe()
-        # Above 0-2: a descriptor there is overwritten in the child by its stdin, stdout or
-        # stderr (a process started with one closed), and grep would read another file.
-        read_end = fcntl.fcntl(low_end, fcntl.F_DUPFD_CLOEXEC, 3)
-        os.close(low_end)
+        try:  # above 0-2: a descriptor there is replaced in the child by its stdin, stdout
+            # or stderr (in a process started with one closed), and grep would read another
+            read_end = fcntl.fcntl(low_end, fcntl.F_DUPFD_CLOEXEC, 3)
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(low_end)
         try:
             with open(f"/proc/self/fd/{self.stream.fileno()}", "rb") as own:
                 self.process = subprocess.Popen(
