@@ -121,11 +121,11 @@ class Search:
             if not head.isdigit():
                 self.end()
                 raise ConnectorError(f"{self.path}: grep's output could not be read")
-            if not chunk.endswith(b"\n") and len(chunk) < limit:  # grep ended inside a line
-                cut = True
-                break
-            if not chunk.endswith(b"\n") and len(chunk) == limit:  # the rest of a long line
-                while chunk and not chunk.endswith(b"\n"):
+            if not chunk.endswith(b"\n"):
+                if len(chunk) < limit:  # grep ended inside a line
+                    cut = True
+                    break
+                while chunk and not chunk.endswith(b"\n"):  # the rest of a long line
                     chunk = out.readline(limit)
                 yield int(head), None
                 continue
@@ -179,7 +179,7 @@ class Ahead:
     def __init__(self, paths: Sequence[Path], prefilter: Prefilter, use: bool = True) -> None:
         strings = prefilter.fixed_strings() if use else None
         patterns = b"".join(s + b"\n" for s in strings or ())
-        usable = strings and len(patterns) <= PATTERN_BYTES and b"\n" not in b"".join(strings)
+        usable = strings and len(patterns) <= PATTERN_BYTES and not any(b"\n" in s for s in strings)
         self.grep = gnu_grep() if usable else None
         self.patterns = patterns
         self.paths = list(paths)
