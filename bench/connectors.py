@@ -375,7 +375,7 @@ def statements_of(connector: TacticalRmmConnector, identity: Identity) -> int:
     """What the connector asks the database in a lookup, without building records."""
     subject = Subject.of(identity, connector.name)
     fetched = 0
-    with connector._connect() as connection:
+    with connector.engine.connect() as connection:
         for page in connector._candidates(connection, subject):
             linked = [row["id"] for row in page if subject.linked(row)]
             fetched += len(page) + len(connector._software(connection, linked))

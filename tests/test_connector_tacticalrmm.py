@@ -857,9 +857,26 @@ class TestReadOnly:
     def test_postgresql_transactions_are_read_only(self, postgres_url: str) -> None:
         """On PostgreSQL the connector's connections cannot write, whatever the account may do."""
         rmm = connector(postgres_url)
-        with rmm._connect() as connection, pytest.raises(Exception, match="read-only transaction"):
+        refused = pytest.raises(Exception, match="read-only transaction")
+        with rmm.engine.connect() as connection, refused:
             connection.exec_driver_sql("DELETE FROM software_installedsoftware")
         rmm.close()
+        assert len(collect(postgres_url, usernames("asmith"))) == 3
+
+    def test_a_pooled_connection_stays_read_only_after_a_lookup(self, postgres_url: str) -> None:
+        """Read-only is the session's own setting (``connectors/readonly.py``), not a state
+        put on for a lookup and taken off when the connection goes back to the pool: after
+        lookups, the same connection, taken from the pool again, still cannot write."""
+        rmm = connector(postgres_url)
+        try:
+            assert len(list(rmm.collect(usernames("asmith")))) == 3
+            pid = TestDroppedConnection.backend(rmm)
+            with rmm.engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == pid
+                with pytest.raises(Exception, match="read-only transaction"):
+                    connection.exec_driver_sql("DELETE FROM software_installedsoftware")
+        finally:
+            rmm.close()
         assert len(collect(postgres_url, usernames("asmith"))) == 3
 
     def test_sqlite_is_opened_read_only(self, sqlite_url: str) -> None:
@@ -942,7 +959,7 @@ class TestDroppedConnection:
 
     @staticmethod
     def backend(rmm: TacticalRmmConnector) -> int:
-        with rmm._connect() as connection:
+        with rmm.engine.connect() as connection:
             return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
 
     @staticmethod

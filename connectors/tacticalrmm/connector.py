@@ -140,7 +140,7 @@ class TacticalRmmConnector:
     def check(self) -> list[str]:
         """Run the connector's queries with LIMIT 0: the tables and columns exist; a warning
         for each index the lookups need that is missing."""
-        with self._connect() as connection:
+        with self.engine.connect() as connection:
             connection.execute(DETAILS.limit(0)).all()
             if self.settings.include_software:
                 connection.execute(select(*SOFTWARE.c).limit(0)).all()
@@ -150,7 +150,7 @@ class TacticalRmmConnector:
         subject = Subject.of(identity, self.name)
         if not subject.spellings:
             return
-        with self._connect() as connection:
+        with self.engine.connect() as connection:
             for page in self._candidates(connection, subject):
                 linked = [(row, link) for row in page if (link := subject.linked(row))]
                 programs = self._software(connection, [row["id"] for row, _ in linked])
@@ -159,12 +159,6 @@ class TacticalRmmConnector:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def _connect(self) -> Connection:
-        connection = self.engine.connect()
-        if self.engine.dialect.name == "postgresql":
-            connection.execution_options(postgresql_readonly=True)
-        return connection
 
     def _candidates(
         self, connection: Connection, subject: Subject
