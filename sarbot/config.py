@@ -172,7 +172,7 @@ class CollectionSettings(Section):
         return value
 
 
-NAMESPACE = r"^(ad:[^\s\\/@]+|[a-z][a-z0-9_]{0,62}:[a-z][a-z0-9_-]{0,62}(/[^/\s][^/]*)*)$"
+NAMESPACE = r"^(ad:[^\s\\/@.][^\s\\/@]*|[a-z][a-z0-9_]{0,62}:[a-z][a-z0-9_-]{0,62}(/[^/\s][^/]*)*)$"
 """``ad:DOMAIN`` or ``<connector type>:<connector name>[/<path>]`` (docs/identity.md)."""
 
 

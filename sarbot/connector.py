@@ -58,7 +58,7 @@ from sarbot.errors import ConnectorError
 from sarbot.mail.guards import LOOP_HEADER
 from sarbot.mail.imap import imap_session
 from sarbot.mail.message import decode_header_value
-from sarbot.names import covers, fold, split_account
+from sarbot.names import bare_domain, covers, fold, split_account
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret, base_dir
 
 __all__ = [
@@ -141,8 +141,12 @@ class Identifier:
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """The same identifier: the kind, the value compared as its kind compares, the realm."""
-        scope = min(self.aliases) if self.aliases else self.namespace
+        """The same identifier: the kind, the value compared as its kind compares, the realm.
+
+        A realm is named by one of its connectors' namespaces, which no other realm holds;
+        never by a Windows domain, which several realms may share (two clients that each
+        call theirs ``CORP`` have two ``CORP\\asmith``)."""
+        scope = min((m for m in self.aliases if not m.startswith(AD)), default=self.namespace)
         return (self.kind, self.value if self.kind == EMAIL else fold(self.value), scope)
 
     def covers(self, namespace: str) -> bool:
@@ -156,7 +160,9 @@ class Identifier:
 
     def domains(self) -> frozenset[str]:
         """The Windows domains its realm declares, folded."""
-        return frozenset(fold(m.removeprefix(AD)) for m in self.aliases if m.startswith(AD))
+        return frozenset(
+            fold(bare_domain(m.removeprefix(AD))) for m in self.aliases if m.startswith(AD)
+        )
 
     def describe(self) -> str:
         """In words for the person: ``login asmith at Acme Ltd``."""

@@ -41,6 +41,7 @@ from sarbot.connector import (
     split_account,
 )
 from sarbot.errors import ConfigError
+from sarbot.names import bare_domain
 
 
 class Scope(StrEnum):
@@ -132,7 +133,7 @@ class Realms:
 def _canonical(namespace: str) -> str:
     """Windows domain names ignore case; every other namespace is compared as written (NFC)."""
     if namespace.startswith(AD):
-        return AD + fold(namespace.removeprefix(AD))
+        return AD + fold(bare_domain(namespace.removeprefix(AD)))
     return unicodedata.normalize("NFC", namespace)
 
 

@@ -25,8 +25,15 @@ def split_account(value: str) -> tuple[str, str]:
         name, _, domain = text.rpartition("@")
     else:
         name, domain = text, ""
-    domain = domain.strip().rstrip(".")  # a trailing dot is the root: ACME. is ACME
-    return name.strip(), domain
+    return name.strip(), bare_domain(domain)
+
+
+def bare_domain(domain: str) -> str:
+    """A domain as written, without the root's trailing dot (``ACME.`` is ``ACME``).  Dots
+    alone stay as they are: ``.\\asmith`` is the local account of whichever computer it is
+    on, no directory's login, and ``.`` is never a realm's domain."""
+    text = domain.strip()
+    return text.rstrip(".") or text
 
 
 def covers(member: str, namespace: str) -> bool:

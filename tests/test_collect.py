@@ -23,11 +23,12 @@ from sarbot.config import (
     SourceFacts,
     validate,
 )
-from sarbot.connector import Identifier, Identity, Record, Trust
+from sarbot.connector import Identifier, Identity, Record, Trust, split_account
 from sarbot.errors import ConfigError
 from sarbot.graph import Graph, Realms, Scope, check_realms
 from sarbot.registry import ConfiguredConnector
 from sarbot.steps.collect import Collection, Collector
+from sarbot.testing.identity import login
 
 
 @pytest.fixture
@@ -306,6 +307,7 @@ class TestRealmSettings:
             ([{"label": "A", "same_as": ["sql:a", "sql:a"]}], "listed twice"),
             ([{"label": "A", "same_as": ["sql:a", "email"]}], "should match pattern"),
             ([{"label": "A", "same_as": ["sql:a", "ad:a/b"]}], "without /"),
+            ([{"label": "A", "same_as": ["sql:a", "ad:."]}], "should match pattern"),
             (
                 [
                     {"label": "A", "same_as": ["keepass:v/Clients", "ad:ACME"]},
@@ -577,6 +579,59 @@ class TestNamespaces:
         assert acme.covers("tacticalrmm:rmm/Acme Ltd")
         assert not acme.covers("keepass:vault/Clients/Acme Ltd Holdings")
         assert not acme.covers("keepass:vault/Clients")
+
+
+class TestWindowsDomains:
+    """How a login's domain is read: ``ACME.`` is ``ACME`` (the root's dot), wherever it is
+    written; ``.\\asmith`` is a computer's own local account, nobody's directory login."""
+
+    ACME = ("keepass:vault/Acme", "ad:ACME")
+
+    @pytest.mark.parametrize("member", ["ad:ACME", "ad:ACME.", "ad:acme."])
+    def test_a_realms_domain_may_be_written_with_the_roots_dot(self, member: str) -> None:
+        alice = Identity("", (login("asmith", "keepass:vault/Acme", member),))
+        for written in ("ACME\\asmith", "ACME.\\asmith", "asmith"):
+            assert alice.account(written, "keepass:vault/Acme") is not None, written
+        assert alice.account("OTHER\\asmith", "keepass:vault/Acme") is None
+        realms = Realms([RealmSettings(label="Acme", same_as=("sql:a", "ad:acme.example."))])
+        assert realms.is_login_domain("acme.example")
+
+    @pytest.mark.parametrize("written", [".\\asmith", "..\\asmith", "asmith@.", "KIOSK-7\\asmith"])
+    def test_a_local_account_is_not_the_realms_login(self, written: str) -> None:
+        """Alice's ``ACME\\asmith`` and a kiosk's local ``asmith``: two people."""
+        for alice in (login("asmith", *self.ACME), login("ACME\\asmith", *self.ACME)):
+            assert Identity("", (alice,)).account(written, "keepass:vault/Acme") is None
+        kiosk = login(written, *self.ACME)
+        assert Identity("", (kiosk,)).account("ACME\\asmith", "keepass:vault/Acme") is None
+        assert Identity("", (kiosk,)).account(written, "keepass:vault/Acme") is not None
+
+    def test_dots_alone_stay_the_domain(self) -> None:
+        assert split_account(".\\asmith") == ("asmith", ".")
+        assert split_account("ACME..\\asmith") == ("asmith", "ACME")
+
+    def test_two_realms_sharing_a_domain_keep_their_logins_apart(self) -> None:
+        """Acme and Beta both call their domain CORP: alice's ``CORP\\asmith`` at each is a
+        login of its own, both followed, neither taken for the other."""
+        realms = Realms(
+            [
+                RealmSettings(label="Acme", same_as=("keepass:vault/Acme", "ad:CORP")),
+                RealmSettings(label="Beta", same_as=("keepass:vault/Beta", "ad:CORP")),
+            ]
+        )
+        graph_ = Graph("alice@example.test", CollectionSettings(), realms)
+        vault = replace(configured(Yielding("vault", Trust.CONTROLLER)), type="keepass")
+        placed = [
+            graph_.add(
+                Identifier(
+                    "username", "CORP\\asmith", "v", f"keepass:vault/{group}", Trust.CONTROLLER
+                ),
+                vault,
+            )
+            for group in ("Acme", "Beta")
+        ]
+        assert [p.realm if p else None for p in placed] == ["Acme", "Beta"]
+        assert len({p.key for p in placed if p}) == 2
+        assert [i.realm for i in graph_.known() if i.kind == "username"] == ["Acme", "Beta"]
 
 
 class TestLoginsThatLookLikeAddresses:

@@ -738,6 +738,67 @@ class TestTwoPeople:
         assert connector(tmp_path / "v.kdbx").collect(Identity.verified(ALICE)) == []
 
 
+class TestLaterRounds:
+    def test_an_entry_found_in_an_earlier_round_stays_whole(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """Alice's entry is hers by her address (round one); its notes name her login, which
+        round two asks about.  Round two does not give it again as a mere mention, which
+        would replace the whole entry in her export with two lines.  Another person's
+        entry that names her login is still a mention in round two."""
+        acme = editor.add_group(editor.add_group(editor.root_group, "Clients"), "Acme")
+        editor.add_entry(
+            acme, "Alice mailbox", ALICE, canary(), notes="Quota 50 GB\nWindows login: asmith"
+        )
+        editor.add_entry(acme, "Bob laptop", "bjones", canary(), notes="Set up with asmith")
+        editor.save()
+        keepass = connector(tmp_path / "v.kdbx")
+        first = Identity.verified(ALICE)
+        assert list(by_title(keepass.collect(first))) == ["Alice mailbox"]
+        second = asked(ALICE_LOGIN, known=first.identifiers)
+        again = keepass.collect(second)
+        assert by_title(again) == {}
+        [mention] = mentions(again)
+        assert "Set up with asmith" in repr(mention.fields)
+        assert "Quota" not in repr(again) and "Alice mailbox" not in repr(again)
+
+
+class TestApostrophes:
+    """An apostrophe inside a local part (o'neil@acme.test) belongs to the address; one
+    before it, after a space, is a quotation mark ('neil@acme.test')."""
+
+    NEIL, ONEIL = "neil@acme.test", "o'neil@acme.test"
+
+    def vault(self, editor: Any, tmp_path: Path) -> KeepassConnector:
+        staff = editor.add_group(editor.root_group, "Staff")
+        editor.add_entry(staff, "O'Neil VPN", self.ONEIL, canary(), notes="Token ONEIL-99812")
+        editor.add_entry(
+            staff, "Neil mail", self.NEIL, canary(), notes=f"Shared with {self.ONEIL} and Bob"
+        )
+        editor.add_entry(
+            staff, "Bob laptop", "bob@acme.test", canary(), notes=f"Ask '{self.NEIL}' first"
+        )
+        editor.save()
+        return connector(tmp_path / "v.kdbx")
+
+    def test_neither_sees_the_others_entry_or_address(self, editor: Any, tmp_path: Path) -> None:
+        keepass = self.vault(editor, tmp_path)
+        neil = keepass.collect(Identity.verified(self.NEIL))
+        oneil = keepass.collect(Identity.verified(self.ONEIL))
+        assert list(by_title(neil)) == ["Neil mail"]
+        assert list(by_title(oneil)) == ["O'Neil VPN"]
+        assert "ONEIL-99812" not in repr(neil) and self.ONEIL not in repr(neil)
+        assert by_title(neil)["Neil mail"].fields["Notes"] == (
+            "Shared with [withheld: about another person] and Bob"
+        )
+        # Neil is quoted in Bob's entry: a mention of him, and of him only.
+        [quoted] = mentions(neil)
+        assert f"'{self.NEIL}'" in repr(quoted.fields)
+        # O'Neil is named in Neil's entry: that line, and nothing else of it.
+        [named] = mentions(oneil)
+        assert "Shared with" in repr(named.fields) and "Ask" not in repr(oneil)
+
+
 class TestOpening:
     def test_registered_as_the_keepass_type(self) -> None:
         """sarbot finds this connector under the type name "keepass"."""

@@ -108,6 +108,8 @@ class KeepassConnector:
             namespace = self.namespace(entry)
             owner = self._owner(identity, strings, namespace)
             if owner is None:
+                if self._owner(identity, strings, namespace, known=True) is not None:
+                    continue  # the person's own, exported whole in the round that found it
                 mentions = mentions_in(identity, namespace)
                 mention = self._mention(entry, strings, mentions, identity, namespace)
                 if mention is not None:
@@ -123,14 +125,21 @@ class KeepassConnector:
         """The entry's group, where the logins recorded in it belong."""
         return "/".join([f"keepass:{self.name}", *group_names(entry)])
 
-    def _owner(self, identity: Identity, strings: Strings, namespace: str) -> Identifier | None:
-        """The identifier a field meaning "this account is theirs" holds exactly, if any."""
+    def _owner(
+        self, identity: Identity, strings: Strings, namespace: str, *, known: bool = False
+    ) -> Identifier | None:
+        """The identifier a field meaning "this account is theirs" holds exactly, if any: one
+        of this round's, or with ``known`` any of the person's found so far."""
         username = strings.shown.get("UserName", "")
-        found = identity.address(username) or identity.account(username, namespace)
+        found = identity.address(username, known=known) or identity.account(
+            username, namespace, known=known
+        )
         if found is not None:
             return found
         for name, value in strings.shown.items():
-            if name.casefold() in self._owner_names and (found := identity.address(value)):
+            if name.casefold() in self._owner_names and (
+                found := identity.address(value, known=known)
+            ):
                 return found
         return None
 

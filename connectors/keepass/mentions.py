@@ -34,6 +34,11 @@ MENTION_CATEGORY = "Vault entry mentioning you"
 _ADDRESS_CHARS = r"[\w.+-]"
 
 
+# An apostrophe between two of them is inside a local part (o'neil@x.test is not
+# neil@x.test); after a space or at the start it is a quotation mark ('neil@x.test').
+_INSIDE_BEFORE = r"(?<![\w.+-]')"
+
+
 _WORD_CHARS = r"[\w-]"
 
 
@@ -43,9 +48,9 @@ _DOMAIN_BEFORE = re.compile(r"([\w.-]+)\\$")
 _DOMAIN_AFTER = re.compile(r"@([\w-]+(?:\.[\w-]+)*)")
 
 
-# An address as written in an entry's text; rarer local-part characters (= / ' ?) delimit
-# in URLs and notes, as in _ADDRESS_CHARS.
-_ANY_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# An address as written in an entry's text, an apostrophe inside its local part included;
+# rarer local-part characters (= / ?) delimit in URLs and notes, as in _ADDRESS_CHARS.
+_ANY_ADDRESS = re.compile(r"[\w.+-]+(?:'[\w.+-]+)*@[\w-]+(?:\.[\w-]+)+")
 
 
 class Mention:
@@ -64,12 +69,14 @@ class Mention:
         self.namespace = namespace
         if identifier.kind == EMAIL:
             values, before = written_forms(identifier.value), _ADDRESS_CHARS
+            inside = _INSIDE_BEFORE
         else:
             values, before = [split_account(identifier.value)[0]], _WORD_CHARS
+            inside = ""
         self.name = fold(values[0])
         self.patterns = [
             re.compile(
-                rf"(?<!{before})(?<!{_WORD_CHARS}\.){re.escape(fold(value))}"
+                rf"(?<!{before})(?<!{_WORD_CHARS}\.){inside}{re.escape(fold(value))}"
                 rf"(?!{_WORD_CHARS})(?!\.{_WORD_CHARS})"
             )
             for value in values
