@@ -58,7 +58,7 @@ from sarbot.errors import ConnectorError
 from sarbot.mail.guards import LOOP_HEADER
 from sarbot.mail.imap import imap_session
 from sarbot.mail.message import decode_header_value
-from sarbot.names import bare_domain, covers, fold, split_account
+from sarbot.names import bare_domain, covers, fold, namespace_part, split_account
 from sarbot.secretref import ConfigPath, MaybeSecretStr, Secret, base_dir
 
 __all__ = [
@@ -89,6 +89,7 @@ __all__ = [
     "fold",
     "imap_session",
     "jsonable",
+    "namespace_part",
     "normalize_address",
     "same_address",
     "split_account",

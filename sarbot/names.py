@@ -36,6 +36,13 @@ def bare_domain(domain: str) -> str:
     return text.rstrip(".") or text
 
 
+def namespace_part(name: str) -> str:
+    """A name as one step of a namespace's path (a vault group, a monitoring client): a
+    ``/`` in it is written ``%2F``, so that the client ``Acme/Beta JV`` is not inside the
+    client ``Acme``."""
+    return name.replace("/", "%2F")
+
+
 def covers(member: str, namespace: str) -> bool:
     """Whether a namespace is ``member`` itself or lies inside it (``keepass:vault/Clients``
     covers ``keepass:vault/Clients/Acme Ltd``)."""

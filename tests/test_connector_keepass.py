@@ -763,6 +763,25 @@ class TestLaterRounds:
         assert "Quota" not in repr(again) and "Alice mailbox" not in repr(again)
 
 
+class TestGroupNamesWithASlash:
+    def test_a_group_named_like_a_path_is_not_inside_another(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """Groups ``Clients/Acme`` and ``Clients/Acme/Beta JV`` (one group, a ``/`` in its
+        name) each record an asmith: the realm of ``Clients/Acme`` does not reach the
+        other group's, and a login of that group (written ``Acme%2FBeta JV``) only it."""
+        clients = editor.add_group(editor.root_group, "Clients")
+        editor.add_entry(editor.add_group(clients, "Acme"), "Alice AD", "asmith", canary())
+        jv = editor.add_group(clients, "Acme/Beta JV")
+        editor.add_entry(jv, "JV AD", "asmith", canary(), notes="Beta JV's asmith")
+        editor.save()
+        keepass = connector(tmp_path / "v.kdbx")
+        alice = keepass.collect(asked(login("asmith", "keepass:vault/Clients/Acme", "ad:ACME")))
+        other = keepass.collect(asked(login("asmith", "keepass:vault/Clients/Acme%2FBeta JV")))
+        assert list(by_title(alice)) == ["Alice AD"] and mentions(alice) == []
+        assert list(by_title(other)) == ["JV AD"] and mentions(other) == []
+
+
 class TestApostrophes:
     """An apostrophe inside a local part (o'neil@acme.test) belongs to the address; one
     before it, after a space, is a quotation mark ('neil@acme.test')."""

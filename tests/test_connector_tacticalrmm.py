@@ -729,6 +729,26 @@ def by_agent(records: list[Record]) -> dict[int, Record]:
     return {int(r.location.split()[2]): r for r in records}
 
 
+class TestClientNamesWithASlash:
+    def test_a_client_named_like_a_path_is_not_inside_another(self, tmp_path: Path) -> None:
+        """Clients ``Acme Ltd`` and ``Acme Ltd/Beta JV`` each have an asmith.  The realm that
+        names ``Acme Ltd`` does not reach the other client; a realm naming that client (its
+        ``/`` written ``%2F``) reaches its asmith only."""
+        url = f"sqlite:///{tmp_path / 'slash.db'}"
+        clients = [{"id": 1, "name": "Acme Ltd"}, {"id": 2, "name": "Acme Ltd/Beta JV"}]
+        agents = [
+            twin(21, "ACME-PC-21", 1, "asmith", "asmith", "203.0.113.21"),
+            twin(22, "JV-PC-22", 2, "asmith", "asmith", "198.51.100.22"),
+        ]
+        load(url, clients, TWIN_SITES, agents, [])
+        jv = asked(login("asmith", "keepass:vault/JV", "tacticalrmm:rmm/Acme Ltd%2FBeta JV"))
+        alice = by_agent(collect(url, TWIN_ALICE))
+        other = by_agent(collect(url, jv))
+        assert sorted(alice) == [21] and sorted(other) == [22]
+        assert "198.51.100.22" not in serialized(list(alice.values()))
+        assert "203.0.113.21" not in serialized(list(other.values()))
+
+
 class TestTwoAsmiths:
     def test_each_asmith_gets_the_computers_of_their_own_client(self, twins_url: str) -> None:
         """Acme's asmith and Other Ltd's: a bare asmith or OTHERLTD\\asmith at Other Ltd is not

@@ -64,6 +64,7 @@ from sarbot.connector import (
     Secret,
     Section,
     Trust,
+    namespace_part,
     normalize_address,
 )
 
@@ -123,7 +124,7 @@ class KeepassConnector:
 
     def namespace(self, entry: Any) -> str:
         """The entry's group, where the logins recorded in it belong."""
-        return "/".join([f"keepass:{self.name}", *group_names(entry)])
+        return "/".join([f"keepass:{self.name}", *map(namespace_part, group_names(entry))])
 
     def _owner(
         self, identity: Identity, strings: Strings, namespace: str, *, known: bool = False

@@ -17,6 +17,7 @@ from sarbot.connector import (
     Identity,
     JSONValue,
     fold,
+    namespace_part,
     split_account,
 )
 
@@ -69,7 +70,7 @@ class Subject:
         """Where an agent's user names belong: the agent's client."""
         client = row["client_name"]
         base = f"tacticalrmm:{self.connector}"
-        return f"{base}/{client}" if isinstance(client, str) and client else base
+        return f"{base}/{namespace_part(client)}" if isinstance(client, str) and client else base
 
     def match(self, stored: Any, row: RowMapping, *, known: bool = False) -> Identifier | None:
         """The identifier a stored user name is, in its client's namespace.  The answers are
