@@ -854,6 +854,26 @@ class TestWithholding:
         withhold = Withholder(others, own)
         assert withhold.scrub(value) == withhold._scrub(value)
 
+    @pytest.mark.parametrize(
+        ("other", "text"),
+        [
+            ("bob", "Bobs-MacBook-Pro"),
+            ("ACME\\Weiß", "WEISS-NB"),
+            ("ACME\\İlker", "ILKER-PC"),
+            ("ACME\\Jürgen", "JURGEN-LT"),
+            ("ACME\\王伟", "王伟的宏"),
+        ],
+    )
+    def test_a_name_written_otherwise_is_withheld(self, other: str, text: str) -> None:
+        """Another person's name in a text that writes it in capitals, without its accents,
+        with an ``s`` after it, or in a script without spaces; the subject's own names and
+        words that only begin with a short name are kept."""
+        kept = {"Own": "ASMITH-PC", "Word": "Bobsleigh", "Tool": "Visual Studio"}
+        withhold = Withholder([other], ["ACME\\asmith"])
+        assert withhold.scrub({"Hostname": text, **kept}) == {"Hostname": WITHHELD_TEXT, **kept}
+        assert withhold.names_other(text)
+        assert not Withholder(["carol"], ["ACME\\asmith"]).names_other(text)
+
     @given(
         text=st.ip_addresses().map(str) | TRICKY,
         prefix=st.sampled_from(

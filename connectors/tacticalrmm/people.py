@@ -4,6 +4,7 @@ client's namespace, and withholding everyone else's name."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -126,35 +127,30 @@ class Withholder:
 
     def __init__(self, others: Iterable[str], own: Iterable[str]) -> None:
         names = user_names(others) - {""}
-        mine = user_names(own)
-        # Short names are only matched as a whole word, so that "al" keeps "Visual" intact.
+        forms = sorted({form for name in names for form in _forms(name)})
+        mine = {form for name in user_names(own) for form in _forms(name)}
         # The subject's own names are taken out first when they contain another's
         # (alice's "basmith-pc" does not name a bob who is "asmith").
         self.rules = [
-            (
-                re.compile(
-                    re.escape(n) if len(n) >= 4 else rf"(?<![^\W\d_]){re.escape(n)}(?![^\W\d_])"
-                ),
-                sorted((m for m in mine if n in m and n != m), key=len, reverse=True),
-            )
-            for n in sorted(names)
+            (_pattern(form), sorted((m for m in mine if form in m and form != m), key=len)[::-1])
+            for form in forms
         ]
         # Any of the names anywhere: text without one cannot match a rule (taking out the
         # subject's names only removes text), so most text is decided by this one search.
-        self.anywhere = re.compile("|".join(re.escape(n) for n in sorted(names)))
+        self.anywhere = re.compile("|".join(re.escape(form) for form in forms))
 
     def names_other(self, text: str) -> bool:
         if not self.rules:
             return False
-        base = fold(text)
-        if not self.anywhere.search(base):
-            return False
-        for pattern, containing in self.rules:
-            folded = base
-            for name in containing:
-                folded = folded.replace(name, "\0")
-            if pattern.search(folded):
-                return True
+        for base in _written(fold(text)):
+            if not self.anywhere.search(base):
+                continue
+            for pattern, containing in self.rules:
+                folded = base
+                for name in containing:
+                    folded = folded.replace(name, "\0")
+                if pattern.search(folded):
+                    return True
         return False
 
     def scrub(self, value: JSONValue) -> JSONValue:
@@ -168,7 +164,7 @@ class Withholder:
             return value
         found: list[str] = []
         _texts_of(value, found)
-        if not self.anywhere.search(fold("\0".join(found))):
+        if not any(self.anywhere.search(t) for t in _written(fold("\0".join(found)))):
             return value
         return self._scrub(value)
 
@@ -185,6 +181,42 @@ class Withholder:
         if isinstance(value, dict):
             return {key: self._scrub(item) for key, item in value.items()}
         return value
+
+
+# Scripts whose words run on without a space (Chinese, Japanese, Thai, ...) or take their
+# particles joined (Korean): a name written in them is matched anywhere.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff"
+    "\uff66-\uff9f\U00020000-\U0003134f]"
+)
+
+
+def _forms(name: str) -> set[str]:
+    """How a folded name may be written in folded text: as it is, case-folded (``weiß`` as
+    ``weiss``, which ``WEISS`` folds to) and without its accents (``i̇lker`` as ``ilker``,
+    ``jürgen`` as ``jurgen``).  Withholding more than the name itself is safe."""
+    forms = {name, name.casefold()}
+    return {f for form in forms for f in (form, _unaccented(form)) if f}
+
+
+def _written(folded: str) -> tuple[str, ...]:
+    """Folded text, and the same without accents when it has any (ASCII text has none)."""
+    return (folded,) if folded.isascii() else (folded, _unaccented(folded))
+
+
+def _unaccented(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", kept)
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    """Short names are matched as a whole word (``al`` keeps ``Visual`` intact), allowing a
+    possessive or plural ``s`` (``Bobs-MacBook-Pro`` names bob); longer names, and names in
+    scripts without spaces between words, anywhere."""
+    if len(name) >= 4 or _UNSPACED.search(name):
+        return re.compile(re.escape(name))
+    return re.compile(rf"(?<![^\W\d_]){re.escape(name)}s?(?![^\W\d_])")
 
 
 def _texts_of(value: JSONValue, found: list[str]) -> None:
