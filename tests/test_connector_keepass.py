@@ -782,6 +782,36 @@ class TestGroupNamesWithASlash:
         assert list(by_title(other)) == ["JV AD"] and mentions(other) == []
 
 
+class TestFieldReferences:
+    def test_a_user_name_that_refers_to_another_entry_reads_as_keepass_shows_it(
+        self, editor: Any, tmp_path: Path
+    ) -> None:
+        """Alice's VPN entry takes its user name from her mail entry (``{REF:U@I:...}``): it is
+        hers.  Bob's takes his from his own; neither is the other's.  A reference to a
+        password is never read: the entry that has one for its user name is nobody's, and
+        the password appears nowhere."""
+        staff = editor.add_group(editor.root_group, "Staff")
+        secret = canary()
+        alice = editor.add_entry(staff, "Alice mail", ALICE, secret)
+        bob = editor.add_entry(staff, "Bob mail", "bob@example.test", canary())
+        ref = "{REF:%s@I:%s}"
+        alice_uuid, bob_uuid = alice.uuid.hex.upper(), bob.uuid.hex.lower()
+        editor.add_entry(staff, "Alice VPN", ref % ("U", alice_uuid), canary(), notes="VPN-A")
+        editor.add_entry(staff, "Bob VPN", ref % ("u", bob_uuid), canary(), notes="VPN-B")
+        editor.add_entry(staff, "Odd", ref % ("P", alice_uuid), canary(), notes="ODD-ENTRY")
+        editor.save()
+        keepass = connector(tmp_path / "v.kdbx")
+        mine = keepass.collect(Identity.verified(ALICE))
+        his = keepass.collect(Identity.verified("bob@example.test"))
+        assert sorted(by_title(mine)) == ["Alice VPN", "Alice mail"]
+        assert sorted(by_title(his)) == ["Bob VPN", "Bob mail"]
+        assert by_title(mine)["Alice VPN"].fields["User name"] == ALICE
+        assert "VPN-B" not in repr(mine) and "VPN-A" not in repr(his)
+        assert "ODD-ENTRY" not in repr(mine) + repr(his)
+        assert secret not in repr(mine) + repr(his)
+        assert all("{REF:" not in repr(record.yields) for record in mine + his)
+
+
 class TestApostrophes:
     """An apostrophe inside a local part (o'neil@acme.test) belongs to the address; one
     before it, after a space, is a quotation mark ('neil@acme.test')."""

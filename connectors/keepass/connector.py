@@ -8,9 +8,10 @@ is exported whole, and its ``UserName`` is a further identifier of the person,
 recorded by the controller's staff.  An entry that only *mentions* them (their
 address in the title, the notes or any other field: "Approved by: alice@...")
 exports only the lines that mention them, and yields nothing: it may be another
-person's account.  The database is opened afresh for every lookup (so a changed
-file is picked up) and dropped when the lookup ends, so the decrypted vault is
-never kept in memory between requests.
+person's account.  A ``UserName`` or owner field written as a KeePass field
+reference to another entry (``{REF:U@I:<uuid>}``) is read as KeePass shows it.
+The decrypted vault is kept at most ``keep_unlocked_seconds`` and only while
+the file on disk is unchanged (``connectors.keepass.unlocked``).
 
 Secrets never reach a record: every ``String`` of an entry is classified by its
 name and its ``Protected`` flag before its value is looked at, and the value of
@@ -20,6 +21,8 @@ a secret one is only ever tested for presence, to state that it is held.
 from __future__ import annotations
 
 import base64
+import re
+import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -69,6 +72,11 @@ from sarbot.connector import (
 )
 
 CATEGORY = "Vault entry"
+REFERENCE = re.compile(r"\{REF:([TUAN])@I:([0-9A-F]{32})\}", re.IGNORECASE)
+"""A KeePass field reference by UUID to a field that may be shown (never P, the password)."""
+REFERRED = {"T": "Title", "U": "UserName", "A": "URL", "N": "Notes"}
+REFERENCE_DEPTH = 3
+"""References followed from a reference, at most (KeePass follows a few, then shows the text)."""
 
 
 class KeepassSettings(Section):
@@ -171,7 +179,7 @@ class KeepassConnector:
             reason = f"it could not be read ({type(exc).__name__})"
         raise ConnectorError(f"keepass '{self.name}': cannot open {path}: {reason}")
 
-    def _strings(self, entry: Any) -> Strings:
+    def _strings(self, entry: Any, depth: int = 0) -> Strings:
         """Classify each String by name and flag; read a value only when it may be shown."""
         strings = Strings()
         for element in entry._element.iterchildren("String"):
@@ -186,7 +194,26 @@ class KeepassConnector:
         for name in strings.held:
             strings.shown.pop(name, None)
         strings.shown = {name: without_url_secrets(text) for name, text in strings.shown.items()}
+        for name, text in strings.shown.items():
+            if "{REF:" in text and (name == "UserName" or name.casefold() in self._owner_names):
+                strings.shown[name] = self._dereferenced(entry, text, depth)
         return strings
+
+    def _dereferenced(self, entry: Any, text: str, depth: int) -> str:
+        """A field that says whose the entry is, read as KeePass shows it when it is written
+        as a reference to another entry's title, user name, URL or notes
+        (``{REF:U@I:<uuid>}``).  The other entry's field is classified as its own entry's
+        would be: a password, or a field held as a secret, is never read, and a reference
+        to one stays as written; so do references by anything but the entry's UUID."""
+
+        def referred(match: re.Match[str]) -> str:
+            target = entry._kp.find_entries(uuid=uuid.UUID(match[2]), first=True)
+            if target is None or depth >= REFERENCE_DEPTH:
+                return match[0]
+            shown = self._strings(target, depth + 1).shown
+            return shown.get(REFERRED[match[1].upper()], match[0])
+
+        return REFERENCE.sub(referred, text)
 
     def _statement_if_secret(self, name: str, protected: str | None) -> str | None:
         if name == "Password":
