@@ -364,6 +364,85 @@ class TestMalformed:
         assert fine.fields["Subject"] == "fine" and fine.notes == ()
 
 
+def raw_mail(headers: dict[str, str], body: str = "hi") -> bytes:
+    """A message exactly as written, in UTF-8: EmailMessage would quote a malformed address
+    header and encode a Unicode one."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    plain = "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    return f"{head}{plain}\r\n{body}\r\n".encode()
+
+
+class TestLookalikeHeaders:
+    @pytest.mark.parametrize("field", ["Reply-To", "From", "To", "Cc"])
+    def test_a_malformed_address_header_names_no_one(
+        self, tmp_path: Path, contact: Correspondent, alice: str, field: str
+    ) -> None:
+        """Bob's form copy written ``{name} <{email}>`` unquoted, alice's address typed as the
+        name: the parser flags the field, so it names no one.  Neither alice nor bob gets any
+        of that message (at most the could-not-be-read placeholder, as for any unreadable
+        header); each still gets all of their own well-formed mail."""
+        bob = unique("bob", "other.test")
+        website = {"From": "website@redtrain.test", "To": contact.address}
+        malformed = {**website, field: f"{alice} <{bob}>", "Subject": "Bob's question"}
+        put(contact, raw_mail(malformed, "I'm Bob Jones, 07700 900123, about my account."))
+        for subject, reply_to in [("Alice's question", f'"Alice" <{alice}>'), ("Bob's", bob)]:
+            put(contact, raw_mail({**website, "Reply-To": reply_to, "Subject": subject}))
+        mine, theirs = collect(tmp_path, contact, alice), collect(tmp_path, contact, bob)
+        assert subjects(mine) == [None, "Alice's question"]
+        placeholder = mine[0]
+        assert placeholder.fields == {} and placeholder.notes == (UNREADABLE_NOTE,)
+        assert placeholder.location == f"folder '{FOLDER}', UID 1"
+        assert mine[1].fields["Reply-To"] == [f"Alice <{alice}>"]
+        assert subjects(theirs)[-1] == "Bob's"  # Dovecot finds his in Reply-To only
+        assert all(r.fields == {} for r in theirs[:-1])
+        for records in (mine, theirs):
+            assert "Bob's question" not in repr(records) and "07700" not in repr(records)
+        assert bob not in repr(mine) and alice not in repr(theirs)
+
+    def test_a_well_formed_copy_naming_both_is_each_ones(
+        self, tmp_path: Path, contact: Correspondent, alice: str
+    ) -> None:
+        """The same two people, quoted as the standard says: ``"alice@..." <bob@...>`` is bob's
+        alone, and a copy with both in Cc reaches both, each other's address withheld."""
+        bob = unique("bob", "other.test")
+        quoted = {"Reply-To": f'"{alice}" <{bob}>'}
+        put(contact, mail("website@redtrain.test", contact.address, "Bob, quoted", headers=quoted))
+        put(contact, mail(contact.address, contact.address, "both", cc=f"{alice}, Bob <{bob}>"))
+        mine, theirs = collect(tmp_path, contact, alice), collect(tmp_path, contact, bob)
+        assert subjects(mine) == ["both"]
+        assert subjects(theirs) == ["Bob, quoted", "both"]
+        assert mine[0].fields["Cc"] == [alice, OTHER_PERSON]
+        assert theirs[1].fields["Cc"] == [OTHER_PERSON, f"Bob <{bob}>"]
+
+
+class TestInternationalised:
+    def test_an_address_written_in_unicode_is_found(
+        self, tmp_path: Path, contact: Correspondent
+    ) -> None:
+        """A form copy with ``Reply-To: alice@bücher.test`` in raw UTF-8 (SMTPUTF8) is found by
+        a CHARSET UTF-8 search and read as UTF-8, as are the punycode and upper-case forms.
+        Her look-alike at bucher.test (no umlaut) gets none of them, and she none of the
+        look-alike's: a display name showing her Unicode address is not her address."""
+        local = unique("alice", "x").partition("@")[0]
+        alice, lookalike = f"{local}@bücher.test", f"{local}@bucher.test"
+        website = {"From": "website@redtrain.test", "To": contact.address}
+        for subject, reply_to in [
+            ("unicode", f"Alice <{alice}>"),
+            ("punycode", f"Alice <{local}@xn--bcher-kva.test>"),
+            ("upper case", f"{local.upper()}@BÜCHER.TEST"),
+            ("look-alike", f"Alice <{lookalike}>"),
+            ("encoded name", f"=?utf-8?q?{local}=40b=C3=BCcher.test?= <{lookalike}>"),
+        ]:
+            put(contact, raw_mail({**website, "Reply-To": reply_to, "Subject": subject}))
+        mine = collect(tmp_path, contact, alice, own_domains=["redtrain.test"])
+        theirs = collect(tmp_path, contact, lookalike, own_domains=["redtrain.test"])
+        assert subjects(mine) == ["unicode", "punycode", "upper case"]
+        assert subjects(theirs) == ["look-alike", "encoded name"]
+        assert mine[0].fields["Reply-To"] == [f"Alice <{alice}>"]
+        assert all(r.notes == () for r in [*mine, *theirs])
+        assert "bucher.test" not in repr([r.fields for r in mine])
+
+
 class TestSafety:
     @pytest.mark.parametrize("value", [HOSTILE, 'x@example.test\r\nA1 DELETE "Contact form"'])
     def test_injection_shaped_identifier_finds_nothing(

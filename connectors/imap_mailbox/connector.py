@@ -3,7 +3,8 @@
 Each configured folder is opened read-only (IMAP EXAMINE) and searched for
 messages from, to, copied to or with a Reply-To of any of the person's
 addresses (a contact form sends from the website, with the visitor in
-Reply-To).  IMAP SEARCH matches substrings, so every hit is checked again on
+Reply-To), an internationalised one in its ASCII and its Unicode form (``alice@bücher.test``,
+searched with CHARSET UTF-8).  IMAP SEARCH matches substrings, so every hit is checked again on
 the parsed headers: only an exact match of the normalised address counts.  Messages
 are only ever fetched with ``BODY.PEEK``, so no flag changes.
 
@@ -48,6 +49,7 @@ from sarbot.connector import (
     imap_session,
     normalize_address,
     with_other_people_note,
+    written_forms,
 )
 
 CATEGORY = "Email"
@@ -106,6 +108,18 @@ def imap_search_criteria(address: str) -> bytes:
     quoted = '"' + address.replace("\\", "\\\\").replace('"', '\\"') + '"'
     criteria = f"OR OR OR FROM {quoted} TO {quoted} CC {quoted} HEADER Reply-To {quoted}"
     return criteria.encode("ascii")
+
+
+def unicode_search_criteria(address: str) -> list[bytes]:
+    """The same criteria for an address written in Unicode, to send with CHARSET UTF-8.
+
+    Each value holds 8-bit bytes, so imapclient sends it as a literal, never as syntax.
+    """
+    if address.isascii() or _CONTROL_RE.search(address):
+        raise ValueError("a UTF-8 search is for a non-ASCII address without control characters")
+    value = address.encode("utf-8")
+    or_three = [b"OR", b"OR", b"OR"]
+    return [*or_three, b"FROM", value, b"TO", value, b"CC", value, b"HEADER", b"Reply-To", value]
 
 
 class ImapMailboxConnector:
@@ -277,15 +291,20 @@ def _select(client: IMAPClient, folder: str) -> int:
 
 
 def _search(client: IMAPClient, folder: str, wanted: Iterable[str]) -> dict[int, str]:
-    """The UIDs that IMAP SEARCH finds for each address (substring hits, still to verify)."""
+    """The UIDs that IMAP SEARCH finds for each address, in each form it may be written in
+    (substring hits, still to verify)."""
     found: dict[int, str] = {}
     for address in wanted:
-        try:
-            uids = client.search(imap_search_criteria(address))
-        except imaplib.IMAP4.error:  # the library's message would quote the address
-            raise ConnectorError(f"IMAP SEARCH failed in folder '{folder}'") from None
-        for uid in uids:
-            found.setdefault(int(uid), address)
+        for written in written_forms(address):
+            try:
+                if written.isascii():
+                    uids = client.search(imap_search_criteria(written))
+                else:  # a server without UTF-8 search fails the lookup rather than miss mail
+                    uids = client.search(unicode_search_criteria(written), charset="UTF-8")
+            except imaplib.IMAP4.error:  # the library's message would quote the address
+                raise ConnectorError(f"IMAP SEARCH failed in folder '{folder}'") from None
+            for uid in uids:
+                found.setdefault(int(uid), address)
     return found
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from email import message_from_bytes, policy
-from email.headerregistry import AddressHeader
+from email import message_from_string, policy
+from email.errors import InvalidHeaderDefect
+from email.headerregistry import AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 
 from sarbot.connector import (
@@ -23,6 +24,7 @@ ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
 
 
 SPACES_RE = re.compile(r"[ \t\r\f\v]+")
+_FOLDING_RE = re.compile(r"\r?\n(?=[ \t])")
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,17 @@ class Headers:
 
 
 def read_headers(head: bytes) -> Headers:
-    message = message_from_bytes(head, policy=policy.default)
+    """The headers of a header block.  Raw 8-bit text (SMTPUTF8 mail: ``alice@bücher.test``)
+    is read as UTF-8, as the IMAP server's SEARCH reads it; bytes that are not UTF-8 become
+    U+FFFD, which is in no address."""
+    message = message_from_string(head.decode("utf-8", "replace"), policy=policy.default)
     raw = {name.casefold(): value for name, value in reversed(list(message.raw_items()))}
     parties: dict[str, tuple[Party, ...]] = {}
     unreadable = False
     for name in ADDRESS_HEADERS:
         try:
             parties[name] = tuple(parties_of(message, name))
-        except Exception:  # the stdlib address parser raises assorted errors on hostile input
+        except Exception:  # malformed, or the stdlib parser broke on hostile input
             unreadable = True
             text = flat(raw.get(name.casefold(), ""))
             parties[name] = (Party(text, None),) if text else ()
@@ -66,14 +71,32 @@ def read_headers(head: bytes) -> Headers:
 
 
 def parties_of(message: Message, name: str) -> Iterator[Party]:
-    for header in message.get_all(name) or ():
-        if not isinstance(header, AddressHeader):
+    """The mailboxes of every ``name`` field of a message.
+
+    A field the parser finds malformed raises ValueError: it names no one, as
+    ``single_sender`` in sarbot.addresses refuses such a From.  A contact form
+    writing ``{name} <{email}>`` unquoted makes ``alice@example.test <bob@other.test>``,
+    whose parse keeps alice's address and loses bob's.  So is a field with an address
+    that, as parsed, is not in the text as written: the parser dropped quotes, a comment,
+    a control or line-separator character or a non-ASCII space (no-break space) from it.
+    """
+    for field, value in message.raw_items():
+        if field.casefold() != name.casefold():
+            continue
+        written = _FOLDING_RE.sub("", str(value))
+        header = policy.default.header_factory(name, written)
+        if not isinstance(header, AddressHeader) or not isinstance(header, BaseHeader):
             raise ValueError("not an address header")
+        if any(isinstance(defect, InvalidHeaderDefect) for defect in header.defects):
+            raise ValueError("malformed address header")
         for mailbox in header.addresses:
+            addr_spec = f"{mailbox.username}@{mailbox.domain}"
             try:
-                address: str | None = normalize_address(f"{mailbox.username}@{mailbox.domain}")
+                address: str | None = normalize_address(addr_spec)
             except InvalidAddress:
                 address = None
+            if address is not None and addr_spec not in written:
+                raise ValueError("an address not as written")
             yield Party(flat(str(mailbox)), address)
 
 
