@@ -7,10 +7,11 @@ that may hold a value sought (``connectors.logmatch``) are decoded and parsed.
 A line matches when the user it
 names is one of the person's logins *in that log's namespace*
 (``access_log:NAME/LABEL``, which the admin maps into a realm: ``asmith`` in one
-log is not ``asmith`` in another), or holds one of their email addresses; in web
+log is not ``asmith`` in another), or is one of their email addresses; in web
 logs an address in the query string matches as well.  Such a line was written by
 whoever followed the link, so its visitor's IP address, time and account are
-withheld.  Only the parsed fields leave the connector, never the raw line.
+withheld.  Only the parsed fields leave the connector, never the raw line, and other
+people's addresses are withheld from every field shown.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from sarbot.connector import (
     Section,
     Trust,
     base_dir,
+    namespace_part,
 )
 
 CATEGORY = "Access log entry"
@@ -62,6 +64,10 @@ VISITOR_WITHHELD = (
     "visit: who made the request, from where and when were withheld."
 )
 OTHER_ADDRESSES_WITHHELD = "Email addresses of other people in this entry were withheld."
+STATUS_TEXTS_WITHHELD = (
+    "The status of this entry is a structure whose texts may be about other people: only its "
+    "numbers and truth values are shown."
+)
 
 
 def _pattern(value: Any, info: ValidationInfo) -> Any:
@@ -255,18 +261,17 @@ class AccessLogConnector:
         return candidate_lines(stream, path, matcher.prefilter(log_format))
 
     def namespace(self, source: LogSource) -> str:
-        """Where the user names of one log belong."""
-        return f"access_log:{self.name}/{source.label}"
+        """Where the user names of one log belong (a ``/`` in its label written ``%2F``)."""
+        return f"access_log:{self.name}/{namespace_part(source.label)}"
 
     def _record(
         self, matcher: Matcher, source: LogSource, path: Path, number: int, entry: LogEntry
     ) -> Record | None:
-        found = matcher.user(entry.user, self.namespace(source))
+        namespace = self.namespace(source)
+        found = matcher.user(entry.user, namespace)
         user, ip, trusted, timestamp = entry.user, entry.ip, entry.trusted, entry.timestamp
         notes = list(entry.notes)
-        action = matcher.without_other_addresses(entry.action)
-        if action != entry.action:
-            notes.append(OTHER_ADDRESSES_WITHHELD)
+        action, status = entry.action, entry.status
         if found is None and entry.query:
             found, shown = matcher.query(entry.query)
             action, trusted = f"{action}?{shown}", False
@@ -275,14 +280,25 @@ class AccessLogConnector:
                 notes.append(VISITOR_WITHHELD)
         if found is None:
             return None
+        if isinstance(status, str) and (structured := matcher.shown_status(status)) is not None:
+            # An object or array: its texts may name anyone, and no outcome can be read in it.
+            status, trusted = structured, False
+            if structured != entry.status:
+                notes.append(STATUS_TEXTS_WITHHELD)
         fields: dict[str, JSONValue] = {
             "Log": source.label,
             "Time": timestamp,
             "Source IP": ip,
             "User": user,
             "Action": action,
-            "Status": entry.status,
+            "Status": status,
         }
+        as_logged = dict(fields)
+        for key in ("Time", "Source IP", "User", "Action", "Status"):
+            if isinstance(value := fields[key], str):  # every field shown but the log's label
+                fields[key] = matcher.without_other_addresses(value, namespace)
+        if fields != as_logged:
+            notes.append(OTHER_ADDRESSES_WITHHELD)
         yields: tuple[Identifier, ...] = ()
         if trusted and ip is not None and _is_ip(ip):
             origin = f"access log '{self.name}' ({source.label}): {path} line {number}, source IP"

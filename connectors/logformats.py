@@ -2,7 +2,8 @@
 
 Each parser turns one decoded line into a ``LogEntry`` (who, when, from where,
 what, with what outcome) or a ``Skip`` saying why the line holds no entry.  The
-raw line is never kept: only the fields named here leave a parser.
+raw line is never kept: only the fields named here leave a parser.  ``compression``
+tells, from a file's first bytes, whether it is compressed, and how.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ FAILURE_WORDS = frozenset(
 )
 MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MONTHS = {name: number for number, name in enumerate(MONTH_NAMES, 1)}
+# The first bytes of compressed files, whatever their names (logrotate's ``compresscmd``):
+# bzip2's are its name, block size and the first block's (or the end's, if empty) magic.
+COMPRESSIONS = (
+    ("gzip", re.compile(rb"\x1f\x8b")),
+    ("xz", re.compile(rb"\xfd7zXZ\x00")),
+    ("bzip2", re.compile(rb"BZh[1-9](?:\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)")),
+    ("zstd", re.compile(rb"\x28\xb5\x2f\xfd")),
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,11 @@ class JsonFields:
     status: str = "status"
 
 
+def compression(head: bytes) -> str | None:
+    """The compression a file's first bytes are the magic of, if any."""
+    return next((name for name, magic in COMPRESSIONS if magic.match(head)), None)
+
+
 # --- auth.log (syslog) ---------------------------------------------------------------
 
 _TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) (.*)")
@@ -79,9 +93,11 @@ _SSH_CLOSED = re.compile(
     r"(?:Disconnected from|Connection closed by) (authenticating |invalid )?user "
     r"(.*) (\S+) port \d+"
 )
+# The whole message, as pam_unix writes it: never a part of one, which may be text a client
+# chose (sshd logs an unauthenticated client's disconnect message).
 _PAM_SESSION = re.compile(
     r"pam_unix\(([^:)]+):session\): session (opened|closed) for user ([^\s(]+)"
-    r"(?:\(uid=\d+\))?(?: by ([^\s(]*))?"
+    r"(?:\(uid=\d+\))?(?: by ([^\s(]*)(?:\(uid=\d+\))?)?\s*$"
 )
 _SUDO = re.compile(r"\s*(\S+) : (.*)")
 
@@ -161,7 +177,7 @@ def _auth_message(program: str, message: str) -> LogEntry | None:
                 action = "SSH connection closed before login"
                 return LogEntry(user, action, ip=ip, status="not logged in", trusted=False)
             return LogEntry(user, "SSH connection closed", ip=ip, status="disconnected")
-    if match := _PAM_SESSION.search(message):
+    if match := _PAM_SESSION.match(message):
         return _session(*match.groups())
     if program == "sudo" and (match := _SUDO.fullmatch(message)):
         return _sudo(match[1], match[2])

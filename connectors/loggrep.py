@@ -37,7 +37,8 @@ from contextlib import suppress
 from io import BufferedReader
 from pathlib import Path
 
-from connectors.logscan import GZIP_MAGIC, MAX_LINE_BYTES, Line, Prefilter, candidate_lines
+from connectors.logformats import compression
+from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, candidate_lines
 from sarbot.connector import ConnectorError
 
 WINDOW = MAX_LINE_BYTES // 2
@@ -204,7 +205,7 @@ class Ahead:
             return None  # the scan opens it again and says why it cannot
         search = Search(path, stream, self.prefilter)
         try:
-            if stream.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+            if compression(stream.peek(16)[:16]) is not None:  # the scan reads it
                 stream.close()
                 return None
             search.start(self.grep, self.patterns)

@@ -10,7 +10,6 @@ its tokens; the lines read go through the connector's own test and parser, as in
 from __future__ import annotations
 
 import fcntl
-import gzip
 import hashlib
 import os
 import re
@@ -36,16 +35,19 @@ from connectors.logread import (
     checked,
     fingerprint,
     fits,
+    inflated,
     prefetched,
     read,
     reading,
+    refuse_unread,
 )
 from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, open_log
 from sarbot.connector import ConnectorError, base_dir
 
 VERSION = "3"
 # Rarely, if ever, within an address or a login; a value that holds one is searched by scanning.
-SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|]+")
+# Half a surrogate pair (only a JSON escape writes one; no database text can hold it) is one.
+SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f\"'()<>\[\]{},;:/\\?&=|\ud800-\udfff]+")
 # Tokens of digits, dots, plus and minus signs only (numbers, IPv4 addresses, times) are not
 # kept: no value sought is made of these alone, or else it is searched by scanning.
 NUMERIC = re.compile(r"[0-9.+-]+")
@@ -206,7 +208,7 @@ class LogIndex:
                 ).fetchone()
                 if before == stat:
                     return
-                plain = not isinstance(stream, gzip.GzipFile)
+                plain = not inflated(stream)
                 if (plain and os.fstat(stream.fileno()).st_size < size) or stream.seek(size) < size:
                     self._drop(file_id)
                     file_id, size, number = None, 0, 0
@@ -274,7 +276,7 @@ class LogIndex:
         """Have the compressed files with lines to read read ahead, the last first."""
         if self._pool is None or not answerable(needles):
             return
-        query = "SELECT path FROM files WHERE length(head) = 32"  # a gzip file's: one hash
+        query = "SELECT path FROM files WHERE length(head) = 32"  # a compressed file's: one hash
         packed = {Path(name) for (name,) in self.db.execute(query)}
         for path in reversed(self._paths):
             plan = self._plan(path, needles) if path in packed else None
@@ -371,7 +373,8 @@ Source = tuple[str, str, Path | None, list[Path]]  # label, format, index_dir, f
 @contextmanager
 def opened(name: str, sources: Sequence[Source]) -> Iterator[list[LogIndex | None]]:
     """The sources' indexes brought up to date (None for a source without one), sharing
-    threads that read compressed files ahead; index errors name the source."""
+    threads that read compressed files ahead; index errors name the source.  First, every
+    file of every source, indexed or not, must be in a form that is read (``refuse_unread``)."""
     found: list[LogIndex | None] = []
     what = "an access log index"
     try:
@@ -380,6 +383,7 @@ def opened(name: str, sources: Sequence[Source]) -> Iterator[list[LogIndex | Non
             pool = stack.enter_context(ThreadPoolExecutor(workers))
             stack.callback(pool.shutdown, cancel_futures=True)
             for label, log_format, folder, paths in sources:
+                refuse_unread(paths)
                 index = None
                 if folder is not None:
                     what = f"access log source '{label}': its index in {folder}"

@@ -1,37 +1,54 @@
 """What the ``access_log`` connector looks for in a line: the person's logins (compared
-whole, in their namespace) and addresses (found whole within a value)."""
+whole, in their namespace) and addresses (a user field that is one; found whole within a
+query value), and which addresses of a matched line are other people's.
+
+Every address is decided on normalised text: a candidate's boundaries are found on the
+text in NFC, where a character ends an address only if no normalised address could hold
+it there, and the candidate is then normalised (``Identity.address``, through
+``sarbot.addresses``) and compared exactly.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import string
 import unicodedata
-from urllib.parse import unquote_plus
+from collections.abc import Iterator
+from functools import lru_cache
+from urllib.parse import unquote, unquote_plus
+
+import idna
+from idna.idnadata import codepoint_classes
+from idna.intranges import intranges_contain
 
 from connectors.logscan import Prefilter
 from sarbot.connector import EMAIL, Identifier, Identity, fold, split_account, written_forms
 
-# Characters that may stand next to an address inside a longer one (a local part's).
-_ADDRESS_NEIGHBOUR = r"[\w.!#$%&'*+/=?^`{|}~-]"
-_ANY_ADDRESS = re.compile(r"[\w.!#$%&'*+^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+# The ASCII characters a local part may hold (atext and dots): next to an address, they
+# make it part of a longer one.
+_LOCAL_ASCII = frozenset(string.ascii_letters + string.digits + "_.!#$%&'*+/=?^`{|}~-")
+_LABEL_ASCII = frozenset(string.ascii_letters + string.digits + "_.-")
+_NAME_ADDR = re.compile(r'(?:[^<>@"\\]*|"[^<>@"\\]*")\s*<([^<>\s]+)>')
+_UNQUOTE_ROUNDS = 4
+WITHHELD = "(address withheld)"
+STRUCTURE_WITHHELD = "(withheld)"
 
 
 class Matcher:
-    """The person's logins (compared whole, in their namespace) and addresses (found whole
-    within a value).
+    """The person's logins (compared whole, in their namespace) and addresses (a user
+    field that is one, or found whole within a query value).
 
-    Values are compared in lower case, so that ``may_concern`` (a substring search
-    for any of them) is true of every line that a parsed comparison could match.
+    ``needles`` are the values in lower case, so that ``may_concern`` (a substring search
+    for any of them) is true of every line a parsed comparison could match in the forms
+    the byte search looks for.
     """
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self.addresses = [
-            (i, form, _address_pattern(form.lower()))
-            for i in identity.of_kind(EMAIL)
-            for form in written_forms(i.value)
-        ]
+        forms = [form for i in identity.of_kind(EMAIL) for form in written_forms(i.value)]
         names = [fold(split_account(i.value)[0]) for i in identity.of_kind("username")]
-        self.needles = {v.lower() for v in names + [form for _, form, _ in self.addresses] if v}
+        self.needles = {v.lower() for v in names + forms if v}
         self._prefilters: dict[str, Prefilter] = {}
 
     def may_concern(self, line: str, log_format: str) -> bool:
@@ -50,31 +67,88 @@ class Matcher:
         return self._prefilters[log_format]
 
     def user(self, user: str | None, namespace: str) -> Identifier | None:
-        """The identifier the line's user is: a login valid in this log, or an address in it."""
+        """The identifier the line's user *is*: a login valid in this log, or one of the
+        person's addresses, alone or as ``Name <address>`` (a field that merely holds the
+        address, ``carol@other.test on behalf of alice@example.test``, is not hers)."""
         if not user:
             return None
         if found := self.identity.account(user, namespace):
             return found
-        lowered = user.lower()
-        return next((i for i, _, pattern in self.addresses if pattern.search(lowered)), None)
+        named = _NAME_ADDR.fullmatch(user.strip())
+        return self._address(named[1] if named else user)
 
     def query(self, pairs: tuple[tuple[str, str], ...]) -> tuple[Identifier | None, str]:
         """The address found in the query, and only the parameters that hold it."""
-        for identifier, form, pattern in self.addresses:
-            shown = [
-                _shown(name, value, form)
-                for name, value in pairs
-                if pattern.search((value or name).lower())
-            ]
-            if shown:
-                return identifier, "&".join(shown)
-        return None, ""
+        found: Identifier | None = None
+        shown: list[str] = []
+        for name, value in pairs:
+            text = value or name
+            hits = [(i, c) for c in _candidates(text) if (i := self._address(c)) is not None]
+            mine = [c for i, c in hits if found is None or i == found]
+            if not mine:
+                continue
+            found = found or hits[0][0]
+            if self._address(text) is None:
+                text = f"(a value containing {mine[0]})"
+            shown.append(f"{name}={text}" if value else text)
+        return found, "&".join(shown)
 
-    def without_other_addresses(self, text: str) -> str:
-        """The text with every address that is not one of the person's replaced."""
-        return _ANY_ADDRESS.sub(
-            lambda m: m[0] if m[0].lower() in self.needles else "(address withheld)", text
-        )
+    def without_other_addresses(self, text: str, namespace: str = "") -> str:
+        """The text with every address that is not one of the person's (nor a login of
+        theirs in ``namespace``) replaced: read as written, then percent-decoded (an
+        address either reading finds is withheld; the text is then shown decoded)."""
+        written = unicodedata.normalize("NFC", text)
+        first = self._withhold(written, namespace)
+        decoded = _decoded(first)
+        second = self._withhold(decoded, namespace)
+        result = first if second == decoded else second
+        return text if result == written else result
+
+    def _withhold(self, text: str, namespace: str) -> str:
+        if "@" not in text:
+            return text
+        out, last = [], 0
+        for start, end in _merged(_spans(text, loose=True)):
+            out += [text[last:start], self._withheld(text[start:end], namespace)]
+            last = end
+        return "".join(out) + text[last:]
+
+    def shown_status(self, status: str) -> str | None:
+        """A status that is a JSON object or array, with only its numbers and truth values
+        (its texts may name anyone); None for any other status."""
+        if not status.startswith(("{", "[")):
+            return None
+        try:
+            value = json.loads(status)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(value, dict):
+            kept = {str(k): _plain(v) for k, v in value.items()}
+            return json.dumps(kept, sort_keys=True, ensure_ascii=False)
+        if isinstance(value, list):
+            return json.dumps([_plain(v) for v in value], ensure_ascii=False)
+        return None
+
+    def _address(self, text: str, *, known: bool = False) -> Identifier | None:
+        return self.identity.address(_without_final_dot(text), known=known)
+
+    def _withheld(self, text: str, namespace: str) -> str:
+        """One span around an ``@``: kept if it is one of the person's addresses or logins
+        (after a URL path or parameter), else withheld."""
+        core = _without_final_dot(text)
+        tail = text[len(core) :]
+        local = core.rpartition("@")[0]
+        if core.count("@") == 1 and not core.startswith('"'):
+            cuts = [0] + [n + 1 for n, c in enumerate(local) if c in "/?&="]
+            for cut in cuts:
+                piece = core[cut:]
+                if self._address(piece, known=True) or self.identity.account(
+                    piece, namespace, known=True
+                ):
+                    return text
+            if local.startswith("/"):  # a URL path: the address is its last segment
+                return core[: local.rfind("/") + 1] + WITHHELD + tail
+        return WITHHELD + tail
 
     def _holds_needle(self, text: str) -> bool:
         if not text.isascii():  # as fold() compares: composed (NFC), then lower case
@@ -83,13 +157,96 @@ class Matcher:
         return any(needle in lowered for needle in self.needles)
 
 
-def _address_pattern(address: str) -> re.Pattern[str]:
-    """The address, but not as part of a longer one (``xalice@`` or ``.test.org``)."""
-    return re.compile(rf"(?<!{_ADDRESS_NEIGHBOUR}){re.escape(address)}(?![\w-]|\.[\w-])")
+def _candidates(text: str) -> Iterator[str]:
+    """Every run of text around an ``@`` that could be one address, on the NFC text."""
+    normal = unicodedata.normalize("NFC", text)
+    for start, end in _spans(normal, loose=False):
+        yield normal[start:end]
 
 
-def _shown(name: str, value: str, address: str) -> str:
-    text = value or name
-    if text.lower() != address.lower():
-        text = f"(a value containing {address})"
-    return f"{name}={text}" if value else text
+def _spans(text: str, *, loose: bool) -> Iterator[tuple[int, int]]:
+    """The span of each ``@`` with every character on either side that an address could
+    hold there. Strict (``loose`` false): a span touching another ``@`` is no address.
+    Loose (for withholding): quoted local parts and ``[...]`` domains are taken in too."""
+    for at in (n for n, c in enumerate(text) if c == "@"):
+        start = at
+        if loose and start > 0 and text[start - 1] == '"':
+            start = max(text.rfind('"', 0, start - 1), 0)
+        while start > 0 and _in_local(text[start - 1]):
+            start -= 1
+        end = at + 1
+        if loose and text[end : end + 1] == "[" and (close := text.find("]", end)) > 0:
+            end = close + 1
+        while end < len(text) and _in_domain(text[end]):
+            end += 1
+        if start == at or end == at + 1:
+            continue
+        if not loose and "@" in (text[start - 1 : start], text[end : end + 1]):
+            continue
+        yield start, end
+
+
+def _merged(spans: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    current: tuple[int, int] | None = None
+    for start, end in spans:
+        if current is not None and start <= current[1]:
+            current = (current[0], max(end, current[1]))
+            continue
+        if current is not None:
+            yield current
+        current = (start, end)
+    if current is not None:
+        yield current
+
+
+def _in_local(char: str) -> bool:
+    """A character a local part may hold: ASCII atext and dots, and anything not ASCII
+    but white space or control characters (an internationalised mailbox's)."""
+    if char.isascii():
+        return char in _LOCAL_ASCII
+    return not char.isspace() and unicodedata.category(char) != "Cc"
+
+
+@lru_cache(maxsize=4096)
+def _in_domain(char: str) -> bool:
+    """A character a domain may hold once mapped as UTS #46 maps it (``。`` is a dot, a
+    soft hyphen is nothing, ``℡`` is ``tel``): a character no valid domain can hold ends it."""
+    if char.isascii():
+        return char in _LABEL_ASCII
+    if char.isspace() or unicodedata.category(char) == "Cc":
+        return False
+    mapped = _mapped(char)
+    return mapped is not None and all(
+        c in _LABEL_ASCII
+        or any(intranges_contain(ord(c), codepoint_classes[k]) for k in codepoint_classes)
+        for c in mapped
+    )
+
+
+@lru_cache(maxsize=4096)
+def _mapped(char: str) -> str | None:
+    try:
+        return idna.uts46_remap(char, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError):
+        return None
+
+
+def _without_final_dot(text: str) -> str:
+    """The text without the full stops (ASCII, ideographic, full-width) ending it."""
+    end = len(text)
+    while end > 0 and _mapped(text[end - 1]) == ".":
+        end -= 1
+    return text[:end]
+
+
+def _decoded(text: str) -> str:
+    """Percent-decoded until nothing changes (``%2540`` too), in NFC."""
+    for _ in range(_UNQUOTE_ROUNDS):
+        if "%" not in text or (plain := unquote(text, errors="replace")) == text:
+            break
+        text = plain
+    return unicodedata.normalize("NFC", text)
+
+
+def _plain(value: object) -> object:
+    return value if isinstance(value, int | float | bool) or value is None else STRUCTURE_WITHHELD

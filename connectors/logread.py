@@ -2,24 +2,27 @@
 
 A lookup's ``Plan`` for one file (computed from the index) names the lines to read and
 where each starts; they are read, with what the file gained since it was indexed, exactly
-as a scan hands lines on.  Lines in a gzip file can only be reached by inflating the file
-up to them, so the files after the one being read may be read ahead in other threads
+as a scan hands lines on.  Lines in a compressed file can only be reached by inflating the
+file up to them, so the files after the one being read may be read ahead in other threads
 (``prefetched``): inflating releases the interpreter's lock.
+
+A file in a compressed format that ``open_log`` does not undo would be read as plain bytes
+and match nothing: ``refuse_unread`` fails the collection on it, naming it.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from io import BufferedIOBase
+from io import BufferedIOBase, BufferedReader
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from connectors.logformats import compression
 from connectors.logscan import DAMAGED, MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
 from sarbot.connector import ConnectorError
 
@@ -83,10 +86,27 @@ def reading(path: Path) -> Iterator[None]:
         raise ConnectorError(f"{path}: cannot be read (damaged or truncated data)") from exc
 
 
+def inflated(stream: BufferedIOBase) -> bool:
+    """Whether the stream ``open_log`` gave is a compressed file's text, not a plain file."""
+    return not isinstance(stream, BufferedReader)
+
+
+def refuse_unread(paths: Iterable[Path]) -> None:
+    """Fail, naming it, on a file whose first bytes say it is compressed but that
+    ``open_log`` reads as plain bytes: nothing in it would be found, and nothing would say so."""
+    for path in paths:
+        with open_log(path) as stream:
+            if isinstance(stream, BufferedReader) and (kind := compression(stream.peek())):
+                raise ConnectorError(
+                    f"{path}: compressed with {kind}, which is not read: decompress it or "
+                    "compress it with gzip, or leave it out of the source's paths"
+                )
+
+
 def _seek(stream: BufferedIOBase, offset: int) -> None:
-    """Go to ``offset``: in a gzip file forward, inflating in large reads (faster than its
-    ``seek``, which reads 8 KiB at a time)."""
-    if isinstance(stream, gzip.GzipFile):
+    """Go to ``offset``: in a compressed file forward, inflating in large reads (faster than
+    its ``seek``, which reads 8 KiB at a time)."""
+    if inflated(stream):
         while (ahead := offset - stream.tell()) > 0 and stream.read(min(ahead, 1 << 20)):
             pass
     stream.seek(offset)
@@ -108,7 +128,7 @@ def fingerprint(stream: BufferedIOBase, size: int) -> bytes:
     head = stream.read(cut)
     if len(head) < cut:
         return b""
-    if isinstance(stream, gzip.GzipFile):  # read only as far as needed: rotated, never rewritten
+    if inflated(stream):  # read only as far as needed: rotated, never rewritten
         return hashlib.sha256(head).digest()
     stream.seek(size - cut)
     tail = stream.read(cut)

@@ -24,7 +24,9 @@ at:
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import re
 import unicodedata
 import zlib
@@ -37,6 +39,7 @@ from urllib.parse import unquote_plus
 
 from isal import igzip, isal_zlib
 
+from connectors.logformats import compression
 from sarbot.connector import ConnectorError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -54,6 +57,7 @@ DAMAGED: tuple[type[Exception], ...] = (
     OSError,
     EOFError,
     zlib.error,
+    lzma.LZMAError,
     cast(type[Exception], isal_zlib.error),  # its stub types it as an instance
 )
 """What reading a damaged or truncated log raises: gzip's header and CRC checks raise an
@@ -225,9 +229,16 @@ def open_log(path: Path) -> Iterator[BufferedIOBase]:
     except OSError as exc:
         raise ConnectorError(f"{path}: cannot open: {exc.strerror or exc}") from None
     with raw:
-        if raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+        kind = compression(raw.peek(16)[:16])
+        if kind == "gzip":
             with _inflating(fileobj=raw, mode="rb") as unzipped:
                 yield unzipped
+        elif kind == "xz":
+            with lzma.LZMAFile(raw) as unpacked:
+                yield cast(BufferedIOBase, unpacked)
+        elif kind == "bzip2":
+            with bz2.BZ2File(raw) as unpacked:
+                yield cast(BufferedIOBase, unpacked)
         else:
             yield raw
 
