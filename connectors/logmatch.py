@@ -50,6 +50,7 @@ class Matcher:
         names = [fold(split_account(i.value)[0]) for i in identity.of_kind("username")]
         self.needles = {v.lower() for v in names + forms if v}
         self._prefilters: dict[str, Prefilter] = {}
+        self._addresses: dict[tuple[str, bool], Identifier | None] = {}
 
     def may_concern(self, line: str, log_format: str) -> bool:
         """False only for a line that cannot match: it holds none of the values sought."""
@@ -130,7 +131,13 @@ class Matcher:
         return None
 
     def _address(self, text: str, *, known: bool = False) -> Identifier | None:
-        return self.identity.address(_without_final_dot(text), known=known)
+        """The person's address the text is.  Kept for the lookup: the same addresses recur
+        on line after line, and normalising one (IDNA) costs more than the rest of a line."""
+        key = (text, known)
+        if key not in self._addresses:
+            found = self.identity.address(_without_final_dot(text), known=known)
+            self._addresses[key] = found
+        return self._addresses[key]
 
     def _withheld(self, text: str, namespace: str) -> str:
         """One span around an ``@``: kept if it is one of the person's addresses or logins
