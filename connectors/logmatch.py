@@ -29,7 +29,15 @@ from sarbot.connector import EMAIL, Identifier, Identity, fold, split_account, w
 # make it part of a longer one.
 _LOCAL_ASCII = frozenset(string.ascii_letters + string.digits + "_.!#$%&'*+/=?^`{|}~-")
 _LABEL_ASCII = frozenset(string.ascii_letters + string.digits + "_.-")
-_NAME_ADDR = re.compile(r'(?:[^<>@"\\]*|"[^<>@"\\]*")\s*<([^<>\s]+)>')
+# ``Name <address>``: the spaces before ``<`` belong to one alternative only, so that a
+# long field that is no such form is refused in linear time.
+_NAME_ADDR = re.compile(r'(?:[^<>@"\\]*|"[^<>@"\\]*"\s*)<([^<>\s]+)>')
+LOCAL_MAX = 64
+"""The longest local part an address may have (RFC 5321): no longer piece is looked up."""
+ADDRESS_MAX = 320
+"""Longer than any address (64 + 1 + 253, and a few final dots): not looked up, not kept."""
+KEPT_MAX = 65536
+"""Addresses looked up in one lookup, kept at most (then forgotten and kept afresh)."""
 _UNQUOTE_ROUNDS = 4
 WITHHELD = "(address withheld)"
 STRUCTURE_WITHHELD = "(withheld)"
@@ -133,7 +141,11 @@ class Matcher:
     def _address(self, text: str, *, known: bool = False) -> Identifier | None:
         """The person's address the text is.  Kept for the lookup: the same addresses recur
         on line after line, and normalising one (IDNA) costs more than the rest of a line."""
+        if len(text) > ADDRESS_MAX:
+            return None
         key = (text, known)
+        if len(self._addresses) >= KEPT_MAX:
+            self._addresses.clear()
         if key not in self._addresses:
             found = self.identity.address(_without_final_dot(text), known=known)
             self._addresses[key] = found
@@ -146,7 +158,10 @@ class Matcher:
         tail = text[len(core) :]
         local = core.rpartition("@")[0]
         if core.count("@") == 1 and not core.startswith('"'):
-            cuts = [0] + [n + 1 for n, c in enumerate(local) if c in "/?&="]
+            # Only where a local part could start: within its longest length of the @.
+            near = max(len(local) - LOCAL_MAX, 0)
+            cuts = [0] if len(local) <= LOCAL_MAX else []
+            cuts += [n + 1 for n in range(near, len(local)) if local[n] in "/?&="]
             for cut in cuts:
                 piece = core[cut:]
                 if self._address(piece, known=True) or self.identity.account(
@@ -165,10 +180,30 @@ class Matcher:
 
 
 def _candidates(text: str) -> Iterator[str]:
-    """Every run of text around an ``@`` that could be one address, on the NFC text."""
+    """Every run of text around an ``@`` that could be one address, on the NFC text; and
+    the same without the punctuation not in ASCII around it (``“alice@example.test”``,
+    ``—alice@…``, a zero-width space), which no address's local part may hold."""
     normal = unicodedata.normalize("NFC", text)
     for start, end in _spans(normal, loose=False):
-        yield normal[start:end]
+        run = normal[start:end]
+        yield run
+        trimmed = _trimmed(run)
+        if trimmed != run:
+            yield trimmed
+
+
+def _trimmed(run: str) -> str:
+    start, end = 0, len(run)
+    while start < end and _punctuation(run[start]):
+        start += 1
+    while end > start and _punctuation(run[end - 1]) and _mapped(run[end - 1]) != ".":
+        end -= 1
+    return run[start:end]
+
+
+def _punctuation(char: str) -> bool:
+    """Punctuation or a format character outside ASCII: never part of an address."""
+    return not char.isascii() and unicodedata.category(char)[0] in "PC"
 
 
 def _spans(text: str, *, loose: bool) -> Iterator[tuple[int, int]]:

@@ -37,10 +37,11 @@ def bare_domain(domain: str) -> str:
 
 
 def namespace_part(name: str) -> str:
-    """A name as one step of a namespace's path (a vault group, a monitoring client): a
-    ``/`` in it is written ``%2F``, so that the client ``Acme/Beta JV`` is not inside the
-    client ``Acme``."""
-    return name.replace("/", "%2F")
+    """A name as one step of a namespace's path (a vault group, a monitoring client, a log
+    source): a ``/`` in it is written ``%2F``, so that the client ``Acme/Beta JV`` is not
+    inside the client ``Acme``, and a ``%`` is written ``%25``, so that no name can be
+    written as another is (``Acme%2FBeta JV`` is a name of its own)."""
+    return name.replace("%", "%25").replace("/", "%2F")
 
 
 def covers(member: str, namespace: str) -> bool:

@@ -253,3 +253,46 @@ def test_encoded_quoted_and_routed_addresses_are_withheld_whole(tmp_path: Path) 
         assert not any(them in action for action in actions), actions
         assert all("(address withheld)" in action for action in actions[: len(forms)])
         assert actions[len(forms) :] == [f.format(who) for f in own]
+
+
+# --- punctuation outside ASCII, and lines built to cost ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "\u201calice@example.test\u201d",
+        "\u00abalice@example.test\u00bb",
+        "\u300calice@example.test\u300d",
+        "\u2014alice@example.test",
+        "\u200balice@example.test",
+        "alice@example.test\u00b7",
+    ],
+)
+def test_her_address_in_quotation_marks_outside_ascii_is_found(written: str) -> None:
+    """No local part holds punctuation outside ASCII: around her address it is a quotation
+    mark, a dash or a space of width nought, and the address is hers; a look-alike in the
+    same marks is still nobody's."""
+    matcher = Matcher(person(ALICE))
+    assert matcher.query((("q", written),))[0] is not None
+    malice = written.replace("alice@", "malice@")
+    assert matcher.query((("q", malice),))[0] is None
+    assert Matcher(person("bob@other.test")).query((("q", written),))[0] is None
+
+
+def test_a_long_path_before_an_address_keeps_the_lookup_small() -> None:
+    """An address after thousands of ``/``: only the pieces a local part could start in are
+    looked up (one of 64 characters at most), and few are kept for the lookup."""
+    matcher = Matcher(person(ALICE))
+    path = "/a" * 8000 + "/bob@other.test"
+    assert matcher.without_other_addresses(path) == "/a" * 8000 + "/(address withheld)"
+    assert len(matcher._addresses) < 40
+    assert matcher.without_other_addresses("/a" * 8000 + "/alice@example.test").endswith(ALICE)
+
+
+def test_a_user_field_of_spaces_is_nobody() -> None:
+    """A field that is no ``Name <address>`` form (here a long run of spaces, which the
+    form's pattern once took time quadratic in to refuse) names nobody."""
+    matcher = Matcher(person(ALICE))
+    assert matcher.user("x" + " " * 20000 + "y", "access_log:logs/App") is None
+    assert matcher.user("Alice " + " " * 200 + f"<{ALICE}>", "access_log:logs/App") is not None

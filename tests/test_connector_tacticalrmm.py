@@ -735,16 +735,24 @@ class TestClientNamesWithASlash:
         names ``Acme Ltd`` does not reach the other client; a realm naming that client (its
         ``/`` written ``%2F``) reaches its asmith only."""
         url = f"sqlite:///{tmp_path / 'slash.db'}"
-        clients = [{"id": 1, "name": "Acme Ltd"}, {"id": 2, "name": "Acme Ltd/Beta JV"}]
+        clients = [
+            {"id": 1, "name": "Acme Ltd"},
+            {"id": 2, "name": "Acme Ltd/Beta JV"},
+            {"id": 3, "name": "Acme Ltd%2FBeta JV"},  # written as the other would be, once
+        ]
+        sites = [*TWIN_SITES, {"id": 3, "client_id": 3, "name": "Main"}]
         agents = [
             twin(21, "ACME-PC-21", 1, "asmith", "asmith", "203.0.113.21"),
             twin(22, "JV-PC-22", 2, "asmith", "asmith", "198.51.100.22"),
+            twin(23, "PC-23", 3, "asmith", "asmith", "198.51.100.23"),
         ]
-        load(url, clients, TWIN_SITES, agents, [])
+        load(url, clients, sites, agents, [])
         jv = asked(login("asmith", "keepass:vault/JV", "tacticalrmm:rmm/Acme Ltd%2FBeta JV"))
+        third = asked(login("asmith", "keepass:vault/3", "tacticalrmm:rmm/Acme Ltd%252FBeta JV"))
         alice = by_agent(collect(url, TWIN_ALICE))
         other = by_agent(collect(url, jv))
         assert sorted(alice) == [21] and sorted(other) == [22]
+        assert sorted(by_agent(collect(url, third))) == [23]
         assert "198.51.100.22" not in serialized(list(alice.values()))
         assert "203.0.113.21" not in serialized(list(other.values()))
 
@@ -873,6 +881,13 @@ class TestWithholding:
         assert withhold.scrub({"Hostname": text, **kept}) == {"Hostname": WITHHELD_TEXT, **kept}
         assert withhold.names_other(text)
         assert not Withholder(["carol"], ["ACME\\asmith"]).names_other(text)
+
+    def test_the_subjects_name_otherwise_written_does_not_hide_anothers(self) -> None:
+        """``JURGENS-MBP`` may be Jürgens's or Jurgen's: shown to neither while the other is
+        a user of the computer.  The subject's own name as written is still taken out."""
+        assert Withholder(["ACME\\jurgen"], ["ACME\\Jürgens"]).names_other("JURGENS-MBP")
+        assert Withholder(["ACME\\Jürgens"], ["ACME\\jurgen"]).names_other("JURGENS-MBP")
+        assert not Withholder(["ACME\\asmith"], ["ACME\\basmith"]).names_other("BASMITH-PC")
 
     @given(
         text=st.ip_addresses().map(str) | TRICKY,

@@ -128,9 +128,10 @@ class Withholder:
     def __init__(self, others: Iterable[str], own: Iterable[str]) -> None:
         names = user_names(others) - {""}
         forms = sorted({form for name in names for form in _forms(name)})
-        mine = {form for name in user_names(own) for form in _forms(name)}
-        # The subject's own names are taken out first when they contain another's
-        # (alice's "basmith-pc" does not name a bob who is "asmith").
+        mine = user_names(own)
+        # The subject's own names, as they are, are taken out first when they contain
+        # another's (alice's "basmith-pc" does not name a bob who is "asmith"); never
+        # their other forms: "JURGENS-MBP" may be Jürgens's or Jurgen's, so it is withheld.
         self.rules = [
             (_pattern(form), sorted((m for m in mine if form in m and form != m), key=len)[::-1])
             for form in forms
