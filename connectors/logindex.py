@@ -39,7 +39,6 @@ from connectors.logread import (
     prefetched,
     read,
     reading,
-    refuse_unread,
 )
 from connectors.logscan import MAX_LINE_BYTES, Line, Prefilter, open_log
 from sarbot.connector import ConnectorError, base_dir
@@ -373,8 +372,7 @@ Source = tuple[str, str, Path | None, list[Path]]  # label, format, index_dir, f
 @contextmanager
 def opened(name: str, sources: Sequence[Source]) -> Iterator[list[LogIndex | None]]:
     """The sources' indexes brought up to date (None for a source without one), sharing
-    threads that read compressed files ahead; index errors name the source.  First, every
-    file of every source, indexed or not, must be in a form that is read (``refuse_unread``)."""
+    threads that read compressed files ahead; index errors name the source."""
     found: list[LogIndex | None] = []
     what = "an access log index"
     try:
@@ -383,7 +381,6 @@ def opened(name: str, sources: Sequence[Source]) -> Iterator[list[LogIndex | Non
             pool = stack.enter_context(ThreadPoolExecutor(workers))
             stack.callback(pool.shutdown, cancel_futures=True)
             for label, log_format, folder, paths in sources:
-                refuse_unread(paths)
                 index = None
                 if folder is not None:
                     what = f"access log source '{label}': its index in {folder}"

@@ -5,9 +5,6 @@ where each starts; they are read, with what the file gained since it was indexed
 as a scan hands lines on.  Lines in a compressed file can only be reached by inflating the
 file up to them, so the files after the one being read may be read ahead in other threads
 (``prefetched``): inflating releases the interpreter's lock.
-
-A file in a compressed format that ``open_log`` does not undo would be read as plain bytes
-and match nothing: ``refuse_unread`` fails the collection on it, naming it.
 """
 
 from __future__ import annotations
@@ -15,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BufferedIOBase, BufferedReader
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from connectors.logformats import compression
 from connectors.logscan import DAMAGED, MAX_LINE_BYTES, Line, Prefilter, candidate_lines, open_log
 from sarbot.connector import ConnectorError
 
@@ -89,18 +85,6 @@ def reading(path: Path) -> Iterator[None]:
 def inflated(stream: BufferedIOBase) -> bool:
     """Whether the stream ``open_log`` gave is a compressed file's text, not a plain file."""
     return not isinstance(stream, BufferedReader)
-
-
-def refuse_unread(paths: Iterable[Path]) -> None:
-    """Fail, naming it, on a file whose first bytes say it is compressed but that
-    ``open_log`` reads as plain bytes: nothing in it would be found, and nothing would say so."""
-    for path in paths:
-        with open_log(path) as stream:
-            if isinstance(stream, BufferedReader) and (kind := compression(stream.peek())):
-                raise ConnectorError(
-                    f"{path}: compressed with {kind}, which is not read: decompress it or "
-                    "compress it with gzip, or leave it out of the source's paths"
-                )
 
 
 def _seek(stream: BufferedIOBase, offset: int) -> None:

@@ -222,8 +222,10 @@ def read_blocks(stream: BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes
 
 @contextmanager
 def open_log(path: Path) -> Iterator[BufferedIOBase]:
-    """A log file opened for reading in binary, through gzip when it starts with gzip's magic
-    (inflated by ISA-L, about three times as fast as zlib; a ``gzip.GzipFile`` all the same)."""
+    """A log file opened for reading in binary, inflated when its first bytes are those of
+    gzip (by ISA-L, about three times as fast as zlib; a ``gzip.GzipFile`` all the same), xz
+    or bzip2.  Compressed otherwise (zstd), it is refused, naming it: read as plain bytes it
+    would match nothing, and nothing would say so."""
     try:
         raw = path.open("rb")
     except OSError as exc:
@@ -239,6 +241,11 @@ def open_log(path: Path) -> Iterator[BufferedIOBase]:
         elif kind == "bzip2":
             with bz2.BZ2File(raw) as unpacked:
                 yield cast(BufferedIOBase, unpacked)
+        elif kind is not None:
+            raise ConnectorError(
+                f"{path}: compressed with {kind}, which is not read: decompress it or "
+                "compress it with gzip, or leave it out of the source's paths"
+            )
         else:
             yield raw
 

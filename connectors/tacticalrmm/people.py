@@ -132,10 +132,7 @@ class Withholder:
         # The subject's own names, as they are, are taken out first when they contain
         # another's (alice's "basmith-pc" does not name a bob who is "asmith"); never
         # their other forms: "JURGENS-MBP" may be Jürgens's or Jurgen's, so it is withheld.
-        self.rules = [
-            (_pattern(form), sorted((m for m in mine if form in m and form != m), key=len)[::-1])
-            for form in forms
-        ]
+        self.rules = [(_pattern(form), _containing(form, mine)) for form in forms]
         # Any of the names anywhere: text without one cannot match a rule (taking out the
         # subject's names only removes text), so most text is decided by this one search.
         self.anywhere = re.compile("|".join(re.escape(form) for form in forms))
@@ -198,6 +195,11 @@ def _forms(name: str) -> set[str]:
     ``jürgen`` as ``jurgen``).  Withholding more than the name itself is safe."""
     forms = {name, name.casefold()}
     return {f for form in forms for f in (form, _unaccented(form)) if f}
+
+
+def _containing(name: str, mine: Iterable[str]) -> list[str]:
+    """The subject's names that contain this other name, longest first."""
+    return sorted((m for m in mine if name in m and name != m), key=len, reverse=True)
 
 
 def _written(folded: str) -> tuple[str, ...]:
