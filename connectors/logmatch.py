@@ -106,6 +106,8 @@ class Matcher:
         """The text with every address that is not one of the person's (nor a login of
         theirs in ``namespace``) replaced: read as written, then percent-decoded (an
         address either reading finds is withheld; the text is then shown decoded)."""
+        if "@" not in text and "%" not in text:
+            return text  # no address, however read: the usual field
         written = unicodedata.normalize("NFC", text)
         first = self._withhold(written, namespace)
         decoded = _decoded(first)

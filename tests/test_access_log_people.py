@@ -290,9 +290,10 @@ def test_a_long_path_before_an_address_keeps_the_lookup_small() -> None:
     assert matcher.without_other_addresses("/a" * 8000 + "/alice@example.test").endswith(ALICE)
 
 
-def test_a_user_field_of_spaces_is_nobody() -> None:
-    """A field that is no ``Name <address>`` form (here a long run of spaces, which the
-    form's pattern once took time quadratic in to refuse) names nobody."""
+def test_spaces_before_the_address_are_part_of_the_name_form() -> None:
+    """``Name <address>`` with any spaces before ``<`` is hers (the form's pattern takes them
+    in one alternative only, so that a field of spaces is refused in linear time); a field
+    of spaces alone names nobody."""
     matcher = Matcher(person(ALICE))
     assert matcher.user("x" + " " * 20000 + "y", "access_log:logs/App") is None
     assert matcher.user("Alice " + " " * 200 + f"<{ALICE}>", "access_log:logs/App") is not None
