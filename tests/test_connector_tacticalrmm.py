@@ -30,10 +30,10 @@ from connectors.tacticalrmm import (
     TacticalRmmSettings,
 )
 from connectors.tacticalrmm import connector as rmm_connector
-from connectors.tacticalrmm.inventory import ip_of
-from connectors.tacticalrmm.people import Withholder
+from connectors.tacticalrmm.inventory import SOFTWARE_KEYS, ip_of, software
+from connectors.tacticalrmm.people import Withholder, _texts_of
 from sarbot.config import validate
-from sarbot.connector import Identifier, Identity, Record, Trust
+from sarbot.connector import Identifier, Identity, JSONValue, Record, Trust
 from sarbot.errors import ConfigError
 from sarbot.testing.identity import address, asked, login
 from sarbot.testing.stores import tacticalrmm_statements
@@ -486,6 +486,9 @@ def serialized(records: list[Record]) -> str:
     return json.dumps([dataclasses.asdict(r) for r in records], ensure_ascii=False, default=sorted)
 
 
+PROGRAM_FIELDS = dict.fromkeys(SOFTWARE_KEYS.values())
+
+
 ALICE_KEYS = [
     "agent:AgEnTaLiCeDeSkToP0001",
     "agent:AgEnTaLiCeLaPtOp00002",
@@ -658,6 +661,39 @@ class TestOtherPeople:
         assert shared.fields["Last logged-in user"] == "asmith"
         assert shared.fields["Hostname"] == "BASMITH-PC"
         assert shared.notes == ()
+
+    def test_a_program_naming_another_user_is_withheld_and_shown_to_him(
+        self, tmp_path: Path
+    ) -> None:
+        """The only mention of bjones on alice's computer is a program's name: withheld from
+        her (the programs' texts reach the withholding as they are read), shown to him."""
+        url = f"sqlite:///{tmp_path / 'rmm.db'}"
+        agent = {
+            **AGENTS[0],
+            "hostname": "ACME-WS-09",
+            "logged_in_username": "CORP\\asmith",
+            "last_logged_in_user": "CORP\\bjones",
+            "wmi_detail": {},
+        }
+        programs = [
+            {"name": "Backup for BJones", "publisher": "Vendor"},
+            {"name": "Firefox", "publisher": "Mozilla"},
+        ]
+        load(url, agents=[agent], software=[{"id": 1, "agent_id": 1, "software": programs}])
+        [hers] = collect(url, usernames("asmith"))
+        assert hers.fields["Hostname"] == "ACME-WS-09"
+        assert hers.fields["Last logged-in user"] == WITHHELD_USER
+        assert hers.fields["Installed software"] == [
+            {**PROGRAM_FIELDS, "Name": WITHHELD_TEXT, "Publisher": "Vendor"},
+            {**PROGRAM_FIELDS, "Name": "Firefox", "Publisher": "Mozilla"},
+        ]
+        assert "bjones" not in serialized([hers]).casefold()
+        [his] = collect(url, usernames("bjones"))
+        assert his.fields["Logged-in user"] == WITHHELD_USER
+        assert his.fields["Installed software"] == [
+            {**PROGRAM_FIELDS, "Name": "Backup for BJones", "Publisher": "Vendor"},
+            {**PROGRAM_FIELDS, "Name": "Firefox", "Publisher": "Mozilla"},
+        ]
 
     def test_no_other_persons_data_reaches_any_record(self, postgres_url: str) -> None:
         """Bob's name, the description, owner and install paths are in no record of alice's."""
@@ -861,6 +897,35 @@ class TestWithholding:
         value = data.draw(json_values(texts), "value")
         withhold = Withholder(others, own)
         assert withhold.scrub(value) == withhold._scrub(value)
+
+    @settings(max_examples=200)
+    @given(data=st.data())
+    def test_the_programs_texts_are_gathered_as_they_are_read(self, data: st.DataObject) -> None:
+        """The programs hand the withholding exactly the texts they show, so that they are
+        not walked twice; scrubbing a record with them gives what going through every text
+        does, whatever the documents hold (JSON text on SQLite, parsed on PostgreSQL)."""
+        people = st.sampled_from(["bob", "ACME\\Weiß", "ACME\\jürgen", "王伟"]) | TRICKY
+        others = data.draw(st.lists(people, min_size=1, max_size=3), "others")
+        names = st.sampled_from([*others, "x"])
+        written = names.flatmap(lambda n: st.sampled_from([n, n.upper(), n.title()]))
+        texts = written | st.lists(written | TRICKY, max_size=3).map(" ".join)
+        program = st.dictionaries(
+            st.sampled_from([*SOFTWARE_KEYS, "location"]), json_values(texts), max_size=6
+        )
+        document = st.lists(program | json_values(texts), max_size=4) | json_values(texts)
+        documents = data.draw(st.lists(document | document.map(json.dumps), max_size=3))
+        gathered: list[str] = []
+        programs = software(documents, gathered)
+        shown: list[str] = []
+        _texts_of(programs, shown)
+        assert sorted(gathered) == sorted(shown)
+        fields: dict[str, JSONValue] = {
+            "Hostname": data.draw(texts, "hostname"),
+            "Installed software": programs,
+        }
+        withhold = Withholder(others, ["ACME\\asmith"])
+        scrubbed = withhold.scrub_fields(fields, {"Installed software": gathered})
+        assert scrubbed == withhold._scrub(fields)
 
     @pytest.mark.parametrize(
         ("other", "text"),

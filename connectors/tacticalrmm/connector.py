@@ -217,7 +217,8 @@ class TacticalRmmConnector:
         others = [users[name] for name, who in whose.items() if who is Whose.OTHER]
         own = [users[name] for name, who in whose.items() if who is Whose.SUBJECT]
         withhold = subject.withholder(others, own)
-        fields = withhold.scrub_fields(self._machine(row, programs))
+        machine, gathered = self._machine(row, programs)
+        fields = withhold.scrub_fields(machine, gathered)
         for name, label in USER_FIELDS.items():
             value = users[name]
             shown = WITHHELD_USER if whose[name] is Whose.OTHER else value
@@ -235,16 +236,19 @@ class TacticalRmmConnector:
             if host
             else []
         )
-        addresses = [(fields["Public IP address"], "public_ip")]
+        public = ip_of(fields["Public IP address"])
+        addresses = [(str(public), "public_ip")] if public else []
+        # The local addresses are written as local_ips wrote them, parsed and in canonical
+        # form; those still shown (not withheld) are handed on without parsing them again.
+        written = set(texts(machine["Local IP addresses"]))
         addresses += [
-            (a, "wmi_detail, local IP addresses") for a in texts(fields["Local IP addresses"])
+            (a, "wmi_detail, local IP addresses")
+            for a in texts(fields["Local IP addresses"])
+            if a in written
         ]
-        for value, source in addresses:
-            ip = ip_of(value)
-            if ip and all(y.value != str(ip) for y in yields):
-                yields.append(
-                    Identifier("ip", str(ip), f"{where}, {source}", "ip", Trust.CONTROLLER)
-                )
+        for ip, source in addresses:
+            if all(y.value != ip for y in yields):
+                yields.append(Identifier("ip", ip, f"{where}, {source}", "ip", Trust.CONTROLLER))
         return Record(
             category=CATEGORY,
             fields=fields,
@@ -255,7 +259,10 @@ class TacticalRmmConnector:
             key=f"agent:{row['agent_id'] or row['id']}",
         )
 
-    def _machine(self, row: RowMapping, programs: list[Any]) -> dict[str, JSONValue]:
+    def _machine(
+        self, row: RowMapping, programs: list[Any]
+    ) -> tuple[dict[str, JSONValue], dict[str, list[str]]]:
+        """The computer's fields, and the texts of those whose builder gathered them."""
         wmi = json_of(row["wmi_detail"])
         wmi = wmi if isinstance(wmi, dict) else {}
         fields: dict[str, JSONValue] = {
@@ -277,9 +284,11 @@ class TacticalRmmConnector:
             "Total RAM (GB)": jsonable(row["total_ram"]),
             "Disks": disks(row["disks"]),
         }
+        gathered: dict[str, list[str]] = {}
         if self.settings.include_software:
-            fields["Installed software"] = software(programs)
-        return fields
+            gathered["Installed software"] = []
+            fields["Installed software"] = software(programs, gathered["Installed software"])
+        return fields, gathered
 
 
 # Hardware, from wmi_detail.  The Windows agent stores WMI classes (cpu, comp_sys, bios,

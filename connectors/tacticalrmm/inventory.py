@@ -65,21 +65,29 @@ def texts(value: Any) -> list[str]:
     return [v.strip() for v in items if isinstance(v, str) and v.strip()]
 
 
-def entries(items: Any, keys: Mapping[str, str]) -> list[dict[str, JSONValue]]:
+def entries(
+    items: Any, keys: Mapping[str, str], texts: list[str] | None = None
+) -> list[dict[str, JSONValue]]:
     """Chosen properties of each object in a JSON list, under human-readable names; a value
-    that is not a plain JSON scalar (an object, a list, null) is left empty.  A computer can
-    list hundreds of programs, so this loop is kept plain."""
+    that is not a plain JSON scalar (an object, a list, null) is left empty.  Every text
+    kept is added to ``texts`` when it is given.  A computer can list hundreds of programs,
+    so this loop is kept plain."""
     if not isinstance(items, list):
         return []
     pairs = tuple(keys.items())
     found: list[dict[str, JSONValue]] = []
+    gather = (texts if texts is not None else []).append
     for o in items:
         if isinstance(o, dict):
             get = o.get
             entry: dict[str, JSONValue] = {}
             for key, label in pairs:
                 value = get(key)
-                entry[label] = value if type(value) in SCALAR_TYPES else None
+                if type(value) is str:
+                    gather(value)
+                    entry[label] = value
+                else:
+                    entry[label] = value if type(value) in SCALAR_TYPES else None
             found.append(entry)
     return found
 
@@ -111,10 +119,15 @@ def ip_of(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
+    address, slash, prefix = text.partition("/")
     try:
-        if "/" in text or "%" in text:
-            return ipaddress.ip_interface(text).ip
-        return ipaddress.ip_address(text)
+        if "%" not in text and (not slash or (prefix.isascii() and prefix.isdigit())):
+            # The usual ``10.0.0.15/24``: the address alone, with a prefix it can have,
+            # is what ip_interface reads, without building its network.
+            ip = ipaddress.ip_address(address)
+            if not slash or int(prefix) <= ip.max_prefixlen:
+                return ip
+        return ipaddress.ip_interface(text).ip
     except ValueError:
         return None
 
@@ -129,9 +142,10 @@ def disks(value: Any) -> list[JSONValue]:
     return [*found]
 
 
-def software(documents: Iterable[Any]) -> list[JSONValue]:
-    """Installed programs; install locations and uninstall commands are left out."""
-    return [item for doc in documents for item in entries(json_of(doc), SOFTWARE_KEYS)]
+def software(documents: Iterable[Any], texts: list[str]) -> list[JSONValue]:
+    """Installed programs; install locations and uninstall commands are left out.  Every
+    text of them is added to ``texts``, for the withholding's search (``scrub_fields``)."""
+    return [item for doc in documents for item in entries(json_of(doc), SOFTWARE_KEYS, texts)]
 
 
 def wmi_objects(wmi: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, cast
@@ -162,14 +162,31 @@ class Withholder:
             return value
         found: list[str] = []
         _texts_of(value, found)
-        if not any(self.anywhere.search(t) for t in _written(fold("\0".join(found)))):
-            return value
-        return self._scrub(value)
+        return self._scrub(value) if self._any_named(found) else value
 
-    def scrub_fields(self, fields: dict[str, JSONValue]) -> dict[str, JSONValue]:
+    def scrub_fields(
+        self, fields: dict[str, JSONValue], gathered: Mapping[str, list[str]] | None = None
+    ) -> dict[str, JSONValue]:
         """A record's fields, scrubbed as one value: one search decides a record that names
-        nobody (the usual case), instead of one search a field."""
-        return cast(dict[str, JSONValue], self.scrub(fields))  # a dict scrubs to a dict
+        nobody (the usual case), instead of one search a field.
+
+        ``gathered`` holds, for a field whose builder gathered its texts as it built it
+        (a computer's programs: ``inventory.software``), exactly those texts, so that they
+        are not walked a second time; every other field's texts are found here."""
+        if not self.rules:
+            return fields
+        found: list[str] = []
+        for name, value in fields.items():
+            if gathered is not None and name in gathered:
+                found += gathered[name]
+            else:
+                _texts_of(value, found)
+        if not self._any_named(found):
+            return fields
+        return cast(dict[str, JSONValue], self._scrub(fields))  # a dict scrubs to a dict
+
+    def _any_named(self, texts: list[str]) -> bool:
+        return any(self.anywhere.search(t) for t in _written(fold("\0".join(texts))))
 
     def _scrub(self, value: JSONValue) -> JSONValue:
         if isinstance(value, str):
