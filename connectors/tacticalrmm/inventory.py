@@ -66,17 +66,17 @@ def texts(value: Any) -> list[str]:
 
 
 def entries(
-    items: Any, keys: Mapping[str, str], texts: list[str] | None = None
+    items: Any, keys: Mapping[str, str], gathered: list[str] | None = None
 ) -> list[dict[str, JSONValue]]:
     """Chosen properties of each object in a JSON list, under human-readable names; a value
     that is not a plain JSON scalar (an object, a list, null) is left empty.  Every text
-    kept is added to ``texts`` when it is given.  A computer can list hundreds of programs,
+    kept is added to ``gathered`` when it is given.  A computer can list hundreds of programs,
     so this loop is kept plain."""
     if not isinstance(items, list):
         return []
     pairs = tuple(keys.items())
     found: list[dict[str, JSONValue]] = []
-    gather = (texts if texts is not None else []).append
+    gather = (gathered if gathered is not None else []).append
     for o in items:
         if isinstance(o, dict):
             get = o.get
@@ -142,10 +142,10 @@ def disks(value: Any) -> list[JSONValue]:
     return [*found]
 
 
-def software(documents: Iterable[Any], texts: list[str]) -> list[JSONValue]:
+def software(documents: Iterable[Any], gathered: list[str]) -> list[JSONValue]:
     """Installed programs; install locations and uninstall commands are left out.  Every
-    text of them is added to ``texts``, for the withholding's search (``scrub_fields``)."""
-    return [item for doc in documents for item in entries(json_of(doc), SOFTWARE_KEYS, texts)]
+    text of them is added to ``gathered``, for the withholding's search (``scrub_fields``)."""
+    return [item for doc in documents for item in entries(json_of(doc), SOFTWARE_KEYS, gathered)]
 
 
 def wmi_objects(wmi: dict[str, Any], key: str) -> list[dict[str, Any]]:

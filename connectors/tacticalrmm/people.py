@@ -165,7 +165,7 @@ class Withholder:
         return self._scrub(value) if self._any_named(found) else value
 
     def scrub_fields(
-        self, fields: dict[str, JSONValue], gathered: Mapping[str, list[str]] | None = None
+        self, fields: dict[str, JSONValue], gathered: Mapping[str, list[str]]
     ) -> dict[str, JSONValue]:
         """A record's fields, scrubbed as one value: one search decides a record that names
         nobody (the usual case), instead of one search a field.
@@ -177,7 +177,7 @@ class Withholder:
             return fields
         found: list[str] = []
         for name, value in fields.items():
-            if gathered is not None and name in gathered:
+            if name in gathered:
                 found += gathered[name]
             else:
                 _texts_of(value, found)
