@@ -3,19 +3,18 @@ and a person's rows read a page at a time (``Paged``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     ColumnClause,
     Connection,
-    CursorResult,
     Dialect,
-    Row,
-    RowMapping,
     Select,
     bindparam,
+    exc,
 )
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -27,27 +26,39 @@ Processor = Callable[[Any], Any]
 
 class Prepared:
     """A statement compiled once for the database it runs on, with each ``IN`` list it
-    expands rendered once for each length, then sent as SQL text (``exec_driver_sql``).
+    expands rendered once for each length, then run on the DBAPI cursor of the
+    connection's pooled connection.
 
     At a few milliseconds a lookup, compiling and expanding a statement on every run
-    costs more than the database's answer.  Sent as text, SQLAlchemy still hides the
-    parameters in its errors and notices a dropped connection, as for any statement.
-    Each column is labelled with its key, so that every database names it as SQLAlchemy
-    does (SQLite would name it as its table declares it: ``id`` for ``ID``)."""
+    costs more than the database's answer, and so does SQLAlchemy's execution of SQL
+    text (its result's columns, read again from the cursor on every run).  The pool
+    is still SQLAlchemy's, with its ping and its rollback when the connection is
+    returned; a failure is raised as SQLAlchemy raises it (``DBAPIError.instance``),
+    its parameters hidden, and a connection the server dropped is invalidated, so the
+    next lookup takes a new one.  Each column is labelled with its key, so that every
+    database names it as SQLAlchemy does (SQLite would name it as its table declares
+    it: ``id`` for ``ID``); the rows come as named tuples (``all``) or dictionaries
+    (``mappings``) of those names."""
 
     def __init__(self, query: Select[Any]) -> None:
         labelled = (column.label(key) for key, column in query.selected_columns.items())
         self.query = query.with_only_columns(*labelled, maintain_column_froms=True)
+        self.names = tuple(self.query.selected_columns.keys())
+        row: Any = namedtuple("Row", self.names)  # type: ignore[misc]  # fields known only here
+        self.make_row: Callable[[Iterable[Any]], Any] = row._make
         self.compiled: dict[str, tuple[SQLCompiler, dict[str, Processor]]] = {}
         self.expanded: dict[tuple[str, tuple[int, ...]], _Expanded] = {}
 
-    def all(self, connection: Connection, params: dict[str, Any]) -> Sequence[Row[Any]]:
-        return self._execute(connection, params).all()
+    def all(self, connection: Connection, params: dict[str, Any]) -> list[Any]:
+        """The rows, as named tuples: ``row.ID``, ``row[0]``."""
+        return list(map(self.make_row, self._fetch(connection, params)))
 
-    def mappings(self, connection: Connection, params: dict[str, Any]) -> Sequence[RowMapping]:
-        return self._execute(connection, params).mappings().all()
+    def mappings(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows, as dictionaries by column key."""
+        names = self.names
+        return [dict(zip(names, row, strict=True)) for row in self._fetch(connection, params)]
 
-    def _execute(self, connection: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+    def _fetch(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         dialect = connection.dialect
         key = (dialect.name, tuple(len(v) for v in params.values() if isinstance(v, list)))
         if key not in self.expanded:
@@ -56,7 +67,26 @@ class Prepared:
             compiled, processors = self.compiled[dialect.name]
             self.expanded[key] = _Expanded.of(compiled, processors, params)
         statement, bound = self.expanded[key].bind(params, dialect.positional)
-        return connection.exec_driver_sql(statement, bound)
+        pooled = connection.connection
+        cursor = pooled.cursor()
+        try:
+            cursor.execute(statement, bound)
+            return list(cursor.fetchall())
+        except dialect.loaded_dbapi.Error as error:
+            dropped = dialect.is_disconnect(error, pooled.dbapi_connection, cursor)
+            if dropped:
+                connection.invalidate(error)
+            raise exc.DBAPIError.instance(
+                statement,
+                bound,
+                error,
+                dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=dropped,
+                dialect=dialect,
+            ) from error
+        finally:
+            cursor.close()
 
     def _compile(self, dialect: Dialect) -> tuple[SQLCompiler, dict[str, Processor]]:
         compiled = self.query.compile(dialect=dialect)
@@ -138,9 +168,11 @@ class Paged:
         rest = query.where(key > bindparam("paged_after")).order_by(sort_key(key))
         return cls(Prepared(first), rest.execution_options(yield_per=page), key, page)
 
-    def rows(self, connection: Connection, params: dict[str, Any]) -> Iterator[Row[Any]]:
+    def rows(self, connection: Connection, params: dict[str, Any]) -> Iterator[Any]:
+        """The rows in ``key`` order: named tuples, then SQLAlchemy's rows (both read by
+        attribute and by position)."""
         first = self.first.all(connection, params)
         yield from first[: self.page]
         if len(first) > self.page:
-            after = first[self.page - 1]._mapping[self.key.name]
+            after = getattr(first[self.page - 1], self.key.name)
             yield from connection.execute(self.rest, params | {"paged_after": after})

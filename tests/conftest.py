@@ -21,6 +21,7 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
+from connectors import statements
 from sarbot.app import App
 from sarbot.config import Settings, validate
 from sarbot.registry import TypeSource
@@ -88,6 +89,23 @@ def mailstack() -> MailServer:
             f"scripts/mailstack up failed:\n{result.stdout}\n{result.stderr}", pytrace=False
         )
     return MailServer(ca_file=str(CA_FILE))
+
+
+@pytest.fixture
+def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every ``Prepared`` statement a test's connectors send, as the driver gets it: its SQL
+    and its bound values (``Prepared`` runs them on the driver's cursor, where SQLAlchemy's
+    execution events do not see them)."""
+    sent: list[tuple[str, Any]] = []
+    bind = statements._Expanded.bind
+
+    def recorded(self: statements._Expanded, params: dict[str, Any], positional: bool) -> Any:
+        statement, bound = bind(self, params, positional)
+        sent.append((statement, bound))
+        return statement, bound
+
+    monkeypatch.setattr(statements._Expanded, "bind", recorded)
+    return sent
 
 
 def unique(local: str, domain: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from connectors import readonly
@@ -1015,7 +1015,11 @@ class TestPreparedStatements:
 
     @pytest.mark.parametrize("database", ["postgres_url", "sqlite_url"])
     def test_a_person_on_several_pages_is_read_whole(
-        self, database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+        self,
+        database: str,
+        request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch,
+        sent_statements: list[tuple[str, Any]],
     ) -> None:
         """Read two computers a page, the three of asmith at Acme take two pages: the second
         starts after the first's last computer, and together they are the whole lookup."""
@@ -1023,13 +1027,12 @@ class TestPreparedStatements:
         whole = serialized(collect(url, usernames("asmith")))
         monkeypatch.setattr(rmm_connector, "PAGE", 2)
         rmm = connector(url)
-        sent: list[str] = []
-        event.listen(rmm.engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        sent_statements.clear()  # only this connector's
         try:
             assert serialized(list(rmm.collect(usernames("asmith")))) == whole
         finally:
             rmm.close()
-        pages = [sql for sql in sent if "FROM agents_agent" in sql]
+        pages = [sql for sql, _ in sent_statements if "FROM agents_agent" in sql]
         assert len(pages) == 2
         assert "agents_agent.id >" not in pages[0]
         assert "agents_agent.id >" in pages[1]
@@ -1277,14 +1280,14 @@ class TestIndexedLookup:
         assert "OTHER-2" not in serialized([alice[21], alice[22]])
         assert "ACME-2" not in serialized(list(other.values()))
 
-    def test_the_lookup_uses_the_indexes(self, spellings_url: str) -> None:
+    def test_the_lookup_uses_the_indexes(
+        self, spellings_url: str, sent_statements: list[tuple[str, Any]]
+    ) -> None:
         """PostgreSQL answers the connector's own query from the lower() indexes, not a scan."""
         rmm = connector(spellings_url)
-        seen: list[tuple[str, Any]] = []
-        event.listen(rmm.engine, "before_cursor_execute", lambda *a: seen.append((a[2], a[3])))
         list(rmm.collect(SPELLING_ALICE))
         rmm.close()
-        lookups = [(sql, params) for sql, params in seen if "lower(agents_agent." in sql]
+        lookups = [(sql, p) for sql, p in sent_statements if "lower(agents_agent." in sql]
         assert len(lookups) == 1
         engine = create_engine(spellings_url)
         with engine.connect() as connection:

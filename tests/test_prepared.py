@@ -22,6 +22,7 @@ from sqlalchemy import (
     select,
     table,
 )
+from sqlalchemy.exc import OperationalError
 
 from connectors.indexed import sort_key
 from connectors.statements import Paged, Prepared
@@ -94,7 +95,7 @@ def test_columns_are_named_as_the_statement_names_them(connection: Connection) -
     """SQLite names an unlabelled column as its table declares it (``id``); the rows carry
     the statement's names, and a second page starts after the first's last row."""
     [row] = Prepared(select(PEOPLE).where(PEOPLE.c.ID == 1)).all(connection, {})
-    assert row.ID == 1 and row._mapping["ID"] == 1
+    assert row.ID == 1 and row[0] == 1 and row._fields == ("ID", "user_login", "client")
     paged = Paged.of(select(PEOPLE).where(PEOPLE.c.client == "ACME"), PEOPLE.c.ID, page=4)
     ids = [row.ID for row in paged.rows(connection, {})]
     assert ids == [n for n in range(1, 41) if n % 3]
@@ -137,3 +138,26 @@ def test_a_missing_parameter_is_an_error_not_the_last_runs_value(connection: Con
     assert prepared.all(connection, {"login": "carol", "client": "OTHER"})
     with pytest.raises(TypeError, match=r"takes \['client', 'login'\], not \['login'\]"):
         prepared.all(connection, {"login": "carol"})
+
+
+def test_a_failing_statement_raises_sqlalchemys_error_without_its_values(
+    connection: Connection,
+) -> None:
+    """Run on the driver's cursor, a failure is still SQLAlchemy's error (what the collect
+    step and the tests expect), with the statement and without the value looked up; the
+    connection stays usable."""
+    missing = table("nobody", column("login"))
+    query = select(missing.c.login).where(missing.c.login == bindparam("login"))
+    with pytest.raises(OperationalError) as raised:
+        Prepared(query).all(connection, {"login": "alice-secret-login"})
+    assert "no such table: nobody" in str(raised.value)
+    assert "alice-secret-login" not in str(raised.value)
+    assert "parameters hidden" in str(raised.value)
+    carols = select(PEOPLE.c.ID).where(PEOPLE.c.user_login == bindparam("login"))
+    assert Prepared(carols).all(connection, {"login": "carol"}) == [
+        (3,),
+        (12,),
+        (21,),
+        (30,),
+        (39,),
+    ]

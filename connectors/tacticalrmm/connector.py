@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, RowMapping, Select, bindparam, column, or_, select, table
+from sqlalchemy import Connection, Select, bindparam, column, or_, select, table
 
 from connectors.indexed import (
     Collation,
@@ -56,6 +56,7 @@ from connectors.tacticalrmm.inventory import (
 from connectors.tacticalrmm.people import (
     USER_FIELDS,
     WITHHELD_TEXT,
+    AgentRow,
     Link,
     Subject,
     Whose,
@@ -160,9 +161,7 @@ class TacticalRmmConnector:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _candidates(
-        self, connection: Connection, subject: Subject
-    ) -> Iterator[Sequence[RowMapping]]:
+    def _candidates(self, connection: Connection, subject: Subject) -> Iterator[Sequence[AgentRow]]:
         """Agents whose user fields hold one of the subject's spellings (found by index), whole,
         a page at a time (keyset by id, so memory stays flat); the caller links them exactly."""
         spelled = Spelled.of(subject.spellings, Collation())
@@ -211,7 +210,7 @@ class TacticalRmmConnector:
             found.setdefault(row["agent_id"], []).append(row["software"])
         return found
 
-    def _record(self, row: RowMapping, subject: Subject, link: Link, programs: list[Any]) -> Record:
+    def _record(self, row: AgentRow, subject: Subject, link: Link, programs: list[Any]) -> Record:
         users = {name: row[name] for name in USER_FIELDS}
         whose = {name: subject.whose(value, row) for name, value in users.items()}
         others = [users[name] for name, who in whose.items() if who is Whose.OTHER]
@@ -260,7 +259,7 @@ class TacticalRmmConnector:
         )
 
     def _machine(
-        self, row: RowMapping, programs: list[Any]
+        self, row: AgentRow, programs: list[Any]
     ) -> tuple[dict[str, JSONValue], dict[str, list[str]]]:
         """The computer's fields, and the texts of those whose builder gathered them."""
         wmi = json_of(row["wmi_detail"])

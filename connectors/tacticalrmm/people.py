@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import RowMapping
-
 from connectors.indexed import spellings_of
 from sarbot.connector import (
     Identifier,
@@ -21,6 +19,9 @@ from sarbot.connector import (
     namespace_part,
     split_account,
 )
+
+AgentRow = Mapping[str, Any]
+"""An agent's row as a lookup reads it: its columns, its site's and its client's names."""
 
 WITHHELD_TEXT = "[withheld: it names another person]"
 
@@ -67,13 +68,13 @@ class Subject:
         wanted = [*identity.of_kind("username"), *identity.of_kind("email")]
         return cls(identity, connector, frozenset(s for i in wanted for s in spellings_of(i)))
 
-    def namespace(self, row: RowMapping) -> str:
+    def namespace(self, row: AgentRow) -> str:
         """Where an agent's user names belong: the agent's client."""
         client = row["client_name"]
         base = f"tacticalrmm:{self.connector}"
         return f"{base}/{namespace_part(client)}" if isinstance(client, str) and client else base
 
-    def match(self, stored: Any, row: RowMapping, *, known: bool = False) -> Identifier | None:
+    def match(self, stored: Any, row: AgentRow, *, known: bool = False) -> Identifier | None:
         """The identifier a stored user name is, in its client's namespace.  The answers are
         kept for the lookup: the same user names recur on many computers of a client."""
         if not is_user(stored):
@@ -87,7 +88,7 @@ class Subject:
             )
         return self.answers[key]
 
-    def linked(self, row: RowMapping) -> Link | None:
+    def linked(self, row: AgentRow) -> Link | None:
         """How the agent links to the subject, or None."""
         if found := self.match(row["logged_in_username"], row):
             return Link(found, now=True)
@@ -110,7 +111,7 @@ class Subject:
         own = [*self.identity.of_kind("username"), *self.identity.known]
         return [split_account(i.value)[0] for i in own if i.kind == "username"]
 
-    def whose(self, stored: Any, row: RowMapping) -> Whose:
+    def whose(self, stored: Any, row: AgentRow) -> Whose:
         """Whom a user field names: the person by an identifier of this round, the person
         by one of an earlier round, somebody else, or nobody."""
         if not is_user(stored):

@@ -23,7 +23,6 @@ from typing import Any, ClassVar, TypeAlias
 from pydantic import BaseModel, Field
 from sqlalchemy import (
     Connection,
-    Row,
     literal,
     select,
 )
@@ -60,7 +59,8 @@ from sarbot.connector import (
     same_address,
 )
 
-AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
+AnyRow: TypeAlias = Any
+"""A row of a ``Prepared`` statement: a named tuple of its columns (``row.ID``)."""
 
 APPROVAL = {
     "1": "approved",
@@ -143,7 +143,7 @@ class WordpressConnector:
             spelled = Spelled.of(spellings_of(identifier), collation)
             query = self.queries.accounts(collation, field, spelled.shape)
             for row in query.all(connection, spelled.params("spellings")):
-                stored = row._mapping[field]
+                stored = getattr(row, field)
                 if identifier.kind == EMAIL:
                     mine = same_address(stored, identifier.value)
                 else:
