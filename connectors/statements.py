@@ -1,5 +1,5 @@
-"""Statements a lookup runs many times: compiled once and sent as SQL text (``Prepared``),
-and a person's rows read a page at a time (``Paged``)."""
+"""Statements a lookup runs many times: compiled once and run on the driver's cursor
+(``Prepared``), and a person's rows read a page at a time (``Paged``)."""
 
 from __future__ import annotations
 
