@@ -34,11 +34,12 @@ class Prepared:
     text (its result's columns, read again from the cursor on every run).  The pool
     is still SQLAlchemy's, with its ping and its rollback when the connection is
     returned; a failure is raised as SQLAlchemy raises it (``DBAPIError.instance``),
-    its parameters hidden, and a connection the server dropped is invalidated, so the
-    next lookup takes a new one.  Each column is labelled with its key, so that every
-    database names it as SQLAlchemy does (SQLite would name it as its table declares
-    it: ``id`` for ``ID``); the rows come as named tuples (``all``) or dictionaries
-    (``mappings``) of those names."""
+    its parameters hidden, and when the server dropped the connection, it and the
+    pool's others are discarded, so the next lookup takes a new one.  Each column is
+    labelled with its key, so that every database names it as SQLAlchemy does (SQLite
+    would name it as its table declares it: ``id`` for ``ID``); the rows come as named
+    tuples (``all``) or dictionaries (``mappings``) of those names, so each key must be
+    a Python name (``class`` or ``_x`` is refused when the statement is built)."""
 
     def __init__(self, query: Select[Any]) -> None:
         labelled = (column.label(key) for key, column in query.selected_columns.items())
@@ -75,7 +76,11 @@ class Prepared:
         except dialect.loaded_dbapi.Error as error:
             dropped = dialect.is_disconnect(error, pooled.dbapi_connection, cursor)
             if dropped:
+                # As SQLAlchemy does on a disconnect: this connection, and the pool's others,
+                # which the server most likely dropped too (a restart) and which would each
+                # fail a later attempt without being pinged.
                 connection.invalidate(error)
+                connection.engine.dispose()
             raise exc.DBAPIError.instance(
                 statement,
                 bound,

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
 
 from connectors import readonly
 from connectors.indexed import like_whole
@@ -1114,9 +1115,39 @@ class TestDroppedConnection:
         try:
             before = serialized(list(rmm.collect(usernames("asmith"))))
             self.terminate(postgres_url, self.backend(rmm))
-            with pytest.raises(OperationalError):
+            with pytest.raises(OperationalError) as raised:
                 list(rmm.collect(usernames("asmith")))
+            assert raised.value.connection_invalidated
             assert serialized(list(rmm.collect(usernames("asmith")))) == before
+        finally:
+            rmm.close()
+
+    def test_a_dropped_connection_discards_the_pools_others(
+        self, postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After a server restart every pooled connection is dead: the attempt that meets one
+        discards them all, so the next attempt connects afresh instead of meeting the next
+        dead one (the collect step tries three times), and none is returned to the pool to
+        fail its rollback there."""
+        monkeypatch.setattr(readonly, "PING_AFTER", 3600.0)
+        rmm = connector(postgres_url)
+        try:
+            before = serialized(list(rmm.collect(usernames("asmith"))))
+            with rmm.engine.connect() as one, rmm.engine.connect() as two:
+                pids = [
+                    int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+                    for c in (one, two)
+                ]
+            pool = rmm.engine.pool
+            assert len(set(pids)) == 2 and isinstance(pool, QueuePool) and pool.checkedin() == 2
+            for pid in pids:
+                self.terminate(postgres_url, pid)
+            with pytest.raises(OperationalError) as raised:
+                list(rmm.collect(usernames("asmith")))
+            assert raised.value.connection_invalidated
+            assert serialized(list(rmm.collect(usernames("asmith")))) == before
+            assert self.backend(rmm) not in pids
+            assert not [r for r in caplog.records if "Exception during reset" in r.getMessage()]
         finally:
             rmm.close()
 

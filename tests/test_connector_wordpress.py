@@ -758,8 +758,9 @@ class TestDroppedConnection:
         connector = make(mariadb)
         before = dump(connector.collect(Identity.verified(ALICE)))
         on_mariadb(mariadb, f"KILL {self.connection_id(connector)}")
-        with pytest.raises(OperationalError):
+        with pytest.raises(OperationalError) as raised:
             list(connector.collect(Identity.verified(ALICE)))
+        assert raised.value.connection_invalidated
         assert dump(connector.collect(Identity.verified(ALICE))) == before
 
 
