@@ -152,24 +152,16 @@ class Withholder:
                     return True
         return False
 
-    def scrub(self, value: JSONValue) -> JSONValue:
-        """The value with every text that names another person withheld.
-
-        Most values name nobody: they are passed whole after one search of all their texts
-        joined by NUL.  Folding works on the joined texts as on each one (NUL is no letter
-        and composes with nothing), so a name in one text is found in the join; a match
-        across two texts only costs the text-by-text pass."""
-        if not self.rules:
-            return value
-        found: list[str] = []
-        _texts_of(value, found)
-        return self._scrub(value) if self._any_named(found) else value
-
     def scrub_fields(
         self, fields: dict[str, JSONValue], gathered: Mapping[str, list[str]]
     ) -> dict[str, JSONValue]:
-        """A record's fields, scrubbed as one value: one search decides a record that names
-        nobody (the usual case), instead of one search a field.
+        """A record's fields with every text that names another person withheld.
+
+        Most records name nobody: they are passed whole after one search of all their
+        texts joined by NUL, instead of one search a field.  Folding works on the joined
+        texts as on each one (NUL is no letter and composes with nothing), so a name in
+        one text is found in the join; a match across two texts only costs the
+        text-by-text pass.
 
         ``gathered`` holds, for a field whose builder gathered its texts as it built it
         (a computer's programs: ``inventory.software``), exactly those texts, so that they
