@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sarbot.app import App
 from sarbot.cli.main import cli
 from sarbot.mail.mailer import Mailer
+from sarbot.pipeline import Pipeline
 from sarbot.steps.collect import ConnectorOutcome
 from sarbot.store.audit import verify
 from sarbot.store.deadlines import due_date, start_date
@@ -264,23 +265,7 @@ class TestOperatorCommands:
         """A collection keeps what it found only if the request is still collecting when it
         ends: alice's request, rejected by an operator while her connectors answer, gets no
         export; bob's, collected the same way, gets his."""
-        held = tmp_path / "held.db"
-        query = {"name": "q", "category": "c", "sql": "SELECT :email AS email", "verify": "email"}
-        held_db = {"name": "held", "type": "sql", "url": f"sqlite:///{held}", "queries": [query]}
-        bot = make_bot(connectors=[held_db])
-        alice, bob = person("alice", "example.test"), person("bob", "example.test")
-        for requester in (alice, bob):
-            requester.send(bot.address, "GDPR DATA REQUEST")
-            bot.support.wait_for(sent_by(requester, "GDPR"))
-        bot.run_once()
-        for requester in (alice, bob):
-            requester.reply(requester.wait_for(ACK))
-            bot.support.wait_for(sent_by(requester, "Re: [SAR-"))
-        bot.run_once()  # the database is missing: both stay in collection
-        assert [r.state for r in bot.requests()] == [RequestState.COLLECTING] * 2
-        sqlite3.connect(held).close()
-        pipeline = bot.app.pipeline(clock=bot.now)
-        first, second = bot.requests()
+        bot, pipeline, (first, second) = both_collecting(make_bot, person, tmp_path)
 
         def rejected(_outcome: ConnectorOutcome) -> None:  # an operator, mid-collection
             command(bot, "requests", "reject", first.reference, "--reason", "not who they say")
@@ -292,6 +277,34 @@ class TestOperatorCommands:
         assert by_id[second.id].state is not RequestState.REJECTED
         exports = [m.request_id for m in bot.outgoing() if m.kind is MailKind.EXPORT]
         assert exports and set(exports) == {second.id}
+
+    def test_a_packaging_killed_midway_leaves_nothing_once_packaged_again(
+        self, make_bot: BotFactory, person: Person, tmp_path: Path
+    ) -> None:
+        """A half-written letter of an answer (its writer killed before the rename) goes when
+        the request is packaged again, by whichever instance: alice's when hers is, bob's
+        when his is, and never one of a request whose reference merely starts alike."""
+        bot, pipeline, (first, second) = both_collecting(make_bot, person, tmp_path)
+        folder = bot.app.settings.storage.export_dir
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+        def half_written(reference: str) -> Path:
+            path = folder / f".{reference}.part1of2.eml.k1ll3d.partial"
+            path.write_bytes(b"From: half a letter\r\n")
+            return path
+
+        alices, bobs = half_written(first.reference), half_written(second.reference)
+        alike = [half_written(first.reference[:-1]), half_written(first.reference + "7")]
+        assert asyncio.run(pipeline.collect_one(first))
+        assert not alices.exists()
+        assert bobs.exists() and all(path.exists() for path in alike)
+        assert asyncio.run(pipeline.collect_one(second))
+        assert not bobs.exists()
+        assert all(path.exists() for path in alike)
+        written = {m.request_id: Path(str(m.file_path)) for m in bot.outgoing() if m.file_path}
+        assert set(written) == {first.id, second.id}
+        assert all(path.is_file() for path in written.values())
+        assert set(folder.iterdir()) == set(written.values()) | set(alike)
 
     def test_the_register_lists_dates_and_decisions(self, bot: Bot, person: Person) -> None:
         """export-register gives every request with its dates, state and operators' decisions."""
@@ -429,6 +442,29 @@ class TestRetention:
         bot.run_once()
         assert message_ids(bot.support, "GDPR") == ["<recent@example.test>"]
         assert [e.actor for e in bot.audit() if e.event == "retention.purged"] == ["daemon"]
+
+
+def both_collecting(
+    make_bot: BotFactory, person: Person, tmp_path: Path
+) -> tuple[Bot, Pipeline, list[Request]]:
+    """Alice's and bob's confirmed requests, left collecting by a database that was missing
+    (and is there now), with the pipeline to collect each of them by hand."""
+    held = tmp_path / "held.db"
+    query = {"name": "q", "category": "c", "sql": "SELECT :email AS email", "verify": "email"}
+    held_db = {"name": "held", "type": "sql", "url": f"sqlite:///{held}", "queries": [query]}
+    bot = make_bot(connectors=[held_db])
+    alice, bob = person("alice", "example.test"), person("bob", "example.test")
+    for requester in (alice, bob):
+        requester.send(bot.address, "GDPR DATA REQUEST")
+        bot.support.wait_for(sent_by(requester, "GDPR"))
+    bot.run_once()
+    for requester in (alice, bob):
+        requester.reply(requester.wait_for(ACK))
+        bot.support.wait_for(sent_by(requester, "Re: [SAR-"))
+    bot.run_once()  # the database is missing: both stay in collection
+    assert [r.state for r in bot.requests()] == [RequestState.COLLECTING] * 2
+    sqlite3.connect(held).close()
+    return bot, bot.app.pipeline(clock=bot.now), bot.requests()
 
 
 def rejected_while_sending(bot: Bot, person: Person, monkeypatch: pytest.MonkeyPatch) -> None:

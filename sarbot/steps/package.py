@@ -38,6 +38,7 @@ from sarbot.mail.letters import Letters
 from sarbot.mail.templates import Templates
 from sarbot.registry import ConfiguredConnector
 from sarbot.steps.collect import Collection
+from sarbot.store.exports import remove_unfinished
 from sarbot.store.lifecycle import audit, transition
 from sarbot.store.models import Request
 from sarbot.store.states import MailKind, RequestState
@@ -72,8 +73,16 @@ class Packager:
         log: FilteringBoundLogger,
     ) -> int | None:
         """Package the answer and make the request ready; how many messages it is in, or
-        None if it must wait: retried later, or for a person to decide."""
+        None if it must wait: retried later, or for a person to decide.
+
+        The caller holds the request's claim, so no other instance packages it now: a
+        half-written letter of its answer in the export folder was left by a packaging
+        that was killed, and goes before anything is written.
+        """
         ctx = self.context(request, collection, now)
+        folder = self.settings.storage.export_dir
+        if folder.is_dir() and (left := remove_unfinished(folder, _file_prefix(request.reference))):
+            log.info("export.unfinished_removed", files=left)
         try:
             with session.begin_nested():  # nothing of a half-prepared answer is kept
                 messages = self._post(session, request, ctx, now)
@@ -216,4 +225,9 @@ def _encrypted(part: Part, key_armored: str, new_file: NewFile) -> Part:
 
 
 def _file_name(reference: str, part: Part) -> str:
-    return f"{reference}.part{part.number}of{part.count}.eml"
+    return f"{_file_prefix(reference)}{part.number}of{part.count}.eml"
+
+
+def _file_prefix(reference: str) -> str:
+    """How the names of a request's export files start, and no other request's."""
+    return f"{reference}.part"

@@ -2,17 +2,22 @@
 
 A file is written to a temporary name, flushed and then renamed, so a
 half-written export never exists under its final name.  Files are 0600 in a
-0700 folder.
+0700 folder.  A temporary file left by a writer that was killed is removed by
+the next writer of the same name (``remove_unfinished``), or by the sweep.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from sarbot.faults import CrashPoints
+
+TEMPORARY = ".partial"
+"""How the name of a file being written ends; it starts with a dot and the final name."""
 
 
 def write_private_file(
@@ -27,7 +32,7 @@ def write_private_file(
     of one path do not share it.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     partial = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -41,6 +46,21 @@ def write_private_file(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def remove_unfinished(folder: Path, prefix: str) -> int:
+    """Delete the temporary files of final names starting with ``prefix``; how many.
+
+    Such a file is left only by a writer killed before its rename, so the caller
+    must be the only one who may be writing files of those names now (for an export,
+    it holds the request's claim).  Nothing records a temporary file, so nothing
+    else can want it.
+    """
+    removed = 0
+    for path in folder.glob(f".{glob.escape(prefix)}*{TEMPORARY}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
