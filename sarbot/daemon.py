@@ -184,11 +184,14 @@ class Daemon:
         await asyncio.to_thread(self.stop.wait, delay)
 
     async def _wait(self) -> None:
-        """Wait for mail in the mailbox; or, if another instance reads it, for a while."""
+        """Wait for mail in the mailbox; or, if another instance reads it, until it announces
+        work, for a while at most."""
         if self.mailbox.mailbox.connected:
             await self._wait_for_mail()
         else:
-            await asyncio.to_thread(self.stop.wait, FOLLOW_INTERVAL)
+            await asyncio.to_thread(
+                self.pipeline.instances.wait_for_work, FOLLOW_INTERVAL, self.stop
+            )
 
     async def _wait_for_mail(self) -> None:
         box, imap = self.mailbox.mailbox, self.pipeline.settings.imap

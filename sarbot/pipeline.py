@@ -151,12 +151,14 @@ class Pipeline:
             if kind is None:
                 continue
             mail = head if kind.found.kind is Kind.GUARDED else await intake.fetch(info, head)
-            progressed |= intake.take(
+            if intake.take(
                 info,
                 mail,
                 kind.name,
                 lambda session, mail, now: self._decide(session, mail, now, info, kind),  # noqa: B023
-            )
+            ):
+                progressed = True
+                self.instances.announce()  # a letter to send, or a request to collect
         return progressed
 
     def _decide(

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -335,6 +336,166 @@ class TestCoordinationOnPostgres:
     def test_the_app_coordinates_on_postgres(self, tmp_path: Path, database: str) -> None:
         site = Site(tmp_path, [], seed=0, database_url=database)
         assert isinstance(App.load(site.config).instances, Shared)
+
+
+class TestAnnouncedWork:
+    """An instance with nothing to do waits for the reader to announce work (NOTIFY), with
+    ``FOLLOW_INTERVAL`` as the longest wait; a lost announcement only costs that long."""
+
+    def test_the_reader_announces_and_the_waiting_follower_wakes(self, database: str) -> None:
+        reader, follower = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        stop = threading.Event()
+        try:
+            reader.start()
+            follower.start()
+            assert reader.reads_mailbox() and not follower.reads_mailbox()
+            assert not follower.wait_for_work(0.3, stop)  # nothing announced: it runs out
+            waiting = Waiting(follower, stop)
+            reader.announce()
+            assert waiting.outcome() is True
+        finally:
+            stop.set()
+            reader.stop()
+            follower.stop()
+
+    def test_an_announcement_while_the_follower_was_busy_ends_its_next_wait(
+        self, database: str
+    ) -> None:
+        """Listening starts with the instance, so work announced between the follower's
+        look for work and its wait is not missed."""
+        reader, follower = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        stop = threading.Event()
+        try:
+            follower.start()
+            reader.start()
+            assert not follower.reads_mailbox() or not reader.reads_mailbox()
+            announcer = reader if reader.reads_mailbox() else follower
+            waiter = follower if announcer is reader else reader
+            announcer.announce()
+            assert Waiting(waiter, stop).outcome() is True
+        finally:
+            stop.set()
+            reader.stop()
+            follower.stop()
+
+    def test_only_instances_that_do_not_read_the_mailbox_listen(self, database: str) -> None:
+        """The reader never waits for announcements: unread, they would pile up."""
+        first, second = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        try:
+            first.start()
+            assert _listening(database) == 1
+            assert first.reads_mailbox()
+            assert _listening(database) == 0
+            second.start()
+            assert not second.reads_mailbox()
+            assert _listening(database) == 1
+            first.stop()
+            assert second.reads_mailbox()  # it takes over, and no longer listens
+            assert _listening(database) == 0
+        finally:
+            first.stop()
+            second.stop()
+
+    def test_a_stop_ends_the_wait(self, database: str) -> None:
+        follower = Shared(engine(database), LOG)
+        stop = threading.Event()
+        try:
+            follower.start()
+            waiting = Waiting(follower, stop)
+            stop.set()
+            assert waiting.outcome() is False
+        finally:
+            follower.stop()
+
+    def test_a_broken_listening_connection_is_opened_again(self, database: str) -> None:
+        reader, follower = Shared(engine(database), LOG), Shared(engine(database), LOG)
+        stop = threading.Event()
+        try:
+            reader.start()
+            assert reader.reads_mailbox()
+            with structlog.testing.capture_logs() as logs:
+                follower = Shared(engine(database), LOG)
+                follower.start()
+                assert follower._listening is not None
+                pid = follower._listening.scalar(text("SELECT pg_backend_pid()"))
+                with engine(database).connect() as db:
+                    db.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    db.commit()
+                assert follower.wait_for_work(0.5, stop) is False
+            assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+                "instance.listening_failed"
+            ]
+            assert _listening(database) == 0
+            waiting = Waiting(follower, stop)
+            while _listening(database) == 0:  # it listens again ...
+                time.sleep(0.01)
+            reader.announce()  # ... and hears the next announcement
+            assert waiting.outcome() is True
+        finally:
+            stop.set()
+            reader.stop()
+            follower.stop()
+
+    def test_without_a_database_it_waits_out_the_interval(self, database: str) -> None:
+        gone = database.rsplit("/", 1)[0] + "/no_such_database"
+        with structlog.testing.capture_logs() as logs:
+            follower = Shared(engine(gone), LOG)
+            assert follower.wait_for_work(0.2, threading.Event()) is False
+        assert [e["event"] for e in logs] == ["instance.listening_failed"]
+
+    @pytest.mark.mailstack
+    def test_the_reader_announces_the_requests_it_takes_in(
+        self, make_bot: BotFactory, person: Person, database: str
+    ) -> None:
+        follower = Shared(engine(database), LOG)
+        stop = threading.Event()
+        try:
+            follower.start()
+            bot = make_bot(storage={"database_url": database})
+            assert not follower.wait_for_work(0.2, stop)
+            requested(bot, person)  # the bot's daemon reads the mailbox and takes it in
+            assert Waiting(follower, stop).outcome() is True
+        finally:
+            stop.set()
+            follower.stop()
+
+    def test_alone_there_is_nobody_to_tell(self, tmp_path: Path) -> None:
+        alone = instances_for(engine(f"sqlite:///{tmp_path / 'state.db'}"), LOG)
+        alone.announce()
+        stop = threading.Event()
+        stop.set()
+        assert alone.wait_for_work(600, stop) is False
+
+
+class Waiting:
+    """An instance waiting for work (600 s at most) in a thread of its own."""
+
+    def __init__(self, instance: Shared, stop: threading.Event) -> None:
+        self._outcome: list[bool] = []
+        self._thread = threading.Thread(
+            target=lambda: self._outcome.append(instance.wait_for_work(600, stop)), daemon=True
+        )
+        self._thread.start()
+
+    def outcome(self) -> bool:
+        """What the wait returned; it must have ended within a minute."""
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "still waiting after a minute"
+        return self._outcome[0]
+
+
+def _listening(database: str) -> int:
+    """How many sessions of the database listen for announcements of work."""
+    with engine(database).connect() as db:
+        return int(
+            db.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query = :listen AND pid <> pg_backend_pid()"
+                ),
+                {"listen": "LISTEN sarbot_work"},
+            )
+        )
 
 
 HOLD_A_CLAIM = textwrap.dedent(

@@ -15,6 +15,13 @@ one connection of its own and takes PostgreSQL *session advisory locks* on it:
 - a claim per request, or per message without a request: collection,
   packaging and delivery of one request happen in one instance at a time.
 
+An instance with nothing to do waits for an announcement of work: the reader
+sends one (``NOTIFY sarbot_work``) each time it takes in a mail that gives the
+others something to do, and each of the others listens on a connection of its
+own (the reader does not listen).  The announcement only wakes an instance
+early: it looks for work every ``FOLLOW_INTERVAL`` all the same, so one lost (or
+a listening connection that broke) costs at most that long.
+
 A claim must outlive the many short transactions one request's work commits
 (collection alone may take minutes of connector I/O), and it must end the
 moment its holder dies: a row lock (``SELECT ... FOR UPDATE SKIP LOCKED``)
@@ -31,13 +38,15 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from enum import IntEnum
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, cast
 
+import psycopg
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -48,6 +57,10 @@ from sarbot.errors import ConfigError
 
 FOLLOW_INTERVAL = 2.0
 """Seconds between tries for the mailbox lock (and for work) by an instance not holding it."""
+WORK_CHANNEL = "sarbot_work"
+"""The PostgreSQL notification channel on which work is announced to the other instances."""
+STOP_CHECK = 0.2
+"""Seconds between looks at the stop event while waiting for an announcement."""
 KEEPALIVE = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3}
 """The coordination session's TCP keepalives: a holder whose host vanished is seen gone in ~11 s."""
 SETTLE_SECONDS = 3600.0
@@ -95,6 +108,13 @@ class Instances(Protocol):
         """Asked by an operator's command in its transaction: whether a daemon may be at
         work on that claim now.  Where it can, the answer holds until the transaction ends
         (no instance takes the claim meanwhile)."""
+
+    def announce(self) -> None:
+        """Tell the other instances (if any) that there may be work for them now."""
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait until another instance announces work, ``stop`` is set or ``timeout`` passes;
+        True if work was announced (since the last wait, too)."""
 
 
 def instances_for(engine: Engine, log: FilteringBoundLogger) -> Instances:
@@ -183,6 +203,13 @@ class Alone:
                 return True
         return False  # closing the file gave the shared lock up
 
+    def announce(self) -> None:
+        pass  # no other instance to tell
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> bool:
+        stop.wait(timeout)
+        return False
+
 
 class Shared:
     """One of several instances on PostgreSQL, coordinated by advisory locks.
@@ -205,17 +232,19 @@ class Shared:
         """Whether this session holds the mailbox lock (``_lost`` clears it with the session)."""
         self._claims: dict[tuple[Claim, int], tuple[int, int]] = {}
         """Each claim held: the generation of the session that took it, and how deeply nested."""
+        self._listening: Connection | None = None
+        """The connection that listens for announcements of work (opened by ``start``)."""
 
     def start(self) -> None:
         self._session()
+        self._listener()  # before the first look for work, so no announcement is missed
 
     def stop(self) -> None:
+        self._stop_listening()
         if self._connection is not None:
             with suppress(DBAPIError):  # at once: a closed session's locks go a moment later
                 self._connection.execute(text("SELECT pg_advisory_unlock_all()"))
-            # never back to the pool, where its session (and every lock) would live on
-            self._connection.invalidate()
-            self._connection.close()
+            _discard(self._connection)
             self._connection = None
         self._claims.clear()
         if self._reading:
@@ -228,6 +257,9 @@ class Shared:
         if self._try(Claim.MAILBOX, 0):
             self._reading = True
             self._log.info("instance.mailbox_taken")
+            # The reader waits on the mailbox, never for announcements (its own): unread,
+            # they would pile up on the connection and hold back the server's queue.
+            self._stop_listening()
         return self._reading
 
     def give_up_mailbox(self, reason: str) -> None:
@@ -266,6 +298,63 @@ class Shared:
             {"space": space, "key": second},
         )
         return not taken
+
+    def announce(self) -> None:
+        """A notification on ``WORK_CHANNEL``, sent at once (the session commits every
+        statement); an instance that is not listening just finds the work later."""
+        try:
+            self._session().execute(
+                text("SELECT pg_notify(:channel, '')"), {"channel": WORK_CHANNEL}
+            )
+        except DBAPIError:
+            self._lost()
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> bool:
+        """Announcements that came while this instance was busy are kept by the driver and
+        end the wait at once (all of them: one look for work answers them all).  Without a
+        listening connection (it broke, or cannot be opened), this waits out ``timeout``."""
+        deadline = time.monotonic() + timeout
+        listening = self._listener()
+        if listening is None:
+            stop.wait(timeout)
+            return False
+        driver = cast("psycopg.Connection[Any]", listening.connection.driver_connection)
+        try:
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                # closed before the next: each holds the connection's lock while open
+                with closing(driver.notifies(timeout=min(left, STOP_CHECK))) as received:
+                    announced = next(received, None) is not None
+                if announced:
+                    for _ in driver.notifies(timeout=0):
+                        pass  # the others that came with it
+                    return True
+        except psycopg.Error as exc:
+            self._log.warning("instance.listening_failed", error_type=type(exc).__name__)
+            self._stop_listening()
+            stop.wait(max(0.0, deadline - time.monotonic()))
+        return False
+
+    def _listener(self) -> Connection | None:
+        """The listening connection, opened (and ``LISTEN`` sent) if there is none."""
+        if self._listening is None:
+            try:
+                connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            except DBAPIError as exc:
+                self._log.warning("instance.listening_failed", error_type=type(exc).__name__)
+                return None
+            try:
+                connection.execute(text(f"LISTEN {WORK_CHANNEL}"))
+            except DBAPIError as exc:
+                self._log.warning("instance.listening_failed", error_type=type(exc).__name__)
+                _discard(connection)
+                return None
+            self._listening = connection
+        return self._listening
+
+    def _stop_listening(self) -> None:
+        if self._listening is not None:
+            _discard(self._listening)
+            self._listening = None
 
     def _enter(self, kind: Claim, key: int) -> bool:
         entry = self._claims.get((kind, key))
@@ -338,12 +427,18 @@ class Shared:
     def _lost(self) -> None:
         """The session broke: every lock it held is gone (the next try opens a new one)."""
         if self._connection is not None:
-            self._connection.invalidate()
-            self._connection.close()
+            _discard(self._connection)
             self._connection = None
         if self._reading:
             self._reading = False
             self._log.warning("instance.mailbox_lost")
+
+
+def _discard(connection: Connection) -> None:
+    """Close a connection for good: never back to the pool, where its session (its locks,
+    its ``LISTEN``) would live on."""
+    connection.invalidate()
+    connection.close()
 
 
 def _lock_soon(handle: IO[str], tries: int = 10) -> None:
