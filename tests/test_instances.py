@@ -18,14 +18,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import structlog
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, make_url, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -35,7 +35,9 @@ from sarbot.errors import ConfigError
 from sarbot.mail.mailer import Mailer
 from sarbot.ops.health import HealthCheck
 from sarbot.ops.metrics import Metrics
-from sarbot.store.instances import Alone, Claim, Shared, instances_for
+from sarbot.store import announcements
+from sarbot.store.alone import Alone
+from sarbot.store.instances import Claim, Shared, instances_for
 from sarbot.store.models import AuditEvent
 from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import MailServer, subject_contains
@@ -349,7 +351,7 @@ class TestAnnouncedWork:
             reader.start()
             follower.start()
             assert reader.reads_mailbox() and not follower.reads_mailbox()
-            assert not follower.wait_for_work(0.3, stop)  # nothing announced: it runs out
+            assert not _waited(follower, 0.3)  # nothing announced: it runs out
             waiting = Waiting(follower, stop)
             reader.announce()
             assert waiting.outcome() is True
@@ -416,8 +418,9 @@ class TestAnnouncedWork:
             with structlog.testing.capture_logs() as logs:
                 follower = Shared(engine(database), LOG)
                 follower.start()
-                assert follower._listening is not None
-                pid = follower._listening.scalar(text("SELECT pg_backend_pid()"))
+                listening = follower._listener.open()
+                assert listening is not None
+                pid = listening.scalar(text("SELECT pg_backend_pid()"))
                 with engine(database).connect() as db:
                     db.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
                     db.commit()
@@ -426,11 +429,12 @@ class TestAnnouncedWork:
                 "instance.listening_failed"
             ]
             assert _listening(database) == 0
-            waiting = Waiting(follower, stop)
-            while _listening(database) == 0:  # it listens again ...
-                time.sleep(0.01)
-            reader.announce()  # ... and hears the next announcement
-            assert waiting.outcome() is True
+            with structlog.testing.capture_logs() as logs:
+                waiting = Waiting(follower, stop)
+                _until(lambda: _listening(database) == 1)  # it listens again ...
+                reader.announce()  # ... and hears the next announcement
+                assert waiting.outcome() is True
+            assert [e["event"] for e in logs] == ["instance.listening_again"]
         finally:
             stop.set()
             reader.stop()
@@ -440,8 +444,58 @@ class TestAnnouncedWork:
         gone = database.rsplit("/", 1)[0] + "/no_such_database"
         with structlog.testing.capture_logs() as logs:
             follower = Shared(engine(gone), LOG)
-            assert follower.wait_for_work(0.2, threading.Event()) is False
+            assert _waited(follower, 0.2) is False
         assert [e["event"] for e in logs] == ["instance.listening_failed"]
+
+    def test_a_refused_listening_connection_is_logged_once_and_waited_out(
+        self, database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A connection limit that leaves room for the coordination session only: each wait
+        runs its course, the refusal is logged once (not every 2 s), and listening starts
+        when there is room again."""
+        monkeypatch.setattr(announcements, "LISTEN_RETRY", 0.0)  # try at every wait
+        user = f"limited_{random.SystemRandom().randrange(10**6)}"
+        with engine(database).connect() as db:
+            db.execute(text(f"CREATE ROLE {user} LOGIN CONNECTION LIMIT 1"))
+            db.execute(text(f"GRANT ALL ON DATABASE {database.rsplit('/', 1)[1]} TO {user}"))
+            db.commit()
+        url = make_url(database).set(username=user, password=None)
+        stop = threading.Event()
+        with structlog.testing.capture_logs() as logs:
+            follower = Shared(engine(url.render_as_string(hide_password=False)), LOG)
+            try:
+                follower.start()  # the coordination session opens; the listening one cannot
+                assert [_waited(follower, 0.2) for _ in range(3)] == [False] * 3
+                assert _listening(database) == 0
+                with engine(database).connect() as db:
+                    db.execute(text(f"ALTER ROLE {user} CONNECTION LIMIT -1"))
+                    db.commit()
+                waiting = Waiting(follower, stop)
+                _until(lambda: _listening(database) == 1)
+                announcer = Shared(engine(database), LOG)
+                announcer.announce()
+                assert waiting.outcome() is True
+            finally:
+                stop.set()
+                follower.stop()
+        assert [e["event"] for e in logs if e["event"].startswith("instance.listening")] == [
+            "instance.listening_failed",
+            "instance.listening_again",
+        ]
+
+    def test_the_reader_never_listens_even_when_it_waits(self, database: str) -> None:
+        """A reader whose mailbox is not connected waits here too: without listening, since
+        nothing would read its own announcements after it."""
+        reader = Shared(engine(database), LOG)
+        try:
+            reader.start()
+            assert reader.reads_mailbox()
+            assert _waited(reader, 0.2) is False
+            reader.announce()
+            assert _waited(reader, 0.2) is False
+            assert _listening(database) == 0
+        finally:
+            reader.stop()
 
     @pytest.mark.mailstack
     def test_the_reader_announces_the_requests_it_takes_in(
@@ -452,7 +506,7 @@ class TestAnnouncedWork:
         try:
             follower.start()
             bot = make_bot(storage={"database_url": database})
-            assert not follower.wait_for_work(0.2, stop)
+            assert not _waited(follower, 0.2)
             requested(bot, person)  # the bot's daemon reads the mailbox and takes it in
             assert Waiting(follower, stop).outcome() is True
         finally:
@@ -482,6 +536,23 @@ class Waiting:
         self._thread.join(60)
         assert not self._thread.is_alive(), "still waiting after a minute"
         return self._outcome[0]
+
+
+def _waited(instance: Shared, timeout: float) -> bool:
+    """What a wait for work returned, asserting it ran its course (as one that is not
+    announced must: a wait that returned at once would have the daemon spin)."""
+    began = time.monotonic()
+    announced = instance.wait_for_work(timeout, threading.Event())
+    assert announced or time.monotonic() - began >= timeout
+    return announced
+
+
+def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not so after {seconds} s")
+        time.sleep(0.05)
 
 
 def _listening(database: str) -> int:

@@ -281,9 +281,10 @@ class TestOperatorCommands:
     def test_a_packaging_killed_midway_leaves_nothing_once_packaged_again(
         self, make_bot: BotFactory, person: Person, tmp_path: Path
     ) -> None:
-        """A half-written letter of an answer (its writer killed before the rename) goes when
-        the request is packaged again, by whichever instance: alice's when hers is, bob's
-        when his is, and never one of a request whose reference merely starts alike."""
+        """Letters of an answer left by a packaging that was killed (before the rename, or
+        after it but before the commit) go when the request is packaged again, by whichever
+        instance: alice's when hers is, bob's when his is, and never one of a request whose
+        reference merely starts alike."""
         bot, pipeline, (first, second) = both_collecting(make_bot, person, tmp_path)
         folder = bot.app.settings.storage.export_dir
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -293,13 +294,19 @@ class TestOperatorCommands:
             path.write_bytes(b"From: half a letter\r\n")
             return path
 
-        alices, bobs = half_written(first.reference), half_written(second.reference)
-        alike = [half_written(first.reference[:-1]), half_written(first.reference + "7")]
+        def uncommitted(reference: str) -> Path:
+            path = folder / f"{reference}.part3of3.eml"
+            path.write_bytes(b"From: a whole letter nothing records\r\n")
+            return path
+
+        alices = [half_written(first.reference), uncommitted(first.reference)]
+        bobs = [half_written(second.reference), uncommitted(second.reference)]
+        alike = [half_written(first.reference[:-1]), uncommitted(first.reference + "7")]
         assert asyncio.run(pipeline.collect_one(first))
-        assert not alices.exists()
-        assert bobs.exists() and all(path.exists() for path in alike)
+        assert not any(path.exists() for path in alices)
+        assert all(path.exists() for path in bobs + alike)
         assert asyncio.run(pipeline.collect_one(second))
-        assert not bobs.exists()
+        assert not any(path.exists() for path in bobs)
         assert all(path.exists() for path in alike)
         written = {m.request_id: Path(str(m.file_path)) for m in bot.outgoing() if m.file_path}
         assert set(written) == {first.id, second.id}

@@ -27,7 +27,7 @@ from sarbot.export.archive import Part, pack
 from sarbot.export.files import ExportContext, SourceData, build_files
 from sarbot.faults import CrashPoints
 from sarbot.mail.templates import Templates
-from sarbot.store.exports import write_private_file
+from sarbot.store.exports import remove_left_over, write_private_file
 from sarbot.testing.identity import login
 
 WHEN = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -301,3 +301,26 @@ class TestFiles:
         assert stat.S_IMODE(target.stat().st_mode) == 0o600
         assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
         assert [p.name for p in target.parent.iterdir()] == ["SAR-2026-0007.eml"]
+
+    def test_files_left_over_go_and_recorded_ones_stay(self, tmp_path: Path) -> None:
+        """For one request's names: its temporary files and its letters nothing records go;
+        a recorded letter stays, and so does every file of a request whose reference merely
+        starts or ends alike."""
+        folder = tmp_path / "exports"
+        folder.mkdir()
+        names = {
+            "SAR-2026-1234.part1of2.eml": "recorded",
+            "SAR-2026-1234.part2of2.eml": "left over",  # renamed, not committed
+            ".SAR-2026-1234.part1of1.eml.x1y2.partial": "left over",  # not renamed
+            "SAR-2026-123.part1of1.eml": "another's",
+            ".SAR-2026-123.part1of1.eml.a1b2.partial": "another's",
+            "SAR-2026-12345.part1of1.eml": "another's",
+            "XSAR-2026-1234.part1of1.eml": "another's",
+        }
+        for name in names:
+            (folder / name).write_bytes(b"x")
+        recorded = {str(folder / "SAR-2026-1234.part1of2.eml")}
+        removed = remove_left_over(folder, "SAR-2026-1234.part", keep=recorded)
+        assert removed == 2
+        left = {path.name for path in folder.iterdir()}
+        assert left == {name for name, what in names.items() if what != "left over"}

@@ -27,6 +27,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import IO
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
@@ -38,9 +39,9 @@ from sarbot.mail.letters import Letters
 from sarbot.mail.templates import Templates
 from sarbot.registry import ConfiguredConnector
 from sarbot.steps.collect import Collection
-from sarbot.store.exports import remove_unfinished
+from sarbot.store.exports import remove_left_over
 from sarbot.store.lifecycle import audit, transition
-from sarbot.store.models import Request
+from sarbot.store.models import OutgoingMail, Request
 from sarbot.store.states import MailKind, RequestState
 
 EXPORT_WRITE_FAILED = "cannot write the export"
@@ -76,15 +77,14 @@ class Packager:
         None if it must wait: retried later, or for a person to decide.
 
         The caller holds the request's claim, so no other instance packages it now: a
-        half-written letter of its answer in the export folder was left by a packaging
-        that was killed, and goes before anything is written.
+        letter of its answer in the export folder that the outbox does not record (half
+        written, or written but not committed) was left by a packaging that was killed, and
+        goes before anything is written.
         """
         ctx = self.context(request, collection, now)
-        folder = self.settings.storage.export_dir
-        if folder.is_dir() and (left := remove_unfinished(folder, _file_prefix(request.reference))):
-            log.info("export.unfinished_removed", files=left)
         try:
             with session.begin_nested():  # nothing of a half-prepared answer is kept
+                self._remove_left_over(session, request, log)
                 messages = self._post(session, request, ctx, now)
         except OSError as exc:
             # The export folder is full or unwritable: retry later, and tell the operators.
@@ -128,6 +128,21 @@ class Packager:
             encryption_note=request.encryption_note or "",
             verification=verification_summary(request),
         )
+
+    def _remove_left_over(
+        self, session: Session, request: Request, log: FilteringBoundLogger
+    ) -> None:
+        folder = self.settings.storage.export_dir
+        if not folder.is_dir():
+            return
+        recorded = session.scalars(
+            select(OutgoingMail.file_path).where(
+                OutgoingMail.request_id == request.id, OutgoingMail.file_path.is_not(None)
+            )
+        )
+        keep = {path for path in recorded if path is not None}
+        if left := remove_left_over(folder, _file_prefix(request.reference), keep=keep):
+            log.info("export.left_over_removed", files=left)
 
     def _post(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
         """Write the answer's messages to the export folder and queue them."""

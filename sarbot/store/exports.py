@@ -3,7 +3,7 @@
 A file is written to a temporary name, flushed and then renamed, so a
 half-written export never exists under its final name.  Files are 0600 in a
 0700 folder.  A temporary file left by a writer that was killed is removed by
-the next writer of the same name (``remove_unfinished``), or by the sweep.
+the next writer of the same names (``remove_left_over``), or by the sweep.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from sarbot.faults import CrashPoints
@@ -48,18 +48,22 @@ def write_private_file(
         raise
 
 
-def remove_unfinished(folder: Path, prefix: str) -> int:
-    """Delete the temporary files of final names starting with ``prefix``; how many.
+def remove_left_over(folder: Path, prefix: str, *, keep: Collection[str]) -> int:
+    """Delete the files whose names start with ``prefix``, and their temporary files, but
+    those named in ``keep``; how many were deleted.
 
-    Such a file is left only by a writer killed before its rename, so the caller
-    must be the only one who may be writing files of those names now (for an export,
-    it holds the request's claim).  Nothing records a temporary file, so nothing
-    else can want it.
+    Files are left over only by a writer killed before its rename (a temporary file) or
+    before what records the file was committed, so the caller must be the only one who may
+    write files of those names now (for an export, it holds the request's claim) and keep
+    every file recorded.
     """
+    escaped = glob.escape(prefix)
+    left = [*folder.glob(f".{escaped}*{TEMPORARY}"), *folder.glob(f"{escaped}*")]
     removed = 0
-    for path in folder.glob(f".{glob.escape(prefix)}*{TEMPORARY}"):
-        path.unlink(missing_ok=True)
-        removed += 1
+    for path in left:
+        if str(path) not in keep:
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 

@@ -1,8 +1,9 @@
 """How many ``sarbot run`` instances share one state database, and who does what.
 
-SQLite (the default) serves one instance: ``Alone`` takes an exclusive lock on a
-file beside the database when the daemon starts, and a second ``sarbot run``
-against the same database refuses to start, naming the first one's process.
+SQLite (the default) serves one instance: ``Alone`` (``sarbot.store.alone``)
+takes an exclusive lock on a file beside the database when the daemon starts,
+and a second ``sarbot run`` against the same database refuses to start, naming
+the first one's process.
 
 PostgreSQL serves two or more instances (docs/deployment.md): ``Shared`` keeps
 one connection of its own and takes PostgreSQL *session advisory locks* on it:
@@ -15,12 +16,8 @@ one connection of its own and takes PostgreSQL *session advisory locks* on it:
 - a claim per request, or per message without a request: collection,
   packaging and delivery of one request happen in one instance at a time.
 
-An instance with nothing to do waits for an announcement of work: the reader
-sends one (``NOTIFY sarbot_work``) each time it takes in a mail that gives the
-others something to do, and each of the others listens on a connection of its
-own (the reader does not listen).  The announcement only wakes an instance
-early: it looks for work every ``FOLLOW_INTERVAL`` all the same, so one lost (or
-a listening connection that broke) costs at most that long.
+An instance with nothing to do waits for the reader to announce work
+(``sarbot.store.announcements``), at most ``FOLLOW_INTERVAL``.
 
 A claim must outlive the many short transactions one request's work commits
 (collection alone may take minutes of connector I/O), and it must end the
@@ -35,32 +32,24 @@ another instance finished meanwhile is not done twice.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, closing, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from enum import IntEnum
-from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import Protocol
 
-import psycopg
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
-from sarbot.errors import ConfigError
+from sarbot.store.alone import Alone, instance_name
+from sarbot.store.announcements import Listener, announce_on, discard
 
 FOLLOW_INTERVAL = 2.0
 """Seconds between tries for the mailbox lock (and for work) by an instance not holding it."""
-WORK_CHANNEL = "sarbot_work"
-"""The PostgreSQL notification channel on which work is announced to the other instances."""
-STOP_CHECK = 0.2
-"""Seconds between looks at the stop event while waiting for an announcement."""
 KEEPALIVE = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3}
 """The coordination session's TCP keepalives: a holder whose host vanished is seen gone in ~11 s."""
 SETTLE_SECONDS = 3600.0
@@ -124,93 +113,6 @@ def instances_for(engine: Engine, log: FilteringBoundLogger) -> Instances:
     return Alone(engine)
 
 
-def _name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class Alone:
-    """The only instance: it does everything, and a second one on SQLite refuses to start."""
-
-    shared = False
-
-    def __init__(self, engine: Engine) -> None:
-        self.name = _name()
-        self._engine = engine
-        self._lock: IO[str] | None = None
-
-    @property
-    def lock_path(self) -> Path | None:
-        """The lock file beside an SQLite database file (None for memory or other databases)."""
-        url = make_url(str(self._engine.url))
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return Path(f"{url.database}.instance")
-
-    def start(self) -> None:
-        path = self.lock_path
-        if path is None or self._lock is not None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+", encoding="utf-8")
-        try:
-            _lock_soon(handle)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ConfigError(
-                f"another 'sarbot run' ({holder}) is using the state database "
-                f"{path.with_suffix('')}: an SQLite state database serves one instance; "
-                "to run more than one, use PostgreSQL (docs/deployment.md)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{self.name}\n")
-        handle.flush()
-        self._lock = handle
-
-    def stop(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file gives up the lock
-            self._lock = None
-
-    def reads_mailbox(self) -> bool:
-        return True
-
-    def give_up_mailbox(self, reason: str) -> None:
-        pass  # no other instance could take it
-
-    @contextmanager
-    def claim(self, kind: Claim, key: int) -> Iterator[bool]:
-        yield True
-
-    def still_holds(self, kind: Claim, key: int) -> bool:
-        return True
-
-    def held_elsewhere(self, session: Session, kind: Claim, key: int) -> bool:
-        """Whether a daemon runs on this database (the only one that could work on anything):
-        this process, or the one holding the lock file.  The test takes a shared lock for an
-        instant; a daemon starting in that instant tries again (``start``)."""
-        if self._lock is not None:
-            return True
-        path = self.lock_path
-        if path is None or not path.exists():
-            return False
-        with path.open("r", encoding="utf-8") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-        return False  # closing the file gave the shared lock up
-
-    def announce(self) -> None:
-        pass  # no other instance to tell
-
-    def wait_for_work(self, timeout: float, stop: threading.Event) -> bool:
-        stop.wait(timeout)
-        return False
-
-
 class Shared:
     """One of several instances on PostgreSQL, coordinated by advisory locks.
 
@@ -223,7 +125,7 @@ class Shared:
     shared = True
 
     def __init__(self, engine: Engine, log: FilteringBoundLogger) -> None:
-        self.name = _name()
+        self.name = instance_name()
         self._engine = engine
         self._log = log.bind(instance=self.name)
         self._connection: Connection | None = None
@@ -232,19 +134,19 @@ class Shared:
         """Whether this session holds the mailbox lock (``_lost`` clears it with the session)."""
         self._claims: dict[tuple[Claim, int], tuple[int, int]] = {}
         """Each claim held: the generation of the session that took it, and how deeply nested."""
-        self._listening: Connection | None = None
-        """The connection that listens for announcements of work (opened by ``start``)."""
+        self._listener = Listener(self._open, self._log, driver=engine.dialect.driver)
+        """Listens for announcements of work; opened by ``start``, closed by a reader."""
 
     def start(self) -> None:
         self._session()
-        self._listener()  # before the first look for work, so no announcement is missed
+        self._listener.open()  # before the first look for work, so no announcement is missed
 
     def stop(self) -> None:
-        self._stop_listening()
+        self._listener.close()
         if self._connection is not None:
             with suppress(DBAPIError):  # at once: a closed session's locks go a moment later
                 self._connection.execute(text("SELECT pg_advisory_unlock_all()"))
-            _discard(self._connection)
+            discard(self._connection)
             self._connection = None
         self._claims.clear()
         if self._reading:
@@ -252,14 +154,14 @@ class Shared:
             self._log.info("instance.mailbox_released")
 
     def reads_mailbox(self) -> bool:
-        if self._reading and self._alive():  # a broken session is seen (and let go) here
-            return True
-        if self._try(Claim.MAILBOX, 0):
+        # a broken session is seen (and let go) by _alive
+        if not (self._reading and self._alive()) and self._try(Claim.MAILBOX, 0):
             self._reading = True
             self._log.info("instance.mailbox_taken")
+        if self._reading:
             # The reader waits on the mailbox, never for announcements (its own): unread,
             # they would pile up on the connection and hold back the server's queue.
-            self._stop_listening()
+            self._listener.close()
         return self._reading
 
     def give_up_mailbox(self, reason: str) -> None:
@@ -300,61 +202,24 @@ class Shared:
         return not taken
 
     def announce(self) -> None:
-        """A notification on ``WORK_CHANNEL``, sent at once (the session commits every
-        statement); an instance that is not listening just finds the work later."""
+        """Best effort: an error lets the session go only if it broke (with it, the locks)."""
         try:
-            self._session().execute(
-                text("SELECT pg_notify(:channel, '')"), {"channel": WORK_CHANNEL}
-            )
-        except DBAPIError:
-            self._lost()
+            announce_on(self._session())
+        except DBAPIError as exc:
+            self._log.warning("instance.announce_failed", error_type=type(exc).__name__)
+            if exc.connection_invalidated:
+                self._lost()
+            else:
+                self._alive()  # lets the session go if it broke
 
     def wait_for_work(self, timeout: float, stop: threading.Event) -> bool:
-        """Announcements that came while this instance was busy are kept by the driver and
-        end the wait at once (all of them: one look for work answers them all).  Without a
-        listening connection (it broke, or cannot be opened), this waits out ``timeout``."""
-        deadline = time.monotonic() + timeout
-        listening = self._listener()
-        if listening is None:
+        """The reader never listens (its own announcements would pile up unread): it, and an
+        instance whose listening connection broke or cannot be opened yet, waits out
+        ``timeout``."""
+        if self._reading:
             stop.wait(timeout)
             return False
-        driver = cast("psycopg.Connection[Any]", listening.connection.driver_connection)
-        try:
-            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-                # closed before the next: each holds the connection's lock while open
-                with closing(driver.notifies(timeout=min(left, STOP_CHECK))) as received:
-                    announced = next(received, None) is not None
-                if announced:
-                    for _ in driver.notifies(timeout=0):
-                        pass  # the others that came with it
-                    return True
-        except psycopg.Error as exc:
-            self._log.warning("instance.listening_failed", error_type=type(exc).__name__)
-            self._stop_listening()
-            stop.wait(max(0.0, deadline - time.monotonic()))
-        return False
-
-    def _listener(self) -> Connection | None:
-        """The listening connection, opened (and ``LISTEN`` sent) if there is none."""
-        if self._listening is None:
-            try:
-                connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            except DBAPIError as exc:
-                self._log.warning("instance.listening_failed", error_type=type(exc).__name__)
-                return None
-            try:
-                connection.execute(text(f"LISTEN {WORK_CHANNEL}"))
-            except DBAPIError as exc:
-                self._log.warning("instance.listening_failed", error_type=type(exc).__name__)
-                _discard(connection)
-                return None
-            self._listening = connection
-        return self._listening
-
-    def _stop_listening(self) -> None:
-        if self._listening is not None:
-            _discard(self._listening)
-            self._listening = None
+        return self._listener.wait(timeout, stop)
 
     def _enter(self, kind: Claim, key: int) -> bool:
         entry = self._claims.get((kind, key))
@@ -383,12 +248,25 @@ class Shared:
 
     def _session(self) -> Connection:
         if self._connection is None:
-            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            for setting, value in KEEPALIVE.items():
-                connection.execute(text(f"SET {setting} = {int(value)}"))
-            self._connection = connection
+            self._connection = self._open()
             self._generation += 1
         return self._connection
+
+    def _open(self) -> Connection:
+        """A connection of this instance's own, each statement committed at once, whose
+        session PostgreSQL ends soon after its host vanished, and which sees as soon the
+        server vanish (``KEEPALIVE``, on both sides: the listening one only ever waits)."""
+        connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            for setting, value in KEEPALIVE.items():
+                connection.execute(text(f"SET {setting} = {int(value)}"))
+            fileno = getattr(connection.connection.driver_connection, "fileno", None)
+            if fileno is not None:
+                _keep_alive(fileno())
+        except BaseException:
+            discard(connection)
+            raise
+        return connection
 
     def _try(self, kind: Claim, key: int) -> bool:
         space, second = _keys(kind, key)
@@ -427,31 +305,25 @@ class Shared:
     def _lost(self) -> None:
         """The session broke: every lock it held is gone (the next try opens a new one)."""
         if self._connection is not None:
-            _discard(self._connection)
+            discard(self._connection)
             self._connection = None
         if self._reading:
             self._reading = False
             self._log.warning("instance.mailbox_lost")
 
 
-def _discard(connection: Connection) -> None:
-    """Close a connection for good: never back to the pool, where its session (its locks,
-    its ``LISTEN``) would live on."""
-    connection.invalidate()
-    connection.close()
-
-
-def _lock_soon(handle: IO[str], tries: int = 10) -> None:
-    """An exclusive lock on the file, tried for about a second: an operator's command may
-    hold a shared one for an instant (``Alone.held_elsewhere``)."""
-    for _ in range(tries - 1):
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            time.sleep(0.1)
-        else:
-            return
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+def _keep_alive(fd: int) -> None:
+    """TCP keepalives (``KEEPALIVE``) on this side of a connection's socket."""
+    options = {
+        socket.TCP_KEEPIDLE: KEEPALIVE["tcp_keepalives_idle"],
+        socket.TCP_KEEPINTVL: KEEPALIVE["tcp_keepalives_interval"],
+        socket.TCP_KEEPCNT: KEEPALIVE["tcp_keepalives_count"],
+    }
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in options.items():
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _keys(kind: Claim, key: int) -> tuple[int, int]:
