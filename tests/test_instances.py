@@ -11,8 +11,10 @@ mailboxes, the state database and the logs).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -511,6 +513,27 @@ class TestAnnouncedWork:
             assert Waiting(follower, stop).outcome() is True
         finally:
             stop.set()
+            follower.stop()
+
+    def test_the_instances_own_connections_see_a_vanished_server_within_seconds(
+        self, database: str
+    ) -> None:
+        """The coordination session and the listening connection (which only ever waits)
+        carry TCP keepalives and a bound on unacknowledged data on this side too."""
+        follower = Shared(engine(database), LOG)
+        try:
+            follower.start()
+            listening = follower._listener.open()
+            assert follower._connection is not None and listening is not None
+            for connection in (follower._connection, listening):
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                with socket.socket(fileno=os.dup(driver.fileno())) as sock:
+                    assert sock.family is socket.AF_INET  # the server is reached over TCP
+                    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 11000
+        finally:
             follower.stop()
 
     def test_alone_there_is_nobody_to_tell(self, tmp_path: Path) -> None:

@@ -24,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from imapclient import IMAPClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from structlog.testing import capture_logs
 
 from sarbot.app import App
+from sarbot.cli.main import cli
 from sarbot.daemon import MAX_BACKOFF
 from sarbot.mail.mailbox import HeaderInfo, Mailbox, MailboxStalled, MailboxThread
 from sarbot.store import db
+from sarbot.store.models import OutgoingMail
 from sarbot.store.states import MailKind, MailState, RequestState
 from sarbot.testing import Correspondent, MailServer, subject_contains
 from sarbot.testing import config as testconfig
@@ -465,6 +468,76 @@ class TestSmtp:
         notice = operator.wait_for(REVIEW)
         assert request.reference in str(notice["Subject"])
         assert count(alice, ACK) == 1 and count(alice, EXPORT) == 0
+
+    def test_a_refused_export_retried_by_an_operator_goes_once(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """The export is refused (550): review.  Once the mailbox takes mail again, an
+        operator's `requests retry` sends it, once, and the request is delivered; it is not
+        sent again at the next cycles."""
+        bot = make_bot(smtp={"attempts": 1})
+        alice, support = person("alice", "example.test"), bot.support
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        support.wait_for(subject_contains("Re: [SAR-"))
+        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
+            bot.run_once()
+        assert bot.request().state is RequestState.NEEDS_REVIEW
+        reference = bot.request().reference
+        bot.offset += timedelta(hours=2)
+        bot.run_once()  # the sweep keeps the refused export while its request is open
+        approved = CliRunner().invoke(cli, ["requests", "approve", reference], obj={"app": bot.app})
+        assert approved.exit_code != 0 and f"requests retry {reference}" in approved.output
+        result = CliRunner().invoke(
+            cli, ["requests", "retry", reference], obj={"app": bot.app}, catch_exceptions=False
+        )
+        assert result.exit_code == 0 and "failed export mail" in result.output, result.output
+        assert bot.request().state is RequestState.READY  # its export is waiting to go again
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        for _ in range(2):
+            bot.offset += timedelta(hours=1)
+            bot.run_once()
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert export.state is MailState.SENT
+        assert bot.request().state is RequestState.DELIVERED
+        assert count(alice, EXPORT) == 1
+
+    def test_an_export_sent_while_its_request_is_in_review_is_recorded_once(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        """A refused export set to go again without its request (as `retry` did before): once
+        the mail server takes it, it is recorded as sent, never sent again, and the request
+        is left for an operator, who is told in the log."""
+        bot = make_bot(smtp={"attempts": 1})
+        alice, support = person("alice", "example.test"), bot.support
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        support.wait_for(subject_contains("Re: [SAR-"))
+        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
+            bot.run_once()
+        with bot.app.sessions.begin() as session:
+            session.execute(
+                update(OutgoingMail)
+                .where(OutgoingMail.kind == MailKind.EXPORT)
+                .values(state=MailState.PENDING, next_attempt_at=None)
+            )
+        with capture_logs() as events:
+            bot.run_once()
+            alice.wait_for(EXPORT)
+            bot.offset += timedelta(hours=1)
+            bot.run_once()
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert export.state is MailState.SENT
+        assert bot.request().state is RequestState.NEEDS_REVIEW
+        assert [e["state"] for e in events_named(events, "request.delivered_out_of_state")] == [
+            "needs_review"
+        ]
+        assert count(alice, EXPORT) == 1
 
 
 class TestStateDatabase:

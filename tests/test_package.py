@@ -319,8 +319,30 @@ class TestFiles:
         }
         for name in names:
             (folder / name).write_bytes(b"x")
-        recorded = {str(folder / "SAR-2026-1234.part1of2.eml")}
-        removed = remove_left_over(folder, "SAR-2026-1234.part", keep=recorded)
-        assert removed == 2
+        (folder / "SAR-2026-1234.part9of9.eml").mkdir()  # not a file: left alone
+        recorded = {"SAR-2026-1234.part1of2.eml"}
+        assert remove_left_over(folder, "SAR-2026-1234.part", keep=recorded) == (2, [])
         left = {path.name for path in folder.iterdir()}
-        assert left == {name for name, what in names.items() if what != "left over"}
+        kept = {name for name, what in names.items() if what != "left over"}
+        assert left == kept | {"SAR-2026-1234.part9of9.eml"}
+
+    def test_a_left_over_file_that_cannot_be_deleted_is_reported_not_raised(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Deleting is best effort (a file root cannot unlink is not something a test can
+        make everywhere, so the refusal is made here): the others still go."""
+        folder = tmp_path / "exports"
+        folder.mkdir()
+        stuck, gone = folder / "SAR-2026-1234.part1of2.eml", folder / "SAR-2026-1234.part2of2.eml"
+        for path in (stuck, gone):
+            path.write_bytes(b"x")
+        unlink = Path.unlink
+
+        def refusing(self: Path, missing_ok: bool = False) -> None:
+            if self == stuck:
+                raise PermissionError(1, "Operation not permitted", str(self))
+            unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", refusing)
+        assert remove_left_over(folder, "SAR-2026-1234.part", keep=set()) == (1, [stuck])
+        assert stuck.exists() and not gone.exists()

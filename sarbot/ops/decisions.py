@@ -62,6 +62,11 @@ class Operations:
         request = self.find(session, reference)
         if request.state is not RequestState.NEEDS_REVIEW:
             raise OperationError(f"{reference} is {request.state.value}, not needs_review")
+        if _export_waits(session, request):
+            raise OperationError(
+                f"{reference} waits because its export was refused by the mail server: once the "
+                f"requester's mailbox takes mail, 'sarbot requests retry {reference}' sends it"
+            )
         if encryption_failed(request):
             raise OperationError(
                 f"{reference} waits because its export cannot be encrypted to the requester's "
@@ -215,6 +220,11 @@ class Operations:
                 done.append(f"failed {mail.kind.value} mail")
         if not done:
             raise OperationError(f"{reference} has nothing to retry ({request.state.value})")
+        if request.state is RequestState.NEEDS_REVIEW and _export_waits(session, request):
+            # It went to review because its export was refused: the export is ready again.
+            transition(
+                session, request, RequestState.READY, at=now, reason="export retried", actor=actor
+            )
         audit(session, request, "request.retry", at=now, reason=", ".join(done), actor=actor)
         return ", ".join(done)
 
@@ -361,3 +371,12 @@ def register(session: Session) -> Iterator[dict[str, str]]:
 
 def _iso(value: object) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else ""
+
+
+def _export_waits(session: Session, request: Request) -> bool:
+    """Whether the request's export is made and waits to be sent, or sent again."""
+    return any(
+        mail.file_path
+        for state in (MailState.PENDING, MailState.FAILED)
+        for mail in request_mail(session, request, MailKind.EXPORT, state)
+    )

@@ -278,6 +278,10 @@ class Deliverer:
         if request is not None and outbox.is_first_acknowledgement(session, mail):
             self.milestones.acknowledged(request.received_at, at=now)
         if request is not None and mail.kind is MailKind.EXPORT and _all_sent(session, mail):
+            if RequestState.DELIVERED not in ALLOWED[request.state]:
+                # Recorded as sent all the same: it went, and raising now would send it again.
+                log.error("request.delivered_out_of_state", state=request.state.value)
+                return
             request.delivered_at = now
             transition(session, request, RequestState.DELIVERED, at=now, reason="export sent")
             self.milestones.delivered(request.received_at, request.confirmed_at, at=now)
@@ -326,7 +330,8 @@ class Deliverer:
         )
 
     def sweep(self, *, settle: float = 0) -> int:
-        """Delete export files nothing will send: sent and past retention, or left by a crash.
+        """Delete export files nothing will send: sent and past retention, refused for a
+        request now closed, or left by a crash (a refused one waits while its request is open).
 
         A file younger than ``settle`` seconds is left alone: with more than one
         instance, it may be another one's export whose message is not committed yet.
@@ -337,16 +342,7 @@ class Deliverer:
         settled = time.time() - settle
         keep_until = self.clock() - timedelta(days=self.settings.storage.keep_exports_days)
         with self.sessions.begin() as session:
-            rows = session.execute(
-                select(OutgoingMail.file_path, OutgoingMail.state, OutgoingMail.sent_at).where(
-                    OutgoingMail.file_path.is_not(None)
-                )
-            ).all()
-        wanted = {
-            path
-            for path, state, sent_at in rows
-            if state is MailState.PENDING or (sent_at is not None and sent_at > keep_until)
-        }
+            wanted = outbox.files_wanted(session, sent_after=keep_until)
         removed = 0
         for path in folder.iterdir():
             settling = settle > 0 and not _older(path, settled)  # one instance: none settle

@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 from typing import IO
 
 from sqlalchemy import select
@@ -140,9 +141,12 @@ class Packager:
                 OutgoingMail.request_id == request.id, OutgoingMail.file_path.is_not(None)
             )
         )
-        keep = {path for path in recorded if path is not None}
-        if left := remove_left_over(folder, _file_prefix(request.reference), keep=keep):
-            log.info("export.left_over_removed", files=left)
+        keep = {Path(path).name for path in recorded if path is not None}
+        removed, stuck = remove_left_over(folder, _file_prefix(request.reference), keep=keep)
+        if removed:
+            log.info("export.left_over_removed", files=removed)
+        for path in stuck:
+            log.warning("export.left_over_kept", file=path.name)
 
     def _post(self, session: Session, request: Request, ctx: ExportContext, now: datetime) -> int:
         """Write the answer's messages to the export folder and queue them."""

@@ -48,23 +48,28 @@ def write_private_file(
         raise
 
 
-def remove_left_over(folder: Path, prefix: str, *, keep: Collection[str]) -> int:
+def remove_left_over(folder: Path, prefix: str, *, keep: Collection[str]) -> tuple[int, list[Path]]:
     """Delete the files whose names start with ``prefix``, and their temporary files, but
-    those named in ``keep``; how many were deleted.
+    those whose names are in ``keep``; how many went, and those that could not.
 
     Files are left over only by a writer killed before its rename (a temporary file) or
     before what records the file was committed, so the caller must be the only one who may
     write files of those names now (for an export, it holds the request's claim) and keep
-    every file recorded.
+    every file recorded.  Names are compared, not paths: one folder may be named otherwise
+    elsewhere (a link).  Best effort: what cannot be deleted is left (the sweep tries again).
     """
     escaped = glob.escape(prefix)
-    left = [*folder.glob(f".{escaped}*{TEMPORARY}"), *folder.glob(f"{escaped}*")]
-    removed = 0
-    for path in left:
-        if str(path) not in keep:
+    removed, stuck = 0, []
+    for path in [*folder.glob(f".{escaped}*{TEMPORARY}"), *folder.glob(f"{escaped}*")]:
+        if path.name in keep or not path.is_file():
+            continue
+        try:
             path.unlink(missing_ok=True)
+        except OSError:
+            stuck.append(path)
+        else:
             removed += 1
-    return removed
+    return removed, stuck
 
 
 def _fsync_dir(path: Path) -> None:

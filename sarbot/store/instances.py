@@ -313,14 +313,24 @@ class Shared:
 
 
 def _keep_alive(fd: int) -> None:
-    """TCP keepalives (``KEEPALIVE``) on this side of a connection's socket."""
+    """TCP keepalives (``KEEPALIVE``) on this side of a connection's socket, and a bound on
+    unacknowledged data as long, where the system has them (Linux has): best effort."""
+    idle, interval, count = (
+        KEEPALIVE[f"tcp_keepalives_{name}"] for name in ("idle", "interval", "count")
+    )
+    wanted = {
+        "TCP_KEEPIDLE": idle,
+        "TCP_KEEPINTVL": interval,
+        "TCP_KEEPCNT": count,
+        "TCP_USER_TIMEOUT": (idle + interval * count) * 1000,
+    }
     options = {
-        socket.TCP_KEEPIDLE: KEEPALIVE["tcp_keepalives_idle"],
-        socket.TCP_KEEPINTVL: KEEPALIVE["tcp_keepalives_interval"],
-        socket.TCP_KEEPCNT: KEEPALIVE["tcp_keepalives_count"],
+        getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)
     }
     with socket.socket(fileno=os.dup(fd)) as sock:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return  # a Unix socket
+        with suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for option, value in options.items():
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)

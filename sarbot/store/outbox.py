@@ -148,3 +148,24 @@ def is_first_acknowledgement(session: Session, mail: OutgoingMail) -> bool:
         .where(OutgoingMail.id != mail.id)
     )
     return not earlier
+
+
+def files_wanted(session: Session, *, sent_after: datetime) -> set[str]:
+    """The export files a message still needs: to be sent, to be sent again once its
+    request's review is done (refused while the request is open), or kept after sending
+    (sent after ``sent_after``)."""
+    rows = session.execute(
+        select(OutgoingMail.file_path, OutgoingMail.state, OutgoingMail.sent_at, Request.state)
+        .outerjoin(Request, OutgoingMail.request_id == Request.id)
+        .where(OutgoingMail.file_path.is_not(None))
+    )
+    return {
+        path
+        for path, state, sent_at, request in rows
+        if path is not None
+        and (
+            state is MailState.PENDING
+            or (state is MailState.FAILED and request is not None and request.is_open)
+            or (sent_at is not None and sent_at > sent_after)
+        )
+    }
