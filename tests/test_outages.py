@@ -505,6 +505,28 @@ class TestSmtp:
         assert bot.request().state is RequestState.DELIVERED
         assert count(alice, EXPORT) == 1
 
+    def test_a_refused_export_goes_from_the_disk_once_its_request_is_closed(
+        self, make_bot: BotFactory, person: Person
+    ) -> None:
+        bot = make_bot(smtp={"attempts": 1})
+        alice, support = person("alice", "example.test"), bot.support
+        alice.send(bot.address, "GDPR DATA REQUEST")
+        support.wait_for(subject_contains("GDPR"))
+        bot.run_once()
+        alice.reply(alice.wait_for(ACK))
+        support.wait_for(subject_contains("Re: [SAR-"))
+        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
+            bot.run_once()
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert export.file_path is not None and Path(export.file_path).is_file()
+        reference = bot.request().reference
+        args = ["requests", "reject", reference, "--reason", "Asked by someone else."]
+        assert CliRunner().invoke(cli, args, obj={"app": bot.app}).exit_code == 0
+        assert Path(export.file_path).is_file()  # left to the sweep
+        bot.offset += timedelta(hours=2)
+        bot.run_once()
+        assert not Path(export.file_path).exists()
+
     def test_an_export_sent_while_its_request_is_in_review_is_recorded_once(
         self, make_bot: BotFactory, person: Person
     ) -> None:
