@@ -475,15 +475,7 @@ class TestSmtp:
         """The export is refused (550): review.  Once the mailbox takes mail again, an
         operator's `requests retry` sends it, once, and the request is delivered; it is not
         sent again at the next cycles."""
-        bot = make_bot(smtp={"attempts": 1})
-        alice, support = person("alice", "example.test"), bot.support
-        alice.send(bot.address, "GDPR DATA REQUEST")
-        support.wait_for(subject_contains("GDPR"))
-        bot.run_once()
-        alice.reply(alice.wait_for(ACK))
-        support.wait_for(subject_contains("Re: [SAR-"))
-        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
-            bot.run_once()
+        bot, alice = export_refused(make_bot, person)
         assert bot.request().state is RequestState.NEEDS_REVIEW
         reference = bot.request().reference
         bot.offset += timedelta(hours=2)
@@ -508,15 +500,7 @@ class TestSmtp:
     def test_a_refused_export_goes_from_the_disk_once_its_request_is_closed(
         self, make_bot: BotFactory, person: Person
     ) -> None:
-        bot = make_bot(smtp={"attempts": 1})
-        alice, support = person("alice", "example.test"), bot.support
-        alice.send(bot.address, "GDPR DATA REQUEST")
-        support.wait_for(subject_contains("GDPR"))
-        bot.run_once()
-        alice.reply(alice.wait_for(ACK))
-        support.wait_for(subject_contains("Re: [SAR-"))
-        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
-            bot.run_once()
+        bot, _alice = export_refused(make_bot, person)
         [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
         assert export.file_path is not None and Path(export.file_path).is_file()
         reference = bot.request().reference
@@ -533,15 +517,7 @@ class TestSmtp:
         """A refused export set to go again without its request (as `retry` did before): once
         the mail server takes it, it is recorded as sent, never sent again, and the request
         is left for an operator, who is told in the log."""
-        bot = make_bot(smtp={"attempts": 1})
-        alice, support = person("alice", "example.test"), bot.support
-        alice.send(bot.address, "GDPR DATA REQUEST")
-        support.wait_for(subject_contains("GDPR"))
-        bot.run_once()
-        alice.reply(alice.wait_for(ACK))
-        support.wait_for(subject_contains("Re: [SAR-"))
-        with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
-            bot.run_once()
+        bot, alice = export_refused(make_bot, person)
         with bot.app.sessions.begin() as session:
             session.execute(
                 update(OutgoingMail)
@@ -560,6 +536,15 @@ class TestSmtp:
             "needs_review"
         ]
         assert count(alice, EXPORT) == 1
+
+
+def export_refused(make_bot: BotFactory, person: Person) -> tuple[Bot, Correspondent]:
+    """Alice's request, confirmed; its export refused by her mail server (550), once."""
+    bot = make_bot(smtp={"attempts": 1})
+    alice = confirmed(bot, person)
+    with refusing(alice.address, "550 5.7.1 no mail for this mailbox"):
+        bot.run_once()
+    return bot, alice
 
 
 class TestStateDatabase:
