@@ -370,13 +370,12 @@ class TestAnnouncedWork:
         reader, follower = Shared(engine(database), LOG), Shared(engine(database), LOG)
         stop = threading.Event()
         try:
-            follower.start()
+            follower.start()  # it listens from here, before its first look for work
             reader.start()
-            assert not follower.reads_mailbox() or not reader.reads_mailbox()
-            announcer = reader if reader.reads_mailbox() else follower
-            waiter = follower if announcer is reader else reader
-            announcer.announce()
-            assert Waiting(waiter, stop).outcome() is True
+            assert reader.reads_mailbox()
+            reader.announce()  # while the follower is busy looking
+            assert not follower.reads_mailbox()
+            assert Waiting(follower, stop).outcome() is True
         finally:
             stop.set()
             reader.stop()
