@@ -506,6 +506,24 @@ class TestExportMail:
         bot.run_once()
         assert list((tmp_path / "exports").iterdir()) == []
 
+    def test_the_sweep_knows_a_kept_export_under_another_name_of_its_folder(
+        self, make_bot: BotFactory, person: Person, tmp_path: Path
+    ) -> None:
+        """The folder is named otherwise after a change of config (here a link to it): the
+        sweep keeps the file its message names until the period is over, then removes it."""
+        bot = make_bot(storage={"keep_exports_days": 1})
+        alice = self.confirm(bot, person)
+        bot.run_once()
+        alice.wait_for(EXPORT)
+        [kept] = list((tmp_path / "exports").iterdir())
+        (tmp_path / "link").symlink_to(tmp_path / "exports", target_is_directory=True)
+        renamed = make_bot(storage={"keep_exports_days": 1, "export_dir": str(tmp_path / "link")})
+        renamed.run_once()
+        assert kept.is_file()
+        renamed.offset = timedelta(days=1, minutes=1)
+        renamed.run_once()
+        assert list((tmp_path / "exports").iterdir()) == []
+
 
 class TestEncryptedExport:
     def test_a_key_in_the_request_encrypts_the_export_to_it(self, bot: Bot, person: Person) -> None:

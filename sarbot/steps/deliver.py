@@ -346,7 +346,7 @@ class Deliverer:
         removed = 0
         for path in folder.iterdir():
             settling = settle > 0 and not _older(path, settled)  # one instance: none settle
-            if path.is_file() and str(path) not in wanted and not settling:
+            if path.is_file() and path.name not in wanted and not settling:
                 path.unlink(missing_ok=True)
                 removed += 1
         if removed:

@@ -8,7 +8,7 @@ lost message.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -151,16 +151,17 @@ def is_first_acknowledgement(session: Session, mail: OutgoingMail) -> bool:
 
 
 def files_wanted(session: Session, *, sent_after: datetime) -> set[str]:
-    """The export files a message still needs: to be sent, to be sent again once its
-    request's review is done (refused while the request is open), or kept after sending
-    (sent after ``sent_after``)."""
+    """The names of the export files a message still needs: to be sent, to be sent again
+    once its request's review is done (refused while the request is open), or kept after
+    sending (sent after ``sent_after``).  Names, not paths: the folder may be named
+    otherwise now than when the file was written (a changed config, a link)."""
     rows = session.execute(
         select(OutgoingMail.file_path, OutgoingMail.state, OutgoingMail.sent_at, Request.state)
         .outerjoin(Request, OutgoingMail.request_id == Request.id)
         .where(OutgoingMail.file_path.is_not(None))
     )
     return {
-        path
+        PurePath(path).name
         for path, state, sent_at, request in rows
         if path is not None
         and (
