@@ -48,9 +48,12 @@ def normalize_address(text: str) -> str:
 
 
 def _normalize_domain(domain: str) -> str:
-    domain = domain.rstrip(".")
+    """The domain in ASCII (UTS #46, IDNA 2008), without the root's dot.  It is mapped before
+    the dot is taken off: a full stop of another script (U+3002) followed by a character
+    the mapping drops (a soft hyphen) is still the root's dot, as the log matcher reads it."""
     try:
-        ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+        mapped = idna.uts46_remap(domain, std3_rules=False, transitional=False).rstrip(".")
+        ascii_domain = idna.encode(mapped, uts46=True, transitional=False).decode("ascii")
     except (idna.IDNAError, UnicodeError):
         raise InvalidAddress("invalid domain") from None
     labels = ascii_domain.split(".")

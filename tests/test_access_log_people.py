@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.access_log import (
@@ -126,6 +126,7 @@ LOCAL_EXTENDING = string.ascii_letters + string.digits + "._+=/%-" + "\u0301\u00
 
 
 @settings(max_examples=300, deadline=None)
+@example("", "\u3002\u00ad", "", "")  # a root's dot, then a soft hyphen: still hers
 @given(
     st.text(alphabet=LOCAL_EXTENDING, max_size=4),
     st.text(alphabet=EXTENDING, max_size=4),

@@ -26,10 +26,14 @@ class TestNormalize:
             ("alice@example.test.", "alice@example.test"),
             ("alice+tag@example.test", "alice+tag@example.test"),
             ("a@bücher.test", "a@xn--bcher-kva.test"),
+            ("alice@example.test\u3002", "alice@example.test"),
+            ("alice@example.test\u3002\u00ad", "alice@example.test"),
+            ("alice@ex\u00adample.test\uff0e", "alice@example.test"),
         ],
     )
     def test_normal_forms(self, given_: str, expected: str) -> None:
-        """Case, spaces, a trailing dot and IDN domains normalise."""
+        """Case, spaces, a trailing dot and IDN domains normalise; a full stop of another
+        script ends the domain as "." does, with a soft hyphen (dropped by UTS #46) after it."""
         assert normalize_address(given_) == expected
 
     @pytest.mark.parametrize(
