@@ -885,7 +885,7 @@ def json_values(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
 
 
 class TestWithholding:
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)  # an example can take 0.4 s on a busy machine
     @given(data=st.data())
     def test_the_one_search_never_lets_a_name_through(self, data: st.DataObject) -> None:
         """Scrubbing a whole value after one search of its joined texts gives what going
@@ -900,7 +900,7 @@ class TestWithholding:
         withhold = Withholder(others, own)
         assert withhold.scrub_fields(fields, {}) == withhold._scrub(fields)
 
-    @settings(max_examples=200)
+    @settings(max_examples=200, deadline=None)  # an example can take 0.4 s on a busy machine
     @given(data=st.data())
     def test_the_programs_texts_are_gathered_as_they_are_read(self, data: st.DataObject) -> None:
         """The programs hand the withholding exactly the texts they show, so that they are
