@@ -437,6 +437,26 @@ class TestSmtp:
         assert bot.request().state is RequestState.DELIVERED
         assert count(alice, EXPORT) == 1
 
+    def test_an_export_waiting_when_its_folder_is_moved_goes_from_the_new_one(
+        self, make_bot: BotFactory, person: Person, tmp_path: Path
+    ) -> None:
+        """The export folder is moved, and export_dir with it, while an export waits for the
+        mail server: it goes from the new folder, once, and its file goes with it."""
+        bot = make_bot(smtp={"attempts": 1})
+        alice = confirmed(bot, person)
+        with refusing(alice.address, "450 4.7.1 try later"):
+            bot.run_once()
+        [export] = [m for m in bot.outgoing() if m.kind is MailKind.EXPORT]
+        assert export.state is MailState.PENDING and export.file_path is not None
+        (tmp_path / "exports").rename(tmp_path / "moved")
+        moved = make_bot(smtp={"attempts": 1}, storage={"export_dir": str(tmp_path / "moved")})
+        moved.offset = timedelta(seconds=bot.app.settings.smtp.retry_after, minutes=1)
+        moved.run_once()
+        alice.wait_for(EXPORT)
+        assert count(alice, EXPORT) == 1
+        assert moved.request().state is RequestState.DELIVERED
+        assert list((tmp_path / "moved").iterdir()) == []
+
     def test_4xx_is_retried_and_5xx_goes_to_review_and_the_operator(
         self, make_bot: BotFactory, person: Person, mailstack: MailServer
     ) -> None:

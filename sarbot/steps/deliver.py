@@ -213,7 +213,8 @@ class Deliverer:
         reference = mail.request.reference if mail.request is not None else None
         log = self.log.bind(reference=reference, kind=mail.kind.value)
         error: MailSendError | None = None
-        raw = mail.raw if mail.raw is not None else _read(mail.file_path)
+        stored = self._stored(mail)
+        raw = mail.raw if mail.raw is not None else _read(stored)
         if raw is None:
             error = PermanentMailError("the prepared message is missing from the export folder")
         else:
@@ -240,9 +241,21 @@ class Deliverer:
                 self._sent_anyway(session, current, log)
         if error is None:
             log.info("mail.sent", recipient=mask_address(mail.recipient))
-            if mail.file_path and self.settings.storage.keep_exports_days == 0:
-                Path(mail.file_path).unlink(missing_ok=True)
+            if stored is not None and self.settings.storage.keep_exports_days == 0:
+                stored.unlink(missing_ok=True)
         return mail.raw is not None and not isinstance(error, TransientMailError)
+
+    def _stored(self, mail: OutgoingMail) -> Path | None:
+        """Where a prepared message's file is: where it was written or, when the export folder
+        has been moved since (and ``export_dir`` with it), the file of that name in the
+        folder now (names are unique: each holds its reference)."""
+        if not mail.file_path:
+            return None
+        written = Path(mail.file_path)
+        if written.is_file():
+            return written
+        moved = self.settings.storage.export_dir / written.name
+        return moved if moved.is_file() else written
 
     def _record(
         self,
@@ -371,11 +384,11 @@ def _older(path: Path, than: float) -> bool:
         return False
 
 
-def _read(path: str | None) -> bytes | None:
-    if not path:
+def _read(path: Path | None) -> bytes | None:
+    if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
 
