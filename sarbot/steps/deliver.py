@@ -32,7 +32,7 @@ from sarbot.errors import MailSendError, PermanentMailError, TransientMailError
 from sarbot.faults import CrashPoints
 from sarbot.mail.logins import LoginWatch
 from sarbot.mail.mailer import Mailer, SmtpLoginError
-from sarbot.store import outbox
+from sarbot.store import exports, outbox
 from sarbot.store.db import forget_cleared
 from sarbot.store.instances import Claim, Instances
 from sarbot.store.lifecycle import audit, transition
@@ -213,8 +213,8 @@ class Deliverer:
         reference = mail.request.reference if mail.request is not None else None
         log = self.log.bind(reference=reference, kind=mail.kind.value)
         error: MailSendError | None = None
-        stored = self._stored(mail)
-        raw = mail.raw if mail.raw is not None else _read(stored)
+        stored = exports.stored_file(mail.file_path, self.settings.storage.export_dir)
+        raw = mail.raw if mail.raw is not None else exports.read_file(stored)
         if raw is None:
             error = PermanentMailError("the prepared message is missing from the export folder")
         else:
@@ -244,18 +244,6 @@ class Deliverer:
             if stored is not None and self.settings.storage.keep_exports_days == 0:
                 stored.unlink(missing_ok=True)
         return mail.raw is not None and not isinstance(error, TransientMailError)
-
-    def _stored(self, mail: OutgoingMail) -> Path | None:
-        """Where a prepared message's file is: where it was written or, when the export folder
-        has been moved since (and ``export_dir`` with it), the file of that name in the
-        folder now (names are unique: each holds its reference)."""
-        if not mail.file_path:
-            return None
-        written = Path(mail.file_path)
-        if written.is_file():
-            return written
-        moved = self.settings.storage.export_dir / written.name
-        return moved if moved.is_file() else written
 
     def _record(
         self,
@@ -382,15 +370,6 @@ def _older(path: Path, than: float) -> bool:
         return path.stat().st_mtime < than
     except FileNotFoundError:
         return False
-
-
-def _read(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
 
 
 def _claim_of(mail: OutgoingMail) -> tuple[Claim, int]:

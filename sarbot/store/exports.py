@@ -72,6 +72,29 @@ def remove_left_over(folder: Path, prefix: str, *, keep: Collection[str]) -> tup
     return removed, stuck
 
 
+def stored_file(recorded: str | None, folder: Path) -> Path | None:
+    """Where a prepared message's file is: where it was written (``recorded``) or, when the
+    export folder has been moved since (and ``export_dir`` with it), the file of that name
+    in ``folder`` (names are unique: each holds its reference)."""
+    if not recorded:
+        return None
+    written = Path(recorded)
+    if written.is_file():
+        return written
+    moved = folder / written.name
+    return moved if moved.is_file() else written
+
+
+def read_file(path: Path | None) -> bytes | None:
+    """The file's bytes, or None if there is no file."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
